@@ -1,0 +1,127 @@
+"""Shared fixtures: a tokenizer trained locally in well under a second and tiny random models.
+
+Nothing here touches a hub. The tokenizer has ChatML-style special tokens so that chat templates
+(`chatml`, `qwen`, `smollm2`, `auto`) can be exercised exactly as on real models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "<unk>", "<pad>"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "Hello, who are you? I am an AI assistant built to help you.",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "User asks a question and the assistant answers politely.",
+    "你好，我是一个人工智能助手。请问有什么可以帮你？",
+    "Translate the following sentence into Chinese. 将下面的句子翻译成英文。",
+    "system user assistant function observation tool call result",
+    "Alice scored 91 points in math. Bob scored 78 points in physics.",
+    "def add(a, b):\n    return a + b\n",
+    "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Beijing\"}}",
+    "### Instruction:\n### Response:\nHuman: Assistant: [INST] [/INST] <<SYS>> <</SYS>>",
+]
+
+
+def build_tiny_tokenizer(out_dir: Path) -> Path:
+    """Train a byte-level BPE tokenizer (vocab ~400) and save it as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def _save_tiny_model(config, tokenizer_dir: Path, out_dir: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def _tiny_config_kwargs(tokenizer) -> dict:
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path:
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**_tiny_config_kwargs(tiny_tokenizer))
+    return _save_tiny_model(config, tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path:
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(**_tiny_config_kwargs(tiny_tokenizer))
+    return _save_tiny_model(config, tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
