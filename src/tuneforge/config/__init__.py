@@ -1,0 +1,35 @@
+"""Typed, validated, immutable run configuration (LLaMA-Factory key names and defaults).
+
+    from tuneforge.config import load_config
+    cfg = load_config("examples/demo_lora_sft.yaml", ["learning_rate=2e-4"])
+    cfg.finetuning.lora_rank, cfg.data.dataset, cfg.training.output_dir
+"""
+
+from .args import (
+    DataArguments,
+    FinetuningArguments,
+    GeneratingArguments,
+    ModelArguments,
+    TrainingArguments,
+    effective_lora_alpha,
+    split_names,
+)
+from .help import format_key_help
+from .parser import RunConfig, all_known_keys, load_config, load_config_dict, parse_overrides, read_config_file
+
+__all__ = [
+    "DataArguments",
+    "FinetuningArguments",
+    "GeneratingArguments",
+    "ModelArguments",
+    "RunConfig",
+    "TrainingArguments",
+    "all_known_keys",
+    "effective_lora_alpha",
+    "format_key_help",
+    "load_config",
+    "load_config_dict",
+    "parse_overrides",
+    "read_config_file",
+    "split_names",
+]

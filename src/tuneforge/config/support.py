@@ -1,0 +1,174 @@
+"""What tuneforge does not implement yet: one table per kind, so a feature is switched on in one place.
+
+- `STAGES`: training stage -> None when supported, else why not.
+- `UNSUPPORTED_KEYS`: known LLaMA-Factory / HF keys that are accepted only at their default value.
+- `UNSUPPORTED_VALUES`: keys that are implemented, except for some values.
+- `LEGACY_TRAINING_KEYS`: transformers-4 training keys (removed in transformers 5) that LF files still use,
+  and what tuneforge does with them.
+
+Keys listed nowhere here are implemented (or have no effect outside an unsupported feature, e.g. the
+`galore_*` settings without `use_galore`). Everything read-only.
+"""
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+_MULTIMODAL = "multimodal (vision/audio) models are not supported yet"
+_ENGINE = "only the huggingface inference backend is implemented"
+
+STAGES = MappingProxyType(
+    {
+        "pt": None,
+        "sft": None,
+        "rm": "reward-model training is not implemented yet",
+        "ppo": "PPO training is not implemented yet",
+        "dpo": "DPO-family preference training is not implemented yet",
+        "kto": "KTO training is not implemented yet",
+    }
+)
+
+FINETUNING_TYPES = ("lora", "freeze", "full")
+UNSUPPORTED_FINETUNING_TYPES = MappingProxyType({"oft": "OFT adapters are not implemented yet"})
+
+UNSUPPORTED_KEYS = MappingProxyType(
+    {
+        # model loading
+        "adapter_folder": "load adapters with `adapter_name_or_path` instead",
+        "resize_vocab": "vocabulary resizing is not implemented yet",
+        "split_special_tokens": "slow-tokenizer options are not implemented",
+        "add_tokens": "adding tokens to the tokenizer is not implemented yet",
+        "add_special_tokens": "adding tokens to the tokenizer is not implemented yet",
+        "new_special_tokens_config": "adding tokens to the tokenizer is not implemented yet",
+        "init_special_tokens": "adding tokens to the tokenizer is not implemented yet",
+        "rope_scaling": "RoPE scaling is not implemented yet",
+        "shift_attn": "LongLoRA shift attention is not implemented",
+        "mixture_of_depths": "mixture-of-depths is not implemented",
+        "use_unsloth": "unsloth is not integrated; tuneforge has its own padding-free, chunked-loss path",
+        "use_unsloth_gc": "unsloth is not integrated",
+        "enable_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",
+        "use_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",
+        "moe_aux_loss_coef": "the MoE auxiliary loss is not implemented yet",
+        "upcast_layernorm": "layer-norm upcasting is not implemented yet",
+        "upcast_lmhead_output": "LM-head upcasting is not implemented yet",
+        "train_from_scratch": "random initialisation is not implemented yet",
+        "offload_folder": "weight offloading is not implemented",
+        "use_v1_kernels": "LF v1 kernels are not integrated",
+        "ms_hub_token": "only local folders and the Hugging Face Hub are supported",
+        "om_hub_token": "only local folders and the Hugging Face Hub are supported",
+        "print_param_status": "not implemented; tuneforge logs the trainable-parameter count",
+        "fp8": "FP8 training is not implemented yet",
+        "fp8_backend": "FP8 training is not implemented yet",
+        "fp8_enable_fsdp_float8_all_gather": "FP8 training is not implemented yet",
+        "use_kt": "KTransformers is not integrated",
+        "export_quantization_bit": "quantized export (GPTQ) is not implemented yet",
+        "export_hub_model_id": "pushing to the hub is not implemented; upload export_dir yourself",
+        # multimodal
+        "image_max_pixels": _MULTIMODAL,
+        "image_min_pixels": _MULTIMODAL,
+        "image_do_pan_and_scan": _MULTIMODAL,
+        "crop_to_patches": _MULTIMODAL,
+        "video_max_pixels": _MULTIMODAL,
+        "video_min_pixels": _MULTIMODAL,
+        "video_fps": _MULTIMODAL,
+        "video_maxlen": _MULTIMODAL,
+        "use_audio_in_video": _MULTIMODAL,
+        "audio_sampling_rate": _MULTIMODAL,
+        "freeze_vision_tower": _MULTIMODAL,
+        "freeze_multi_modal_projector": _MULTIMODAL,
+        "freeze_language_model": _MULTIMODAL,
+        "train_mm_proj_only": _MULTIMODAL,
+        # data
+        "streaming": "dataset streaming is not implemented yet",
+        "tokenized_path": "saving/loading tokenized datasets is not implemented yet",
+        "eval_on_each_dataset": "per-dataset evaluation is not implemented yet",
+        "eval_num_beams": "generation during evaluation is not implemented yet",
+        "ignore_pad_token_for_loss": "pad tokens are always excluded from the loss",
+        "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
+        "preserve_thinking": "thinking-mode switches for reasoning templates are not implemented yet",
+        # methods and optimisers
+        "use_galore": "GaLore is not implemented yet",
+        "use_apollo": "APOLLO is not implemented yet",
+        "use_badam": "BAdam is not implemented yet",
+        "use_llama_pro": "LLaMA Pro block expansion is not implemented yet",
+        "use_adam_mini": "Adam-mini is not implemented yet",
+        "use_mca": "Megatron Core training is not implemented",
+        "use_muon": "the Muon optimizer is not implemented yet",
+        "use_dft_loss": "the DFT loss is not implemented yet",
+        "early_stopping_steps": "early stopping is not implemented yet",
+        "use_swanlab": "SwanLab logging is not integrated; use `report_to`",
+        # distributed training
+        "deepspeed": "DeepSpeed is not integrated yet (`pip install tuneforge[deepspeed]` reserves the extra)",
+        "fsdp": "FSDP is not integrated yet",
+        "fsdp_config": "FSDP is not integrated yet",
+        "ray_run_name": "Ray training is not implemented",
+        "ray_storage_path": "Ray training is not implemented",
+        "ray_storage_filesystem": "Ray training is not implemented",
+        "ray_num_workers": "Ray training is not implemented",
+        "resources_per_worker": "Ray training is not implemented",
+        "placement_strategy": "Ray training is not implemented",
+        "ray_init_kwargs": "Ray training is not implemented",
+    }
+)
+
+# key -> (accepted values, why the others are not). The default is always among the accepted values.
+UNSUPPORTED_VALUES = MappingProxyType(
+    {
+        "infer_backend": (("huggingface",), _ENGINE),
+        "quantization_method": (("bnb",), "only bitsandbytes on-the-fly quantization is implemented"),
+        "packing_strategy": (("length",), "semantic-aware packing is not implemented yet"),
+        "mix_strategy": (
+            ("concat", "interleave_under", "interleave_over"),
+            "`interleave_once` mixing is not implemented yet",
+        ),
+    }
+)
+
+@dataclass(frozen=True)
+class LegacyKey:
+    """A transformers-4 training key (removed in transformers 5) that LF files still use.
+
+    action: "alias" (same meaning under `target`), "warmup_fraction" (warmup_steps < 1 is a fraction in
+    transformers 5), "sampler" (group_by_length -> train_sampling_strategy), "noop" (accepted, no
+    effect, see `reason`), "default_only" (accepted at `default`, NotSupportedError otherwise).
+    """
+
+    action: str
+    default: Any
+    help: str
+    target: str | None = None
+    reason: str = ""
+
+
+LEGACY_TRAINING_KEYS = MappingProxyType(
+    {
+        "warmup_ratio": LegacyKey("warmup_fraction", 0.0, "Fraction of the training steps used for warmup."),
+        "evaluation_strategy": LegacyKey("alias", "no", "Old name of eval_strategy.", target="eval_strategy"),
+        "no_cuda": LegacyKey("alias", False, "Old name of use_cpu.", target="use_cpu"),
+        "group_by_length": LegacyKey("sampler", False, "Batch samples of similar length together."),
+        "include_tokens_per_second": LegacyKey(
+            "noop", False, "Report tokens/s.", reason="tuneforge always reports tokens/s"
+        ),
+        "save_safetensors": LegacyKey(
+            "default_only", True, "Save checkpoints as safetensors.", reason="checkpoints are always safetensors"
+        ),
+        "logging_dir": LegacyKey(
+            "default_only",
+            None,
+            "TensorBoard log folder (transformers 4).",
+            reason="removed in transformers 5; set the TENSORBOARD_LOGGING_DIR environment variable instead",
+        ),
+    }
+)
+
+
+def stage_problem(stage: str) -> str | None:
+    """Why `stage` cannot run (None when it can); unknown stages get the list of known ones."""
+    if stage not in STAGES:
+        return f"unknown stage `{stage}`; expected one of: {', '.join(STAGES)}"
+    reason = STAGES[stage]
+    return None if reason is None else f"stage `{stage}` is not supported yet by tuneforge ({reason})"
+
+
+def supported_stages() -> tuple[str, ...]:
+    return tuple(stage for stage, reason in STAGES.items() if reason is None)
