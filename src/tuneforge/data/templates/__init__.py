@@ -1,0 +1,105 @@
+"""Chat templates: built-ins as data (``builtin.json``) and ``auto`` (the tokenizer's Jinja template).
+
+template = get_template("qwen", tokenizer)        # or None / "auto"
+template.fix_tokenizer(tokenizer)                  # eos / pad / stop words, once per run
+pairs = template.encode_multiturn(tokenizer, conv.messages, conv.system, conv.tools)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Union
+
+from tuneforge.data.templates.auto import JinjaTemplate, check_template_matches, suggest_builtin
+from tuneforge.data.templates.model import SpecialSlot, Template, TemplateError, template_from_dict
+from tuneforge.data.templates.tools import check_tool_format
+from tuneforge.errors import NotSupportedError
+
+__all__ = [
+    "ChatTemplate", "JinjaTemplate", "Template", "TemplateError", "available_templates",
+    "check_template_matches", "get_template", "suggest_builtin",
+]  # fmt: skip
+
+ChatTemplate = Union[Template, JinjaTemplate]
+_BUILTIN_FILE = Path(__file__).with_name("builtin.json")
+
+
+@lru_cache(maxsize=1)
+def _load_builtin() -> tuple[Mapping[str, Template], frozenset[str]]:
+    """Read ``builtin.json`` once; entries with ``base`` copy another entry and override its keys."""
+    data = json.loads(_BUILTIN_FILE.read_text(encoding="utf-8"))
+    raw: dict[str, dict[str, Any]] = data["templates"]
+
+    def merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+        if name in seen:
+            raise TemplateError(f"{_BUILTIN_FILE}: template '{name}' inherits from itself via {' -> '.join(seen)}")
+        entry = dict(raw[name])
+        base = entry.pop("base", None)
+        if base is None:
+            return entry
+        if base not in raw:
+            raise TemplateError(f"{_BUILTIN_FILE}: template '{name}' has unknown base '{base}'")
+        return {**merged(base, seen + (name,)), **entry}
+
+    templates = {name: template_from_dict(name, merged(name)) for name in raw}
+    return MappingProxyType(templates), frozenset(data.get("llamafactory_templates_not_shipped", ()))
+
+
+def available_templates() -> list[str]:
+    """Names accepted by ``get_template`` (besides ``auto``)."""
+    return sorted(_load_builtin()[0])
+
+
+def get_template(
+    name: str | None,
+    tokenizer: Any,
+    *,
+    default_system: str | None = None,
+    enable_thinking: bool | None = True,
+    tool_format: str | None = None,
+) -> ChatTemplate:
+    """The template a run uses. ``None``/``"auto"`` -> the tokenizer's own chat template.
+
+    The keyword arguments are LLaMA-Factory's data arguments of the same names: ``default_system``
+    replaces the template's default system prompt, ``enable_thinking`` applies to reasoning templates,
+    ``tool_format`` switches the tool / function-call format. The tokenizer is not modified here;
+    call ``template.fix_tokenizer(tokenizer)`` once per run.
+    """
+    if name is None or name == "auto":
+        if tool_format is not None:
+            raise NotSupportedError(
+                "`tool_format` cannot be combined with `template: auto` (the chat template formats tools)"
+            )
+        return JinjaTemplate(tokenizer, default_system=default_system, enable_thinking=enable_thinking)
+
+    templates, lf_only = _load_builtin()
+    if name not in templates:
+        if name in lf_only:
+            raise NotSupportedError(
+                f"template '{name}' (LLaMA-Factory) is not shipped by tuneforge yet; use `template: auto` "
+                f"(the model's own chat template) or one of: {', '.join(available_templates())}"
+            )
+        close = difflib.get_close_matches(name, list(templates) + ["auto"], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise TemplateError(
+            f"unknown template '{name}' (key `template`); {hint}available: auto, {', '.join(available_templates())}"
+        )
+
+    template = templates[name]
+    changes: dict[str, Any] = {}
+    if default_system is not None:
+        changes["default_system"] = default_system
+    if template.reasoning:
+        changes["enable_thinking"] = enable_thinking
+    if tool_format is not None:  # LF: function slots fall back to the plain assistant defaults
+        check_tool_format(tool_format)
+        changes["tool_format"] = tool_format
+        changes["format_function"] = (
+            ("{{content}}",) if template.efficient_eos else ("{{content}}", SpecialSlot("eos_token"))
+        )
+    return dataclasses.replace(template, **changes) if changes else template
