@@ -1,0 +1,227 @@
+"""Read dataset rows from local files / folders or the hubs; every row keeps where it came from."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator
+
+from tuneforge.data.registry import FILE_TYPES, DatasetSpec
+from tuneforge.errors import DataError, NotSupportedError
+
+
+@dataclass(frozen=True)
+class RawRow:
+    values: Any  # normally a dict of column -> value
+    source: str  # "data/foo.json row 3", "data/foo.jsonl line 7"
+
+
+def display_path(path: Path) -> str:
+    """Path relative to the working directory when it is inside it (shorter messages)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _file_type(path: Path) -> str:
+    ext = path.suffix.lstrip(".").lower()
+    if ext not in FILE_TYPES:
+        raise DataError(f"{path}: unsupported file type '.{ext}'; expected one of "
+                        + ", ".join("." + e for e in FILE_TYPES))
+    return FILE_TYPES[ext]
+
+
+def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0) -> DataError:
+    return DataError(f"{display_path(path)} line {err.lineno + line_offset} col {err.colno}: invalid JSON ({err.msg})")
+
+
+def _iter_json(path: Path) -> Iterator[RawRow]:
+    """A `.json` file holds a list of rows, or (like HF's json loader accepts) JSON lines."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # several top-level values: JSON lines in a .json file
+            yield from _iter_jsonl(path, text)
+            return
+        raise _json_error(path, err) from err
+    if isinstance(data, dict):
+        # a single object of rows is not LF's layout; one common variant is {"data": [...]}
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1 and len(data) == 1:
+            data = data[lists[0]]
+        else:
+            raise DataError(f"{display_path(path)}: expected a JSON list of rows (or JSON lines), found an object "
+                            f"with keys {list(data)[:8]}")
+    if not isinstance(data, list):
+        raise DataError(f"{display_path(path)}: expected a JSON list of rows, found {type(data).__name__}")
+    shown = display_path(path)
+    for i, row in enumerate(data, start=1):
+        yield RawRow(row, f"{shown} row {i}")
+
+
+def _iter_jsonl(path: Path, text: str | None = None) -> Iterator[RawRow]:
+    shown = display_path(path)
+    if text is None:
+        text = path.read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise _json_error(path, err, line_offset=number - 1) from err
+        yield RawRow(row, f"{shown} line {number}")
+
+
+def _iter_csv(path: Path) -> Iterator[RawRow]:
+    shown = display_path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f), start=1):
+            yield RawRow(dict(row), f"{shown} row {i}")
+
+
+def _iter_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    shown = display_path(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise DataError(f"{shown}: cannot read parquet file ({err})") from err
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield RawRow(row, f"{shown} row {i}")
+
+
+def _iter_arrow(path: Path) -> Iterator[RawRow]:
+    from datasets import Dataset
+
+    shown = display_path(path)
+    for i, row in enumerate(Dataset.from_file(str(path)), start=1):
+        yield RawRow(row, f"{shown} row {i}")
+
+
+def _iter_text(path: Path) -> Iterator[RawRow]:
+    """One sample per line in column `text`; blank lines separate nothing and are skipped."""
+    shown = display_path(path)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                yield RawRow({"text": line}, f"{shown} line {number}")
+
+
+_READERS = {"json": _iter_json, "jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet,
+            "text": _iter_text, "arrow": _iter_arrow}
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        kinds = {p.suffix.lower() for p in files}
+        if not files:
+            raise DataError(f"dataset folder {display_path(path)} has no files")
+        if len(kinds) > 1:
+            raise DataError(f"dataset folder {display_path(path)} mixes file types {sorted(kinds)}; "
+                            "all files of a folder dataset must have the same type")
+        return files
+    raise DataError(f"dataset file {display_path(path)} not found")
+
+
+def iter_local_rows(path: Path) -> Iterator[RawRow]:
+    for file in _files_of(Path(path)):
+        try:
+            yield from _READERS[_file_type(file)](file)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{display_path(file)}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+
+
+def first_row(path: Path) -> Any:
+    """The first row of a local file or folder (for detecting its format)."""
+    row = next(islice(iter_local_rows(path), 1), None)
+    return None if row is None else row.values
+
+
+# --------------------------------------------------------------------------------------- hubs
+
+_NETWORK_HINTS = ("offline", "connection", "network", "timed out", "max retries", "name or service not known",
+                  "temporary failure in name resolution", "unreachable")
+
+
+def _hub_error(spec: DatasetSpec, hub: str, url: str, err: Exception) -> DataError:
+    text = f"{type(err).__name__}: {err}"
+    # datasets raises ConnectionError both when offline mode is on and when the host is unreachable
+    offline = isinstance(err, ConnectionError) or any(hint in text.lower() for hint in _NETWORK_HINTS)
+    if offline:
+        return DataError(
+            f"could not download dataset {spec.name} from the {hub} ({url}): no network access. "
+            "Download it elsewhere and point `file_name` to the local copy."
+        )
+    return DataError(f"could not load dataset {spec.name} from the {hub} ({url}): {text}")
+
+
+def _rows_of(dataset, label: str) -> Iterator[RawRow]:
+    for i, row in enumerate(dataset, start=1):
+        yield RawRow(row, f"{label} row {i}")
+
+
+def iter_hub_rows(spec: DatasetSpec) -> Iterator[RawRow]:
+    if spec.load_from == "ms_hub":
+        try:
+            from modelscope import MsDataset  # optional dependency
+        except ImportError:
+            raise DataError(f"dataset {spec.name} uses ms_hub_url '{spec.ms_hub_url}', which needs the modelscope "
+                            "package (pip install modelscope), or set `hf_hub_url` / `file_name` instead") from None
+        try:
+            dataset = MsDataset.load(dataset_name=spec.ms_hub_url, subset_name=spec.subset, data_dir=spec.folder,
+                                     split=spec.split).to_hf_dataset()
+        except Exception as err:
+            raise _hub_error(spec, "ModelScope Hub", spec.ms_hub_url, err) from err
+        yield from _rows_of(dataset, f"{spec.ms_hub_url} ({spec.split})")
+        return
+
+    import datasets
+
+    if spec.load_from == "script":
+        path = spec.local_path
+        if path.is_dir() and any(p.suffix == ".py" for p in path.iterdir()):
+            raise NotSupportedError(f"{spec.where}: script_url '{spec.script_url}' is a dataset loading script; "
+                                    "datasets>=4 no longer runs scripts. Convert it to json/parquet files.")
+        target, hub = (str(path), "local folder") if path.exists() else (spec.script_url, "Hugging Face Hub")
+    else:
+        target, hub = spec.hf_hub_url, "Hugging Face Hub"
+    try:
+        dataset = datasets.load_dataset(path=target, name=spec.subset, data_dir=spec.folder, split=spec.split,
+                                        revision=spec.revision)
+    except Exception as err:
+        raise _hub_error(spec, hub, target, err) from err
+    yield from _rows_of(dataset, f"{target} ({spec.split})")
+
+
+def load_rows(spec: DatasetSpec) -> list[RawRow]:
+    """All rows of one dataset, in file order."""
+    if spec.load_from == "file":
+        return list(iter_local_rows(spec.local_path))
+    return list(iter_hub_rows(spec))
+
+
+def sample_rows(rows: list[RawRow], num_samples: int | None, max_samples: int | None, seed: int) -> list[RawRow]:
+    """LF semantics: `num_samples` draws a random permutation truncated to N, topped up with random
+    picks (with replacement) when N exceeds the rows; then `max_samples` keeps the first N."""
+    if num_samples is not None:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        indexes = list(rng.permutation(len(rows))[:num_samples])
+        if num_samples > len(indexes) and rows:
+            indexes += list(rng.choice(len(rows), num_samples - len(indexes)))
+        rows = [rows[int(i)] for i in indexes]
+    if max_samples is not None:
+        rows = rows[:max_samples]
+    return rows

@@ -1,0 +1,290 @@
+"""`build_datasets`: dataset names in a run config -> encoded train/eval datasets + a report.
+
+    specs (registry) -> rows (loaders, num_samples/max_samples) -> Conversations (formats, bad rows
+    reported) -> mix (concat / interleave) -> encode (cached on disk) -> val_size split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data import encode as encoding
+from tuneforge.data.formats import Conversation, RowError, convert_row
+from tuneforge.data.loaders import _files_of, load_rows, sample_rows
+from tuneforge.data.registry import DatasetSpec, load_dataset_specs, split_names
+from tuneforge.data.report import DataReport
+from tuneforge.errors import ConfigError, DataError, NotSupportedError
+
+CACHE_VERSION = "tuneforge-data-1"
+RANKING_STAGES = ("rm", "dpo")
+ENCODED_STAGES = ("pt", "sft")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+
+
+@dataclass
+class DatasetBundle:
+    train: Any  # datasets.Dataset with columns input_ids, labels
+    eval: Any  # datasets.Dataset or None
+    report: DataReport
+
+
+def build_datasets(cfg, tokenizer, template, stage: str = "sft") -> DatasetBundle:
+    data = cfg.data
+    seed = getattr(getattr(cfg, "training", None), "seed", None)
+    seed = 42 if seed is None else int(seed)  # HF's default seed
+    config_path = getattr(cfg, "config_path", None)
+    config_dir = Path(config_path).parent if config_path else None
+    val_size = getattr(data, "val_size", 0) or 0
+
+    if getattr(data, "streaming", False):
+        raise NotSupportedError("`streaming: true` is not supported yet; datasets are loaded and cached in full")
+    if not split_names(getattr(data, "dataset", None)):
+        raise ConfigError("`dataset` is not set: name at least one dataset (from dataset_info.json or a file path)")
+    if split_names(getattr(data, "eval_dataset", None)) and val_size:
+        raise ConfigError("set either `val_size` or `eval_dataset`, not both")
+    dataset_dir = getattr(data, "dataset_dir", None) or "data"
+    train_specs = load_dataset_specs(data.dataset, dataset_dir, config_dir)
+    eval_specs = load_dataset_specs(getattr(data, "eval_dataset", None), dataset_dir, config_dir)
+    check_stage(train_specs + eval_specs, stage)
+
+    report = DataReport()
+    train = _build_split(train_specs, "train", cfg, tokenizer, template, stage, seed, report)
+    evaluation = _build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report) if eval_specs else None
+    if val_size and len(train) > 0:
+        test_size = int(val_size) if val_size > 1 else float(val_size)
+        try:
+            parts = train.train_test_split(test_size=test_size, seed=seed)
+        except ValueError as err:
+            raise ConfigError(f"val_size={val_size} cannot split {len(train)} training samples: {err}") from err
+        train, evaluation = parts["train"], parts["test"]
+
+    report.train_samples = len(train)
+    report.eval_samples = len(evaluation) if evaluation is not None else 0
+    report.check_not_empty("train", len(train))
+    if eval_specs:
+        report.check_not_empty("eval", report.eval_samples)
+    return DatasetBundle(train, evaluation, report)
+
+
+def check_stage(specs: list[DatasetSpec], stage: str) -> None:
+    for spec in specs:
+        if stage in ("sft", "pt", "ppo") and spec.ranking:
+            raise DataError(f"{spec.where} is a ranking dataset (ranking: true, chosen/rejected answers), "
+                            f"but stage '{stage}' needs plain samples. Use stage rm/dpo, or another dataset.")
+        if stage in RANKING_STAGES and not spec.ranking:
+            raise DataError(f"{spec.where} is not a ranking dataset, but stage '{stage}' needs chosen/rejected "
+                            "pairs. Set `ranking: true` and the chosen/rejected columns in dataset_info.json.")
+        if stage == "kto" and not spec.columns.kto_tag:
+            raise DataError(f"{spec.where} has no `kto_tag` column, which stage 'kto' needs")
+    if stage not in ENCODED_STAGES:
+        raise NotSupportedError(f"stage '{stage}' is not supported yet by the data pipeline (supported: pt, sft)")
+
+
+# ----------------------------------------------------------------------------- one split
+def _build_split(specs, split, cfg, tokenizer, template, stage, seed, report: DataReport):
+    from datasets import Dataset
+
+    data = cfg.data
+    cache_dir = _cache_root() / _cache_key(specs, split, data, tokenizer, template, stage, seed)
+    if cache_dir.is_dir() and not getattr(data, "overwrite_cache", False):
+        try:
+            dataset = Dataset.load_from_disk(str(cache_dir / "data"))
+            cached = DataReport.from_json(json.loads((cache_dir / "report.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, FileNotFoundError):
+            pass  # a broken cache entry is rebuilt below
+        else:
+            report.datasets.update(cached.datasets)
+            report.notes.append(f"{split}: tokenized data loaded from cache {cache_dir}")
+            return dataset
+
+    part = DataReport()
+    conversations = []
+    for spec in specs:
+        rows = load_rows(spec)
+        part.read(spec.name, len(rows), split)
+        rows = sample_rows(rows, spec.num_samples, getattr(data, "max_samples", None), seed)
+        converted = []
+        for row in rows:
+            try:
+                converted.append(convert_row(row.values, spec, row.source))
+            except RowError as err:
+                part.dropped(spec.name, f"invalid {spec.formatting} row", f"{err.source} ({err.problem})", split)
+        conversations.append(converted)
+    mixed = mix(conversations, [s.name for s in specs], data, seed)
+    for spec in specs:  # rows that reached the converter or the encoder (interleaving skips / repeats)
+        stats = part.stats(spec.name, split)
+        stats.rows_used = sum(stats.dropped.values())
+    for name, _ in mixed:
+        part.stats(name, split).rows_used += 1
+
+    if stage == "pt":
+        columns = _encode_pt(mixed, tokenizer, data, part, split)
+    else:
+        columns = _encode_sft(mixed, template, tokenizer, data, part, split)
+    dataset = Dataset.from_dict(columns, features=_features())
+    _save_cache(cache_dir, dataset, part)
+    report.datasets.update(part.datasets)
+    return dataset
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32"))})
+
+
+def _encode_sft(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
+    columns: dict[str, list] = {"input_ids": [], "labels": []}
+    for name, conv in mixed:
+        try:
+            result = encoding.encode_sft_with_info(conv, template, tokenizer, data)
+        except DataError as err:  # e.g. a role the template cannot format: report the row, go on
+            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+            continue
+        if result.dropped:
+            detail = f" ({result.full_length} tokens)" if result.full_length else ""
+            report.dropped(name, result.dropped, conv.source + detail, split)
+            continue
+        if result.truncated:
+            report.truncated(name, f"{conv.source} ({result.full_length} tokens)", split)
+        report.kept(name, result.input_ids, result.labels, split)
+        columns["input_ids"].append(result.input_ids)
+        columns["labels"].append(result.labels)
+    return columns
+
+
+def _encode_pt(mixed, tokenizer, data, report: DataReport, split) -> dict[str, list]:
+    texts = []
+    for name, conv in mixed:
+        text = conv.messages[0].content if conv.messages else ""
+        if not text.strip():
+            report.dropped(name, "empty text", conv.source, split)
+            continue
+        report.stats(name, split).kept += 1
+        texts.append((name, text))
+    documents = encoding.tokenize_documents([t for _, t in texts], tokenizer)
+    for (name, _), document in zip(texts, documents):
+        report.stats(name, split).tokens += len(document)
+        report.stats(name, split).trained_tokens += len(document)
+    blocks = encoding.pack_blocks(documents, int(data.cutoff_len), getattr(data, "packing", None) is not False)
+    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+
+# ----------------------------------------------------------------------------- mixing
+def mix(conversations: list[list[Conversation]], names: list[str], data, seed: int) -> list[tuple[str, Conversation]]:
+    """LF's `mix_strategy`: concat, or interleave (HF `interleave_datasets`) stopping at the first
+    exhausted dataset (`interleave_under`) or when all are exhausted (`interleave_over`)."""
+    strategy = getattr(data, "mix_strategy", None) or "concat"
+    if strategy == "interleave_once":
+        raise NotSupportedError("mix_strategy 'interleave_once' is not supported yet (use concat or interleave_*)")
+    if strategy not in MIX_STRATEGIES:
+        raise ConfigError(f"mix_strategy '{strategy}' is not one of {', '.join(MIX_STRATEGIES)}")
+    if strategy == "concat" or len(conversations) < 2:
+        return [(name, conv) for name, convs in zip(names, conversations) for conv in convs]
+
+    from datasets import Dataset, interleave_datasets
+
+    probs = getattr(data, "interleave_probs", None)
+    if isinstance(probs, str):
+        probs = [float(p) for p in probs.split(",") if p.strip()]
+    if probs is not None and len(probs) != len(conversations):
+        raise ConfigError(f"interleave_probs has {len(probs)} value(s) but there are {len(conversations)} datasets")
+    # interleave row indexes with HF's own function so the order matches LF exactly
+    index_sets = [Dataset.from_dict({"d": [i] * len(c), "r": list(range(len(c)))}) for i, c in enumerate(conversations)]
+    stopping = "first_exhausted" if strategy == "interleave_under" else "all_exhausted"
+    mixed = interleave_datasets(index_sets, probabilities=probs, seed=seed, stopping_strategy=stopping)
+    return [(names[d], conversations[d][r]) for d, r in zip(mixed["d"], mixed["r"])]
+
+
+# ----------------------------------------------------------------------------- cache
+def _cache_root() -> Path:
+    return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / "datasets"
+
+
+def _file_fingerprint(spec: DatasetSpec) -> Any:
+    if spec.load_from != "file":
+        return [spec.hf_hub_url, spec.ms_hub_url, spec.script_url, spec.revision]
+    prints = []
+    for file in _files_of(spec.local_path):
+        digest = hashlib.sha1()
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        prints.append([str(file.resolve()), digest.hexdigest()])
+    return prints
+
+
+def _tokenizer_fingerprint(tokenizer) -> Any:
+    vocab = hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    template = hashlib.sha1(str(getattr(tokenizer, "chat_template", "")).encode()).hexdigest()
+    return [type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), vocab, template,
+            tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+            bool(getattr(tokenizer, "add_bos_token", False))]
+
+
+def _template_fingerprint(template) -> Any:
+    if template is None:
+        return None
+    custom = getattr(template, "fingerprint", None)  # a Template may describe itself fully
+    if callable(custom):
+        return custom()
+    if dataclasses.is_dataclass(template):  # built-in templates: frozen dataclasses of plain data
+        return repr(template)
+    return [type(template).__name__, getattr(template, "name", None), getattr(template, "efficient_eos", None),
+            getattr(template, "default_system", None), list(getattr(template, "stop_words", ()) or ())]
+
+
+_KEYS = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "mix_strategy", "interleave_probs",
+         "truncation", "default_system", "tool_format", "packing", "enable_thinking",
+         "preserve_thinking")
+
+
+def _cache_key(specs, split, data, tokenizer, template, stage, seed) -> str:
+    key = {
+        "version": CACHE_VERSION,
+        "stage": stage,
+        "split": split,
+        "seed": seed,
+        "specs": [[repr(s), _file_fingerprint(s)] for s in specs],
+        "data": {k: getattr(data, k, None) for k in _KEYS},
+        "tokenizer": _tokenizer_fingerprint(tokenizer),
+        "template": _template_fingerprint(template) if stage != "pt" else None,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _save_cache(cache_dir: Path, dataset, report: DataReport) -> None:
+    """Write next to the final place, then rename: a crash never leaves a half-written entry."""
+    tmp = None
+    try:
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".tmp-"))
+        _quietly(dataset.save_to_disk, str(tmp / "data"))
+        (tmp / "report.json").write_text(json.dumps(report.to_json()), encoding="utf-8")
+        if cache_dir.exists():
+            shutil.rmtree(cache_dir)
+        os.replace(tmp, cache_dir)
+    except OSError:  # caching is an optimisation; a read-only cache folder must not stop a run
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _quietly(function, *args):
+    """Run without datasets' progress bars (a tiny save should not print three bars)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        return function(*args)
+    finally:
+        if not was_disabled:
+            enable_progress_bars()

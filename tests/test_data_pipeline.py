@@ -1,0 +1,269 @@
+"""build_datasets end to end: report, val_size, mixing, cache, stage checks, pt, preview."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from tuneforge.data import pipeline
+from tuneforge.data.pipeline import build_datasets
+from tuneforge.data.preview import format_preview, mark_sample
+from tuneforge.data.report import DataReport
+from tuneforge.errors import ConfigError, DataError, NotSupportedError
+
+X = -100
+
+
+class TokTemplate:
+    """prompt ids = tokens of "Q:<user>\\n", response ids = tokens of the answer + eos."""
+
+    name = "tok"
+    efficient_eos = False
+    default_system = ""
+    stop_words = ()
+
+    def encode_multiturn(self, tokenizer, messages, system=None, tools=None):
+        enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return [(enc(f"Q:{messages[i].content}\n"), enc(messages[i + 1].content) + [tokenizer.eos_token_id])
+                for i in range(0, len(messages), 2)]
+
+
+ALPACA = [
+    {"instruction": "Hello", "input": "", "output": "I am an AI assistant."},
+    {"instruction": "The quick brown fox jumps over the lazy dog. " * 4, "output": "fox"},  # truncated
+    {"instruction": "Bad", "output": 5},  # invalid
+    {"instruction": "Alice", "input": "math", "output": "91 points"},
+]
+SHAREGPT = [
+    {"conversations": [{"from": "human", "value": "who"}, {"from": "gpt", "value": "me"}]},
+    {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},  # invalid
+]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "alp.json").write_text(json.dumps(ALPACA))
+    (data / "sg.jsonl").write_text("\n".join(json.dumps(r) for r in SHAREGPT) + "\n")
+    (data / "nums.jsonl").write_text("".join(json.dumps({"instruction": f"n{i}", "output": f"v{i}"}) + "\n"
+                                             for i in range(8)))
+    (data / "pairs.json").write_text(json.dumps([{"instruction": "q", "chosen": "a", "rejected": "b"}]))
+    (data / "docs.txt").write_text("Hello, who are you?\nThe quick brown fox.\n")
+    info = {
+        "alp": {"file_name": "alp.json"},
+        "sg": {"file_name": "sg.jsonl", "formatting": "sharegpt"},
+        "nums": {"file_name": "nums.jsonl"},
+        "pairs": {"file_name": "pairs.json", "ranking": True, "columns": {"chosen": "chosen", "rejected": "rejected"}},
+        "docs": {"file_name": "docs.txt", "columns": {"prompt": "text"}},
+    }
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    return tmp_path
+
+
+def make_cfg(dataset, seed=42, **data):
+    base = dict(dataset=dataset, eval_dataset=None, dataset_dir="data", cutoff_len=24, train_on_prompt=False,
+                mask_history=False, max_samples=None, val_size=0.0, mix_strategy="concat", interleave_probs=None,
+                truncation="keep_prompt", default_system=None, tool_format=None, overwrite_cache=False,
+                preprocessing_num_workers=None, packing=None, streaming=False)
+    base.update(data)
+    return SimpleNamespace(data=SimpleNamespace(**base), training=SimpleNamespace(seed=seed), config_path=None)
+
+
+def first_user(tokenizer, sample):
+    """The user text of a TokTemplate sample (between "Q:" and the newline)."""
+    text = tokenizer.decode([t for t, l in zip(sample["input_ids"], sample["labels"]) if l == X])
+    return text[2:].split("\n")[0]
+
+
+def test_report_counts_and_source_refs(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("alp,sg"), tiny_tokenizer, TokTemplate())
+    assert len(bundle.train) == 4 and bundle.eval is None
+    alp, sg = bundle.report.stats("alp"), bundle.report.stats("sg")
+    assert (alp.rows_read, alp.rows_used, alp.kept, alp.truncated, dict(alp.dropped)) == (
+        4, 4, 3, 1, {"invalid alpaca row": 1})
+    assert alp.refs["invalid alpaca row"] == ["data/alp.json row 3 (column 'output' must be a string, found int 5)"]
+    assert alp.refs["truncated"][0].startswith("data/alp.json row 2 (")
+    assert (sg.rows_read, sg.kept, dict(sg.dropped)) == (2, 1, {"invalid sharegpt row": 1})
+    assert sg.refs["invalid sharegpt row"][0].startswith("data/sg.jsonl line 2 (message 1 has role 'user'")
+    assert all(len(s) <= 24 for s in bundle.train["input_ids"])
+    first = bundle.train[0]
+    expected_prompt = tiny_tokenizer("Q:Hello\n", add_special_tokens=False)["input_ids"]
+    assert first["labels"] == [X] * len(expected_prompt) + first["input_ids"][len(expected_prompt):]
+    assert alp.trained_tokens == sum(sum(1 for l in s if l != X) for s in bundle.train["labels"][:3])
+
+    text = bundle.report.format()
+    assert text.splitlines()[0] == "data: 4 train sample(s), 0 eval sample(s)"
+    assert "  [train] alp: read 4, kept 3, dropped 1, truncated 1; " in text
+    assert ("      dropped 1: invalid alpaca row (e.g. data/alp.json row 3 (column 'output' must be a string, "
+            "found int 5))") in text
+    saved = json.loads(bundle.report.save(workdir / "out").read_text())
+    assert saved == bundle.report.to_json()
+    assert DataReport.from_json(saved).to_json() == saved
+
+
+def test_all_rows_dropped_explains_why(workdir, tiny_tokenizer):
+    (workdir / "data" / "bad.json").write_text(json.dumps([{"instruction": "q", "output": 1}] * 3))
+    info = json.loads((workdir / "data" / "dataset_info.json").read_text())
+    info["bad"] = {"file_name": "bad.json"}
+    (workdir / "data" / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError) as err:
+        build_datasets(make_cfg("bad"), tiny_tokenizer, TokTemplate())
+    assert str(err.value) == (
+        "no train samples left: all 3 row(s) of bad were dropped. Top reasons: invalid alpaca row: 3 row(s), e.g. "
+        "data/bad.json row 1 (column 'output' must be a string, found int 1), data/bad.json row 2 (column 'output' "
+        "must be a string, found int 1), data/bad.json row 3 (column 'output' must be a string, found int 1)")
+
+
+def test_template_errors_are_reported_per_row(workdir, tiny_tokenizer):
+    class Picky(TokTemplate):
+        def encode_multiturn(self, tokenizer, messages, system=None, tools=None):
+            if messages[0].content == "Alice\nmath":
+                raise DataError("no slot for math")
+            return super().encode_multiturn(tokenizer, messages, system, tools)
+
+    bundle = build_datasets(make_cfg("alp"), tiny_tokenizer, Picky())
+    alp = bundle.report.stats("alp")
+    assert alp.kept == 2
+    assert alp.refs["the template cannot encode this row"] == ["data/alp.json row 4 (no slot for math)"]
+
+
+def test_truncation_drop_is_reported(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("alp", truncation="drop"), tiny_tokenizer, TokTemplate())
+    alp = bundle.report.stats("alp")
+    assert (alp.kept, alp.truncated, dict(alp.dropped)) == (
+        2, 0, {"invalid alpaca row": 1, "longer than cutoff_len (24)": 1})
+    assert alp.refs["longer than cutoff_len (24)"][0].startswith("data/alp.json row 2 (")
+
+
+def test_val_size_fraction_and_count(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("nums", val_size=0.25), tiny_tokenizer, TokTemplate())
+    assert (len(bundle.train), len(bundle.eval)) == (6, 2)
+    assert (bundle.report.train_samples, bundle.report.eval_samples) == (6, 2)
+    again = build_datasets(make_cfg("nums", val_size=0.25), tiny_tokenizer, TokTemplate())
+    assert again.eval["input_ids"] == bundle.eval["input_ids"]  # seeded
+    users = {first_user(tiny_tokenizer, s) for s in bundle.train} | {first_user(tiny_tokenizer, s) for s in bundle.eval}
+    assert users == {f"n{i}" for i in range(8)}
+    bundle = build_datasets(make_cfg("nums", val_size=3), tiny_tokenizer, TokTemplate())
+    assert (len(bundle.train), len(bundle.eval)) == (5, 3)
+    with pytest.raises(ConfigError, match="either `val_size` or `eval_dataset`"):
+        build_datasets(make_cfg("nums", val_size=0.1, eval_dataset="alp"), tiny_tokenizer, TokTemplate())
+
+
+def test_eval_dataset_and_max_samples(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("nums", eval_dataset="sg", max_samples=5), tiny_tokenizer, TokTemplate())
+    assert [first_user(tiny_tokenizer, s) for s in bundle.train] == ["n0", "n1", "n2", "n3", "n4"]
+    assert [first_user(tiny_tokenizer, s) for s in bundle.eval] == ["who"]
+    assert bundle.report.stats("sg", "eval").rows_read == 2
+    assert bundle.report.stats("nums").rows_used == 5
+
+
+def test_mix_strategies(workdir, tiny_tokenizer):
+    def users(strategy, **kw):
+        bundle = build_datasets(make_cfg("nums,sg", mix_strategy=strategy, max_samples=3, **kw),
+                                tiny_tokenizer, TokTemplate())
+        return [first_user(tiny_tokenizer, s) for s in bundle.train]
+
+    assert users("concat") == ["n0", "n1", "n2", "who"]
+    assert users("interleave_under") == ["n0", "who"]
+    assert users("interleave_over") == ["n0", "who", "n1", "who", "n2", "who"]
+    probs = users("interleave_over", interleave_probs="0.5,0.5")
+    assert sorted(set(probs)) == ["n0", "n1", "n2", "who"]
+    with pytest.raises(ConfigError, match="interleave_probs has 1 value"):
+        users("interleave_under", interleave_probs=[1.0])
+    with pytest.raises(NotSupportedError):
+        users("interleave_once")
+
+
+def test_num_samples_oversamples(workdir, tiny_tokenizer):
+    info = json.loads((workdir / "data" / "dataset_info.json").read_text())
+    info["sg"]["num_samples"] = 5
+    (workdir / "data" / "dataset_info.json").write_text(json.dumps(info))
+    bundle = build_datasets(make_cfg("sg"), tiny_tokenizer, TokTemplate())
+    sg = bundle.report.stats("sg")
+    assert (sg.rows_read, sg.rows_used) == (2, 5)
+    assert sg.kept + sg.dropped["invalid sharegpt row"] == 5 and sg.kept >= 1 and sg.dropped["invalid sharegpt row"] >= 1
+    assert len(bundle.train) == sg.kept
+
+
+def test_cache_hit_skips_encoding(workdir, tiny_tokenizer, monkeypatch):
+    calls = []
+    real = pipeline.encoding.encode_sft_with_info
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.encoding, "encode_sft_with_info", counting)
+    first = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
+    assert len(calls) == 3
+    second = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
+    assert len(calls) == 3  # nothing encoded again
+    assert second.train["input_ids"] == first.train["input_ids"]
+    assert second.report.stats("alp").to_dict() == first.report.stats("alp").to_dict()
+    assert second.report.notes[0].startswith("train: tokenized data loaded from cache ")
+    build_datasets(make_cfg("alp", overwrite_cache=True), tiny_tokenizer, TokTemplate())
+    assert len(calls) == 6
+    build_datasets(make_cfg("alp", cutoff_len=32), tiny_tokenizer, TokTemplate())
+    assert len(calls) == 9  # another cutoff_len is another cache entry
+    (workdir / "data" / "alp.json").write_text(json.dumps(ALPACA[:1]))
+    build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
+    assert len(calls) == 10  # changed file content
+
+
+def test_stage_checks(workdir, tiny_tokenizer):
+    with pytest.raises(DataError) as err:
+        build_datasets(make_cfg("pairs"), tiny_tokenizer, TokTemplate(), stage="sft")
+    assert str(err.value).startswith(
+        f"dataset 'pairs' in {workdir / 'data' / 'dataset_info.json'} is a ranking dataset (ranking: true, "
+        "chosen/rejected answers), but stage 'sft' needs plain samples.")
+    with pytest.raises(DataError, match="dataset 'alp' in .* is not a ranking dataset, but stage 'dpo' needs"):
+        build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate(), stage="dpo")
+    with pytest.raises(NotSupportedError, match="stage 'rm' is not supported yet"):
+        build_datasets(make_cfg("pairs"), tiny_tokenizer, TokTemplate(), stage="rm")
+    with pytest.raises(ConfigError, match="`dataset` is not set"):
+        build_datasets(make_cfg(None), tiny_tokenizer, TokTemplate())
+
+
+def test_pt_stage_blocks(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("docs", cutoff_len=8), tiny_tokenizer, None, stage="pt")
+    stream = []
+    for text in ["Hello, who are you?", "The quick brown fox."]:
+        stream += tiny_tokenizer(text, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
+    assert sum(bundle.train["input_ids"], []) == stream
+    assert bundle.train["labels"] == bundle.train["input_ids"]
+    docs = bundle.report.stats("docs")
+    assert (docs.rows_read, docs.kept, docs.tokens) == (2, 2, len(stream))
+
+
+def test_direct_file_dataset(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("data/nums.jsonl"), tiny_tokenizer, TokTemplate())
+    assert len(bundle.train) == 8
+    assert bundle.report.stats("data/nums.jsonl").kept == 8
+
+
+def test_preview_marks_trained_text(workdir, tiny_tokenizer):
+    bundle = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
+    text = format_preview(bundle, tiny_tokenizer, n=1, color=False)
+    first = bundle.train[0]
+    lines = text.splitlines()
+    assert lines[0] == "first training samples (trained text inside [[...]]):"
+    assert lines[1] == f"--- sample 0: {len(first['input_ids'])} tokens, {sum(l != X for l in first['labels'])} trained"
+    assert lines[2] == "Q:Hello"
+    assert lines[3] == "[[I am an AI assistant.<|im_end|>]]"
+    assert lines[4] == "---" and lines[5] == bundle.report.format().splitlines()[0]
+    coloured = mark_sample(first["input_ids"], first["labels"], tiny_tokenizer, color=True)
+    assert coloured == "Q:Hello\n\033[32mI am an AI assistant.<|im_end|>\033[0m"
+
+
+def test_real_chatml_template_end_to_end(workdir, tiny_tokenizer):
+    templates = pytest.importorskip("tuneforge.data.templates", reason="templates module not importable yet")
+    template = templates.get_template("chatml", tiny_tokenizer)
+    bundle = build_datasets(make_cfg("sg", cutoff_len=64), tiny_tokenizer, template)
+    assert format_preview(bundle, tiny_tokenizer, n=1, color=False).splitlines()[2:4] == [
+        "<|im_start|>user", "who<|im_end|>"]
+    assert "[[me<|im_end|>" in format_preview(bundle, tiny_tokenizer, n=1, color=False)
