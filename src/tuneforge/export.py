@@ -1,0 +1,273 @@
+"""`tuneforge export`: base + LoRA adapters -> one merged model folder (safetensors shards, tokenizer with
+the run's chat template, generation config, Ollama Modelfile).
+
+Before anything is written the merged model's logits are compared with the adapter model's on a
+probe input; the folder is built in `<export_dir>.tmp` and renamed into place, so a failed export
+never destroys an existing good one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+from tuneforge.model.adapters import attach_adapters
+from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_path, split_names
+
+logger = logging.getLogger(__name__)
+
+PROBE_TEXT = "Hello! Tell me about the history of mathematics in two sentences."
+# fp32 logits of a merged and an unmerged LoRA differ only by rounding; real models have logits of
+# magnitude ~10-30, so the bound scales with them (1e-4 absolute for logits of magnitude <= 1).
+MERGE_TOLERANCE = 1e-4
+
+
+def run_export(cfg) -> Path:
+    """Merge, check, and write the exported model to `cfg.model.export_dir`; returns that folder."""
+    import torch
+
+    margs, fargs = cfg.model, cfg.finetuning
+    export_dir = _check_export_args(margs)
+    adapters = split_names(getattr(margs, "adapter_name_or_path", None))
+    if adapters and getattr(fargs, "finetuning_type", "lora") != "lora":
+        raise ConfigError(f"adapter_name_or_path is set but finetuning_type is `{fargs.finetuning_type}`; use `finetuning_type: lora`")
+
+    tokenizer = load_tokenizer(margs)
+    template = _run_template(cfg, tokenizer)
+    source = resolve_model_path(margs.model_name_or_path)
+    out_dtype = _export_dtype(margs, source)
+    device = "cuda" if getattr(margs, "export_device", "cpu") == "auto" and torch.cuda.is_available() else "cpu"
+
+    # Merge and check in float32; cast to the export dtype only at the end.
+    model = load_base_model(margs, is_trainable=False, compute_dtype=torch.float32).to(device)
+    if adapters:
+        model = attach_adapters(model, adapters, margs, merge_last=False)
+        model = merge_with_check(model, tokenizer, device)
+    model.requires_grad_(False)
+    model = model.to(out_dtype)
+    _update_generation_config(model, tokenizer, template)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        logger.warning("the tokenizer has %d tokens but the model only %d embeddings (template stop words were added?)",
+                       len(tokenizer), model.get_input_embeddings().num_embeddings)
+
+    tmp = export_dir.with_name(export_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
+        tokenizer.save_pretrained(tmp)
+        (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_into_place(tmp, export_dir)
+    logger.info("exported %s model to %s", str(out_dtype).removeprefix("torch."), export_dir)
+    return export_dir
+
+
+def _check_export_args(margs) -> Path:
+    if not getattr(margs, "export_dir", None):
+        raise ConfigError("export_dir is not set: add `export_dir: path/to/output` to the export config")
+    if getattr(margs, "export_legacy_format", False):
+        raise NotSupportedError("export_legacy_format: true (.bin weights) is not supported: transformers 5 saves safetensors only")
+    if getattr(margs, "export_quantization_bit", None) is not None:
+        raise NotSupportedError("export_quantization_bit is not supported yet: export unquantized and quantize afterwards")
+    if getattr(margs, "export_hub_model_id", None):
+        raise NotSupportedError("export_hub_model_id (push to the hub) is not supported yet: upload the export_dir folder yourself")
+    size = getattr(margs, "export_size", 5)
+    if not isinstance(size, (int, float)) or size <= 0:
+        raise ConfigError(f"export_size: expected a positive number of GB per shard, got {size!r}")
+    export_dir = Path(margs.export_dir).expanduser().resolve()
+    sources = [margs.model_name_or_path, *split_names(getattr(margs, "adapter_name_or_path", None))]
+    for src in sources:
+        if Path(src).expanduser().exists() and Path(src).expanduser().resolve() == export_dir:
+            raise ConfigError(f"export_dir {margs.export_dir} is the model or adapter being exported; choose another folder")
+    return export_dir
+
+
+def _export_dtype(margs, source: str):
+    """`infer_dtype` when set, else the dtype the checkpoint was saved in (float32 if unknown)."""
+    import torch
+
+    infer = getattr(margs, "infer_dtype", "auto")
+    if infer not in (None, "auto"):
+        return parse_dtype(infer)
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        saved = config.get("dtype") or config.get("torch_dtype")
+        if saved:
+            return parse_dtype(saved, f"{config_file} dtype")
+    return torch.float32
+
+
+def merge_with_check(model, tokenizer, device: str = "cpu"):
+    """`merge_and_unload` a PeftModel, raising ModelError if the merged logits differ from the adapter's."""
+    import torch
+
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.float()
+        merged = model.merge_and_unload()
+        after = merged(input_ids=ids).logits.float()
+    diff = (after - before).abs().max().item()
+    bound = MERGE_TOLERANCE * max(1.0, before.abs().max().item())
+    logger.info("merge check: max |Δlogit| = %.3g (allowed %.3g)", diff, bound)
+    if not diff <= bound:
+        raise ModelError(
+            f"merge check failed: the merged model's logits differ from the adapter model's by up to {diff:.3g} "
+            f"(allowed {bound:.3g}); the adapter does not merge cleanly into this base model"
+        )
+    return merged
+
+
+def _update_generation_config(model, tokenizer, template) -> None:
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    stop_ids = template.stop_token_ids(tokenizer) if template is not None else [tokenizer.eos_token_id]
+    gen.eos_token_id = list(dict.fromkeys([i for i in stop_ids + eos if i is not None]))
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+# ----------------------------------------------------------------------------------------------
+# chat template
+# ----------------------------------------------------------------------------------------------
+def _run_template(cfg, tokenizer):
+    """The run's template; a named built-in also becomes the exported tokenizer's chat template."""
+    data = getattr(cfg, "data", None)
+    name = getattr(data, "template", None)
+    from tuneforge.data.templates import get_template
+
+    template = get_template(name, tokenizer, default_system=getattr(data, "default_system", None),
+                            enable_thinking=getattr(data, "enable_thinking", True))
+    template.fix_tokenizer(tokenizer)
+    if name in (None, "auto"):
+        return template
+    jinja = template_to_jinja(template)
+    if jinja is not None and _renders_like(template, tokenizer, jinja):
+        tokenizer.chat_template = jinja
+        logger.info("chat template of the export: built-in template `%s`", name)
+    else:
+        logger.warning("template `%s` cannot be written as a Jinja chat template; the export keeps the "
+                       "tokenizer's own chat template", name)
+    return template
+
+
+def _jinja_slots(slots, variable: str) -> str:
+    from tuneforge.data.templates.model import SpecialSlot, TokenSlot
+
+    parts = []
+    for slot in slots:
+        if isinstance(slot, SpecialSlot):
+            parts.append("{{ " + slot.name + " or '' }}")
+        elif isinstance(slot, TokenSlot):
+            parts.append("{{ " + repr(slot.token) + " }}")
+        else:
+            text = slot.replace("{{idx}}", "\0idx\0").replace("{{content}}", "\0content\0", 1)
+            for i, piece in enumerate(text.split("\0")):
+                if i % 2:
+                    parts.append("{{ " + (variable if piece == "content" else "idx") + " }}")
+                elif piece:
+                    parts.append("{{ " + repr(piece) + " }}")
+    return "".join(parts)
+
+
+def template_to_jinja(template) -> str | None:
+    """A HF chat template reproducing a built-in template's text (user/assistant/system/observation);
+    None for templates whose logic slots cannot express (system fused into the first user turn,
+    reasoning)."""
+    if getattr(template, "system_in_first_user", False) or getattr(template, "reasoning", False):
+        return None
+    return (
+        "{% set system_message = " + repr(template.default_system) + " %}"
+        "{% set loop_messages = messages %}"
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}{% endif %}"
+        "{% if loop_messages %}" + _jinja_slots(template.format_prefix, "content")
+        + "{% if system_message %}" + _jinja_slots(template.format_system, "system_message") + "{% endif %}{% endif %}"
+        "{% for message in loop_messages %}{% set content = message['content'] %}"
+        "{% set idx = (loop.index0 // 2) | string %}"
+        "{% if message['role'] == 'user' %}" + _jinja_slots(template.format_user, "content")
+        + "{% elif message['role'] == 'assistant' %}" + _jinja_slots(template.format_assistant, "content")
+        + "{% elif message['role'] in ('observation', 'tool') %}" + _jinja_slots(template.format_observation, "content")
+        + "{% endif %}{% endfor %}"
+    )
+
+
+def _renders_like(template, tokenizer, jinja: str) -> bool:
+    turns = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine."}]
+    for system in ("You are a test assistant.", None):
+        head = [{"role": "system", "content": system}] if system else []
+        expected = template.render_text(turns, system, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
+        try:
+            got = tokenizer.apply_chat_template(head + turns, chat_template=jinja, tokenize=False)
+        except Exception:  # a template the generator got wrong must not break the export
+            return False
+        if got != expected:
+            return False
+    return True
+
+
+def ollama_modelfile(template, tokenizer) -> str:
+    """An Ollama Modelfile for the export (`ollama create NAME -f Modelfile` inside the folder)."""
+    lines = ["FROM ."]
+    go = _ollama_template(template, tokenizer)
+    if go:
+        lines.append(f'TEMPLATE """{go}"""')
+    system = getattr(template, "default_system", "") if template is not None else ""
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    stops = list(getattr(template, "stop_words", ()) or ())
+    if tokenizer.eos_token:
+        stops.append(tokenizer.eos_token)
+    for stop in dict.fromkeys(stops):
+        lines.append(f"PARAMETER stop {json.dumps(stop)}")
+    return "\n".join(lines) + "\n"
+
+
+def _ollama_template(template, tokenizer) -> str | None:
+    """Ollama's Go template from the slots; for `auto` only ChatML chat templates are recognised."""
+    if template is None or not hasattr(template, "format_user"):
+        if "<|im_start|>" not in str(getattr(tokenizer, "chat_template", "") or ""):
+            return None
+        from tuneforge.data.templates import get_template
+
+        template = get_template("chatml", tokenizer)
+    if getattr(template, "system_in_first_user", False):
+        return None
+
+    def go(slots, variable: str) -> str:
+        from tuneforge.data.templates.model import SpecialSlot, TokenSlot
+
+        out = []
+        for slot in slots:
+            if isinstance(slot, SpecialSlot):
+                out.append(getattr(tokenizer, slot.name, None) or "")
+            elif isinstance(slot, TokenSlot):
+                out.append(slot.token)
+            else:
+                out.append(slot.replace("{{content}}", "{{ " + variable + " }}").replace("{{idx}}", "0"))
+        return "".join(out)
+
+    return (
+        go(template.format_prefix, ".System")
+        + "{{ if .System }}" + go(template.format_system, ".System") + "{{ end }}"
+        + "{{ if .Prompt }}" + go(template.format_user, ".Prompt") + "{{ end }}"
+        + go(template.format_assistant, ".Response")
+    )
+
+
+def _swap_into_place(tmp: Path, export_dir: Path) -> None:
+    """Replace `export_dir` by `tmp`; an old export is removed only once the new one is in place."""
+    old = export_dir.with_name(export_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if export_dir.exists():
+        export_dir.rename(old)
+    tmp.rename(export_dir)
+    shutil.rmtree(old, ignore_errors=True)

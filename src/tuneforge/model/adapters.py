@@ -1,0 +1,241 @@
+"""Fine-tuning methods on a loaded model: `full`, `freeze` and `lora` (peft), with LLaMA-Factory semantics.
+
+* full:   every parameter trains.
+* freeze: `freeze_trainable_layers` n > 0 trains the last n decoder layers, n < 0 the first |n|;
+          `freeze_trainable_modules` limits that to named sub-modules of a layer (`mlp,self_attn`, or
+          `all`); `freeze_extra_modules` adds modules outside the layers (`embed_tokens,norm`).
+* lora:   `lora_target: all` = every linear layer except the LM head. `adapter_name_or_path` is a
+          list: when training, all but the last are merged into the base and the last is resumed
+          (unless `create_new_adapter`, which merges all and starts a fresh one); for inference all
+          are merged.
+Trainable parameters are kept in float32 even when the frozen base is bf16/fp16 (unless
+`pure_bf16`), because optimizer updates on half-precision weights lose small steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from tuneforge.errors import ConfigError, ModelError
+from tuneforge.model.loader import looks_local, split_names
+
+logger = logging.getLogger(__name__)
+
+FINETUNING_TYPES = ("full", "freeze", "lora")
+_LAYER_PARAM = re.compile(r"\.(\d+)\.([^.]+)")
+
+
+def apply_finetuning(model, finetuning_args, model_args, *, is_trainable: bool):
+    """Set up the fine-tuning method; returns the model (a `PeftModel` for lora with adapters)."""
+    method = getattr(finetuning_args, "finetuning_type", "lora")
+    if method not in FINETUNING_TYPES:
+        raise ConfigError(f"finetuning_type: `{method}` is not one of {', '.join(FINETUNING_TYPES)}")
+    adapters = split_names(getattr(model_args, "adapter_name_or_path", None))
+    if adapters and method != "lora":
+        raise ConfigError(
+            f"adapter_name_or_path is set ({', '.join(adapters)}) but finetuning_type is `{method}`; "
+            f"adapters are LoRA weights: use `finetuning_type: lora`, or pass a full fine-tune's "
+            f"output folder as model_name_or_path"
+        )
+    if method == "full":
+        if is_trainable:
+            model.requires_grad_(True)
+    elif method == "freeze":
+        if is_trainable:
+            _setup_freeze(model, finetuning_args)
+    else:
+        model = _setup_lora(model, finetuning_args, model_args, adapters, is_trainable=is_trainable)
+    if is_trainable and not getattr(finetuning_args, "pure_bf16", False):
+        upcast_trainable_params(model)
+    return model
+
+
+def upcast_trainable_params(model) -> None:
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# freeze
+# ----------------------------------------------------------------------------------------------
+def _num_layers(model) -> int:
+    config = getattr(model.config, "text_config", None) or model.config
+    for key in ("num_hidden_layers", "num_layers", "n_layer"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise ConfigError(f"finetuning_type: freeze: cannot find the number of layers of {type(model).__name__}")
+
+
+def freeze_trainable_layer_ids(num_layers: int, trainable_layers: int) -> range:
+    """LF: n > 0 -> the last n layers; n <= 0 -> the first |n| layers."""
+    if trainable_layers > 0:
+        return range(max(0, num_layers - trainable_layers), num_layers)
+    return range(min(-trainable_layers, num_layers))
+
+
+def _setup_freeze(model, finetuning_args) -> None:
+    layer_ids = set(freeze_trainable_layer_ids(_num_layers(model), int(getattr(finetuning_args, "freeze_trainable_layers", 2))))
+    modules = split_names(getattr(finetuning_args, "freeze_trainable_modules", "all")) or ["all"]
+    extra = split_names(getattr(finetuning_args, "freeze_extra_modules", None))
+
+    layer_modules, outer_modules = set(), set()
+    for name, _ in model.named_parameters():
+        match = _LAYER_PARAM.search(name)
+        if match:
+            layer_modules.add(match.group(2))
+        else:
+            outer_modules.add(name.split(".")[-2] if "." in name else name)
+    for module in modules:
+        if module != "all" and module not in layer_modules:
+            raise ConfigError(
+                f"freeze_trainable_modules: `{module}` is not a module of the decoder layers; "
+                f"expected `all` or some of {', '.join(sorted(layer_modules))}"
+            )
+    for module in extra:
+        if module not in outer_modules:
+            raise ConfigError(
+                f"freeze_extra_modules: `{module}` is not a module outside the decoder layers; "
+                f"expected some of {', '.join(sorted(outer_modules))}"
+            )
+
+    for name, param in model.named_parameters():
+        match = _LAYER_PARAM.search(name)
+        if match:
+            trainable = int(match.group(1)) in layer_ids and ("all" in modules or match.group(2) in modules)
+        else:
+            trainable = (name.split(".")[-2] if "." in name else name) in extra
+        param.requires_grad_(trainable)
+    logger.info("freeze tuning: trainable layers %s, modules %s, extra modules %s",
+                sorted(layer_ids), ",".join(modules), ",".join(extra) or "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# lora
+# ----------------------------------------------------------------------------------------------
+def find_all_linear_modules(model) -> list[str]:
+    """Short names of every linear layer except the output head (what `lora_target: all` means)."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = set()
+    for full_name, module in model.named_modules():
+        cls = type(module).__name__
+        if module is output or full_name.split(".")[-1] in ("lm_head", "output_layer"):
+            continue
+        if "Linear" in cls and "Embedding" not in cls:
+            names.add(full_name.split(".")[-1])
+    return sorted(names)
+
+
+def lora_target_modules(model, finetuning_args) -> list[str]:
+    targets = split_names(getattr(finetuning_args, "lora_target", "all")) or ["all"]
+    if targets == ["all"]:
+        return find_all_linear_modules(model)
+    module_names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in module_names and not any(c in t for c in "*[]()|\\")]
+    if missing:
+        raise ConfigError(
+            f"lora_target: {', '.join(missing)} not found in {type(model).__name__}; expected `all` or "
+            f"some of {', '.join(find_all_linear_modules(model))}"
+        )
+    return targets
+
+
+def build_lora_config(model, finetuning_args):
+    from peft import LoraConfig, TaskType
+
+    rank = int(getattr(finetuning_args, "lora_rank", 8))
+    alpha = getattr(finetuning_args, "lora_alpha", None)
+    init = True
+    if getattr(finetuning_args, "pissa_init", False):
+        n_iter = int(getattr(finetuning_args, "pissa_iter", 16))
+        init = "pissa" if n_iter == -1 else f"pissa_niter_{n_iter}"
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        inference_mode=False,
+        r=rank,
+        lora_alpha=alpha or 2 * rank,  # LF: unset (or 0) -> 2 * rank
+        lora_dropout=float(getattr(finetuning_args, "lora_dropout", 0.0)),
+        target_modules=lora_target_modules(model, finetuning_args),
+        modules_to_save=split_names(getattr(finetuning_args, "additional_target", None)) or None,
+        use_rslora=bool(getattr(finetuning_args, "use_rslora", False)),
+        use_dora=bool(getattr(finetuning_args, "use_dora", False)),
+        init_lora_weights=init,
+    )
+
+
+def _setup_lora(model, finetuning_args, model_args, adapters: list[str], *, is_trainable: bool):
+    from peft import get_peft_model
+
+    resume = is_trainable and not getattr(finetuning_args, "create_new_adapter", False)
+    if adapters:
+        model = attach_adapters(model, adapters, model_args, merge_last=not resume, is_trainable=is_trainable)
+    if is_trainable and not (adapters and resume):
+        model = get_peft_model(model, build_lora_config(model, finetuning_args))
+        logger.info("LoRA on %s", ",".join(sorted(model.peft_config["default"].target_modules)))
+    return model
+
+
+def resolve_adapter_path(name: str) -> str:
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "adapter_config.json").is_file():
+            hint = " (it holds a full model: pass it as model_name_or_path)" if (path / "config.json").exists() else ""
+            raise ModelError(f"adapter_name_or_path: {name} has no adapter_config.json; it is not a LoRA adapter folder{hint}")
+        return str(path)
+    if looks_local(name):
+        raise ModelError(f"adapter_name_or_path: adapter path {name} does not exist")
+    return name
+
+
+def attach_adapters(model, adapters: list[str], model_args, *, merge_last: bool, is_trainable: bool = False):
+    """Merge every adapter but the last into the base; the last is merged too when `merge_last`,
+    else returned attached as a `PeftModel` (trainable when `is_trainable`)."""
+    from peft import PeftModel
+
+    kwargs = {"cache_dir": getattr(model_args, "cache_dir", None), "token": getattr(model_args, "hf_hub_token", None)}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for index, name in enumerate(adapters):
+        path = resolve_adapter_path(name)
+        last = index == len(adapters) - 1
+        try:
+            model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable and last and not merge_last, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"adapter_name_or_path: could not load adapter `{name}`: {str(exc).splitlines()[0]}") from exc
+        if not last or merge_last:
+            model = model.merge_and_unload()
+    merged = len(adapters) if merge_last else len(adapters) - 1
+    logger.info("adapters: merged %d, attached %d (%s)", merged, len(adapters) - merged, ",".join(adapters))
+    return model
+
+
+def build_loraplus_param_groups(model, lr: float, ratio: float, weight_decay: float,
+                                embedding_lr: float = 1e-6) -> list[dict]:
+    """LoRA+ optimizer groups (LF semantics): B matrices learn `ratio` times faster than A.
+
+    lora_B weights -> lr * ratio with weight decay; 1-D trainables (biases, norms, DoRA magnitudes)
+    -> lr * ratio without decay; lora_embedding_B -> `embedding_lr`; everything else (lora_A,
+    modules_to_save) -> lr.
+    """
+    if ratio is None or ratio <= 0:
+        raise ConfigError(f"loraplus_lr_ratio: expected a positive number, got {ratio}")
+    groups = {"a": [], "b": [], "b_nodecay": [], "embedding": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if "lora_embedding_B" in name:
+            groups["embedding"].append(param)
+        elif "lora_B" in name:
+            groups["b"].append(param)
+        elif param.ndim == 1:
+            groups["b_nodecay"].append(param)
+        else:
+            groups["a"].append(param)
+    spec = [
+        ("a", lr, weight_decay), ("b", lr * ratio, weight_decay),
+        ("b_nodecay", lr * ratio, 0.0), ("embedding", embedding_lr, weight_decay),
+    ]
+    return [{"params": groups[key], "lr": group_lr, "weight_decay": wd} for key, group_lr, wd in spec if groups[key]]

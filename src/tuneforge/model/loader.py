@@ -1,0 +1,279 @@
+"""Checkpoints -> tokenizer and model: a local HF folder, a hub id, a `.gguf` file or `builtin:smollm2`.
+
+Every way a load can fail for a user reason (missing path, hub unreachable, adapter folder given as
+the model, fp16 training on a CPU, FlashAttention without its package) ends in a `ModelError`,
+`ConfigError` or `NotSupportedError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------
+def looks_local(name: str) -> bool:
+    """True for strings that can only mean a file or folder, never a hub id like `org/name`.
+
+    A hub id has at most one `/`, so `/` alone cannot tell them apart on POSIX.
+    """
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") >= 2
+        or name.lower().endswith(".gguf")
+    )
+
+
+def resolve_model_path(name_or_path: str, config_path: str | os.PathLike | None = None) -> str:
+    """Map a `model_name_or_path` value to something `from_pretrained` can take.
+
+    `builtin:smollm2` -> its converted folder; an existing path -> that path (relative paths are tried
+    against the working directory, then the config file's folder); anything else that cannot be a
+    local path -> returned unchanged as a hub id.
+    """
+    if not name_or_path or not str(name_or_path).strip():
+        raise ConfigError("model_name_or_path is empty: give a local model folder, a hub id or builtin:smollm2")
+    name = str(name_or_path).strip()
+    if name.startswith(BUILTIN_PREFIX):
+        from tuneforge.model.demo import DEMO_MODEL_NAME, ensure_demo_model
+
+        if name != DEMO_MODEL_NAME:
+            raise ModelError(f"model_name_or_path: unknown built-in model `{name}`; the built-in model is `{DEMO_MODEL_NAME}`")
+        return str(ensure_demo_model())
+
+    candidates = [Path(name).expanduser()]
+    if config_path is not None and not Path(name).expanduser().is_absolute():
+        candidates.append(Path(config_path).expanduser().resolve().parent / name)
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    if looks_local(name):
+        tried = " or ".join(str(c) for c in candidates)
+        raise ModelError(f"model path {name} does not exist (looked for {tried})")
+    return name
+
+
+def split_names(value: Any) -> list[str]:
+    """LF list keys accept `a,b` strings or lists; both become a clean list."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+# ----------------------------------------------------------------------------------------------
+# dtype and attention
+# ----------------------------------------------------------------------------------------------
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+def parse_dtype(value: Any, key: str = "infer_dtype"):
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return value
+    name = _DTYPE_NAMES.get(str(value).lower().removeprefix("torch."))
+    if name is None:
+        raise ConfigError(f"{key}: `{value}` is not a dtype; expected one of auto, float32, bfloat16, float16")
+    return getattr(torch, name)
+
+
+def resolve_dtype(infer_dtype: Any = "auto", compute_dtype: Any = None, *, is_trainable: bool,
+                  has_cuda: bool | None = None):
+    """The dtype weights are loaded in.
+
+    compute_dtype (set by the trainer from `bf16`/`fp16`) wins; then `infer_dtype` for inference;
+    `auto` is float32 on CPU and for training without a compute dtype, bf16 (else fp16) on a GPU.
+    """
+    import torch
+
+    has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
+    if compute_dtype is not None:
+        dtype = parse_dtype(compute_dtype, "compute dtype")
+    elif infer_dtype not in (None, "auto") and not is_trainable:
+        dtype = parse_dtype(infer_dtype)
+    elif has_cuda and not is_trainable:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    if is_trainable and dtype == torch.float16 and not has_cuda:
+        raise ConfigError(
+            "fp16: true needs a CUDA GPU and this machine has none (float16 training on a CPU is not "
+            "supported by PyTorch's grad scaler and is very slow). Remove `fp16: true` to train in "
+            "float32, or use `bf16: true`."
+        )
+    return dtype
+
+
+def resolve_attn_implementation(flash_attn: Any = "auto", *, has_cuda: bool | None = None) -> str:
+    """LF `flash_attn` (auto | disabled | sdpa | fa2 | fa3) -> transformers `attn_implementation`."""
+    import torch
+
+    value = str(flash_attn or "auto").lower()
+    if value in ("auto", "sdpa"):
+        return "sdpa"
+    if value in ("disabled", "eager"):
+        return "eager"
+    packages = {"fa2": ("flash_attn", "flash_attention_2"), "fa3": ("flash_attn_interface", "flash_attention_3")}
+    if value not in packages:
+        raise ConfigError(f"flash_attn: `{flash_attn}` is not one of auto, disabled, sdpa, fa2, fa3")
+    package, implementation = packages[value]
+    has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
+    if not has_cuda or importlib.util.find_spec(package) is None:
+        missing = "a CUDA GPU" if not has_cuda else f"the `{package}` package"
+        raise NotSupportedError(
+            f"flash_attn: {value} needs {missing}, which this machine does not have. "
+            f"Use `flash_attn: auto` (PyTorch SDPA) instead."
+        )
+    return implementation
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+def _hub_kwargs(model_args) -> dict:
+    return {
+        "cache_dir": getattr(model_args, "cache_dir", None),
+        "revision": getattr(model_args, "model_revision", None) or "main",
+        "token": getattr(model_args, "hf_hub_token", None),
+        "trust_remote_code": bool(getattr(model_args, "trust_remote_code", False)),
+    }
+
+
+def _call_from_pretrained(fn, path: str, what: str, **kwargs):
+    """Call a `from_pretrained`, turning hub/network failures into one clear ModelError."""
+    try:
+        return fn(path, **kwargs)
+    except OSError as exc:
+        text = str(exc)
+        if Path(path).exists():
+            raise ModelError(f"could not load the {what} from {path}: {text.splitlines()[0]}") from exc
+        offline = "couldn't connect" in text or "offline" in text.lower() or "cannot find the requested files" in text
+        if offline:
+            raise ModelError(
+                f"could not load `{path}`: not a local folder and the Hugging Face Hub is unreachable "
+                f"(offline). Download it elsewhere and pass the local folder."
+            ) from exc
+        raise ModelError(
+            f"could not load `{path}`: not a local folder and not a model on the Hugging Face Hub "
+            f"({text.splitlines()[0]})"
+        ) from exc
+
+
+def _check_model_folder(path: str) -> None:
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "config.json").exists():
+        return
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.exists():
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path", "?")
+        raise ModelError(
+            f"model_name_or_path: {path} is a LoRA adapter folder, not a model. Set "
+            f"`model_name_or_path: {base}` (its base model) and `adapter_name_or_path: {path}`."
+        )
+    raise ModelError(f"model_name_or_path: {path} has no config.json; expected a Hugging Face model folder")
+
+
+def _gguf_location(path: str) -> tuple[str, str] | None:
+    if path.lower().endswith(".gguf") and Path(path).is_file():
+        if importlib.util.find_spec("gguf") is None:
+            raise ModelError(f"loading {path} needs the `gguf` package: pip install gguf")
+        return str(Path(path).parent), Path(path).name
+    return None
+
+
+def load_tokenizer(model_args):
+    """The tokenizer of `model_name_or_path` (right padding; fixing eos/pad is the template's job)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    kwargs = {**_hub_kwargs(model_args), "padding_side": "right"}
+    gguf = _gguf_location(path)
+    if gguf:
+        return _call_from_pretrained(AutoTokenizer.from_pretrained, gguf[0], "tokenizer", gguf_file=gguf[1], **kwargs)
+    _check_model_folder(path)
+    # transformers 5 has fast tokenizers only; `use_fast_tokenizer: false` cannot be honoured.
+    if getattr(model_args, "use_fast_tokenizer", True) is False:
+        logger.warning("use_fast_tokenizer: false is ignored: transformers 5 always uses the fast tokenizer")
+    return _call_from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", **kwargs)
+
+
+def load_gguf_dense(gguf_path: str | os.PathLike, **kwargs):
+    """Load a `.gguf` file as an ordinary dense (dequantized, trainable, saveable) model."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    gguf_path = Path(gguf_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name,
+        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True), **kwargs,
+    )
+    packed = [name for name, module in model.named_modules() if "gguf" in type(module).__name__.lower()]
+    if packed:
+        raise ModelError(f"{gguf_path}: weights stayed GGUF-packed after dequantization ({packed[0]}, ...)")
+    # Dense now: forget the GGUF quantizer so the model can be trained and saved like any other.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def load_base_model(model_args, *, is_trainable: bool, compute_dtype=None):
+    """The plain `AutoModelForCausalLM` of `model_name_or_path`, no adapters."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    dtype = resolve_dtype(getattr(model_args, "infer_dtype", "auto"), compute_dtype, is_trainable=is_trainable)
+    attn = resolve_attn_implementation(getattr(model_args, "flash_attn", "auto"))
+    kwargs = {**_hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
+    gguf = _gguf_location(path)
+    if gguf:
+        model = load_gguf_dense(path, **kwargs)
+    else:
+        _check_model_folder(path)
+        model = _call_from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+    # The KV cache only helps generation; training would keep it alive for nothing.
+    model.config.use_cache = not is_trainable
+    logger.info("loaded %s (%s, attention: %s)", path, str(dtype).removeprefix("torch."), attn)
+    return model
+
+
+def load_model(model_args, finetuning_args, *, is_trainable: bool, compute_dtype=None):
+    """Base model + fine-tuning method (full / freeze / lora) + `adapter_name_or_path`."""
+    from tuneforge.model.adapters import apply_finetuning
+
+    model = load_base_model(model_args, is_trainable=is_trainable, compute_dtype=compute_dtype)
+    model = apply_finetuning(model, finetuning_args, model_args, is_trainable=is_trainable)
+    if not is_trainable:
+        model.requires_grad_(False)
+        model.eval()
+    trainable, total = count_parameters(model)
+    logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
+                f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1))
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total

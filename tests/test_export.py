@@ -1,0 +1,139 @@
+"""Export: merge parity, reload, chat template, Modelfile, atomic replacement, argument errors."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+from tuneforge.export import merge_with_check, run_export
+from tuneforge.model.loader import load_base_model, load_model
+
+IDS = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
+
+
+def make_cfg(base, export_dir, adapter=None, template=None, **model_overrides):
+    model = dict(
+        model_name_or_path=str(base), adapter_name_or_path=str(adapter) if adapter else None, cache_dir=None,
+        hf_hub_token=None, trust_remote_code=False, flash_attn="auto", infer_dtype="auto", model_revision="main",
+        export_dir=str(export_dir) if export_dir else None, export_size=5, export_device="cpu", export_legacy_format=False,
+    )
+    model.update(model_overrides)
+    finetuning = SimpleNamespace(finetuning_type="lora", lora_rank=8, lora_alpha=None, lora_dropout=0.0, lora_target="all",
+                                 additional_target=None, use_rslora=False, use_dora=False, pissa_init=False,
+                                 create_new_adapter=False)
+    return SimpleNamespace(model=SimpleNamespace(**model), finetuning=finetuning,
+                           data=SimpleNamespace(template=template, default_system=None))
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_llama_dir, tmp_path_factory):
+    cfg = make_cfg(tiny_llama_dir, "unused")
+    model = load_model(cfg.model, cfg.finetuning, is_trainable=True)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return path
+
+
+def test_export_merges_with_parity_and_reloads(tiny_llama_dir, adapter_dir, tmp_path, caplog):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = make_cfg(tiny_llama_dir, tmp_path / "merged", adapter_dir)
+    with caplog.at_level(logging.INFO, logger="tuneforge.export"):
+        out = run_export(cfg)
+    assert out == (tmp_path / "merged").resolve()
+    assert any(r.getMessage().startswith("merge check: max |Δlogit| = ") for r in caplog.records)
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "Modelfile"} <= {p.name for p in out.iterdir()}
+    assert not (tmp_path / "merged.tmp").exists()
+
+    adapter_model = PeftModel.from_pretrained(load_base_model(cfg.model, is_trainable=False), adapter_dir)
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert exported.dtype == torch.float32
+    torch.testing.assert_close(logits(exported), logits(adapter_model), atol=1e-4, rtol=0)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template  # auto: the tokenizer's own template kept
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith("FROM .\nTEMPLATE \"\"\"{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}")
+    assert "PARAMETER stop \"<|im_end|>\"" in modelfile
+
+
+def test_export_with_builtin_template_sets_chat_template(tiny_llama_dir, adapter_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.templates import get_template
+
+    out = run_export(make_cfg(tiny_llama_dir, tmp_path / "qwen", adapter_dir, template="qwen"))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    template = get_template("qwen", tokenizer)
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    expected = template.render_text(turns, None, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
+    assert tokenizer.apply_chat_template(turns, tokenize=False) == expected
+    assert expected.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+    assert 'SYSTEM """You are Qwen, created by Alibaba Cloud. You are a helpful assistant."""' in (out / "Modelfile").read_text()
+
+
+def test_export_without_adapter_resaves_in_requested_dtype_and_shards(tiny_qwen2_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tiny_qwen2_dir, tmp_path / "full", infer_dtype="bfloat16", export_size=0.00005)
+    out = run_export(cfg)
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert exported.dtype == torch.bfloat16
+    base = load_base_model(cfg.model, is_trainable=False, compute_dtype=torch.float32)
+    expected = {k: v.to(torch.bfloat16) for k, v in base.state_dict().items()}
+    got = exported.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_failed_export_keeps_the_previous_one(tiny_llama_dir, tmp_path, monkeypatch):
+    import tuneforge.export as export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "marker.txt").write_text("good export")
+
+    def broken_save(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export.run_export(make_cfg(tiny_llama_dir, out))
+    assert (out / "marker.txt").read_text() == "good export"
+    assert not (tmp_path / "out.tmp").exists()
+
+
+def test_merge_check_detects_a_bad_merge(tiny_llama_dir, tiny_tokenizer, adapter_dir):
+    from peft import PeftModel
+
+    cfg = make_cfg(tiny_llama_dir, "unused")
+    model = PeftModel.from_pretrained(load_base_model(cfg.model, is_trainable=False), adapter_dir)
+    wrong = load_base_model(cfg.model, is_trainable=False)  # "merge" that forgot the adapter
+    model.merge_and_unload = lambda: wrong
+    with pytest.raises(ModelError, match=r"^merge check failed: the merged model's logits differ from the adapter model's by up to"):
+        merge_with_check(model, tiny_tokenizer)
+
+
+def test_export_argument_errors(tiny_llama_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"^export_dir is not set"):
+        run_export(make_cfg(tiny_llama_dir, None))
+    with pytest.raises(NotSupportedError, match=r"^export_legacy_format: true \(.bin weights\) is not supported"):
+        run_export(make_cfg(tiny_llama_dir, tmp_path / "x", export_legacy_format=True))
+    with pytest.raises(ConfigError, match=r"is the model or adapter being exported; choose another folder$"):
+        run_export(make_cfg(tiny_llama_dir, tiny_llama_dir))
