@@ -1,0 +1,211 @@
+"""Progress reporting: `trainer_log.jsonl`, `running_status.json`, a console line, loss plots.
+
+`trainer_log.jsonl` has LLaMA-Factory's schema: one JSON object per logging step with
+`current_steps, total_steps, loss, lr, epoch, percentage, elapsed_time, remaining_time`
+(+ `eval_loss`, `throughput`, `total_tokens` when known); times are "H:MM:SS" strings like LF's
+(`str(datetime.timedelta(seconds=int(s)))`). `running_status.json` tells a front end (web UI, job
+manager) whether the run is `running | finished | failed | aborted`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+TRAINER_LOG = "trainer_log.jsonl"
+RUNNING_STATUS = "running_status.json"
+TRAINER_STATE = "trainer_state.json"
+
+
+def format_duration(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(seconds, 0))))
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class LogCallback(TrainerCallback):
+    """Writes `<output_dir>/trainer_log.jsonl` and `running_status.json`; prints one line per log.
+
+    A front end stops the run with `request_abort()`; a recipe that catches an exception calls
+    `mark_failed(message)` so the status file does not stay at `running`.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike | None = None, *, console: bool = True) -> None:
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.console = console
+        self.start_time = 0.0
+        self.start_step = 0
+        self.max_steps = 0
+        self.current_step = 0
+        self.aborted = False
+        self.is_writer = True
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _dir(self, args) -> Path:
+        return self.output_dir if self.output_dir is not None else Path(args.output_dir)
+
+    def _timing(self, step: int) -> tuple[str, str]:
+        elapsed = time.time() - self.start_time
+        done = step - self.start_step  # steps of this session (a resumed run starts mid-way)
+        remaining = (self.max_steps - step) * elapsed / done if done > 0 else 0.0
+        return format_duration(elapsed), format_duration(remaining)
+
+    def _write_status(self, status: str, **extra: Any) -> None:
+        if self.output_dir is None or not self.is_writer:
+            return
+        payload = {
+            "status": status,
+            "pid": os.getpid(),
+            "current_steps": self.current_step,
+            "total_steps": self.max_steps,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
+        }
+        _write_json_atomic(self.output_dir / RUNNING_STATUS, payload)
+
+    def request_abort(self) -> None:
+        self.aborted = True
+
+    def mark_failed(self, message: str) -> None:
+        self._write_status("failed", error=message)
+
+    # ---- trainer events -----------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.is_writer = bool(args.should_save)
+        self.output_dir = self._dir(args)
+        self.start_time = time.time()
+        self.start_step = state.global_step
+        self.current_step = state.global_step
+        self.max_steps = state.max_steps
+        if not self.is_writer:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.output_dir / TRAINER_LOG
+        if state.global_step == 0 and log_path.exists():
+            log_path.unlink()  # a fresh run; a resumed run appends to its log
+        self._write_status("running")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.current_step = state.global_step
+        if self.aborted:
+            control.should_epoch_stop = True
+            control.should_training_stop = True
+
+    on_substep_end = on_step_end
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.current_step = state.global_step
+        self._write_status("aborted" if self.aborted else "finished")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if self.max_steps == 0:  # evaluate() without train()
+            self.max_steps = state.max_steps
+        self.current_step = state.global_step
+        elapsed, remaining = self._timing(state.global_step)
+        record = {
+            "current_steps": state.global_step,
+            "total_steps": self.max_steps,
+            "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"),
+            "predict_loss": logs.get("predict_loss"),
+            "lr": logs.get("learning_rate"),
+            "epoch": logs.get("epoch"),
+            "percentage": round(state.global_step / self.max_steps * 100, 2) if self.max_steps else 100,
+            "elapsed_time": elapsed,
+            "remaining_time": remaining,
+            "throughput": logs.get("throughput"),
+            "total_tokens": logs.get("total_tokens"),
+        }
+        record = {k: v for k, v in record.items() if v is not None}
+        if self.is_writer and self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / TRAINER_LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            self._write_status("running")
+        if self.console and self.is_writer and ("loss" in record or "eval_loss" in record):
+            print(format_console_line(record), flush=True)
+
+
+def format_console_line(record: dict[str, Any]) -> str:
+    """`step 10/100 | loss 1.234 | lr 1.0e-4 | 812 tok/s | ETA 0:01:23`."""
+    parts = [f"step {record['current_steps']}/{record['total_steps']}"]
+    if "loss" in record:
+        parts.append(f"loss {record['loss']:.3f}")
+    if "eval_loss" in record:
+        parts.append(f"eval_loss {record['eval_loss']:.3f}")
+    if "lr" in record:
+        mantissa, exponent = f"{record['lr']:.1e}".split("e")
+        parts.append(f"lr {mantissa}e{int(exponent)}")
+    if "throughput" in record:
+        parts.append(f"{record['throughput']:.0f} tok/s")
+    if "loss" in record:
+        parts.append(f"ETA {record['remaining_time']}")
+    return " | ".join(parts)
+
+
+# ---- plots ----------------------------------------------------------------------------------
+def smooth(values: list[float]) -> list[float]:
+    """Exponential moving average whose weight grows with the series length (as LF's plots)."""
+    if not values:
+        return []
+    weight = 1.8 * (1 / (1 + math.exp(-0.05 * len(values))) - 0.5)
+    out, last = [], values[0]
+    for value in values:
+        last = last * weight + (1 - weight) * value
+        out.append(last)
+    return out
+
+
+def _log_history(output_dir: Path) -> list[dict[str, Any]]:
+    state_path = output_dir / TRAINER_STATE
+    if state_path.is_file():
+        return json.loads(state_path.read_text(encoding="utf-8")).get("log_history", [])
+    log_path = output_dir / TRAINER_LOG
+    if log_path.is_file():
+        rows = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [{**row, "step": row.get("current_steps")} for row in rows]
+    return []
+
+
+def plot_loss(output_dir: str | os.PathLike, keys: tuple[str, ...] = ("loss", "eval_loss")) -> list[Path]:
+    """Write `training_<key>.png` (raw + smoothed curve) for every key that has data; returns the paths.
+
+    Reads `trainer_state.json` (written by `trainer.save_state()`), else `trainer_log.jsonl`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must happen before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    history = _log_history(output_dir)
+    written = []
+    for key in keys:
+        points = [(row["step"], row[key]) for row in history if key in row and row.get("step") is not None]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        fig = plt.figure()
+        plt.plot(steps, values, color="#1f77b4", alpha=0.4, label="original")
+        plt.plot(steps, smooth(list(values)), color="#1f77b4", label="smoothed")
+        plt.title(f"training {key} of {output_dir}")
+        plt.xlabel("step")
+        plt.ylabel(key)
+        plt.legend()
+        path = output_dir / f"training_{key.replace('/', '_')}.png"
+        plt.savefig(path, format="png", dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
