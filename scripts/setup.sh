@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv and install tuneforge into it. Idempotent: a second run only checks.
+#
+# torch is installed FIRST and pinned, because a bare `torch` requirement with no torch present pulls
+# a multi-GB CUDA build. On a GPU machine, install the torch build you want into .venv before
+# running this script (or set TUNEFORGE_TORCH_SPEC, e.g. "torch==2.13.0") and it is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TUNEFORGE_TORCH_SPEC:-torch==2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing $TORCH_SPEC"
+  "${PIP[@]}" install "$TORCH_SPEC"
+fi
+echo "[setup] installing tuneforge (editable) and its dependencies"
+"${PIP[@]}" install -e ".[dev]"
+
+# torchvision/torchaudio from PyPI are CUDA builds that break `import transformers` on a CPU box.
+if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else
+  if .venv/bin/python -m pip show torchvision >/dev/null 2>&1; then
+    echo "[setup] removing a broken torchvision (it prevents transformers from importing)"
+    "${PIP[@]}" uninstall -y torchvision
+  fi
+fi
+.venv/bin/tuneforge env

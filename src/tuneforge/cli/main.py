@@ -1,0 +1,168 @@
+"""`tuneforge` command line: parse, call the workflow, print. No training logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from tuneforge import __version__
+from tuneforge.errors import TuneforgeError
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+USAGE = """\
+tuneforge {version} — fine-tune open LLMs with LLaMA-Factory-compatible configs
+
+usage: tuneforge [--debug] <command> [config.yaml] [key=value ...]
+
+commands:
+  train    fine-tune a model (stages pt, sft)            tuneforge train examples/demo_lora_sft.yaml
+  chat     chat with a model / adapter in the terminal   tuneforge chat examples/demo_chat.yaml
+  export   merge adapters and save a standalone model    tuneforge export examples/demo_merge.yaml
+  data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
+  env      print library versions and the device
+  version  print the tuneforge version
+
+Any config key can be given or overridden on the command line as key=value or --key value.
+`tuneforge train -h` lists every accepted key with its default. Add --debug for tracebacks.
+"""
+
+
+def split_config_and_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The first argument is the config file when it looks like one; everything else is overrides."""
+    if args and not args[0].startswith("-") and args[0].lower().endswith(CONFIG_SUFFIXES):
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def _load(args: Sequence[str], **kwargs):
+    from tuneforge.config.parser import load_config
+
+    path, overrides = split_config_and_overrides(args)
+    return load_config(path, overrides, **kwargs)
+
+
+def cmd_train(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        from tuneforge.config.help import format_key_help
+
+        print("usage: tuneforge train [config.yaml] [key=value ...]\n")
+        print(format_key_help())
+        return 0
+    from tuneforge.train.tuner import run_train
+
+    run_train(_load(args))
+    return 0
+
+
+def _pop_option(args: list[str], name: str) -> str | None:
+    """Remove `--name value` / `--name=value` from args (a command option, not a config key)."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+            del args[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del args[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def cmd_chat(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: tuneforge chat [config.yaml] [key=value ...] [--prompt TEXT]\n"
+              "Type a message; `clear` resets the history, `exit` quits. --prompt answers once.")
+        return 0
+    prompt = _pop_option(args, "--prompt")
+    from tuneforge.infer.chat_cli import run_chat
+
+    return run_chat(_load(args, require_output_dir=False), prompt=prompt)
+
+
+def cmd_export(args: list[str]) -> int:
+    from tuneforge.export import run_export
+
+    run_export(_load(args, require_output_dir=False))
+    return 0
+
+
+def cmd_data(args: list[str]) -> int:
+    if not args or args[0] != "preview" or any(a in ("-h", "--help") for a in args):
+        print("usage: tuneforge data preview [config.yaml] [key=value ...] [-n N]\n"
+              "Shows the first N samples as the model sees them, trained tokens marked, and the data report.")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    rest = list(args[1:])
+    count = int(_pop_option(rest, "-n") or _pop_option(rest, "--num") or 3)
+    from tuneforge.train.tuner import preview_data
+
+    print(preview_data(_load(rest, require_output_dir=False), count))
+    return 0
+
+
+def cmd_env(_: list[str]) -> int:
+    import platform
+    from importlib import metadata
+
+    print(f"tuneforge    {__version__}")
+    print(f"python       {platform.python_version()} ({platform.platform()})")
+    for name in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "safetensors", "gguf"):
+        try:
+            print(f"{name:<12} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            print(f"{name:<12} not installed")
+    import torch
+
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        print(f"device       cuda ({torch.cuda.device_count()}x {names})")
+    else:
+        print(f"device       cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
+    return 0
+
+
+def cmd_version(_: list[str]) -> int:
+    print(__version__)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train,
+    "chat": cmd_chat,
+    "export": cmd_export,
+    "data": cmd_data,
+    "env": cmd_env,
+    "version": cmd_version,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(version=__version__))
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        print(f"error: unknown command `{command}`.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except TuneforgeError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

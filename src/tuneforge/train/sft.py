@@ -1,0 +1,38 @@
+"""Supervised fine-tuning recipe: setup -> data -> model -> trainer -> train -> save.
+
+Padding-free by default: the samples of a batch are concatenated into one row with position_ids
+restarting per sample and no attention across samples (`packing: false` pads instead).
+"""
+
+from __future__ import annotations
+
+from tuneforge.train import workflow
+
+
+def run_sft(cfg) -> dict:
+    from tuneforge.data.collate import PackedCollator, PaddedCollator
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.loader import load_model
+    from tuneforge.train.resume import detect_resume
+
+    # setup: decide about resuming before anything slow happens
+    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+
+    # data
+    bundle = build_datasets(cfg, tokenizer, template, stage="sft")
+    workflow.report_data(bundle, cfg.training.output_dir)
+
+    # model
+    model = load_model(cfg.model, cfg.finetuning, is_trainable=cfg.training.do_train,
+                       compute_dtype=workflow.compute_dtype(cfg))
+
+    # trainer
+    packing = cfg.data.packing is not False
+    collator = PackedCollator() if packing else PaddedCollator(pad_token_id=tokenizer.pad_token_id)
+    trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
+
+    # train + save
+    metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)
+    workflow.print_summary(cfg, metrics)
+    return metrics

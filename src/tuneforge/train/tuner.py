@@ -1,0 +1,39 @@
+"""Entry points for `tuneforge train` and `tuneforge data preview`: pick the recipe for the stage."""
+
+from __future__ import annotations
+
+from tuneforge.errors import NotSupportedError
+from tuneforge.train import workflow
+
+
+def run_train(cfg) -> dict:
+    workflow.setup_logging()
+    workflow.require_do_train(cfg)
+    stage = cfg.finetuning.stage
+    if stage == "sft":
+        from tuneforge.train.sft import run_sft
+
+        return run_sft(cfg)
+    if stage == "pt":
+        from tuneforge.train.pt import run_pt
+
+        return run_pt(cfg)
+    raise NotSupportedError(f"stage `{stage}` is not supported yet (supported: sft, pt)")
+
+
+def preview_data(cfg, count: int = 3) -> str:
+    """The first `count` encoded samples with trained tokens marked, then the data report."""
+    import sys
+
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.data.preview import format_preview
+    from tuneforge.model.loader import load_tokenizer
+
+    workflow.setup_logging()
+    stage = cfg.finetuning.stage
+    if stage == "pt":
+        tokenizer, template = load_tokenizer(cfg.model), None
+    else:
+        tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage=stage)
+    return format_preview(bundle, tokenizer, n=count, color=sys.stdout.isatty())

@@ -1,0 +1,159 @@
+"""Steps every language-model recipe shares: tokenizer + template, data report, trainer, save.
+
+A recipe (sft.py, pt.py) reads top to bottom by calling these in order; nothing here decides
+which stage runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+
+logger = logging.getLogger("tuneforge")
+
+
+def setup_logging() -> None:
+    """One plain `tuneforge: ...` line per message; transformers' own chatter stays at warning."""
+    root = logging.getLogger("tuneforge")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[tuneforge] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+def compute_dtype(cfg) -> str | None:
+    """The dtype weights are loaded in for training: what `bf16`/`fp16` ask for, else float32."""
+    if cfg.training.bf16:
+        return "bfloat16"
+    if cfg.training.fp16:
+        return "float16"
+    return None
+
+
+def load_tokenizer_and_template(cfg):
+    """The run's own tokenizer, fixed for its template (eos = turn end, pad token present)."""
+    from tuneforge.data.templates import check_template_matches, get_template
+    from tuneforge.model.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    template = get_template(cfg.data.template, tokenizer)
+    if cfg.data.template not in (None, "auto"):
+        warning = check_template_matches(template, tokenizer)
+        if warning:
+            logger.warning(warning)
+    template.fix_tokenizer(tokenizer)
+    logger.info("template: %s (stop words: %s)", template.name, ", ".join(template.stop_words) or "eos")
+    return tokenizer, template
+
+
+def report_data(bundle, output_dir: str) -> None:
+    """Print the preprocessing report at the start of training and keep a copy in output_dir."""
+    print(bundle.report.format(), flush=True)
+    bundle.report.save(output_dir)
+
+
+def build_trainer(cfg, model, tokenizer, bundle, collator):
+    from tuneforge.train.callbacks import LogCallback
+    from tuneforge.train.trainer import TuneforgeTrainer
+
+    log_callback = LogCallback(cfg.training.output_dir)
+    trainer = TuneforgeTrainer(
+        model=model,
+        args=cfg.training,
+        train_dataset=bundle.train,
+        eval_dataset=bundle.eval,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[log_callback],
+        loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
+    )
+    return trainer, log_callback
+
+
+def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, Any]:
+    """Train (resuming if asked), save weights + state atomically, plot, evaluate. Returns metrics."""
+    from tuneforge.train.callbacks import plot_loss
+
+    args = cfg.training
+    started = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        log_callback.mark_failed("interrupted by the user")
+        logger.warning("training interrupted; the last saved checkpoint in %s is intact", args.output_dir)
+        raise
+    except Exception as err:  # keep the status file honest for the web UI, then re-raise
+        log_callback.mark_failed(str(err))
+        raise
+    trainer.save_model()
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    metrics.update(_resource_metrics(trainer))
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    if cfg.finetuning.plot_loss:
+        for path in plot_loss(args.output_dir):
+            logger.info("loss curve: %s", path)
+    if args.do_eval and trainer.eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    return metrics
+
+
+def _resource_metrics(trainer) -> dict[str, Any]:
+    import psutil
+    import torch
+
+    out: dict[str, Any] = {}
+    try:  # ru_maxrss is the true peak of this process (KiB on Linux)
+        import resource
+
+        out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    except ImportError:
+        out["peak_rss_gib"] = round(psutil.Process().memory_info().rss / 2**30, 3)
+    if torch.cuda.is_available():
+        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    tokens = getattr(trainer, "total_real_tokens", None)
+    if tokens:
+        out["total_tokens"] = int(tokens)
+    return out
+
+
+def chat_command(cfg) -> str:
+    """The exact command that chats with what this run saved."""
+    parts = ["tuneforge", "chat", f"model_name_or_path={cfg.model.model_name_or_path}"]
+    if cfg.finetuning.finetuning_type == "lora":
+        adapters = [*(cfg.model.adapter_name_or_path or ()), cfg.training.output_dir]
+        parts.append(f"adapter_name_or_path={','.join(adapters)}")
+    else:
+        parts[2] = f"model_name_or_path={cfg.training.output_dir}"
+    if cfg.data.template:
+        parts.append(f"template={cfg.data.template}")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def print_summary(cfg, metrics: dict[str, Any]) -> None:
+    out = Path(cfg.training.output_dir)
+    what = "LoRA adapter" if cfg.finetuning.finetuning_type == "lora" else "model weights"
+    print("", flush=True)
+    print(f"[tuneforge] done in {metrics.get('train_seconds', 0):.0f}s — final train loss "
+          f"{metrics.get('train_loss', float('nan')):.4f}, "
+          f"{metrics.get('train_tokens_per_second', metrics.get('throughput', 0)) or 0:.0f} tokens/s, "
+          f"peak RSS {metrics.get('peak_rss_gib', 0):.2f} GiB")
+    print(f"[tuneforge] {what} saved in {out.resolve()}")
+    print(f"[tuneforge] chat with it:  {chat_command(cfg)}")
+
+
+def require_do_train(cfg) -> None:
+    if not cfg.training.do_train and not cfg.training.do_eval and not cfg.training.do_predict:
+        raise TuneforgeError("nothing to do: set `do_train: true` (or do_eval / do_predict) in the config")
