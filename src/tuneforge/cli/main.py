@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -152,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f" Did you mean `{close[0]}`?" if close else ""
         print(f"error: unknown command `{command}`.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from tuneforge.utils.logging import setup_logging
+
+    setup_logging(logging.DEBUG if debug else logging.INFO)
     try:
         return COMMANDS[command](rest)
     except TuneforgeError as err:

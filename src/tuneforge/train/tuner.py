@@ -7,7 +7,6 @@ from tuneforge.train import workflow
 
 
 def run_train(cfg) -> dict:
-    workflow.setup_logging()
     workflow.require_do_train(cfg)
     stage = cfg.finetuning.stage
     if stage == "sft":
@@ -29,7 +28,6 @@ def preview_data(cfg, count: int = 3) -> str:
     from tuneforge.data.preview import format_preview
     from tuneforge.model.loader import load_tokenizer
 
-    workflow.setup_logging()
     stage = cfg.finetuning.stage
     if stage == "pt":
         tokenizer, template = load_tokenizer(cfg.model), None

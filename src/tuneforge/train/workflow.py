@@ -17,17 +17,6 @@ from tuneforge.errors import TuneforgeError
 logger = logging.getLogger("tuneforge")
 
 
-def setup_logging() -> None:
-    """One plain `tuneforge: ...` line per message; transformers' own chatter stays at warning."""
-    root = logging.getLogger("tuneforge")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[tuneforge] %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
-
-
 def compute_dtype(cfg) -> str | None:
     """The dtype weights are loaded in for training: what `bf16`/`fp16` ask for, else float32."""
     if cfg.training.bf16:
