@@ -87,6 +87,7 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
         "preserve_thinking": "thinking-mode switches for reasoning templates are not implemented yet",
         # methods and optimisers
+        "pissa_convert": "converting a PiSSA adapter back to a plain LoRA adapter at save time is not implemented yet",
         "use_galore": "GaLore is not implemented yet",
         "use_apollo": "APOLLO is not implemented yet",
         "use_badam": "BAdam is not implemented yet",

@@ -157,6 +157,29 @@ def _hub_kwargs(model_args) -> dict:
     }
 
 
+def quantization_kwargs(model_args, dtype) -> dict:
+    """`quantization_config` for QLoRA (`quantization_bit` 4 or 8, bitsandbytes on CUDA).
+
+    The config layer already refused QLoRA without CUDA + bitsandbytes, so this only builds the config.
+    """
+    bits = getattr(model_args, "quantization_bit", None)
+    if bits is None:
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type=getattr(model_args, "quantization_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(getattr(model_args, "double_quantization", True)),
+            bnb_4bit_quant_storage=dtype,
+        )
+    return {"quantization_config": config, "device_map": {"": 0}}
+
+
 def _call_from_pretrained(fn, path: str, what: str, **kwargs):
     """Call a `from_pretrained`, turning hub/network failures into one clear ModelError."""
     try:
@@ -244,10 +267,19 @@ def load_base_model(model_args, *, is_trainable: bool, compute_dtype=None):
     kwargs = {**_hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
     gguf = _gguf_location(path)
     if gguf:
+        if getattr(model_args, "quantization_bit", None) is not None:
+            raise NotSupportedError("QLoRA (`quantization_bit`) on a .gguf file is not supported yet; "
+                                    "convert it to a Hugging Face folder first")
         model = load_gguf_dense(path, **kwargs)
     else:
         _check_model_folder(path)
+        kwargs.update(quantization_kwargs(model_args, dtype))
         model = _call_from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+        if "quantization_config" in kwargs and is_trainable:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            logger.info("QLoRA: base weights quantized to %s bits", model_args.quantization_bit)
     # The KV cache only helps generation; training would keep it alive for nothing.
     model.config.use_cache = not is_trainable
     logger.info("loaded %s (%s, attention: %s)", path, str(dtype).removeprefix("torch."), attn)

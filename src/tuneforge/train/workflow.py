@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 
 logger = logging.getLogger("tuneforge")
 
@@ -37,7 +37,14 @@ def load_tokenizer_and_template(cfg):
         warning = check_template_matches(template, tokenizer)
         if warning:
             logger.warning(warning)
+    vocab_before = len(tokenizer)
     template.fix_tokenizer(tokenizer)
+    if len(tokenizer) > vocab_before:
+        added = tokenizer.convert_ids_to_tokens(list(range(vocab_before, len(tokenizer))))
+        raise ConfigError(
+            f"template `{template.name}` needs tokens the model's tokenizer does not have ({', '.join(added)}): "
+            f"it is not this model's chat format. Leave `template` unset to use the model's own chat template."
+        )
     logger.info("template: %s (stop words: %s)", template.name, ", ".join(template.stop_words) or "eos")
     return tokenizer, template
 
