@@ -57,6 +57,7 @@ def report_data(bundle, output_dir: str) -> None:
 
 def build_trainer(cfg, model, tokenizer, bundle, collator):
     from tuneforge.train.callbacks import LogCallback
+    from tuneforge.train.progress import use_token_progress_bar
     from tuneforge.train.trainer import TuneforgeTrainer
 
     log_callback = LogCallback(cfg.training.output_dir)
@@ -69,7 +70,9 @@ def build_trainer(cfg, model, tokenizer, bundle, collator):
         processing_class=tokenizer,
         callbacks=[log_callback],
         loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
+        loraplus_lr_embedding=cfg.finetuning.loraplus_lr_embedding,
     )
+    use_token_progress_bar(trainer)
     return trainer, log_callback
 
 
