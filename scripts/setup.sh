@@ -21,7 +21,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" install "$TORCH_SPEC"
 fi
 echo "[setup] installing tuneforge (editable) and its dependencies"
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,webui]"
 
 # torchvision/torchaudio from PyPI are CUDA builds that break `import transformers` on a CPU box.
 if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tuneforge import __version__
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -22,6 +22,9 @@ commands:
   chat     chat with a model / adapter in the terminal   tuneforge chat examples/demo_chat.yaml
   export   merge adapters and save a standalone model    tuneforge export examples/demo_merge.yaml
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
+  webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh]
+  bench    time training steps: tokens/s, memory, MFU   tuneforge bench examples/demo_lora_sft.yaml --steps 20
+  estimate predict training memory before a run          tuneforge estimate examples/demo_lora_sft.yaml
   env      print library versions and the device
   version  print the tuneforge version
 
@@ -101,6 +104,31 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
+def cmd_webui(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: tuneforge webui [--host 127.0.0.1] [--port 7860] [--share] [--lang en|zh]\n"
+              "Serves the web UI (needs the `webui` extra: pip install -e '.[webui]').")
+        return 0
+    args = list(args)
+    share = "--share" in args
+    args = [a for a in args if a != "--share"]
+    host = _pop_option(args, "--host") or "127.0.0.1"
+    port_text = _pop_option(args, "--port") or "7860"
+    lang = _pop_option(args, "--lang") or "en"
+    if args:
+        raise ConfigError(f"tuneforge webui: unexpected argument(s) {' '.join(args)}; see `tuneforge webui -h`")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"tuneforge webui: --port expects a number between 1 and 65535, got {port_text!r}")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("the web UI needs gradio, which is not installed: pip install -e '.[webui]'") from None
+    from tuneforge.webui.app import launch
+
+    launch(host, int(port_text), share, lang)
+    return 0
+
+
 def cmd_env(_: list[str]) -> int:
     import platform
     from importlib import metadata
@@ -122,6 +150,18 @@ def cmd_env(_: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: list[str]) -> int:
+    from tuneforge.bench.cli import main_bench
+
+    return main_bench(args)
+
+
+def cmd_estimate(args: list[str]) -> int:
+    from tuneforge.estimate import main_estimate
+
+    return main_estimate(args)
+
+
 def cmd_version(_: list[str]) -> int:
     print(__version__)
     return 0
@@ -132,6 +172,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "chat": cmd_chat,
     "export": cmd_export,
     "data": cmd_data,
+    "bench": cmd_bench,
+    "estimate": cmd_estimate,
+    "webui": cmd_webui,
     "env": cmd_env,
     "version": cmd_version,
 }

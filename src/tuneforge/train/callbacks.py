@@ -21,6 +21,9 @@ from transformers import TrainerCallback
 
 TRAINER_LOG = "trainer_log.jsonl"
 RUNNING_STATUS = "running_status.json"
+# A front end in another process (the web UI's job manager) asks a run to stop by creating this file in
+# output_dir: the run saves a checkpoint at the current step and ends as `aborted`.
+STOP_FILE = "STOP_REQUESTED"
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -37,7 +40,8 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 class LogCallback(TrainerCallback):
     """Writes `<output_dir>/trainer_log.jsonl` and `running_status.json`; prints one line per log.
 
-    A front end stops the run with `request_abort()`; a recipe that catches an exception calls
+    A front end in this process stops the run with `request_abort()`, one in another process by creating
+    `<output_dir>/STOP_REQUESTED` (checked after every step). A recipe that catches an exception calls
     `mark_failed(message)` so the status file does not stay at `running`.
     """
 
@@ -94,10 +98,14 @@ class LogCallback(TrainerCallback):
         log_path = self.output_dir / TRAINER_LOG
         if state.global_step == 0 and log_path.exists():
             log_path.unlink()  # a fresh run; a resumed run appends to its log
+        (self.output_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not stop this run
         self._write_status("running")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.current_step = state.global_step
+        if not self.aborted and self.output_dir is not None and (self.output_dir / STOP_FILE).exists():
+            self.aborted = True
+            control.should_save = True  # keep this step as a checkpoint the next run resumes from
         if self.aborted:
             control.should_epoch_stop = True
             control.should_training_stop = True
@@ -106,6 +114,8 @@ class LogCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.current_step = state.global_step
+        if self.output_dir is not None and self.is_writer:
+            (self.output_dir / STOP_FILE).unlink(missing_ok=True)
         self._write_status("aborted" if self.aborted else "finished")
 
     def on_log(self, args, state, control, logs=None, **kwargs):

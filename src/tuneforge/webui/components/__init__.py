@@ -1,0 +1,51 @@
+"""One module per part of the page: model bar, Train, Evaluate, Chat, Export.
+
+Each `create_*(ui, ctx)` adds its components to the `UI` registry (so the language switch can relabel
+them) and wires its events; handlers are plain functions over values, reading the shared `AppContext`.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from tuneforge.webui.i18n import text
+
+
+class UI:
+    """Components by key; `relabel(lang)` gives the updates that switch the interface language."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        self.elems: dict[str, gr.components.Component | gr.Tab | gr.Accordion] = {}
+        self.fields: dict[str, gr.components.Component] = {}  # keys of args.DEFAULTS -> input component
+
+    def add(self, key: str, component, *, field: bool = False):
+        self.elems[key] = component
+        if field:
+            self.fields[key] = component
+        return component
+
+    def label(self, key: str) -> str:
+        return text(key, self.lang)
+
+    def relabel(self, lang: str) -> list:
+        updates = []
+        for key, comp in self.elems.items():
+            if isinstance(comp, (gr.Button, gr.Markdown)):
+                updates.append(gr.update(value=text(key, lang)))
+            else:
+                updates.append(gr.update(label=text(key, lang)))
+        return updates
+
+    def values(self, data: dict) -> dict:
+        """`{component: value}` (gradio's set-of-inputs form) -> `{field key: value}`."""
+        return {key: data[comp] for key, comp in self.fields.items() if comp in data}
+
+
+def error_text(err: BaseException, lang: str) -> str:
+    """What a handler shows instead of a stuck spinner: the TuneforgeError message, or the exception."""
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.webui.i18n import message
+
+    detail = str(err) if isinstance(err, TuneforgeError) else f"{type(err).__name__}: {err}"
+    return message("error", lang, message=detail)

@@ -1,0 +1,137 @@
+"""English and Chinese strings of the web UI. Read-only tables; `text(key, lang)` picks one.
+
+LABELS name components (label, or value for buttons/markdown); MESSAGES are what handlers report
+(`{placeholders}` filled with str.format). A missing Chinese string falls back to English.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+LANGS = ("en", "zh")
+
+LABELS = MappingProxyType({
+    "lang": ("Language", "语言"),
+    "title": ("## tuneforge — fine-tune, chat and export in the browser",
+              "## tuneforge — 在浏览器中微调、对话与导出"),
+    "model_name": ("Model", "模型"),
+    "model_path": ("Model path or hub id", "模型路径或 Hub 名称"),
+    "finetuning_type": ("Fine-tuning method", "微调方法"),
+    "checkpoints": ("Adapters / checkpoints", "适配器 / 检查点"),
+    "refresh": ("Refresh", "刷新"),
+    "quantization_bit": ("Quantization bits", "量化位数"),
+    "quantization_method": ("Quantization method", "量化方法"),
+    "template": ("Chat template", "对话模板"),
+    "rope_scaling": ("RoPE scaling", "RoPE 缩放"),
+    "booster": ("Booster", "加速方式"),
+    "tab_train": ("Train", "训练"),
+    "tab_eval": ("Evaluate", "评估"),
+    "tab_chat": ("Chat", "对话"),
+    "tab_export": ("Export", "导出"),
+    "stage": ("Stage", "训练阶段"),
+    "dataset_dir": ("Dataset folder", "数据目录"),
+    "dataset": ("Datasets", "数据集"),
+    "preview_data": ("Preview data", "预览数据"),
+    "data_preview": ("Rows as the model sees them (trained text highlighted)", "模型看到的样本（高亮为训练部分）"),
+    "learning_rate": ("Learning rate", "学习率"),
+    "num_train_epochs": ("Epochs", "训练轮数"),
+    "max_steps": ("Max steps (0 = use epochs)", "最大步数（0 = 按轮数）"),
+    "max_grad_norm": ("Max grad norm", "最大梯度范数"),
+    "max_samples": ("Max samples per dataset", "每个数据集最大样本数"),
+    "compute_type": ("Compute type", "计算类型"),
+    "cutoff_len": ("Cutoff length", "截断长度"),
+    "per_device_train_batch_size": ("Batch size", "批大小"),
+    "gradient_accumulation_steps": ("Gradient accumulation", "梯度累积"),
+    "val_size": ("Validation size", "验证集比例"),
+    "lr_scheduler_type": ("LR scheduler", "学习率调度器"),
+    "logging_steps": ("Logging steps", "日志间隔"),
+    "save_steps": ("Save steps", "保存间隔"),
+    "warmup_steps": ("Warmup steps", "预热步数"),
+    "lora_section": ("LoRA settings", "LoRA 参数"),
+    "lora_rank": ("LoRA rank", "LoRA 秩"),
+    "lora_alpha": ("LoRA alpha", "LoRA 缩放系数"),
+    "lora_dropout": ("LoRA dropout", "LoRA 随机丢弃"),
+    "lora_target": ("LoRA modules (all = every linear layer)", "LoRA 作用模块（all = 全部线性层）"),
+    "use_rslora": ("rsLoRA", "rsLoRA"),
+    "use_dora": ("DoRA", "DoRA"),
+    "freeze_section": ("Freeze settings", "部分参数微调设置"),
+    "freeze_trainable_layers": ("Trainable layers", "可训练层数"),
+    "freeze_trainable_modules": ("Trainable modules", "可训练模块"),
+    "pref_section": ("Preference settings (dpo, kto)", "偏好训练设置（dpo, kto）"),
+    "pref_beta": ("Beta", "Beta 参数"),
+    "pref_ftx": ("SFT loss weight", "SFT 损失权重"),
+    "pref_loss": ("Loss type", "损失类型"),
+    "extra_section": ("Extra arguments", "其它参数"),
+    "extra_args": ("Extra config keys as JSON", "以 JSON 给出的其它配置项"),
+    "output_dir": ("Output folder", "输出目录"),
+    "config_path": ("Arguments file", "参数文件"),
+    "preview_cmd": ("Preview command", "预览命令"),
+    "save_args": ("Save arguments", "保存参数"),
+    "load_args": ("Load arguments", "载入参数"),
+    "start": ("Start", "开始"),
+    "abort": ("Abort", "中断"),
+    "command": ("Command and YAML", "命令与 YAML"),
+    "progress": ("Progress", "进度"),
+    "loss_chart": ("Loss", "损失"),
+    "log": ("Log", "日志"),
+    "eval_missing": (
+        "**Batch prediction is not available yet.** Evaluating needs `do_predict` with "
+        "`predict_with_generate` (generate an answer for every row, then BLEU / ROUGE) — tuneforge does not "
+        "implement that yet (`tuneforge.evaluate` is still to be written). Until then: the Train tab's "
+        "*Validation size* reports the eval loss during training, and the Chat tab tries single prompts.",
+        "**批量预测尚不可用。** 评估需要 `do_predict` 与 `predict_with_generate`（逐条生成回答并计算 "
+        "BLEU / ROUGE），tuneforge 尚未实现（`tuneforge.evaluate` 仍待编写）。在此之前：训练页的"
+        "「验证集比例」会在训练中报告验证损失，对话页可以试用单条提示。"),
+    "load_model": ("Load model", "加载模型"),
+    "unload_model": ("Unload model", "卸载模型"),
+    "chat_status": ("Model status", "模型状态"),
+    "system": ("System prompt", "系统提示词"),
+    "chatbot": ("Chat", "对话"),
+    "query": ("Message", "输入"),
+    "send": ("Send", "发送"),
+    "clear": ("Clear history", "清空历史"),
+    "max_new_tokens": ("Max new tokens", "最大生成长度"),
+    "temperature": ("Temperature", "温度系数"),
+    "top_p": ("Top-p", "Top-p 采样值"),
+    "do_sample": ("Sample (off = greedy)", "采样（关闭 = 贪心）"),
+    "export_dir": ("Export folder", "导出目录"),
+    "export_size": ("Shard size (GB)", "分块大小（GB）"),
+    "export_format": ("Format", "格式"),
+    "export_btn": ("Export", "开始导出"),
+    "export_info": ("Export result", "导出结果"),
+})
+
+MESSAGES = MappingProxyType({
+    "idle": ("No training job yet.", "尚无训练任务。"),
+    "starting": ("Starting: loading the model and data…", "启动中：正在加载模型和数据…"),
+    "running": ("Training…", "训练中…"),
+    "aborting": ("Stopping after the current step…", "将在当前步结束后停止…"),
+    "finished": ("Finished. Saved in {output_dir}", "训练完成，已保存到 {output_dir}"),
+    "aborted": ("Aborted; the last checkpoint in {output_dir} is intact.", "已中断；{output_dir} 中的最新检查点完好。"),
+    "failed": ("Failed: {message}", "失败：{message}"),
+    "error": ("Error: {message}", "错误：{message}"),
+    "started": ("Started `{command}`", "已启动 `{command}`"),
+    "saved_args": ("Arguments saved to {path}", "参数已保存到 {path}"),
+    "loaded_args": ("Arguments loaded from {path}", "已从 {path} 载入参数"),
+    "no_file": ("File not found: {path}", "找不到文件：{path}"),
+    "model_loaded": ("Loaded: {description}", "已加载：{description}"),
+    "model_unloaded": ("No model loaded.", "未加载模型。"),
+    "loading_model": ("Loading the model…", "正在加载模型…"),
+    "exporting": ("Exporting…", "正在导出…"),
+    "exported": ("Exported to {path}", "已导出到 {path}"),
+    "no_rows": ("No rows to show.", "没有可显示的样本。"),
+    "step_line": ("step {current}/{total} · {percent:.0f}% · elapsed {elapsed} · remaining {remaining}{speed}",
+                  "步数 {current}/{total} · {percent:.0f}% · 已用 {elapsed} · 剩余 {remaining}{speed}"),
+})
+
+
+def text(key: str, lang: str) -> str:
+    """A label or message in `lang` (English when the key or language has no translation)."""
+    pair = LABELS.get(key) or MESSAGES.get(key)
+    if pair is None:
+        raise KeyError(f"no UI string `{key}`")
+    return pair[1] if lang == "zh" and pair[1] else pair[0]
+
+
+def message(key: str, lang: str, **values) -> str:
+    return text(key, lang).format(**values)

@@ -1,0 +1,287 @@
+"""JobManager: runs `tuneforge train <yaml>` as a subprocess and follows it through the run's own files.
+
+The job writes `trainer_log.jsonl` (one record per logging step) and `running_status.json`
+(`running | finished | failed | aborted`, with the writer's pid) into its output_dir; stdout/stderr go
+to `<output_dir>/webui_train.log`. `snapshot()` turns those into one `JobSnapshot` for the UI, so a
+page refresh simply asks again. The current job is also recorded in `<state_dir>/current_job.json`,
+so a restarted UI re-attaches to a job that is still running.
+
+Abort creates `<output_dir>/STOP_REQUESTED`; the run's LogCallback sees it after the step in flight,
+saves a checkpoint and ends as `aborted`. A job that has not begun training yet (loading the model
+or tokenizing) has nothing to keep and is terminated; one that ignores the request is terminated
+after `abort_grace_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.train.callbacks import RUNNING_STATUS, STOP_FILE, TRAINER_LOG
+
+JOB_YAML = "tuneforge_train.yaml"
+JOB_LOG = "webui_train.log"
+STATE_FILE = "current_job.json"
+FINAL_STATES = ("finished", "failed", "aborted")
+
+
+class JobBusyError(TuneforgeError):
+    """A second job was started while one is running."""
+
+
+@dataclass
+class JobSnapshot:
+    status: str = "idle"  # idle | starting | running | aborting | finished | failed | aborted
+    output_dir: str = ""
+    yaml_path: str = ""
+    pid: int | None = None
+    current_steps: int = 0
+    total_steps: int = 0
+    percentage: float = 0.0
+    elapsed: str = "0:00:00"
+    remaining: str = "0:00:00"
+    throughput: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    log_tail: str = ""
+    message: str = ""  # the error of a failed job, the resume note of a new one
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("starting", "running", "aborting")
+
+
+def default_threads() -> int:
+    """Threads for the training process: all cores but one for the UI, all of them on <= 2 cores."""
+    cores = os.cpu_count() or 1
+    return cores - 1 if cores > 2 else cores
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _tail(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    # carriage-return progress bars: keep what the terminal would show last on each line
+    shown = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(shown[-lines:])
+
+
+class JobManager:
+    """One training subprocess at a time; everything the UI shows comes from `snapshot()`."""
+
+    def __init__(self, state_dir: str | Path, *, workdir: str | Path | None = None, threads: int | None = None,
+                 abort_grace_s: float = 120.0) -> None:
+        self.state_dir = Path(state_dir)
+        self.workdir = Path(workdir) if workdir is not None else Path.cwd()
+        self.threads = threads or default_threads()
+        self.abort_grace_s = abort_grace_s
+        self._proc: subprocess.Popen | None = None
+        self._job: dict[str, Any] | None = None
+        self._log_cache: tuple[int, list[dict[str, Any]]] = (-1, [])
+        self._reattach()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self, config: dict[str, Any], yaml_text: str | None = None, note: str = "") -> JobSnapshot:
+        """Write the YAML into output_dir and start `tuneforge train` on it."""
+        if self.is_running():
+            job = self._job or {}
+            raise JobBusyError(f"a training job is already running (output_dir {job.get('output_dir')}, "
+                               f"pid {job.get('pid')}); abort it or wait until it finishes before starting another")
+        from tuneforge.webui.args import to_yaml
+
+        output_dir = Path(config["output_dir"])
+        if not output_dir.is_absolute():
+            output_dir = self.workdir / output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        yaml_path = output_dir / JOB_YAML
+        yaml_path.write_text(yaml_text or to_yaml(config, yaml_path), encoding="utf-8")
+        (output_dir / STOP_FILE).unlink(missing_ok=True)
+        log_path = output_dir / JOB_LOG
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1",
+               "TOKENIZERS_PARALLELISM": "false",
+               "TQDM_DISABLE": "1"}  # the CLI prints one line per logging step; bars only clutter the log view
+        with open(log_path, "w", encoding="utf-8") as log:
+            self._proc = subprocess.Popen(
+                self.command(yaml_path),
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,  # Ctrl-C in the UI's terminal must not kill the job
+            )
+        self._job = {"pid": self._proc.pid, "output_dir": str(output_dir), "yaml_path": str(yaml_path),
+                     "log_path": str(log_path), "started_at": time.time(), "abort_requested_at": None,
+                     "note": note}
+        self._log_cache = (-1, [])
+        self._save_state()
+        _limit_ui_threads()
+        return self.snapshot()
+
+    def command(self, yaml_path: Path) -> list[str]:
+        """The job's command line: the CLI itself, so a user can rerun exactly what the UI ran."""
+        return [sys.executable, "-m", "tuneforge", "train", str(yaml_path)]
+
+    def abort(self) -> str:
+        """Ask the running job to stop; returns what happened, in one line."""
+        if not self.is_running() or self._job is None:
+            return "no training job is running"
+        job = self._job
+        if job["abort_requested_at"] is None:
+            job["abort_requested_at"] = time.time()
+            self._save_state()
+        Path(job["output_dir"], STOP_FILE).touch()
+        if self._own_status() is None:  # still loading: no step, nothing to save
+            self._signal(signal.SIGTERM)
+            return "abort requested: the job had not started training yet and was stopped"
+        return "abort requested: the job stops after the current step and keeps a checkpoint"
+
+    def is_running(self) -> bool:
+        if self._job is None:
+            return False
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return _pid_runs(self._job["pid"], self._job["yaml_path"])
+
+    def wait(self, timeout: float, poll_s: float = 0.2) -> JobSnapshot:
+        """Block until the job ends (tests, scripts); returns the final snapshot."""
+        deadline = time.time() + timeout
+        while self.is_running() and time.time() < deadline:
+            time.sleep(poll_s)
+            self._escalate_abort()
+        return self.snapshot()
+
+    # ---- what the UI shows ----------------------------------------------------------------------
+    def snapshot(self) -> JobSnapshot:
+        job = self._job
+        if job is None:
+            return JobSnapshot()
+        self._escalate_abort()
+        out = Path(job["output_dir"])
+        snap = JobSnapshot(output_dir=job["output_dir"], yaml_path=job["yaml_path"], pid=job["pid"],
+                           message=job.get("note", ""), log_tail=_tail(Path(job["log_path"])))
+        records = self._records(out / TRAINER_LOG)
+        snap.losses = [(int(r["current_steps"]), float(r["loss"])) for r in records if "loss" in r]
+        if records:
+            last = records[-1]
+            snap.current_steps, snap.total_steps = int(last.get("current_steps", 0)), int(last.get("total_steps", 0))
+            snap.percentage = float(last.get("percentage", 0.0))
+            snap.elapsed, snap.remaining = last.get("elapsed_time", snap.elapsed), last.get("remaining_time", snap.remaining)
+            snap.throughput = next((r["throughput"] for r in reversed(records) if "throughput" in r), None)
+        status = self._own_status()
+        running = self.is_running()
+        if running:
+            if job["abort_requested_at"] is not None:
+                snap.status = "aborting"
+            else:
+                snap.status = "running" if status and status.get("status") == "running" else "starting"
+        elif status and status.get("status") in FINAL_STATES:
+            snap.status = status["status"]
+            if snap.status == "failed":
+                snap.message = status.get("error") or _error_line(snap.log_tail)
+        else:  # ended without a final status: killed, or failed before training began
+            snap.status = "aborted" if job["abort_requested_at"] is not None else "failed"
+            if snap.status == "failed":
+                snap.message = _error_line(snap.log_tail)
+        if status and snap.status != "finished":
+            snap.current_steps = max(snap.current_steps, int(status.get("current_steps", 0)))
+            snap.total_steps = snap.total_steps or int(status.get("total_steps", 0))
+        if snap.status == "finished" and snap.total_steps and snap.current_steps >= snap.total_steps:
+            snap.percentage, snap.remaining = 100.0, "0:00:00"
+        return snap
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _own_status(self) -> dict[str, Any] | None:
+        """running_status.json when this job's process wrote it (an older run's file is ignored)."""
+        if self._job is None:
+            return None
+        status = _read_json(Path(self._job["output_dir"]) / RUNNING_STATUS)
+        return status if status is not None and status.get("pid") == self._job["pid"] else None
+
+    def _records(self, path: Path) -> list[dict[str, Any]]:
+        if self._own_status() is None:  # the file may still be an earlier run's
+            return []
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return []
+        if size != self._log_cache[0]:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            records = []
+            for line in text.splitlines():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass  # a line being written right now
+            self._log_cache = (size, records)
+        return self._log_cache[1]
+
+    def _escalate_abort(self) -> None:
+        job = self._job
+        if job is None or job["abort_requested_at"] is None or not self.is_running():
+            return
+        waited = time.time() - job["abort_requested_at"]
+        if waited > self.abort_grace_s + 15:
+            self._signal(signal.SIGKILL)
+        elif waited > self.abort_grace_s:
+            self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self._job["pid"], sig)  # the job is its own process group (start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _save_state(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / STATE_FILE).write_text(json.dumps(self._job, indent=2), encoding="utf-8")
+
+    def _reattach(self) -> None:
+        """Pick up the job recorded by an earlier UI process (running or not: its result is still shown)."""
+        job = _read_json(self.state_dir / STATE_FILE)
+        if job and {"pid", "output_dir", "yaml_path", "log_path"} <= set(job):
+            job.setdefault("abort_requested_at", None)
+            self._job = job
+
+
+def _pid_runs(pid: int, yaml_path: str) -> bool:
+    """True when `pid` is alive and is still our `tuneforge train <yaml_path>` (pids get reused)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and yaml_path in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _error_line(log_tail: str) -> str:
+    """The CLI's one-line `error: ...` from the job's output, else its last lines."""
+    lines = [line for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    return "\n".join(lines[-5:]) or "the job ended without output"
+
+
+def _limit_ui_threads() -> None:
+    """While a job trains, the UI process must not compete for cores (it only serves pages)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)

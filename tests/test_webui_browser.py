@@ -1,0 +1,173 @@
+"""End to end in a real headless browser: `tuneforge webui` in a subprocess, Debian's chromium driven by
+Playwright. Pick a model and a dataset, train a few steps, watch progress and the loss chart, then
+load the result in the Chat tab and get an answer streamed back. Screenshots: test-artifacts/webui/."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+from test_webui_args import write_data  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "webui"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`tuneforge webui` on a free loopback port, in tmp_path (its data/ and saves/)."""
+    write_data(tmp_path / "data")
+    port = free_port()
+    env = {**os.environ, "TUNEFORGE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    demo_dir = Path.home() / ".cache" / "tuneforge"  # the demo model is converted once per user, reuse it
+    if (demo_dir / "models").is_dir():
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "models").symlink_to(demo_dir / "models")
+    log = open(tmp_path / "webui.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "webui", "--port", str(port)], cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                log.close()
+                proc.kill()
+                raise AssertionError("web UI did not start:\n" + (tmp_path / "webui.log").read_text())
+            time.sleep(0.5)
+    yield url, tmp_path
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+    assert f"[tuneforge] web UI: {url}" in (tmp_path / "webui.log").read_text()
+
+
+@pytest.fixture
+def page():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            user_data_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tf-chromium-{os.getpid()}-{time.time_ns()}"),
+            executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True, viewport={"width": 1400, "height": 1800})
+        yield context.new_page()
+        context.close()
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose `option` (exact text) in a gradio dropdown."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id}").locator("input, textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def run_ui_flow(page, url: str, model_path: str, dataset: str, dataset_dir: str | None, shot: str, steps: int = 4,
+                model_label: str = "Custom"):
+    expect = playwright_api.expect
+    started = time.time()
+    page.goto(url)
+    fill(page, "tf-model-path", model_path)
+    if dataset_dir:
+        fill(page, "tf-dataset-dir", dataset_dir)
+        page.wait_for_timeout(1000)  # the dataset list follows the folder
+    pick(page, "tf-dataset", dataset)
+    expect(page.locator("#tf-model-name input")).to_have_value(model_label, timeout=10000)
+    page.locator("#tf-preview-data").click()  # rows rendered through the template, trained text marked
+    expect(page.locator("#tf-data-preview mark").first).to_be_visible(timeout=60000)
+    expect(page.locator("#tf-data-preview")).to_contain_text("sample 0")
+    fill(page, "tf-max-steps", str(steps))
+    fill(page, "tf-logging-steps", "1")
+    fill(page, "tf-batch-size", "2")
+    fill(page, "tf-grad-accum", "1")
+    page.locator("#tf-preview-cmd").click()
+    expect(page.locator("#tf-command")).to_contain_text(f"max_steps: {steps}", timeout=20000)
+    page.locator("#tf-start").click()
+    expect(page.locator("#tf-message")).to_contain_text("Started tuneforge train", timeout=20000)
+    progress = page.locator("#tf-progress")
+    expect(progress).to_have_attribute("data-status", "running", timeout=90000)
+    page.screenshot(path=str(ARTIFACTS / f"{shot}_1_training.png"), full_page=True)
+    expect(progress).to_have_attribute("data-status", "finished", timeout=120000)
+    expect(progress).to_have_attribute("data-percent", "100.0")
+    expect(progress).to_have_attribute("data-step", str(steps))
+    expect(progress).to_contain_text(f"step {steps}/{steps} · 100%")
+    chart = page.locator("#tf-loss")
+    expect(chart.locator("canvas, svg").first).to_be_visible(timeout=15000)
+    expect(page.locator("#tf-log textarea")).to_have_value(re.compile(r"\[tuneforge\] done in"), timeout=10000)
+    page.wait_for_timeout(1000)  # the chart animates its lines in
+    page.screenshot(path=str(ARTIFACTS / f"{shot}_2_finished.png"), full_page=True)
+    run_name = Path(progress.get_attribute("data-output-dir")).name
+
+    page.get_by_role("tab", name="Chat").click()
+    pick(page, "tf-checkpoints", run_name)
+    number = page.locator("#tf-max-new-tokens input[type=number]")
+    number.fill("24")
+    number.press("Enter")
+    page.locator("#tf-load-model").click()
+    expect(page.locator("#tf-chat-status textarea")).to_have_value(re.compile(r"^Loaded: model: .*adapter: .*" + re.escape(run_name)),
+                                                                 timeout=60000)
+    page.locator("#tf-query textarea").fill("Who are you?")
+    page.locator("#tf-send").click()
+    answer = page.locator("#tf-chatbot .message.bot, #tf-chatbot [data-testid=bot]").last
+    expect(answer).to_have_text(re.compile(r"\S"), timeout=60000)
+    page.wait_for_timeout(1500)  # let the stream finish before the picture
+    page.screenshot(path=str(ARTIFACTS / f"{shot}_3_chat.png"), full_page=True)
+    text = answer.inner_text().strip()
+    print(f"\n[{shot}] browser flow took {time.time() - started:.1f}s; answer: {text[:80]!r}")
+    return text
+
+
+def test_train_and_chat_in_the_browser(server, page, tiny_llama_dir):
+    url, workspace = server
+    answer = run_ui_flow(page, url, str(tiny_llama_dir), "tiny", None, "tiny")
+    assert answer
+    out = workspace / "saves" / tiny_llama_dir.name / "lora"
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "adapter_model.safetensors").is_file()
+    assert (runs[0] / "tuneforge_train.yaml").read_text().count("max_steps: 4") == 1
+
+    # a page refresh re-attaches: the finished job is still shown; Chinese labels on switch
+    page.reload()
+    expect = playwright_api.expect
+    expect(page.locator("#tf-progress")).to_have_attribute("data-status", "finished", timeout=15000)
+    pick(page, "tf-lang", "zh")
+    expect(page.locator("#tf-start")).to_have_text("开始", timeout=10000)
+    page.screenshot(path=str(ARTIFACTS / "tiny_4_chinese.png"), full_page=True)
+
+
+@pytest.mark.demo
+def test_train_and_chat_with_the_demo_model(server, page):
+    url, workspace = server
+    answer = run_ui_flow(page, url, "builtin:smollm2", "identity_tuneforge", str(REPO / "data"), "demo", steps=2,
+                         model_label="SmolLM2-135M-Instruct (built-in demo)")
+    assert answer

@@ -1,0 +1,117 @@
+"""JobManager on a tiny model: a real `tuneforge train <yaml>` subprocess started, followed, aborted, re-attached."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from test_webui_args import write_data  # noqa: E402
+from tuneforge.webui import args  # noqa: E402
+from tuneforge.webui.jobs import JOB_LOG, JOB_YAML, JobBusyError, JobManager  # noqa: E402
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, tiny_llama_dir):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path / "data")
+    return tmp_path
+
+
+def tiny_config(model_dir: Path, name: str, **values) -> dict:
+    ui = {"model_path": str(model_dir), "template": "chatml", "dataset": ["tiny"], "dataset_dir": "data",
+          "learning_rate": "5e-3", "cutoff_len": 64, "per_device_train_batch_size": 4,
+          "gradient_accumulation_steps": 1, "logging_steps": 1, "output_dir": name, **values}
+    config = args.build_train_config(ui, "saves")
+    args.validate(config)
+    return config
+
+
+def wait_for(predicate, timeout: float, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError("timed out")
+
+
+def test_job_runs_to_the_end_and_reports_progress(workspace, tiny_llama_dir):
+    manager = JobManager(workspace / "state", workdir=workspace, threads=1)
+    assert manager.snapshot().status == "idle"
+    config = tiny_config(tiny_llama_dir, "run", max_steps=4, save_steps=2)
+    first = manager.start(config, note="new run")
+    assert first.status in ("starting", "running")
+    with pytest.raises(JobBusyError, match=r"^a training job is already running \(output_dir .*run, pid \d+\); "
+                                           r"abort it or wait until it finishes before starting another$"):
+        manager.start(config)
+    snap = manager.wait(timeout=120)
+    assert snap.status == "finished", snap.log_tail
+    out = workspace / "saves" / tiny_llama_dir.name / "lora" / "run"
+    assert snap.output_dir == str(out)
+    assert (snap.current_steps, snap.total_steps, snap.percentage, snap.remaining) == (4, 4, 100.0, "0:00:00")
+    assert [step for step, _ in snap.losses] == [1, 2, 3, 4]
+    assert all(loss > 0 for _, loss in snap.losses) and snap.throughput and snap.throughput > 0
+    assert "[tuneforge] done in" in snap.log_tail
+    assert (out / "adapter_model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
+    assert (out / JOB_YAML).read_text().startswith(f"# tuneforge train {out / JOB_YAML}\n")
+    assert (out / JOB_LOG).is_file()
+    assert args.list_checkpoints("saves", str(tiny_llama_dir), "lora") == ["run", "run/checkpoint-2", "run/checkpoint-4"]
+
+    # the same folder again resumes (and the UI says so before starting)
+    kind, note = args.describe_output_dir(out)
+    assert kind == "resume" and note.endswith("training resumes from checkpoint-4 (step 4 of 4)")
+
+
+def test_abort_keeps_a_checkpoint_and_a_new_manager_reattaches(workspace, tiny_llama_dir):
+    manager = JobManager(workspace / "state", workdir=workspace, threads=1)
+    config = tiny_config(tiny_llama_dir, "long", max_steps=5000, save_steps=10000)
+    manager.start(config)
+    wait_for(lambda: manager.snapshot().status == "running" and manager.snapshot().current_steps >= 2, 90)
+
+    # a UI restarted while the job runs finds it through the state file (no Popen handle)
+    again = JobManager(workspace / "state", workdir=workspace, threads=1)
+    assert again.is_running()
+    snap = again.snapshot()
+    assert snap.status == "running" and snap.pid == manager.snapshot().pid and snap.current_steps >= 2
+    with pytest.raises(JobBusyError):
+        again.start(config)
+
+    assert again.abort() == "abort requested: the job stops after the current step and keeps a checkpoint"
+    assert again.snapshot().status == "aborting"
+    final = again.wait(timeout=60)
+    assert final.status == "aborted", final.log_tail
+    assert manager.snapshot().status == "aborted"
+    out = Path(final.output_dir)
+    status = json.loads((out / "running_status.json").read_text())
+    step = status["current_steps"]
+    assert status["status"] == "aborted" and 2 <= step < 5000
+    checkpoint = out / f"checkpoint-{step}"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file()  # the final save ran too
+    assert not (out / "STOP_REQUESTED").exists()
+    assert again.abort() == "no training job is running"
+
+
+class FailingJobs(JobManager):
+    """The CLI's failure behaviour without its import time: print the one-line error, exit 2."""
+
+    def command(self, yaml_path):
+        script = "import sys; print('loading...'); print(\"error: dataset 'x' is not defined\"); sys.exit(2)"
+        return [sys.executable, "-c", script]
+
+
+def test_a_job_that_fails_reports_the_error(workspace, tiny_llama_dir):
+    manager = FailingJobs(workspace / "state", workdir=workspace, threads=1)
+    manager.start(tiny_config(tiny_llama_dir, "bad", max_steps=2))
+    snap = manager.wait(timeout=30)
+    assert (snap.status, snap.message) == ("failed", "dataset 'x' is not defined")
+    assert snap.log_tail == "loading...\nerror: dataset 'x' is not defined"
+    assert not manager.is_running() and manager.abort() == "no training job is running"
