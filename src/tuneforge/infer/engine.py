@@ -1,0 +1,308 @@
+"""Chat engine: prompt -> streamed text with a hand-written KV-cache decode loop.
+
+    engine = ChatEngine.from_config(cfg)
+    for delta in engine.stream_chat([{"role": "user", "content": "Hi"}]):
+        print(delta, end="", flush=True)
+    print(engine.last_stats)
+
+Why not ``model.generate`` in a thread: at batch size 1 on a CPU its per-step bookkeeping (logits
+processors, stopping criteria, streamer queue) costs as much as a small model's forward pass. Here
+the prompt is run once, then one token per step through the KV cache; sampling works on the last
+logits only. Beam search (``num_beams > 1``) still goes through ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+
+from tuneforge.errors import ConfigError
+from tuneforge.infer.fast_step import LeanDecodeStep
+from tuneforge.infer.decoding import IncrementalDecoder, StopWordFilter, decode_text, new_kv_cache, pick_next_token
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """LLaMA-Factory's generating keys (same names and defaults) plus ``default_system`` and ``seed``."""
+
+    do_sample: bool = True
+    temperature: float = 0.95
+    top_p: float = 0.7
+    top_k: int = 50
+    num_beams: int = 1
+    max_length: int = 1024
+    max_new_tokens: int = 1024
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+    skip_special_tokens: bool = True
+    default_system: str | None = None
+    seed: int | None = None
+
+    @classmethod
+    def from_any(cls, source: Any = None) -> "GenerationSettings":
+        """From None, a mapping, or an object with these attributes (e.g. config ``GeneratingArguments``)."""
+        if source is None:
+            return cls()
+        if isinstance(source, cls):
+            return source
+        if isinstance(source, Mapping):
+            return cls().with_overrides(**source)
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls().with_overrides(**{n: getattr(source, n) for n in names if hasattr(source, n)})
+
+    def with_overrides(self, **overrides: Any) -> "GenerationSettings":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown generation setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+            )
+        new = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None or k in ("seed", "default_system")})
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        checks = [
+            (self.temperature >= 0, "temperature", "a number >= 0"),
+            (0 < self.top_p <= 1, "top_p", "a number in (0, 1]"),
+            (self.top_k >= 0, "top_k", "an integer >= 0 (0 = off)"),
+            (self.num_beams >= 1, "num_beams", "an integer >= 1"),
+            (self.repetition_penalty > 0, "repetition_penalty", "a number > 0 (1.0 = off)"),
+            (self.max_new_tokens > 0 or self.max_length > 0, "max_new_tokens/max_length", "one of them > 0"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                value = getattr(self, key, None) if "/" not in key else (self.max_new_tokens, self.max_length)
+                raise ConfigError(f"generation setting `{key}` is {value!r}; expected {expected}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def new_token_budget(self, prompt_len: int) -> int:
+        """LF rule: ``max_new_tokens`` wins when > 0, else ``max_length`` counts prompt + answer."""
+        if self.max_new_tokens > 0:
+            return self.max_new_tokens
+        budget = self.max_length - prompt_len
+        if budget <= 0:
+            raise ConfigError(
+                f"the prompt has {prompt_len} tokens but `max_length` is {self.max_length}; raise `max_length` "
+                "or set `max_new_tokens`"
+            )
+        return budget
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    generated_tokens: int
+    seconds: float          # prefill + decode, wall clock
+    prefill_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode speed: generated tokens after the first over the time spent producing them."""
+        decode = self.seconds - self.prefill_seconds
+        if self.generated_tokens <= 1 or decode <= 0:
+            return 0.0
+        return (self.generated_tokens - 1) / decode
+
+    def __str__(self) -> str:
+        return (
+            f"{self.generated_tokens} tokens in {self.seconds:.2f}s, {self.tokens_per_second:.1f} tokens/s "
+            f"(prompt {self.prompt_tokens} tokens, prefill {self.prefill_seconds:.2f}s)"
+        )
+
+
+class ChatEngine:
+    """Model + tokenizer + template + generation settings. Not thread-safe: one generation at a time."""
+
+    def __init__(self, model, tokenizer, template, generating_args: Any = None, *, description: str = "",
+                 fast_decode: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.settings = GenerationSettings.from_any(generating_args)
+        self.settings.validate()
+        self.description = description or type(model).__name__
+        self.last_stats: GenerationStats | None = None
+        # The lean per-token step for plain Llama-style models; None = the model's own forward.
+        self.fast_step = LeanDecodeStep.try_create(model) if fast_decode else None
+        self.stop_ids = _stop_token_ids(template, tokenizer)
+        # Text stop words that are not a single stop token (e.g. "Observation:") are matched on the text.
+        self.stop_words = tuple(w for w in getattr(template, "stop_words", ()) if w and _single_token_id(tokenizer, w) not in self.stop_ids)
+
+    @classmethod
+    def from_config(cls, cfg) -> "ChatEngine":
+        """Load tokenizer, template and model (with adapters, not trainable) as a run config says."""
+        from tuneforge.data.templates import get_template
+        from tuneforge.model import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+        template = get_template(cfg.data.template, tokenizer)
+        template.fix_tokenizer(tokenizer)
+        model = load_model(cfg.model, cfg.finetuning, is_trainable=False)
+        settings = GenerationSettings.from_any(cfg.generating)
+        if settings.default_system is None and getattr(cfg.data, "default_system", None):
+            settings = settings.with_overrides(default_system=cfg.data.default_system)
+        return cls(model, tokenizer, template, settings, description=describe_config(cfg, template))
+
+    # ---- public API -------------------------------------------------------------------------
+    def chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None, **gen_overrides) -> str:
+        """The whole answer (stop words removed): the streamed deltas joined."""
+        return "".join(self.stream_chat(messages, system, tools, **gen_overrides))
+
+    def stream_chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None, **gen_overrides) -> Iterator[str]:
+        """Text deltas; never splits a UTF-8 character, never emits (part of) a stop word."""
+        settings = self.settings.with_overrides(**gen_overrides)
+        prompt_ids = self.encode_prompt(messages, system, tools, settings)
+        if settings.num_beams > 1:  # beams only know the answer at the end
+            text = decode_text(self.tokenizer, self._beam_search(prompt_ids, settings), settings.skip_special_tokens)
+            yield StopWordFilter(self.stop_words).cut(text)
+            return
+        decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=settings.skip_special_tokens)
+        stop_filter = StopWordFilter(self.stop_words)
+        ids = self._decode_ids(prompt_ids, settings)
+        try:
+            for token_id in ids:
+                delta, stopped = stop_filter.push(decoder.push(token_id))
+                if delta:
+                    yield delta
+                if stopped:
+                    return
+            tail, _ = stop_filter.push(decoder.flush())
+            tail += stop_filter.flush()
+            if tail:
+                yield tail
+        finally:
+            ids.close()  # records last_stats even when the caller stops early
+
+    def generate_ids(self, prompt_ids: Sequence[int], **gen_overrides) -> list[int]:
+        """New token ids for a ready prompt (stop token excluded); the raw decode loop."""
+        settings = self.settings.with_overrides(**gen_overrides)
+        if settings.num_beams > 1:
+            return self._beam_search(list(prompt_ids), settings)
+        return list(self._decode_ids(list(prompt_ids), settings))
+
+    def encode_prompt(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None,
+                      settings: GenerationSettings | None = None) -> list[int]:
+        settings = settings or self.settings
+        system = system or settings.default_system or None  # None lets the template use its own default
+        return list(self.template.encode_prompt(self.tokenizer, list(messages), system, tools))
+
+    # ---- decoding ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _decode_ids(self, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[int]:
+        """Yield new token ids one by one; stops (without yielding) on a stop token or the budget."""
+        budget = settings.new_token_budget(len(prompt_ids))
+        device = self.device
+        generator = None
+        if settings.seed is not None and not settings.greedy:
+            generator = torch.Generator(device=device).manual_seed(int(settings.seed))
+        stop_ids = set(self.stop_ids)
+        seen = None
+        if settings.repetition_penalty != 1.0:
+            seen = torch.zeros(_vocab_size(self.model, self.tokenizer), dtype=torch.bool, device=device)
+            seen[torch.tensor(prompt_ids, device=device)] = True
+        cache = new_kv_cache(self.model)
+        generated = 0
+        start = time.perf_counter()
+        prefill_seconds = 0.0
+        try:
+            with torch.inference_mode():
+                input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                prefill_seconds = time.perf_counter() - start
+                step_input = torch.empty((1, 1), dtype=torch.long, device=device)
+                position = len(prompt_ids)
+                fast_step = self.fast_step
+                if fast_step is not None and not fast_step.prepare_cache(cache):
+                    fast_step = None
+                while True:
+                    token = pick_next_token(logits, settings, seen, generator)
+                    token_id = int(token)
+                    if token_id in stop_ids:
+                        return
+                    generated += 1
+                    yield token_id
+                    if generated >= budget:
+                        return
+                    if seen is not None:
+                        seen[token_id] = True
+                    step_input.fill_(token_id)
+                    if fast_step is not None:
+                        logits = fast_step.step(step_input, cache, position)
+                    else:
+                        logits = self.model(input_ids=step_input, past_key_values=cache, use_cache=True).logits[0, -1]
+                    position += 1
+        finally:
+            self.last_stats = GenerationStats(len(prompt_ids), generated, time.perf_counter() - start, prefill_seconds)
+
+    def _beam_search(self, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:
+        start = time.perf_counter()
+        kwargs = dict(
+            num_beams=settings.num_beams, length_penalty=settings.length_penalty, do_sample=not settings.greedy,
+            max_new_tokens=settings.new_token_budget(len(prompt_ids)), eos_token_id=list(self.stop_ids) or None,
+            repetition_penalty=settings.repetition_penalty, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if not settings.greedy:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+            if settings.seed is not None:
+                torch.manual_seed(int(settings.seed))
+        with torch.inference_mode():
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        new = [int(t) for t in out[0, len(prompt_ids):]]
+        while new and new[-1] in self.stop_ids:
+            new.pop()
+        self.last_stats = GenerationStats(len(prompt_ids), len(new), time.perf_counter() - start, 0.0)
+        return new
+
+
+def _single_token_id(tokenizer, word: str) -> int | None:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def _stop_token_ids(template, tokenizer) -> tuple[int, ...]:
+    """Template's stop tokens (when it can say) + eos, without duplicates."""
+    ids: list[int] = []
+    if hasattr(template, "stop_token_ids"):
+        ids.extend(int(i) for i in template.stop_token_ids(tokenizer))
+    else:
+        ids.extend(i for i in (_single_token_id(tokenizer, w) for w in getattr(template, "stop_words", ())) if i is not None)
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return tuple(dict.fromkeys(ids))
+
+
+def _vocab_size(model, tokenizer) -> int:
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is not None and getattr(output, "weight", None) is not None:
+        return int(output.weight.shape[0])
+    return len(tokenizer)
+
+
+def describe_config(cfg, template=None) -> str:
+    """One line for headers: model, adapter(s), template."""
+    model_args = cfg.model
+    adapter = getattr(model_args, "adapter_name_or_path", None) or "none"
+    if isinstance(adapter, (list, tuple)):
+        adapter = ",".join(adapter)
+    template_name = getattr(template, "name", None) or getattr(cfg.data, "template", None) or "auto"
+    return f"model: {model_args.model_name_or_path} | adapter: {adapter} | template: {template_name}"
+
+
+def as_messages(history: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """(user, assistant) pairs -> alternating message dicts (for front ends that keep pairs)."""
+    messages: list[dict[str, str]] = []
+    for user, assistant in history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages
