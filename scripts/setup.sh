@@ -15,13 +15,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# pip repeats one harmless warning per package for index locations this machine does not have.
+quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC"
-  "${PIP[@]}" install "$TORCH_SPEC"
+  quiet_pip install "$TORCH_SPEC"
 fi
 echo "[setup] installing tuneforge (editable) and its dependencies"
-"${PIP[@]}" install -e ".[dev,webui]"
+quiet_pip install -e ".[dev,webui]"
 
 # torchvision/torchaudio from PyPI are CUDA builds that break `import transformers` on a CPU box.
 if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else

@@ -95,7 +95,7 @@ def test_rerun_resumes_and_says_so(workspace, capsys, caplog):
         (["train", "train.yaml", "dataset=nope"], "nope"),
         (["train", "train.yaml", "template=qwen9"], "qwen9"),
         (["train", "train.yaml", "model_name_or_path=./missing-model"], "missing-model"),
-        (["train", "train.yaml", "stage=ppo"], "not supported yet"),
+        (["train", "train.yaml", "use_galore=true"], "not supported yet"),
         (["train", "missing.yaml"], "missing.yaml"),
     ],
 )
