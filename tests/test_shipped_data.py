@@ -56,32 +56,11 @@ OPENAI_DEFAULT_TAGS = {
     "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system",
 }
 
-# Every key the example YAMLs may use: LLaMA-Factory's model / data / finetuning / generating
-# arguments and HF Seq2SeqTrainingArguments names, limited to what the examples need.
-ALLOWED_EXAMPLE_KEYS = {
-    # model
-    "model_name_or_path", "adapter_name_or_path", "trust_remote_code", "cache_dir", "use_fast_tokenizer",
-    "quantization_bit", "flash_attn", "infer_backend", "infer_dtype",
-    # method
-    "stage", "do_train", "do_eval", "do_predict", "finetuning_type", "lora_target", "lora_rank", "lora_alpha",
-    "lora_dropout", "freeze_trainable_layers", "freeze_trainable_modules", "pref_beta", "pref_loss",
-    # dataset
-    "dataset", "eval_dataset", "dataset_dir", "template", "cutoff_len", "max_samples", "overwrite_cache",
-    "preprocessing_num_workers", "val_size", "packing", "train_on_prompt", "mask_history",
-    # output
-    "output_dir", "logging_steps", "save_steps", "plot_loss", "overwrite_output_dir", "save_only_model",
-    "report_to",
-    # train
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs",
-    "max_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "bf16", "fp16", "ddp_timeout", "seed",
-    "gradient_checkpointing", "resume_from_checkpoint",
-    # eval
-    "per_device_eval_batch_size", "eval_strategy", "eval_steps",
-    # generate
-    "do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "default_system",
-    # export
-    "export_dir", "export_size", "export_device", "export_legacy_format", "export_quantization_bit",
-}
+# Every key the example YAMLs may use: the config layer's catalogue of LLaMA-Factory model / data /
+# finetuning / generating arguments and HF Seq2SeqTrainingArguments names.
+from tuneforge.config.parser import all_known_keys  # noqa: E402
+
+ALLOWED_EXAMPLE_KEYS = set(all_known_keys())
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

@@ -220,7 +220,7 @@ class DataArguments:
 class FinetuningArguments:
     """Training stage and fine-tuning method (LF `FinetuningArguments`)."""
 
-    stage: str = _f("sft", "Training stage: pt, sft (rm, ppo, dpo, kto not yet).")
+    stage: str = _f("sft", "Training stage: pt, sft, rm, dpo, kto (ppo not yet).")
     finetuning_type: str = _f("lora", "Fine-tuning method: lora, freeze or full.")
     # freeze
     freeze_trainable_layers: int = _f(2, "Freeze: last n layers trainable (negative: first n).")

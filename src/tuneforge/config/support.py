@@ -21,10 +21,10 @@ STAGES = MappingProxyType(
     {
         "pt": None,
         "sft": None,
-        "rm": "reward-model training is not implemented yet",
-        "ppo": "PPO training is not implemented yet",
-        "dpo": "DPO-family preference training is not implemented yet",
-        "kto": "KTO training is not implemented yet",
+        "rm": None,
+        "ppo": None,
+        "dpo": None,
+        "kto": None,
     }
 )
 

@@ -129,3 +129,134 @@ def encode_pt(texts: Iterable[str], tokenizer, data_args) -> dict[str, list[list
     packing = getattr(data_args, "packing", None) is not False
     blocks = pack_blocks(tokenize_documents(texts, tokenizer), int(_arg(data_args, "cutoff_len", 2048)), packing)
     return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+
+
+# ----------------------------------------------------------------------------- preference stages
+@dataclass
+class PairEncoding:
+    """Stage rm / dpo: one prompt with its chosen and rejected answers (labels -100 on the prompt)."""
+
+    input_ids: list[int] = field(default_factory=list)  # prompt + chosen
+    labels: list[int] = field(default_factory=list)
+    rejected_input_ids: list[int] = field(default_factory=list)  # prompt + rejected
+    rejected_labels: list[int] = field(default_factory=list)
+    full_length: int = 0  # prompt + longer answer, before truncation
+    truncated: bool = False
+    dropped: str | None = None
+
+
+def _prompt_and_answers(conv: Conversation, template, tokenizer, data_args, answers) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids (all turns before the answer) and each answer's ids (+ eos with efficient_eos)."""
+    system = conv.system or _arg(data_args, "default_system", "") or None
+    prompt_ids: list[int] = []
+    answer_ids: list[list[int]] = []
+    for answer in answers:
+        prompt_ids, ids = template.encode_oneturn(tokenizer, [*conv.messages, answer], system=system,
+                                                  tools=conv.tools or None)
+        if getattr(template, "efficient_eos", False):
+            ids = ids + [tokenizer.eos_token_id]
+        answer_ids.append(list(ids))
+    return list(prompt_ids), answer_ids
+
+
+def encode_pairwise_with_info(conv: Conversation, template, tokenizer, data_args) -> PairEncoding:
+    """Like LF's PairwiseDatasetProcessor: the prompt and both answers share one infer_seqlen budget
+    (the longer answer decides), so chosen and rejected keep the same prompt."""
+    if conv.chosen is None or conv.rejected is None:
+        return PairEncoding(dropped="no chosen/rejected answers")
+    if len(conv.messages) % 2 != 1:
+        return PairEncoding(dropped="messages must end with a user turn before chosen/rejected")
+    cutoff_len = int(_arg(data_args, "cutoff_len", 2048))
+    prompt_ids, (chosen_ids, rejected_ids) = _prompt_and_answers(conv, template, tokenizer, data_args,
+                                                                 (conv.chosen, conv.rejected))
+    full_length = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
+    if _arg(data_args, "truncation", "keep_prompt") == "drop" and full_length > cutoff_len:
+        return PairEncoding(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
+    source_len, target_len = infer_seqlen(len(prompt_ids), max(len(chosen_ids), len(rejected_ids)), cutoff_len)
+    prompt_ids, chosen_ids, rejected_ids = prompt_ids[:source_len], chosen_ids[:target_len], rejected_ids[:target_len]
+    result = PairEncoding(
+        input_ids=prompt_ids + chosen_ids,
+        labels=[IGNORE_INDEX] * source_len + chosen_ids,
+        rejected_input_ids=prompt_ids + rejected_ids,
+        rejected_labels=[IGNORE_INDEX] * source_len + rejected_ids,
+        full_length=full_length,
+        truncated=source_len + target_len < full_length,
+    )
+    if not chosen_ids or not rejected_ids:
+        result.dropped = "no answer tokens left after truncation to cutoff_len"
+    return result
+
+
+@dataclass
+class FeedbackEncoding:
+    """Stage kto: prompt + answer with its desirable/undesirable tag, and the same prompt with a
+    mismatched answer (another sample's) for the KL estimate."""
+
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    kl_input_ids: list[int] = field(default_factory=list)
+    kl_labels: list[int] = field(default_factory=list)
+    kto_tag: bool = True
+    full_length: int = 0
+    truncated: bool = False
+    dropped: str | None = None
+
+
+def kl_answers(answers: list, batch_size: int = 1000) -> list:
+    """LF's mismatched KL answers: within each preprocessing batch, sample i gets the answer of
+    sample i-1 and the first sample the batch's last answer."""
+    out = []
+    for start in range(0, len(answers), batch_size):
+        chunk = answers[start : start + batch_size]
+        out.extend([chunk[-1], *chunk[:-1]])
+    return out
+
+
+def encode_feedback_with_info(conv: Conversation, kl_answer, template, tokenizer, data_args) -> FeedbackEncoding:
+    """Like LF's FeedbackDatasetProcessor. `conv` ends with the tagged assistant answer; `kl_answer`
+    (a Message) is the mismatched answer (see :func:`kl_answers`)."""
+    if conv.kto_tag is None:
+        return FeedbackEncoding(dropped="no kto_tag (true/false) value")
+    if len(conv.messages) % 2 != 0 or not conv.messages:
+        return FeedbackEncoding(dropped="no assistant answer to rate")
+    cutoff_len = int(_arg(data_args, "cutoff_len", 2048))
+    prompt_conv = Conversation(messages=conv.messages[:-1], system=conv.system, tools=conv.tools)
+    prompt_ids, (answer_ids, kl_ids) = _prompt_and_answers(prompt_conv, template, tokenizer, data_args,
+                                                           (conv.messages[-1], kl_answer))
+    full_length = len(prompt_ids) + max(len(answer_ids), len(kl_ids))
+    if _arg(data_args, "truncation", "keep_prompt") == "drop" and full_length > cutoff_len:
+        return FeedbackEncoding(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
+    source_len, target_len = infer_seqlen(len(prompt_ids), max(len(answer_ids), len(kl_ids)), cutoff_len)
+    prompt_ids, answer_ids, kl_ids = prompt_ids[:source_len], answer_ids[:target_len], kl_ids[:target_len]
+    result = FeedbackEncoding(
+        input_ids=prompt_ids + answer_ids,
+        labels=[IGNORE_INDEX] * source_len + answer_ids,
+        kl_input_ids=prompt_ids + kl_ids,
+        kl_labels=[IGNORE_INDEX] * source_len + kl_ids,
+        kto_tag=bool(conv.kto_tag),
+        full_length=full_length,
+        truncated=source_len + target_len < full_length,
+    )
+    if not answer_ids or not kl_ids:
+        result.dropped = "no answer tokens left after truncation to cutoff_len"
+    return result
+
+
+def encode_prompt_only(conv: Conversation, template, tokenizer, data_args) -> dict[str, list[int]] | None:
+    """Stage ppo (LF's UnsupervisedDatasetProcessor): `input_ids` = the generation prompt (assistant
+    prefix included), `labels` = the reference answer's ids (not -100 masked; may be empty when the
+    row has no answer). Both cut with infer_seqlen. None when there is no user turn."""
+    from tuneforge.data.formats import Message
+
+    messages = list(conv.messages)
+    if not messages:
+        return None
+    if len(messages) % 2 == 1:  # ends with the user turn: no reference answer
+        messages.append(Message("assistant", ""))
+    system = conv.system or _arg(data_args, "default_system", "") or None
+    prompt_ids, answer_ids = template.encode_oneturn(tokenizer, messages, system=system, tools=conv.tools or None)
+    answer_ids = list(answer_ids)
+    if getattr(template, "efficient_eos", False):
+        answer_ids.append(tokenizer.eos_token_id)
+    source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), int(_arg(data_args, "cutoff_len", 2048)))
+    return {"input_ids": list(prompt_ids)[:source_len], "labels": answer_ids[:target_len]}

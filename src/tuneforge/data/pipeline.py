@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data import encode as encoding
-from tuneforge.data.formats import Conversation, RowError, convert_row
+from tuneforge.data.formats import Conversation, Message, RowError, convert_row
 from tuneforge.data.loaders import _files_of, load_rows, sample_rows
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs, split_names
 from tuneforge.data.report import DataReport
@@ -25,13 +25,13 @@ from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 CACHE_VERSION = "tuneforge-data-1"
 RANKING_STAGES = ("rm", "dpo")
-ENCODED_STAGES = ("pt", "sft")
+ENCODED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
 
 @dataclass
 class DatasetBundle:
-    train: Any  # datasets.Dataset with columns input_ids, labels
+    train: Any  # datasets.Dataset with the stage's columns (see STAGE_COLUMNS)
     eval: Any  # datasets.Dataset or None
     report: DataReport
 
@@ -85,7 +85,8 @@ def check_stage(specs: list[DatasetSpec], stage: str) -> None:
         if stage == "kto" and not spec.columns.kto_tag:
             raise DataError(f"{spec.where} has no `kto_tag` column, which stage 'kto' needs")
     if stage not in ENCODED_STAGES:
-        raise NotSupportedError(f"stage '{stage}' is not supported yet by the data pipeline (supported: pt, sft)")
+        raise NotSupportedError(f"stage '{stage}' is not supported yet by the data pipeline "
+                                f"(supported: {', '.join(ENCODED_STAGES)})")
 
 
 # ----------------------------------------------------------------------------- one split
@@ -102,6 +103,7 @@ def _build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Da
             pass  # a broken cache entry is rebuilt below
         else:
             report.datasets.update(cached.datasets)
+            report.notes.extend(cached.notes)
             report.notes.append(f"{split}: tokenized data loaded from cache {cache_dir}")
             return dataset
 
@@ -127,18 +129,108 @@ def _build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Da
 
     if stage == "pt":
         columns = _encode_pt(mixed, tokenizer, data, part, split)
+    elif stage in RANKING_STAGES:
+        columns = _encode_pairwise(mixed, template, tokenizer, data, part, split)
+    elif stage == "kto":
+        columns = _encode_feedback(mixed, template, tokenizer, data, part, split)
+    elif stage == "ppo":
+        columns = _encode_prompt_only(mixed, template, tokenizer, data, part, split)
     else:
         columns = _encode_sft(mixed, template, tokenizer, data, part, split)
-    dataset = Dataset.from_dict(columns, features=_features())
+    dataset = Dataset.from_dict(columns, features=_features(stage))
     _save_cache(cache_dir, dataset, part)
     report.datasets.update(part.datasets)
+    report.notes.extend(part.notes)
     return dataset
 
 
-def _features():
+# Columns of an encoded sample per stage (input_ids / labels first, so previews work for every stage).
+STAGE_COLUMNS = {
+    "pt": ("input_ids", "labels"),
+    "sft": ("input_ids", "labels"),
+    "rm": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),  # input_ids/labels: chosen
+    "dpo": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),
+    "kto": ("input_ids", "labels", "kl_input_ids", "kl_labels", "kto_tag"),
+    "ppo": ("input_ids", "labels"),  # labels: the reference answer's ids, not aligned with input_ids
+}
+
+
+def _features(stage: str = "sft"):
     from datasets import Features, List, Value
 
-    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32"))})
+    return Features({name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in STAGE_COLUMNS[stage]})
+
+
+def _encode_pairwise(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
+    columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["dpo"]}
+    for name, conv in mixed:
+        try:
+            result = encoding.encode_pairwise_with_info(conv, template, tokenizer, data)
+        except DataError as err:
+            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+            continue
+        if not _record(report, name, conv, result, split):
+            continue
+        # the report counts both answers: tokens of prompt+chosen and prompt+rejected
+        report.kept(name, result.input_ids + result.rejected_input_ids, result.labels + result.rejected_labels, split)
+        for key in columns:
+            columns[key].append(getattr(result, key))
+    return columns
+
+
+def _encode_feedback(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
+    columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["kto"]}
+    batch_size = int(getattr(data, "preprocessing_batch_size", None) or 1000)
+    # every row's last message, as an assistant answer, is a neighbour's mismatched (KL) answer
+    answers = [Message("assistant", conv.messages[-1].content if conv.messages else "") for _, conv in mixed]
+    desirable = undesirable = 0
+    for (name, conv), kl_answer in zip(mixed, encoding.kl_answers(answers, batch_size)):
+        try:
+            result = encoding.encode_feedback_with_info(conv, kl_answer, template, tokenizer, data)
+        except DataError as err:
+            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+            continue
+        if not _record(report, name, conv, result, split):
+            continue
+        report.kept(name, result.input_ids, result.labels, split)
+        desirable += result.kto_tag
+        undesirable += not result.kto_tag
+        for key in columns:
+            columns[key].append(getattr(result, key))
+    if desirable + undesirable:
+        report.notes.append(f"{split}: kto samples: {desirable} desirable, {undesirable} undesirable"
+                            + ("" if desirable and undesirable else " (only one kind: KTO needs both to learn well)"))
+    return columns
+
+
+def _encode_prompt_only(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
+    columns: dict[str, list] = {"input_ids": [], "labels": []}
+    for name, conv in mixed:
+        try:
+            result = encoding.encode_prompt_only(conv, template, tokenizer, data)
+        except DataError as err:
+            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+            continue
+        if result is None or not result["input_ids"]:
+            report.dropped(name, "no prompt", conv.source, split)
+            continue
+        stats = report.stats(name, split)
+        stats.kept += 1
+        stats.tokens += len(result["input_ids"])
+        columns["input_ids"].append(result["input_ids"])
+        columns["labels"].append(result["labels"])
+    return columns
+
+
+def _record(report: DataReport, name: str, conv, result, split) -> bool:
+    """Report a dropped / truncated encoding; True when the sample is kept."""
+    if result.dropped:
+        detail = f" ({result.full_length} tokens)" if result.full_length else ""
+        report.dropped(name, result.dropped, conv.source + detail, split)
+        return False
+    if result.truncated:
+        report.truncated(name, f"{conv.source} ({result.full_length} tokens)", split)
+    return True
 
 
 def _encode_sft(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
@@ -244,7 +336,7 @@ def _template_fingerprint(template) -> Any:
 
 _KEYS = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "mix_strategy", "interleave_probs",
          "truncation", "default_system", "tool_format", "packing", "enable_thinking",
-         "preserve_thinking")
+         "preserve_thinking", "preprocessing_batch_size")
 
 
 def _cache_key(specs, split, data, tokenizer, template, stage, seed) -> str:

@@ -8,7 +8,13 @@ What it changes:
   `throughput` (real tokens/s of this session);
 - LoRA+: with `loraplus_lr_ratio`, LoRA B matrices (and biases) train at lr * ratio;
 - `save_model()` of the final model writes to a temporary folder first, then moves the files
-  into place, so a crash mid-save never leaves a half-written adapter/model over a good one.
+  into place, so a crash mid-save never leaves a half-written adapter/model over a good one;
+- objectives: other stages (rm, dpo, kto) pass `objective=`, an object with
+  `compute(model, inputs, num_items_in_batch) -> (loss, metrics)` and `input_columns` (batch columns
+  to keep). Its loss replaces the LM loss (a mean over the micro-batch, divided by the Trainer for
+  gradient accumulation), its metrics are averaged per logging step and logged (`eval_`-prefixed in
+  evaluation). Wrapper models that are not `PreTrainedModel`/`PeftModel` but define
+  `save_pretrained` (the value-head model) save and resume through their own methods.
 """
 
 from __future__ import annotations
@@ -41,9 +47,12 @@ class TuneforgeTrainer(Trainer):
         loss_chunk_size: int = DEFAULT_CHUNK_SIZE,
         loraplus_lr_ratio: float | None = None,
         loraplus_lr_embedding: float = 1e-6,
+        objective: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.objective = objective
+        self._objective_metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
         # Whether the model's own forward takes num_items_in_batch (HF decides from its signature).
         self._forward_takes_num_items = self.model_accepts_loss_kwargs
         self.loss_chunk_size = loss_chunk_size
@@ -60,6 +69,10 @@ class TuneforgeTrainer(Trainer):
             # Keep the columns our collators read even if a model's forward does not name them.
             self._set_signature_columns_if_needed()
             self._signature_columns = list(dict.fromkeys([*self._signature_columns, "input_ids", "labels"]))
+        if objective is not None:
+            self.loss_is_scaled_for_ga = False  # objective losses are micro-batch means
+            if self.args.remove_unused_columns:
+                self._signature_columns = list(dict.fromkeys([*self._signature_columns, *objective.input_columns]))
 
     # ---- loss -------------------------------------------------------------------------------
     def compute_loss(
@@ -69,6 +82,12 @@ class TuneforgeTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
+        if self.objective is not None:
+            loss, metrics = self.objective.compute(model, inputs, num_items_in_batch)
+            store = self._objective_metrics["train" if model.training else "eval"]
+            for key, value in metrics.items():
+                store.setdefault(key, []).append(float(value))
+            return (loss, None) if return_outputs else loss
         if "labels" not in inputs:
             raise ValueError(f"TuneforgeTrainer needs 'labels' in every batch; the batch has {sorted(inputs)}.")
         unwrapped = self.accelerator.unwrap_model(model)
@@ -115,6 +134,11 @@ class TuneforgeTrainer(Trainer):
         loss_only = prediction_loss_only or (
             self.compute_metrics is None and self.preprocess_logits_for_metrics is None
         )
+        if self.objective is not None:
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs)
+            return (loss.detach(), None, None)
         if not loss_only or "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
@@ -153,6 +177,11 @@ class TuneforgeTrainer(Trainer):
             logs["throughput"] = round(self._session_tokens / elapsed, 2)
             logs["total_tokens"] = self.total_real_tokens
             logs["label_tokens"] = self._session_label_tokens
+        split = "train" if "loss" in logs else "eval"
+        prefix = "" if split == "train" else "eval_"
+        for key, values in self._objective_metrics[split].items():
+            logs[prefix + key] = round(sum(values) / len(values), 6)
+        self._objective_metrics[split] = {}
         super().log(logs, start_time)
 
     # ---- LoRA+ ------------------------------------------------------------------------------
@@ -172,6 +201,27 @@ class TuneforgeTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         logger.info("LoRA+ optimizer: lr_B = %g x lr", self.loraplus_lr_ratio)
         return self.optimizer
+
+    # ---- wrapper models (value head) ---------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        inner = getattr(model, "pretrained_model", None)
+        if inner is None or not hasattr(model, "save_pretrained"):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model.save_pretrained(output_dir, is_main_process=self.args.should_save)
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        inner = getattr(wrapper, "pretrained_model", None)
+        if inner is None or not hasattr(wrapper, "load_head"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, inner)
+        wrapper.load_head(resume_from_checkpoint)
 
     # ---- atomic final save --------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

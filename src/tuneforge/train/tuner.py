@@ -17,7 +17,23 @@ def run_train(cfg) -> dict:
         from tuneforge.train.pt import run_pt
 
         return run_pt(cfg)
-    raise NotSupportedError(f"stage `{stage}` is not supported yet (supported: sft, pt)")
+    if stage == "rm":
+        from tuneforge.train.rm import run_rm
+
+        return run_rm(cfg)
+    if stage == "dpo":
+        from tuneforge.train.dpo import run_dpo
+
+        return run_dpo(cfg)
+    if stage == "kto":
+        from tuneforge.train.kto import run_kto
+
+        return run_kto(cfg)
+    if stage == "ppo":
+        from tuneforge.train.ppo import run_ppo
+
+        return run_ppo(cfg)
+    raise NotSupportedError(f"stage `{stage}` is not supported yet (supported: sft, pt, rm, ppo, dpo, kto)")
 
 
 def preview_data(cfg, count: int = 3) -> str:

@@ -1,0 +1,116 @@
+"""Preference optimisation recipe (stage dpo): setup -> data -> model (+ reference) -> trainer -> train -> save.
+
+`pref_loss` picks the objective: `sigmoid` (DPO), `hinge`, `ipo` (against a reference model), `orpo`
+and `simpo` (no reference model). `pref_beta` is beta, `pref_ftx` adds the SFT loss of the chosen
+answers, `dpo_label_smoothing` is cDPO's label smoothing, `simpo_gamma` SimPO's target margin.
+
+The reference model: with LoRA the policy itself with its adapter disabled (no second copy in
+memory); with full/freeze a frozen copy of the starting model; `ref_model` (+ `ref_model_adapters`)
+overrides both. Chosen and rejected answers go through the model in one padding-free forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tuneforge.errors import ConfigError, NotSupportedError
+from tuneforge.train import pref_losses, workflow
+from tuneforge.train.loss import DEFAULT_CHUNK_SIZE
+from tuneforge.train.preference import mean_metrics, reference_logps, sequence_logps
+
+
+class DPOObjective:
+    """Loss + metrics of one pairwise batch (`PairwisePackedCollator` layout: chosen half, rejected half)."""
+
+    input_columns = ("input_ids", "labels", "rejected_input_ids", "rejected_labels")
+
+    def __init__(self, *, loss_type: str = "sigmoid", beta: float = 0.1, ftx: float = 0.0, label_smoothing: float = 0.0,
+                 simpo_gamma: float = 0.5, ref_model=None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.loss_type = loss_type
+        self.beta = beta
+        self.ftx = ftx
+        self.label_smoothing = label_smoothing
+        self.simpo_gamma = simpo_gamma
+        self.ref_model = ref_model
+        self.chunk_size = chunk_size
+        self.uses_reference = loss_type not in pref_losses.REFERENCE_FREE_LOSSES
+
+    def compute(self, model, inputs, num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, float]]:
+        sums, counts = sequence_logps(model, inputs, chunk_size=self.chunk_size)
+        averages = sums / counts.clamp(min=1)
+        averaged = self.loss_type in pref_losses.AVERAGED_LOGP_LOSSES
+        logps = averages if averaged else sums
+        half = logps.shape[0] // 2
+        chosen, rejected = logps[:half], logps[half:]
+
+        extra: dict[str, torch.Tensor] = {}
+        if self.uses_reference:
+            ref_sums, ref_counts = reference_logps(model, self.ref_model, inputs, chunk_size=self.chunk_size)
+            ref = ref_sums / ref_counts.clamp(min=1) if averaged else ref_sums
+            losses, chosen_rewards, rejected_rewards = pref_losses.dpo_loss(
+                chosen, rejected, ref[:half], ref[half:], beta=self.beta, loss_type=self.loss_type,
+                label_smoothing=self.label_smoothing)
+        else:
+            losses, chosen_rewards, rejected_rewards, extra = pref_losses.reference_free_loss(
+                chosen, rejected, loss_type=self.loss_type, beta=self.beta, simpo_gamma=self.simpo_gamma)
+        sft_losses = -averages[:half]
+        if self.ftx > 0:
+            losses = losses + self.ftx * sft_losses
+            extra.setdefault("sft_loss", sft_losses.detach())
+
+        metrics = mean_metrics(
+            rewards__chosen=chosen_rewards, rewards__rejected=rejected_rewards,
+            rewards__accuracies=(chosen_rewards > rejected_rewards), rewards__margins=chosen_rewards - rejected_rewards,
+            logps__chosen=chosen.detach(), logps__rejected=rejected.detach(), **extra,
+        )
+        return losses.mean(), metrics
+
+
+def check_pref_args(finetuning) -> None:
+    """Reject the DPO-family settings tuneforge does not implement, with the key that asks for them."""
+    if finetuning.pref_loss == "kto_pair":
+        raise NotSupportedError("pref_loss: kto_pair is not supported yet; use `stage: kto` with a kto_tag dataset, "
+                                "or pref_loss sigmoid|hinge|ipo|orpo|simpo")
+    if finetuning.pref_bco_weight:
+        raise NotSupportedError(f"pref_bco_weight: {finetuning.pref_bco_weight}: the BCO loss is not supported yet; remove the key")
+    if finetuning.ld_alpha is not None:
+        raise NotSupportedError(f"ld_alpha: {finetuning.ld_alpha}: LD-DPO is not supported yet; remove the key")
+    if finetuning.pref_beta <= 0:
+        raise ConfigError(f"pref_beta: {finetuning.pref_beta}: expected a positive number")
+    if not 0 <= finetuning.dpo_label_smoothing <= 0.5:
+        raise ConfigError(f"dpo_label_smoothing: {finetuning.dpo_label_smoothing}: expected a value in [0, 0.5]")
+    if finetuning.dpo_label_smoothing and finetuning.pref_loss != "sigmoid":
+        raise ConfigError(f"dpo_label_smoothing only applies to pref_loss: sigmoid (found pref_loss: {finetuning.pref_loss})")
+
+
+def run_dpo(cfg) -> dict:
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.loader import load_model
+    from tuneforge.train.preference import PairwisePackedCollator, build_objective_trainer, load_reference_model
+    from tuneforge.train.resume import detect_resume
+
+    # setup
+    finetuning = cfg.finetuning
+    check_pref_args(finetuning)
+    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+
+    # data: prompt + chosen and prompt + rejected, one infer_seqlen budget per pair
+    bundle = build_datasets(cfg, tokenizer, template, stage="dpo")
+    workflow.report_data(bundle, cfg.training.output_dir)
+
+    # model (+ reference model when the loss needs one)
+    model = load_model(cfg.model, finetuning, is_trainable=cfg.training.do_train,
+                       compute_dtype=workflow.compute_dtype(cfg))
+    objective = DPOObjective(loss_type=finetuning.pref_loss, beta=finetuning.pref_beta, ftx=finetuning.pref_ftx,
+                             label_smoothing=finetuning.dpo_label_smoothing, simpo_gamma=finetuning.simpo_gamma)
+    if objective.uses_reference:
+        objective.ref_model = load_reference_model(cfg, lora_policy=finetuning.finetuning_type == "lora")
+
+    # trainer: chosen and rejected answers of a batch in one padding-free row
+    trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, PairwisePackedCollator(), objective)
+
+    # train + save
+    metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)
+    workflow.print_summary(cfg, metrics)
+    return metrics

@@ -1,0 +1,179 @@
+"""What the preference stages (rm, dpo, kto) share: padding-free batches and per-sequence log-probs.
+
+Batches follow `PackedCollator`: all sequences of a batch in one row, `position_ids` restarting at 0
+per sequence, no attention_mask, forward with `use_cache=False` (transformers then builds the
+block-causal mask from the position_ids). A pair's chosen and rejected answers go through the model
+in the same forward: the row holds every chosen sequence, then every rejected one.
+
+`sequence_logps` runs the decoder once and computes log-probs only at label positions: the LM head
+runs on those hidden states only, `chunk_size` rows at a time under activation checkpointing, so no
+[tokens x vocab] logits tensor exists for the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tuneforge.data.collate import PackedCollator
+from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, resolve_lm_parts
+
+_FORWARD_KEYS = ("input_ids", "position_ids")
+
+
+class PairwisePackedCollator:
+    """Samples with input_ids/labels (chosen) and rejected_input_ids/rejected_labels -> one packed
+    row `[chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}]` (input_ids, labels, position_ids)."""
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        chosen = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        rejected = [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"]} for f in features]
+        return PackedCollator()(chosen + rejected)
+
+
+class FeedbackPackedCollator:
+    """KTO samples -> the rated answers packed in one row (input_ids, labels, position_ids), the
+    mismatched KL answers in another (kl_input_ids, kl_labels, kl_position_ids), and `kto_tags` [B]."""
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        target = PackedCollator()([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        kl = PackedCollator()([{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"]} for f in features])
+        return {**target, **{f"kl_{key}": value for key, value in kl.items()},
+                "kto_tags": torch.tensor([bool(f["kto_tag"]) for f in features], dtype=torch.bool)}
+
+
+def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """[T] index of the packed sequence each position belongs to (position_ids restart at 0)."""
+    return (position_ids.reshape(-1) == 0).long().cumsum(0) - 1
+
+
+def _chunk_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None):
+    logits = head(hidden)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return -F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def chunked_token_logps(
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, final_logit_softcapping: float | None = None,
+) -> torch.Tensor:
+    """log p(targets[i] | hidden[i]) for every row of `hidden` [N, H], `chunk_size` rows of logits at a time."""
+    if hidden.shape[0] == 0:
+        return hidden.sum(-1) * 0.0
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if use_checkpoint:  # recompute this chunk's logits in backward instead of keeping them
+            parts.append(checkpoint(_chunk_token_logps, h, t, head, final_logit_softcapping, use_reentrant=False))
+        else:
+            parts.append(_chunk_token_logps(h, t, head, final_logit_softcapping))
+    return torch.cat(parts)
+
+
+def sequence_logps(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], *, prefix: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the label tokens of every packed sequence, and their token counts.
+
+    `inputs` holds `{prefix}input_ids`, `{prefix}labels`, `{prefix}position_ids` ([1, T], packed).
+    Returns two [N] tensors (N = sequences in the row, in order): sum of log p over labelled
+    tokens (float32) and the number of those tokens.
+    """
+    input_ids, labels = inputs[f"{prefix}input_ids"], inputs[f"{prefix}labels"]
+    position_ids = inputs[f"{prefix}position_ids"]
+    segments = segment_ids(position_ids)
+    num_sequences = int(segments[-1]) + 1
+    shift_labels = labels[0, 1:]
+    keep = shift_labels != IGNORE_INDEX
+    targets, owner = shift_labels[keep], segments[1:][keep]
+
+    parts, _ = resolve_lm_parts(model)
+    if parts is not None and not hasattr(model, "module"):  # DDP-style wrappers need their own forward
+        out = parts.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        token_logps = chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
+                                          final_logit_softcapping=parts.final_logit_softcapping)
+    else:  # the model's own forward: full logits (models outside the chunked-path list)
+        logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        token_logps = -F.cross_entropy(logits[0, :-1][keep].float(), targets, reduction="none")
+
+    sums = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
+    sums = sums.index_add(0, owner, token_logps)
+    counts = torch.zeros(num_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
+    return sums, counts
+
+
+def mean_metrics(**values: torch.Tensor) -> dict[str, float]:
+    """`{name: mean}` of non-empty tensors (empty ones are left out, e.g. no undesirable sample)."""
+    return {name.replace("__", "/"): float(value.float().mean()) for name, value in values.items() if value.numel()}
+
+
+def build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective):
+    """`TuneforgeTrainer` with a stage objective (as `workflow.build_trainer` for the LM loss)."""
+    from tuneforge.train.callbacks import LogCallback
+    from tuneforge.train.trainer import TuneforgeTrainer
+
+    log_callback = LogCallback(cfg.training.output_dir)
+    trainer = TuneforgeTrainer(
+        model=model,
+        args=cfg.training,
+        train_dataset=bundle.train,
+        eval_dataset=bundle.eval,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[log_callback],
+        loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
+        objective=objective,
+    )
+    ref_model = getattr(objective, "ref_model", None)
+    if ref_model is not None:  # the Trainer places the policy; the frozen reference goes next to it
+        ref_model.to(trainer.args.device)
+    return trainer, log_callback
+
+
+def load_reference_model(cfg, *, lora_policy: bool):
+    """The frozen reference model of dpo/kto, or None when the LoRA policy with its adapter disabled
+    serves as reference (no second copy in memory).
+
+    `ref_model` (+ `ref_model_adapters`) when set; else, for full/freeze, a frozen copy of the
+    starting model.
+    """
+    import dataclasses
+
+    from tuneforge.model.loader import load_model
+    from tuneforge.train.workflow import compute_dtype
+
+    finetuning = cfg.finetuning
+    if finetuning.ref_model_quantization_bit is not None:
+        from tuneforge.errors import NotSupportedError
+
+        raise NotSupportedError("`ref_model_quantization_bit` is not supported yet; remove it to load the reference model unquantized")
+    if finetuning.ref_model:
+        adapters = finetuning.ref_model_adapters
+        model_args = dataclasses.replace(cfg.model, model_name_or_path=finetuning.ref_model, adapter_name_or_path=adapters)
+        ref_finetuning = dataclasses.replace(finetuning, finetuning_type="lora" if adapters else "full")
+        return load_model(model_args, ref_finetuning, is_trainable=False, compute_dtype=compute_dtype(cfg))
+    if lora_policy:
+        return None
+    return load_model(cfg.model, finetuning, is_trainable=False, compute_dtype=compute_dtype(cfg))
+
+
+def reference_logps(model: nn.Module, ref_model: nn.Module | None, inputs, *, prefix: str = "",
+                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` of the reference: `ref_model`, else `model` with its LoRA adapter disabled."""
+    with torch.no_grad():
+        if ref_model is not None:
+            return sequence_logps(ref_model, inputs, prefix=prefix, chunk_size=chunk_size)
+        with _unwrap(model).disable_adapter():
+            return sequence_logps(model, inputs, prefix=prefix, chunk_size=chunk_size)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)

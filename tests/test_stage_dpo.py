@@ -1,0 +1,159 @@
+"""Stage dpo: packed pairwise log-probs, the LoRA reference, every pref_loss, and short training runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pref_helpers import log_records, make_cfg, separate_logps, write_data
+
+from tuneforge.errors import DataError, NotSupportedError
+from tuneforge.train import pref_losses
+from tuneforge.train.dpo import DPOObjective
+from tuneforge.train.preference import PairwisePackedCollator, sequence_logps
+
+PAIRS = [  # (chosen ids, chosen labels, rejected ids, rejected labels): prompt tokens masked
+    {"input_ids": [5, 9, 11, 30, 31, 2], "labels": [-100, -100, -100, 30, 31, 2],
+     "rejected_input_ids": [5, 9, 11, 40, 2], "rejected_labels": [-100, -100, -100, 40, 2]},
+    {"input_ids": [7, 8, 50, 51, 52, 53, 2], "labels": [-100, -100, 50, 51, 52, 53, 2],
+     "rejected_input_ids": [7, 8, 60, 2], "rejected_labels": [-100, -100, 60, 2]},
+]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    write_data(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+
+def _sequences(pairs):
+    return ([(p["input_ids"], p["labels"]) for p in pairs] +
+            [(p["rejected_input_ids"], p["rejected_labels"]) for p in pairs])
+
+
+def test_packed_pairwise_forward_equals_separate_forwards(tiny_model):
+    batch = PairwisePackedCollator()(PAIRS)
+    assert batch["input_ids"].shape == (1, 6 + 7 + 5 + 4) and "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 0, 1, 2, 3]
+    with torch.no_grad():
+        sums, counts = sequence_logps(tiny_model, batch, chunk_size=3)  # several chunks
+    assert counts.tolist() == [3, 5, 2, 2]
+    torch.testing.assert_close(sums, separate_logps(tiny_model, _sequences(PAIRS)), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_disabled_reference_equals_base_model(tiny_llama_dir, tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32),
+                            LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:  # a trained-looking adapter (B starts at zero)
+                param.normal_(0, 0.5)
+    batch = PairwisePackedCollator()(PAIRS)
+    objective = DPOObjective(beta=0.1)
+    from tuneforge.train.preference import reference_logps
+
+    ref_sums, _ = reference_logps(policy, None, batch)
+    base_sums = separate_logps(tiny_model, _sequences(PAIRS))
+    torch.testing.assert_close(ref_sums, base_sums, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        policy_sums, _ = sequence_logps(policy, batch)
+    assert (policy_sums - base_sums).abs().max() > 1e-3  # the adapter is on outside the context
+    loss, metrics = objective.compute(policy, batch)
+    expected, _, _ = pref_losses.dpo_loss(policy_sums[:2], policy_sums[2:], base_sums[:2], base_sums[2:], beta=0.1)
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert set(metrics) == {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                            "logps/chosen", "logps/rejected"}
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "orpo", "simpo"])
+def test_length_normalised_losses_use_average_logps(tiny_model, loss_type):
+    batch = PairwisePackedCollator()(PAIRS)
+    objective = DPOObjective(loss_type=loss_type, beta=0.5, simpo_gamma=0.3, ref_model=tiny_model, ftx=0.0)
+    loss, metrics = objective.compute(tiny_model, batch)
+    sums = separate_logps(tiny_model, _sequences(PAIRS))
+    avg = sums / torch.tensor([3, 5, 2, 2])
+    if loss_type == "ipo":  # policy == reference here: h = 0, loss = (1 / (2 beta))^2
+        expected = torch.tensor(1.0)
+    elif loss_type == "orpo":
+        expected = pref_losses.orpo_loss(avg[:2], avg[2:], beta=0.5)[0].mean()
+        assert {"sft_loss", "odds_ratio_loss"} <= set(metrics)
+    else:
+        expected = pref_losses.simpo_loss(avg[:2], avg[2:], beta=0.5, gamma=0.3).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert not DPOObjective(loss_type=loss_type).uses_reference or loss_type == "ipo"
+
+
+def test_pref_ftx_adds_sft_loss_of_chosen(tiny_model):
+    batch = PairwisePackedCollator()(PAIRS)
+    plain, _ = DPOObjective(ref_model=tiny_model).compute(tiny_model, batch)
+    with_ftx, metrics = DPOObjective(ref_model=tiny_model, ftx=0.5).compute(tiny_model, batch)
+    sums = separate_logps(tiny_model, _sequences(PAIRS))
+    sft = -(sums[:2] / torch.tensor([3, 5])).mean()
+    assert with_ftx.item() == pytest.approx(plain.item() + 0.5 * sft.item(), rel=1e-5)
+    assert metrics["sft_loss"] == pytest.approx(sft.item(), rel=1e-5)
+
+
+def test_dpo_lora_run_raises_margin_and_saves_adapter(workdir, tiny_llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.train.tuner import run_train
+
+    out = workdir / "out"
+    metrics = run_train(make_cfg(tiny_llama_dir, "dpo", "pairs", out, max_steps=8))
+    records = log_records(out)
+    assert len(records) == 8
+    assert records[0]["loss"] == pytest.approx(0.6931, abs=2e-3)  # LoRA B = 0: policy == reference
+    assert records[-1]["rewards/margins"] > records[0]["rewards/margins"] + 0.05
+    assert records[-1]["loss"] < records[0]["loss"] - 0.02
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "throughput"} <= set(records[0])
+    assert metrics["train_loss"] < 0.6931
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(out))  # loadable
+
+
+def test_dpo_full_run_with_frozen_reference_copy(workdir, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.train.tuner import run_train
+
+    out = workdir / "full"
+    run_train(make_cfg(tiny_llama_dir, "dpo", "pairs", out, finetuning_type="full", learning_rate=1e-3, max_steps=4,
+                       pref_loss="hinge"))
+    records = log_records(out)
+    assert records[0]["loss"] == pytest.approx(1.0, abs=1e-4)  # policy == frozen copy: relu(1 - 0)
+    assert records[-1]["rewards/margins"] > records[0]["rewards/margins"]
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_stage_data_and_setting_errors(workdir, tiny_llama_dir):
+    from tuneforge.train.tuner import run_train
+
+    with pytest.raises(DataError, match=r"dataset 'plain' in .* is not a ranking dataset, but stage 'dpo' needs"):
+        run_train(make_cfg(tiny_llama_dir, "dpo", "plain", workdir / "o1"))
+    with pytest.raises(DataError, match=r"dataset 'pairs' in .* is a ranking dataset .* but stage 'sft' needs"):
+        run_train(make_cfg(tiny_llama_dir, "sft", "pairs", workdir / "o2"))
+    with pytest.raises(NotSupportedError, match="pref_loss: kto_pair is not supported yet"):
+        run_train(make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="kto_pair"))
+
+
+def test_reference_model_choice(workdir, tiny_llama_dir):
+    from tuneforge.train.preference import load_reference_model
+
+    lora = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o")
+    assert load_reference_model(lora, lora_policy=True) is None  # the policy with its adapter disabled
+    explicit = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o", ref_model=str(tiny_llama_dir))
+    ref = load_reference_model(explicit, lora_policy=True)
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters()) and not ref.training
+    full = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o", finetuning_type="full")
+    assert type(load_reference_model(full, lora_policy=False)).__name__ == "LlamaForCausalLM"
