@@ -1,0 +1,423 @@
+"""PPO recipe (RLHF): setup -> data -> policy + value head + reference + reward -> loop -> save.
+
+Each step of the loop:
+  1. rollout:    the policy samples a response to every prompt of the step (batched, left-padded,
+                 KV cache, the generating keys `max_new_tokens`, `temperature`, `top_p`, ...);
+  2. score:      the reward source scores prompt + response (`reward_model`, `reward_model_type`);
+  3. advantages: log-probs of the policy and the reference, values of the critic (one padding-free
+                 forward each, LM head only at response positions), per-token KL penalty + score,
+                 GAE (ppo_core.py);
+  4. update:     `ppo_epochs` passes over the rollouts in shuffled mini-batches of
+                 `per_device_train_batch_size`, one optimizer step per `gradient_accumulation_steps`;
+  5. log + save.
+One step uses per_device_train_batch_size x gradient_accumulation_steps x ppo_buffer_size prompts
+(LLaMA-Factory's PPO batch). The critic is a value head on the policy's own backbone. The reference
+is the policy with its LoRA adapter disabled (lora), else a frozen copy (or `ref_model`).
+As LLaMA-Factory's TRL-based PPO: log-probs use the raw logits (no temperature), resuming is not
+supported, and there is no evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneforge.errors import ConfigError, NotSupportedError
+from tuneforge.train import workflow
+from tuneforge.train.callbacks import LogCallback, format_console_line
+from tuneforge.train.ppo_core import (AdaptiveKLController, FixedKLController, PPOHyperparams, RunningMoments,
+                                      compute_gae, entropy_from_logits, logprobs_of, masked_mean, masked_whiten,
+                                      ppo_loss, shape_rewards)
+from tuneforge.train.reward_sources import pack_sequences
+
+logger = logging.getLogger("tuneforge")
+
+PPO_LOG_KEYS = ("reward", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clipfrac", "approx_kl",
+                "response_length")
+
+
+def run_ppo(cfg, reward_source=None) -> dict:
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.value_head import load_value_head_model
+    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.reward_sources import build_reward_source
+
+    # setup
+    check_ppo_config(cfg, needs_reward_model=reward_source is None)
+    if detect_resume(cfg.training):
+        raise NotSupportedError("resuming a PPO run is not supported yet; set `overwrite_output_dir: true` to start "
+                                f"over in {cfg.training.output_dir}, or choose another output_dir")
+    torch.manual_seed(cfg.training.seed)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+
+    # data: prompts (generation prompt incl. the assistant prefix); reference answers are not used
+    bundle = build_datasets(cfg, tokenizer, template, stage="ppo")
+    workflow.report_data(bundle, cfg.training.output_dir)
+    prompts = [list(ids) for ids in bundle.train["input_ids"]]
+
+    # models: policy + critic (one backbone), reference, reward
+    dtype = workflow.compute_dtype(cfg)
+    policy = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=True, compute_dtype=dtype)
+    if cfg.training.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.enable_input_require_grads()
+    reference = load_reference(cfg, dtype)
+    reward = reward_source or build_reward_source(cfg, policy, tokenizer, dtype)
+
+    # loop
+    loop = PPOLoop(cfg, policy, reference, reward, tokenizer, stop_ids=template.stop_token_ids(tokenizer))
+    metrics = loop.train(prompts)
+
+    # save
+    save_policy(policy, tokenizer, cfg.training.output_dir)
+    loop.state.save_to_json(str(Path(cfg.training.output_dir) / "trainer_state.json"))
+    if cfg.finetuning.plot_loss:
+        from tuneforge.train.callbacks import plot_loss
+
+        for path in plot_loss(cfg.training.output_dir, keys=("loss", "reward")):
+            logger.info("curve: %s", path)
+    print(f"\n[tuneforge] done in {metrics['train_seconds']:.0f}s: reward {metrics['first_reward']:.4f} -> "
+          f"{metrics['last_reward']:.4f} (first -> last step), {metrics['throughput']:.0f} tokens/s, "
+          f"peak RSS {metrics['peak_rss_gib']:.2f} GiB", flush=True)
+    print(f"[tuneforge] policy (+ value_head.safetensors) saved in {Path(cfg.training.output_dir).resolve()}")
+    print(f"[tuneforge] chat with it:  {workflow.chat_command(cfg)}")
+    return metrics
+
+
+def check_ppo_config(cfg, needs_reward_model: bool = True) -> None:
+    """Mistakes found before any model is loaded."""
+    if needs_reward_model and not cfg.finetuning.reward_model:
+        raise ConfigError("stage ppo needs `reward_model`: a reward model trained with `stage: rm` (its output_dir), "
+                          "or a URL with `reward_model_type: api`")
+    if cfg.generating.num_beams != 1:
+        raise ConfigError(f"num_beams: {cfg.generating.num_beams}; PPO samples its rollouts, expected num_beams: 1")
+    if cfg.training.do_eval or cfg.data.val_size or cfg.data.eval_dataset:
+        raise NotSupportedError("evaluation during PPO is not supported (LLaMA-Factory neither); remove "
+                                "do_eval / val_size / eval_dataset")
+    if cfg.finetuning.ref_model_quantization_bit is not None:
+        raise NotSupportedError("ref_model_quantization_bit is not supported yet; remove it")
+
+
+def load_reference(cfg, dtype):
+    """None = the policy with its adapter disabled (lora without `ref_model`); else a frozen model."""
+    from tuneforge.model.loader import load_model, split_names
+    from tuneforge.model.value_head import ValueHeadModel
+
+    finetuning = cfg.finetuning
+    if finetuning.ref_model is None and finetuning.finetuning_type == "lora":
+        return None
+    adapters = split_names(finetuning.ref_model_adapters) if finetuning.ref_model else []
+    model_args = cfg.model
+    if finetuning.ref_model is not None:
+        model_args = dataclasses.replace(model_args, model_name_or_path=finetuning.ref_model,
+                                         adapter_name_or_path=tuple(adapters) or None)
+    # reference = the starting point: base + every adapter of adapter_name_or_path, merged
+    method = "lora" if split_names(model_args.adapter_name_or_path) else "full"
+    frozen = load_model(model_args, dataclasses.replace(finetuning, finetuning_type=method), is_trainable=False,
+                        compute_dtype=dtype)
+    logger.info("reference model: frozen copy of %s", model_args.model_name_or_path)
+    return ValueHeadModel(frozen)  # its value head is never used; the wrapper gives hidden states
+
+
+@dataclass
+class PackedResponses:
+    """Prompt + response pairs packed into one row; `index[b, r]` is the position that predicts response token r."""
+
+    input_ids: torch.Tensor     # [1, T]
+    position_ids: torch.Tensor  # [1, T], restarting at 0 per sequence
+    index: torch.Tensor         # [B, R]
+    tokens: torch.Tensor        # [B, R] response ids (0 on padding)
+    mask: torch.Tensor          # [B, R] float, 1 on response tokens
+
+    @classmethod
+    def build(cls, prompts, responses, device) -> "PackedResponses":
+        input_ids, position_ids = pack_sequences(prompts, responses, device)
+        width = max(len(r) for r in responses)
+        index = torch.zeros(len(responses), width, dtype=torch.long)
+        tokens = torch.zeros(len(responses), width, dtype=torch.long)
+        mask = torch.zeros(len(responses), width)
+        offset = 0
+        for row, (prompt, response) in enumerate(zip(prompts, responses)):
+            start = offset + len(prompt) - 1  # the last prompt token predicts the first response token
+            index[row, : len(response)] = torch.arange(start, start + len(response))
+            tokens[row, : len(response)] = torch.tensor(response)
+            mask[row, : len(response)] = 1.0
+            offset += len(prompt) + len(response)
+        return cls(input_ids, position_ids, index.to(device), tokens.to(device), mask.to(device))
+
+
+def response_forward(model, head, batch: PackedResponses, *, values: bool):
+    """(log-probs [B, R], entropy [B, R], values [B, R] or None): the LM head runs only on response positions."""
+    hidden = model.hidden_states(batch.input_ids, position_ids=batch.position_ids)[0]
+    picked = hidden[batch.index]  # [B, R, H]
+    logits = head(picked)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logprobs = logprobs_of(logits, batch.tokens)
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach())
+    value = model.v_head(picked.to(model.v_head.weight.dtype)).squeeze(-1) if values else None
+    return logprobs, entropy, value
+
+
+def output_head(model):
+    from tuneforge.train.loss import unwrap_peft
+
+    head = unwrap_peft(model.pretrained_model).get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"{type(model.pretrained_model).__name__} has no output embeddings (LM head) for PPO")
+    return head
+
+
+class PPOLoop:
+    """The PPO loop over a list of prompts; `train()` runs it and returns the metrics."""
+
+    def __init__(self, cfg, policy, reference, reward, tokenizer, *, stop_ids, hp: PPOHyperparams | None = None):
+        from transformers import TrainerControl, TrainerState
+
+        self.cfg, self.args, self.finetuning = cfg, cfg.training, cfg.finetuning
+        self.policy, self.reference, self.reward, self.tokenizer = policy, reference, reward, tokenizer
+        self.stop_ids = [int(i) for i in stop_ids]
+        self.hp = hp or PPOHyperparams()
+        self.head = output_head(policy)
+        self.device = next(policy.parameters()).device
+        self.mini_batch = self.args.per_device_train_batch_size
+        self.backward_batch = self.mini_batch * self.args.gradient_accumulation_steps
+        self.rollout_batch = self.backward_batch * self.finetuning.ppo_buffer_size
+        target = self.finetuning.ppo_target
+        self.kl_ctl = (AdaptiveKLController(self.hp.init_kl_coef, target, self.hp.kl_horizon) if target is not None
+                       else FixedKLController(self.hp.init_kl_coef))
+        self.score_moments = RunningMoments() if self.finetuning.ppo_score_norm else None
+        self.generator = torch.Generator().manual_seed(self.args.seed)
+        self.state, self.control = TrainerState(), TrainerControl()
+        self.log_callback = PPOLogCallback(self.args.output_dir)
+        self.tokens_seen = 0
+
+    # ---- 1. rollout -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Sampled responses, each cut after its first stop token (which it keeps)."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(prompts):  # left padding: every response starts in column `width`
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt):] = 1
+        kwargs = self.cfg.generating.to_generate_kwargs()
+        if not kwargs["do_sample"]:
+            for key in ("temperature", "top_p", "top_k"):
+                kwargs.pop(key)
+        self.policy.eval()
+        out = self.policy.pretrained_model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=True,
+            eos_token_id=self.stop_ids, pad_token_id=pad, **kwargs)
+        responses = []
+        for row in out[:, width:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+            responses.append(row if stop is None else row[: stop + 1])
+        return responses
+
+    # ---- 2 + 3. score, log-probs, values, advantages ----------------------------------------
+    @torch.no_grad()
+    def make_experience(self, prompts, responses) -> dict:
+        scores = torch.cat([self.reward.score(prompts[i:i + self.mini_batch], responses[i:i + self.mini_batch])
+                            for i in range(0, len(prompts), self.mini_batch)]).to(self.device)
+        batch = PackedResponses.build(prompts, responses, self.device)
+        logprobs, _, values = response_forward(self.policy, self.head, batch, values=True)
+        if self.reference is None:
+            with self.policy.disable_adapter():
+                ref_logprobs, _, _ = response_forward(self.policy, self.head, batch, values=False)
+        else:
+            ref_logprobs, _, _ = response_forward(self.reference, output_head(self.reference), batch, values=False)
+        shaped_scores = self.score_moments.normalise(scores) if self.score_moments is not None else scores
+        rewards, kl = shape_rewards(shaped_scores, logprobs, ref_logprobs, batch.mask, self.kl_ctl.value)
+        if self.finetuning.ppo_whiten_rewards:
+            rewards = masked_whiten(rewards, batch.mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, batch.mask, self.hp.gamma, self.hp.lam)
+        advantages = masked_whiten(advantages, batch.mask)
+        return {"logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns,
+                "mask": batch.mask, "scores": scores, "kl": kl.sum(dim=1)}
+
+    # ---- 4. update ---------------------------------------------------------------------------
+    def update(self, prompts, responses, exp: dict, optimizer) -> dict[str, float]:
+        stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy",
+                                                         "clipfrac", "approx_kl")}
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.policy.train()
+        for _ in range(self.finetuning.ppo_epochs):
+            order = torch.randperm(len(prompts), generator=self.generator).tolist()
+            for start in range(0, len(order), self.backward_batch):
+                group = order[start:start + self.backward_batch]
+                for mb_start in range(0, len(group), self.mini_batch):
+                    rows = group[mb_start:mb_start + self.mini_batch]
+                    batch = PackedResponses.build([prompts[i] for i in rows], [responses[i] for i in rows], self.device)
+                    logprobs, entropy, values = response_forward(self.policy, self.head, batch, values=True)
+                    width = batch.mask.shape[1]
+                    old = {k: exp[k][rows, :width] for k in ("logprobs", "values", "advantages", "returns")}
+                    parts = ppo_loss(logprobs, values, old["logprobs"], old["values"], old["advantages"],
+                                     old["returns"], batch.mask, self.hp)
+                    (parts.loss * len(rows) / len(group)).backward()
+                    for key, value in (("loss", parts.loss), ("policy_loss", parts.policy_loss),
+                                       ("value_loss", parts.value_loss), ("clipfrac", parts.policy_clipfrac),
+                                       ("approx_kl", parts.approx_kl), ("entropy", masked_mean(entropy, batch.mask))):
+                        stats[key].append(float(value.detach()))
+                if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        self.policy.eval()
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def batches(self, prompts: list[list[int]], max_steps: int):
+        """Rollout batches of prompts: shuffled each epoch (unless disable_shuffling), last one may be short."""
+        step = 0
+        while True:
+            order = (list(range(len(prompts))) if self.finetuning.disable_shuffling
+                     else torch.randperm(len(prompts), generator=self.generator).tolist())
+            for start in range(0, len(order), self.rollout_batch):
+                if step == max_steps:
+                    return
+                step += 1
+                yield [prompts[i] for i in order[start:start + self.rollout_batch]]
+
+    def train(self, prompts: list[list[int]]) -> dict:
+        if not prompts:
+            raise ConfigError("stage ppo: the dataset gave no prompts to train on")
+        steps_per_epoch = math.ceil(len(prompts) / self.rollout_batch)
+        max_steps = self.args.max_steps if self.args.max_steps > 0 else math.ceil(self.args.num_train_epochs * steps_per_epoch)
+        optimizer, scheduler = self.create_optimizer(max_steps)
+        self.state.max_steps, self.state.global_step = max_steps, 0
+        logger.info("PPO: %d prompts, %d per step (batch %d x accumulation %d x buffer %d), %d steps, %d ppo_epochs",
+                    len(prompts), self.rollout_batch, self.mini_batch, self.args.gradient_accumulation_steps,
+                    self.finetuning.ppo_buffer_size, max_steps, self.finetuning.ppo_epochs)
+        self.log_callback.on_train_begin(self.args, self.state, self.control)
+        started, window, rewards_per_step = time.time(), [], []
+        try:
+            for step_prompts in self.batches(prompts, max_steps):
+                responses = []
+                for i in range(0, len(step_prompts), self.mini_batch):
+                    responses += self.generate(step_prompts[i:i + self.mini_batch])
+                exp = self.make_experience(step_prompts, responses)
+                stats = self.update(step_prompts, responses, exp, optimizer)
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                mean_kl = float(exp["kl"].mean())
+                stats.update(reward=float(exp["scores"].mean()), kl=mean_kl, kl_coef=self.kl_ctl.value, lr=lr,
+                             response_length=sum(map(len, responses)) / len(responses))
+                self.kl_ctl.update(mean_kl, len(step_prompts))
+                self.tokens_seen += sum(len(p) + len(r) for p, r in zip(step_prompts, responses))
+                rewards_per_step.append(stats["reward"])
+                window.append(stats)
+                self.state.global_step += 1
+                self.log_callback.on_step_end(self.args, self.state, self.control)
+                if self.state.global_step % max(int(self.args.logging_steps), 1) == 0 or self.state.global_step == max_steps:
+                    self.log(window, steps_per_epoch, started)
+                    window = []
+                if self.control.should_training_stop:
+                    break
+                if self._should_save_checkpoint(max_steps):
+                    folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+                    save_policy(self.policy, self.tokenizer, folder)
+                    self.state.save_to_json(str(folder / "trainer_state.json"))
+        except BaseException as err:
+            self.log_callback.mark_failed(str(err) or type(err).__name__)
+            raise
+        self.log_callback.on_train_end(self.args, self.state, self.control)
+        seconds = time.time() - started
+        return {"train_seconds": round(seconds, 2), "steps": self.state.global_step,
+                "first_reward": rewards_per_step[0], "last_reward": rewards_per_step[-1],
+                "rewards": rewards_per_step, "total_tokens": self.tokens_seen,
+                "throughput": round(self.tokens_seen / max(seconds, 1e-9), 2), **peak_memory()}
+
+    def log(self, window: list[dict], steps_per_epoch: int, started: float) -> None:
+        logs = {k: round(sum(s[k] for s in window) / len(window), 6) for k in ("loss", *PPO_LOG_KEYS)}
+        logs.update(learning_rate=window[-1]["lr"], epoch=round(self.state.global_step / steps_per_epoch, 2),
+                    throughput=round(self.tokens_seen / max(time.time() - started, 1e-9), 2),
+                    total_tokens=self.tokens_seen)
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.log_callback.on_log(self.args, self.state, self.control, logs=logs)
+
+    def _should_save_checkpoint(self, max_steps: int) -> bool:
+        strategy = str(getattr(self.args.save_strategy, "value", self.args.save_strategy))
+        step = self.state.global_step
+        return strategy == "steps" and step < max_steps and step % max(int(self.args.save_steps), 1) == 0
+
+    def create_optimizer(self, max_steps: int):
+        from transformers import Trainer, get_scheduler
+
+        decay, no_decay = [], []
+        for param in self.policy.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)  # no decay on biases and norms
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.policy)
+        optimizer = optimizer_cls([{"params": decay, "weight_decay": self.args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], **optimizer_kwargs)
+        scheduler = get_scheduler(self.args.lr_scheduler_type, optimizer=optimizer,
+                                  num_warmup_steps=self.args.get_warmup_steps(max_steps), num_training_steps=max_steps,
+                                  scheduler_specific_kwargs=self.args.lr_scheduler_kwargs or {})
+        return optimizer, scheduler
+
+
+class PPOLogCallback(LogCallback):
+    """`LogCallback`'s trainer_log.jsonl record and console line, plus PPO's metrics (reward, kl, ...)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import json
+
+        from tuneforge.train.callbacks import TRAINER_LOG
+
+        logs = dict(logs or {})
+        self.current_step = state.global_step
+        elapsed, remaining = self._timing(state.global_step)
+        record = {"current_steps": state.global_step, "total_steps": self.max_steps, "loss": logs.get("loss"),
+                  **{k: logs[k] for k in PPO_LOG_KEYS if k in logs},
+                  "lr": logs.get("learning_rate"), "epoch": logs.get("epoch"),
+                  "percentage": round(state.global_step / self.max_steps * 100, 2) if self.max_steps else 100,
+                  "elapsed_time": elapsed, "remaining_time": remaining,
+                  "throughput": logs.get("throughput"), "total_tokens": logs.get("total_tokens")}
+        record = {k: v for k, v in record.items() if v is not None}
+        if self.is_writer and self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / TRAINER_LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            self._write_status("running")
+        if self.console and self.is_writer:
+            extra = " | ".join(f"{k} {record[k]:.4g}" for k in ("reward", "kl", "value_loss", "entropy", "clipfrac")
+                               if k in record)
+            print(f"{format_console_line(record)} | {extra}", flush=True)
+
+
+def save_policy(policy, tokenizer, output_dir) -> None:
+    """Policy (adapter or weights) + value_head.safetensors + tokenizer, written to a staging folder, then moved in."""
+    from tuneforge.train.trainer import move_saved_files
+
+    target = Path(output_dir)
+    staging = target / ".tuneforge-saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    inner = policy.pretrained_model
+    kwargs = {}
+    if hasattr(inner, "peft_config"):  # only the policy's adapter, not a loaded reward adapter
+        kwargs["selected_adapters"] = [getattr(inner, "active_adapter", "default")]
+    policy.save_pretrained(str(staging), **kwargs)
+    tokenizer.save_pretrained(str(staging))
+    move_saved_files(staging, target)
+
+
+def peak_memory() -> dict:
+    import resource
+
+    out = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    if torch.cuda.is_available():
+        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out
