@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pref_helpers import log_records, make_cfg, separate_logps, write_data
@@ -119,6 +121,10 @@ def test_dpo_lora_run_raises_margin_and_saves_adapter(workdir, tiny_llama_dir):
     assert records[-1]["loss"] < records[0]["loss"] - 0.02
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "throughput"} <= set(records[0])
     assert metrics["train_loss"] < 0.6931
+    # the same stage metrics reach trainer_log.jsonl (what the web UI and users read)
+    jsonl = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    logged = [r for r in jsonl if "loss" in r]
+    assert [r["rewards/margins"] for r in logged] == pytest.approx([r["rewards/margins"] for r in records])
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(out))  # loadable
 
 

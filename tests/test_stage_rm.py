@@ -56,7 +56,7 @@ def test_packed_values_equal_padded_values_and_head_round_trip(tiny_llama_dir, t
         other.load_head(tiny_llama_dir)
 
 
-def test_rm_lora_run_learns_separable_pairs_and_scores(workdir, tiny_llama_dir):
+def test_rm_lora_run_learns_separable_pairs_and_scores(workdir, tiny_llama_dir, capsys):
     from tuneforge.infer.reward import RewardScorer, is_reward_model
     from tuneforge.train.tuner import run_train
 
@@ -78,6 +78,17 @@ def test_rm_lora_run_learns_separable_pairs_and_scores(workdir, tiny_llama_dir):
     good = scorer.score([{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": GOOD[0]}])
     bad = scorer.score([{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": BAD[0]}])
     assert good > bad
+
+    # and through the command line: `tuneforge chat` on a reward model prints the score
+    from tuneforge.cli.main import main
+
+    base = [f"model_name_or_path={tiny_llama_dir}", f"adapter_name_or_path={out}", "template=chatml"]
+    printed = []
+    capsys.readouterr()  # drop what the training run printed
+    for answer in (GOOD[0], BAD[0]):
+        assert main(["chat", *base, "--prompt", "Who are you?", "--answer", answer]) == 0
+        printed.append(float(capsys.readouterr().out.strip()))
+    assert printed == pytest.approx([good, bad], abs=1e-4)
     batch = scorer.score_batch([[{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": a}]
                                 for a in (GOOD[0], BAD[0], GOOD[1])], batch_size=2)
     assert batch[:2] == pytest.approx([good, bad], abs=1e-4)

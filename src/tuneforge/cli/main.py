@@ -75,13 +75,22 @@ def _pop_option(args: list[str], name: str) -> str | None:
 
 def cmd_chat(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
-        print("usage: tuneforge chat [config.yaml] [key=value ...] [--prompt TEXT]\n"
-              "Type a message; `clear` resets the history, `exit` quits. --prompt answers once.")
+        print("usage: tuneforge chat [config.yaml] [key=value ...] [--prompt TEXT] [--answer TEXT]\n"
+              "Type a message; `clear` resets the history, `exit` quits. --prompt answers once.\n"
+              "With a reward model (value_head.safetensors in the adapter/model folder) it scores\n"
+              "answers instead: --prompt TEXT --answer TEXT prints the score.")
         return 0
     prompt = _pop_option(args, "--prompt")
-    from tuneforge.infer.chat_cli import run_chat
+    answer = _pop_option(args, "--answer")
+    from tuneforge.infer.chat_cli import run_chat, run_reward_chat
+    from tuneforge.infer.reward import is_reward_model
 
-    return run_chat(_load(args, require_output_dir=False), prompt=prompt)
+    cfg = _load(args, require_output_dir=False)
+    if is_reward_model(cfg):  # a value head next to the weights: score answers instead of generating
+        return run_reward_chat(cfg, prompt=prompt, answer=answer)
+    if answer is not None:
+        raise ConfigError("--answer is for reward models (a folder with value_head.safetensors)")
+    return run_chat(cfg, prompt=prompt)
 
 
 def cmd_export(args: list[str]) -> int:

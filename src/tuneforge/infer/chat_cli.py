@@ -73,3 +73,42 @@ def _answer(engine, messages: list[dict[str, str]], stream: TextIO, err: TextIO)
         err.write(f"[{engine.last_stats}]\n")
         err.flush()
     return "".join(parts)
+
+
+def run_reward_chat(cfg, prompt: str | None = None, answer: str | None = None, stream: TextIO | None = None,
+                    input_fn: Callable[[str], str] = input, *, scorer=None) -> int:
+    """`tuneforge chat` on a reward model: score (prompt, answer) pairs instead of generating.
+
+    With ``prompt`` and ``answer`` the score alone is printed; otherwise each turn asks for a user
+    message and a candidate answer and prints its score. ``exit`` (or Ctrl-D) quits.
+    """
+    stream = stream if stream is not None else sys.stdout
+    if scorer is None:
+        from tuneforge.infer.reward import RewardScorer
+
+        scorer = RewardScorer.from_config(cfg)
+
+    def score(query: str, response: str) -> float:
+        return scorer.score([{"role": "user", "content": query}, {"role": "assistant", "content": response}])
+
+    if prompt is not None or answer is not None:
+        if prompt is None or answer is None:
+            from tuneforge.errors import ConfigError
+
+            raise ConfigError("a reward model scores an answer: pass both --prompt TEXT and --answer TEXT")
+        stream.write(f"{score(prompt, answer):.4f}\n")
+        return 0
+    stream.write("This is a reward model: type a user message, then a candidate answer, to see its score. "
+                 "'exit' quits.\n")
+    while True:
+        try:
+            query = input_fn("\nUser: ")
+            if query.strip() == "exit":
+                return 0
+            response = input_fn("Answer to score: ")
+        except (EOFError, KeyboardInterrupt):
+            stream.write("\n")
+            return 0
+        if response.strip() == "exit":
+            return 0
+        stream.write(f"score: {score(query, response):.4f}\n")

@@ -43,11 +43,16 @@ class LogCallback(TrainerCallback):
     A front end in this process stops the run with `request_abort()`, one in another process by creating
     `<output_dir>/STOP_REQUESTED` (checked after every step). A recipe that catches an exception calls
     `mark_failed(message)` so the status file does not stay at `running`.
+
+    `extra_keys`: a stage's own metrics to keep in the record and the console line, as names or name
+    prefixes (`"rewards/"` keeps rewards/chosen, rewards/margins, ...; eval_ versions are kept too).
     """
 
-    def __init__(self, output_dir: str | os.PathLike | None = None, *, console: bool = True) -> None:
+    def __init__(self, output_dir: str | os.PathLike | None = None, *, console: bool = True,
+                 extra_keys: tuple[str, ...] = ()) -> None:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.console = console
+        self.extra_keys = tuple(extra_keys)
         self.start_time = 0.0
         self.start_step = 0
         self.max_steps = 0
@@ -137,6 +142,7 @@ class LogCallback(TrainerCallback):
             "remaining_time": remaining,
             "throughput": logs.get("throughput"),
             "total_tokens": logs.get("total_tokens"),
+            **{key: value for key, value in logs.items() if self._is_extra(key)},
         }
         record = {k: v for k, v in record.items() if v is not None}
         if self.is_writer and self.output_dir is not None:
@@ -145,7 +151,13 @@ class LogCallback(TrainerCallback):
                 f.write(json.dumps(record) + "\n")
             self._write_status("running")
         if self.console and self.is_writer and ("loss" in record or "eval_loss" in record):
-            print(format_console_line(record), flush=True)
+            extras = [f"{key} {value:.4g}" for key, value in record.items()
+                      if self._is_extra(key) and isinstance(value, (int, float))]
+            print(" | ".join([format_console_line(record), *extras]), flush=True)
+
+    def _is_extra(self, key: str) -> bool:
+        name = key.removeprefix("eval_")
+        return any(name == extra or (extra.endswith("/") and name.startswith(extra)) for extra in self.extra_keys)
 
 
 def format_console_line(record: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ import torch
 
 from tuneforge.errors import ConfigError, NotSupportedError
 from tuneforge.train import workflow
-from tuneforge.train.callbacks import LogCallback, format_console_line
+from tuneforge.train.callbacks import LogCallback
 from tuneforge.train.ppo_core import (AdaptiveKLController, FixedKLController, PPOHyperparams, RunningMoments,
                                       compute_gae, entropy_from_logits, logprobs_of, masked_mean, masked_whiten,
                                       ppo_loss, shape_rewards)
@@ -198,7 +198,7 @@ class PPOLoop:
         self.score_moments = RunningMoments() if self.finetuning.ppo_score_norm else None
         self.generator = torch.Generator().manual_seed(self.args.seed)
         self.state, self.control = TrainerState(), TrainerControl()
-        self.log_callback = PPOLogCallback(self.args.output_dir)
+        self.log_callback = LogCallback(self.args.output_dir, extra_keys=PPO_LOG_KEYS)
         self.tokens_seen = 0
 
     # ---- 1. rollout -------------------------------------------------------------------------
@@ -366,35 +366,6 @@ class PPOLoop:
                                   num_warmup_steps=self.args.get_warmup_steps(max_steps), num_training_steps=max_steps,
                                   scheduler_specific_kwargs=self.args.lr_scheduler_kwargs or {})
         return optimizer, scheduler
-
-
-class PPOLogCallback(LogCallback):
-    """`LogCallback`'s trainer_log.jsonl record and console line, plus PPO's metrics (reward, kl, ...)."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        import json
-
-        from tuneforge.train.callbacks import TRAINER_LOG
-
-        logs = dict(logs or {})
-        self.current_step = state.global_step
-        elapsed, remaining = self._timing(state.global_step)
-        record = {"current_steps": state.global_step, "total_steps": self.max_steps, "loss": logs.get("loss"),
-                  **{k: logs[k] for k in PPO_LOG_KEYS if k in logs},
-                  "lr": logs.get("learning_rate"), "epoch": logs.get("epoch"),
-                  "percentage": round(state.global_step / self.max_steps * 100, 2) if self.max_steps else 100,
-                  "elapsed_time": elapsed, "remaining_time": remaining,
-                  "throughput": logs.get("throughput"), "total_tokens": logs.get("total_tokens")}
-        record = {k: v for k, v in record.items() if v is not None}
-        if self.is_writer and self.output_dir is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / TRAINER_LOG, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            self._write_status("running")
-        if self.console and self.is_writer:
-            extra = " | ".join(f"{k} {record[k]:.4g}" for k in ("reward", "kl", "value_loss", "entropy", "clipfrac")
-                               if k in record)
-            print(f"{format_console_line(record)} | {extra}", flush=True)
 
 
 def save_policy(policy, tokenizer, output_dir) -> None:

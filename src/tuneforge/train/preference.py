@@ -115,27 +115,16 @@ def mean_metrics(**values: torch.Tensor) -> dict[str, float]:
     return {name.replace("__", "/"): float(value.float().mean()) for name, value in values.items() if value.numel()}
 
 
-def build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective):
-    """`TuneforgeTrainer` with a stage objective (as `workflow.build_trainer` for the LM loss)."""
-    from tuneforge.train.callbacks import LogCallback
-    from tuneforge.train.trainer import TuneforgeTrainer
+# Stage metrics kept in trainer_log.jsonl and the console line (see LogCallback.extra_keys).
+PREFERENCE_LOG_KEYS = ("rewards/", "logps/", "accuracy", "kl")
 
-    log_callback = LogCallback(cfg.training.output_dir)
-    trainer = TuneforgeTrainer(
-        model=model,
-        args=cfg.training,
-        train_dataset=bundle.train,
-        eval_dataset=bundle.eval,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[log_callback],
-        loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
-        objective=objective,
-    )
-    ref_model = getattr(objective, "ref_model", None)
-    if ref_model is not None:  # the Trainer places the policy; the frozen reference goes next to it
-        ref_model.to(trainer.args.device)
-    return trainer, log_callback
+
+def build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective):
+    """`workflow.build_trainer` with a stage objective and the preference metrics logged."""
+    from tuneforge.train.workflow import build_trainer
+
+    return build_trainer(cfg, model, tokenizer, bundle, collator, objective=objective,
+                         extra_log_keys=PREFERENCE_LOG_KEYS)
 
 
 def load_reference_model(cfg, *, lora_policy: bool):

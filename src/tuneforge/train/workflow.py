@@ -55,12 +55,13 @@ def report_data(bundle, output_dir: str) -> None:
     bundle.report.save(output_dir)
 
 
-def build_trainer(cfg, model, tokenizer, bundle, collator):
+def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=()):
+    """The run's `TuneforgeTrainer`: the LM loss by default, or a stage `objective` (rm, dpo, kto)."""
     from tuneforge.train.callbacks import LogCallback
     from tuneforge.train.progress import use_token_progress_bar
     from tuneforge.train.trainer import TuneforgeTrainer
 
-    log_callback = LogCallback(cfg.training.output_dir)
+    log_callback = LogCallback(cfg.training.output_dir, extra_keys=extra_log_keys)
     trainer = TuneforgeTrainer(
         model=model,
         args=cfg.training,
@@ -71,7 +72,11 @@ def build_trainer(cfg, model, tokenizer, bundle, collator):
         callbacks=[log_callback],
         loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
         loraplus_lr_embedding=cfg.finetuning.loraplus_lr_embedding,
+        objective=objective,
     )
+    ref_model = getattr(objective, "ref_model", None)
+    if ref_model is not None:  # the Trainer places the policy; a frozen reference model goes next to it
+        ref_model.to(trainer.args.device)
     use_token_progress_bar(trainer)
     return trainer, log_callback
 
