@@ -1,0 +1,1 @@
+"""Benchmark (`tuneforge bench`): timed training steps, measured GEMM peak, model FLOPs and MFU."""
