@@ -1,5 +1,6 @@
 """End to end in a real headless browser: `tuneforge webui` in a subprocess, Debian's chromium driven by
-Playwright. Pick a model and a dataset, train a few steps, watch progress and the loss chart, then
+Playwright. Pick a model and a dataset, train a few steps, watch progress and the live loss chart (an SVG
+we render: `#tf-loss-raw` / `#tf-loss-smoothed` polylines with `data-points`), then
 load the result in the Chat tab and get an answer streamed back. Screenshots: test-artifacts/webui/."""
 
 from __future__ import annotations
@@ -92,11 +93,58 @@ def fill(page, elem_id: str, value: str) -> None:
     box.press("Tab")
 
 
+POLL_JS = """() => {
+    const progress = document.querySelector('#tf-progress');
+    const raw = document.querySelector('#tf-loss-raw');
+    return [progress ? progress.dataset.status : null, raw ? Number(raw.dataset.points) : 0];
+}"""
+
+
+def watch_run(page, shot: str, timeout_s: float = 210.0) -> list[tuple[float, str, int]]:
+    """Poll the page (status, points on #tf-loss-raw) every 0.2 s from Start until the job ends.
+
+    The first picture is taken when the chart shows points while the job still runs.
+    """
+    polls, shot_taken, started = [], "", time.time()
+    while time.time() - started < timeout_s:
+        status, points = page.evaluate(POLL_JS)
+        polls.append((round(time.time() - started, 2), status, points))
+        ended = status in ("finished", "failed", "aborted")
+        # best picture: a curve while training steps run; else a curve before the job ended
+        if points > 0 and not ended and shot_taken != "running":
+            page.screenshot(path=str(ARTIFACTS / f"{shot}_1_training.png"), full_page=True)
+            shot_taken = status if status == "running" else "in progress"
+        if ended:
+            break
+        page.wait_for_timeout(200)
+    if not shot_taken:
+        page.screenshot(path=str(ARTIFACTS / f"{shot}_1_training.png"), full_page=True)
+    return polls
+
+
+def check_live_chart(polls: list[tuple[float, str, int]], steps: int) -> None:
+    """The chart was redrawn by the timer while the page stayed open (no reload): points appeared while the
+    job was still in progress, only grew, and ended at one point per logged step."""
+    changes = [p for i, p in enumerate(polls) if i == 0 or p[1:] != polls[i - 1][1:]]
+    print(f"\n(seconds since Start, status, points on #tf-loss-raw) when they changed: {changes}")
+    counts = [points for _, _, points in polls]
+    assert counts == sorted(counts), f"the chart lost points while updating: {changes}"
+    assert counts[-1] == steps, f"the live chart shows {counts[-1]} points at the end, expected {steps}: {changes}"
+    # the page was loaded before Start (empty chart): points shown before the job ended came from timer ticks
+    in_progress = [points for _, status, points in polls if status not in ("finished", "failed", "aborted")]
+    assert max(in_progress, default=0) > 0, f"no loss was drawn while the job was in progress: {changes}"
+    running = [(t, points) for t, status, points in polls if status == "running"]
+    if running and running[-1][0] - running[0][0] >= 2.0:  # >= 2 timer ticks while training steps ran
+        assert max(points for _, points in running) > 0, f"no loss drawn while the job was running: {changes}"
+
+
 def run_ui_flow(page, url: str, model_path: str, dataset: str, dataset_dir: str | None, shot: str, steps: int = 4,
                 model_label: str = "Custom"):
     expect = playwright_api.expect
     started = time.time()
     page.goto(url)
+    expect(page.locator("#tf-loss-empty")).to_be_visible(timeout=15000)  # no job yet: the chart says so
+    expect(page.locator("#tf-loss-raw")).to_have_count(0)
     fill(page, "tf-model-path", model_path)
     if dataset_dir:
         fill(page, "tf-dataset-dir", dataset_dir)
@@ -115,16 +163,19 @@ def run_ui_flow(page, url: str, model_path: str, dataset: str, dataset_dir: str 
     page.locator("#tf-start").click()
     expect(page.locator("#tf-message")).to_contain_text("Started tuneforge train", timeout=20000)
     progress = page.locator("#tf-progress")
-    expect(progress).to_have_attribute("data-status", "running", timeout=90000)
-    page.screenshot(path=str(ARTIFACTS / f"{shot}_1_training.png"), full_page=True)
-    expect(progress).to_have_attribute("data-status", "finished", timeout=120000)
+    polls = watch_run(page, shot)
+    expect(progress).to_have_attribute("data-status", "finished", timeout=15000)
     expect(progress).to_have_attribute("data-percent", "100.0")
     expect(progress).to_have_attribute("data-step", str(steps))
     expect(progress).to_contain_text(f"step {steps}/{steps} · 100%")
-    chart = page.locator("#tf-loss")
-    expect(chart.locator("canvas, svg").first).to_be_visible(timeout=15000)
+    check_live_chart(polls, steps)
+    # the finished chart: one point per logged step on both lines, drawn (non-empty boxes), legend shown
+    for series in ("raw", "smoothed"):
+        expect(page.locator(f"#tf-loss-{series}")).to_have_attribute("data-points", str(steps), timeout=15000)
+        expect(page.locator(f"#tf-loss-{series}")).to_be_visible()
+    expect(page.locator("#tf-loss .tf-loss-legend")).to_have_text(["raw", "smoothed"])
+    expect(page.locator("#tf-loss-empty")).to_have_count(0)
     expect(page.locator("#tf-log textarea")).to_have_value(re.compile(r"\[tuneforge\] done in"), timeout=10000)
-    page.wait_for_timeout(1000)  # the chart animates its lines in
     page.screenshot(path=str(ARTIFACTS / f"{shot}_2_finished.png"), full_page=True)
     run_name = Path(progress.get_attribute("data-output-dir")).name
 
@@ -149,18 +200,22 @@ def run_ui_flow(page, url: str, model_path: str, dataset: str, dataset_dir: str 
 
 def test_train_and_chat_in_the_browser(server, page, tiny_llama_dir):
     url, workspace = server
-    answer = run_ui_flow(page, url, str(tiny_llama_dir), "tiny", None, "tiny")
+    steps = 10  # a few seconds of training here: several timer ticks while steps run
+    answer = run_ui_flow(page, url, str(tiny_llama_dir), "tiny", None, "tiny", steps=steps)
     assert answer
     out = workspace / "saves" / tiny_llama_dir.name / "lora"
     runs = [p for p in out.iterdir() if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "adapter_model.safetensors").is_file()
-    assert (runs[0] / "tuneforge_train.yaml").read_text().count("max_steps: 4") == 1
+    assert (runs[0] / "tuneforge_train.yaml").read_text().count(f"max_steps: {steps}") == 1
 
     # a page refresh re-attaches: the finished job is still shown; Chinese labels on switch
     page.reload()
     expect = playwright_api.expect
     expect(page.locator("#tf-progress")).to_have_attribute("data-status", "finished", timeout=15000)
+    expect(page.locator("#tf-loss-raw")).to_have_attribute("data-points", str(steps), timeout=15000)
     pick(page, "tf-lang", "zh")
+    expect(page.locator("#tf-loss .tf-loss-legend")).to_have_text(["原始值", "平滑值"], timeout=10000)
+    expect(page.locator("#tf-loss-raw")).to_have_attribute("data-points", str(steps))
     expect(page.locator("#tf-start")).to_have_text("开始", timeout=10000)
     page.screenshot(path=str(ARTIFACTS / "tiny_4_chinese.png"), full_page=True)
 

@@ -10,6 +10,7 @@ import gradio as gr
 
 from tuneforge.webui import args
 from tuneforge.webui.components import UI, error_text
+from tuneforge.webui.components.loss_chart import render_loss_svg
 from tuneforge.webui.i18n import message
 
 
@@ -100,13 +101,12 @@ def create_train_tab(ui: UI, ctx) -> None:
                                             elem_id="tf-command"))
         progress = gr.HTML(render_progress(ctx.jobs.snapshot(), ui.lang), elem_id="tf-progress-box")
         with gr.Row():
-            loss_plot = ui.add("loss_chart", gr.LinePlot(loss_frame(ctx.jobs.snapshot().losses), x="step", y="loss",
-                                                         color="series", color_map=LOSS_COLORS,
-                                                         label=ui.label("loss_chart"), elem_id="tf-loss", height=280,
-                                                         scale=1))
+            loss_chart = ui.add("loss_chart", gr.HTML(render_loss_svg(ctx.jobs.snapshot().losses, ui.lang),
+                                                      label=ui.label("loss_chart"), elem_id="tf-loss",
+                                                      js_on_load=None, container=True, padding=True, scale=1))
             log = ui.add("log", gr.Textbox(lines=14, max_lines=14, autoscroll=True, label=ui.label("log"),
                                            elem_id="tf-log", scale=1))
-        seen = gr.State((-1, "", ""))
+        seen = gr.State((None, "", ""))  # what the page shows: (chart key, status, log tail)
         timer = gr.Timer(1.0)
 
     lang = ctx.lang_selector
@@ -205,8 +205,10 @@ def create_train_tab(ui: UI, ctx) -> None:
 
     def tick(lang_code: str, path_value: str, method_value: str, selected, last):
         snap = ctx.jobs.snapshot()
-        key = (len(snap.losses), snap.status, snap.log_tail)
-        plot = loss_frame(snap.losses) if key[0] != last[0] else gr.skip()
+        # the chart is redrawn only when its points (or the language) changed
+        chart_key = (len(snap.losses), snap.losses[-1] if snap.losses else None, lang_code)
+        key = (chart_key, snap.status, snap.log_tail)
+        chart = render_loss_svg(snap.losses, lang_code) if key[0] != last[0] else gr.skip()
         logs = snap.log_tail if key[2] != last[2] else gr.skip()
         ckpts, next_run = gr.skip(), gr.skip()
         if key[1] != last[1] and snap.status in ("finished", "aborted", "failed"):
@@ -215,25 +217,10 @@ def create_train_tab(ui: UI, ctx) -> None:
             found = args.list_checkpoints(ctx.save_root, path_value, method_value)
             ckpts = gr.update(choices=found, value=[c for c in (selected or []) if c in found])
             next_run = gr.update(value=default_run_name())
-        return render_progress(snap, lang_code), plot, logs, ckpts, next_run, key
+        return render_progress(snap, lang_code), chart, logs, ckpts, next_run, key
 
     timer.tick(tick, [lang, model_path, method, checkpoints, seen],
-               [progress, loss_plot, log, checkpoints, output_dir, seen], show_progress="hidden")
-
-
-LOSS_COLORS = {"raw": "#93c5fd", "smoothed": "#1d4ed8"}
-
-
-def loss_frame(losses: list[tuple[int, float]]):
-    """Raw and smoothed loss as one long DataFrame (`series` colours the two lines)."""
-    import pandas as pd
-
-    from tuneforge.train.callbacks import smooth
-
-    steps = [s for s, _ in losses]
-    values = [v for _, v in losses]
-    return pd.DataFrame({"step": steps * 2, "loss": values + smooth(values),
-                         "series": ["raw"] * len(steps) + ["smoothed"] * len(steps)})
+               [progress, loss_chart, log, checkpoints, output_dir, seen], show_progress="hidden")
 
 
 def render_progress(snap, lang: str) -> str:
