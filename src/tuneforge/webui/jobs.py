@@ -190,7 +190,8 @@ class JobManager:
             if job["abort_requested_at"] is not None:
                 snap.status = "aborting"
             else:
-                snap.status = "running" if status and status.get("status") == "running" else "starting"
+                # No status file yet: still loading. A final status while the process lives: saving at the end.
+                snap.status = "running" if status else "starting"
         elif status and status.get("status") in FINAL_STATES:
             snap.status = status["status"]
             if snap.status == "failed":
