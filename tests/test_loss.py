@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
+from log_capture import LogRecords
 import torch
 
 from tuneforge.data.collate import PackedCollator, PaddedCollator
@@ -134,25 +134,6 @@ def test_unsupported_models_and_inputs_are_reported():
     assert parts is None and reason == "batch has inputs the decoder alone does not take: ['pixel_values']"
 
 
-class _Records(logging.Handler):
-    """Collects one logger's messages directly (works whatever the app did to propagation)."""
-
-    def __init__(self, logger_name: str):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-        self.logger = logging.getLogger(logger_name)
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
-
-
 def test_trainer_falls_back_to_plain_forward_and_logs_once(tmp_path):
     from transformers import AutoModelForCausalLM, GraniteConfig, Seq2SeqTrainingArguments
 
@@ -163,7 +144,7 @@ def test_trainer_falls_back_to_plain_forward_and_logs_once(tmp_path):
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     trainer = TuneforgeTrainer(model=model, args=args, data_collator=PackedCollator())
     batch = PackedCollator()(_samples(TINY["vocab_size"]))
-    with _Records("tuneforge.train.trainer") as records:
+    with LogRecords("tuneforge.train.trainer") as records:
         loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(16))
         trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(16))
     reference = model(**batch, use_cache=False).loss  # mean over the same 16 tokens

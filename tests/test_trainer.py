@@ -12,11 +12,11 @@ prints the new values (`first losses: [...]`); paste them here and say why in th
 from __future__ import annotations
 
 import json
-import logging
 import re
 from pathlib import Path
 
 import pytest
+from log_capture import LogRecords
 import torch
 
 from tuneforge.data.collate import PackedCollator
@@ -105,25 +105,6 @@ def _run(model_dir, tokenizer, output_dir, callbacks=(), eval_dataset=None, **ov
     return trainer
 
 
-class _Records(logging.Handler):
-    """Collects one logger's messages directly (works whatever the app did to propagation)."""
-
-    def __init__(self, logger_name: str):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-        self.logger = logging.getLogger(logger_name)
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
-
-
 def _log_rows(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "trainer_log.jsonl").read_text().splitlines()]
 
@@ -194,7 +175,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(full_run, tiny_llam
     status = json.loads((tmp_path / "running_status.json").read_text())
     assert status["current_steps"] == 2
 
-    with _Records("tuneforge.train.resume") as records:
+    with LogRecords("tuneforge.train.resume") as records:
         trainer = _run(tiny_llama_dir, tiny_tokenizer, tmp_path)
     assert records.messages[-1] == (
         f"Resuming from checkpoint {tmp_path / 'checkpoint-2'} (step 2 of {MAX_STEPS}) — "
@@ -223,7 +204,7 @@ def test_detect_resume_rules(tmp_path):
     _write_checkpoint(tmp_path / "run", 10)
     latest = _write_checkpoint(tmp_path / "run", 20)
     (tmp_path / "run" / "checkpoint-30").mkdir()  # incomplete
-    with _Records("tuneforge.train.resume") as records:
+    with LogRecords("tuneforge.train.resume") as records:
         assert detect_resume(args) == str(latest)
     assert records.messages == [
         f"Skipping incomplete checkpoint {tmp_path / 'run' / 'checkpoint-30'} (no readable trainer_state.json).",
