@@ -126,6 +126,27 @@ def test_stream_joins_to_full_decode_and_stops_at_stop_token(tiny_llama):
     assert engine.stop_ids == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_stream_resumed_on_other_threads_equals_one_thread(tiny_llama, fast, penalty):
+    """The web UI resumes the stream generator on worker threads (inference mode is thread-local)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tokenizer = tiny_llama
+    engine = ChatEngine(model, tokenizer, MiniChatML(), {"do_sample": False, "max_new_tokens": 12,
+                                                         "repetition_penalty": penalty}, fast_decode=fast)
+    expected = list(engine.stream_chat(USER))
+    stream = engine.stream_chat(USER)
+    resumed = []
+    for _ in range(64):  # a fresh thread for every step
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            piece = pool.submit(next, stream, None).result()
+        if piece is None:
+            break
+        resumed.append(piece)
+    assert resumed == expected and len(expected) > 1
+
+
 def test_chat_ends_on_stop_token_without_emitting_it(tiny_tokenizer):
     engine, model = scripted_engine(tiny_tokenizer, "Hi there")
     assert engine.chat(USER) == "Hi there"

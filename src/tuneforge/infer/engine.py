@@ -215,6 +215,8 @@ class ChatEngine:
         generated = 0
         start = time.perf_counter()
         prefill_seconds = 0.0
+        # inference_mode is thread-local and a consumer (the web UI) may resume this generator on
+        # another thread: enter it afresh around each piece of work, never across a `yield`.
         try:
             with torch.inference_mode():
                 input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -225,15 +227,16 @@ class ChatEngine:
                 fast_step = self.fast_step
                 if fast_step is not None and not fast_step.prepare_cache(cache):
                     fast_step = None
-                while True:
-                    token = pick_next_token(logits, settings, seen, generator)
-                    token_id = int(token)
-                    if token_id in stop_ids:
-                        return
-                    generated += 1
-                    yield token_id
-                    if generated >= budget:
-                        return
+            while True:
+                with torch.inference_mode():
+                    token_id = int(pick_next_token(logits, settings, seen, generator))
+                if token_id in stop_ids:
+                    return
+                generated += 1
+                yield token_id
+                if generated >= budget:
+                    return
+                with torch.inference_mode():
                     if seen is not None:
                         seen[token_id] = True
                     step_input.fill_(token_id)
@@ -241,7 +244,7 @@ class ChatEngine:
                         logits = fast_step.step(step_input, cache, position)
                     else:
                         logits = self.model(input_ids=step_input, past_key_values=cache, use_cache=True).logits[0, -1]
-                    position += 1
+                position += 1
         finally:
             self.last_stats = GenerationStats(len(prompt_ids), generated, time.perf_counter() - start, prefill_seconds)
 
