@@ -159,6 +159,25 @@ def _prompt_and_answers(conv: Conversation, template, tokenizer, data_args, answ
     return list(prompt_ids), answer_ids
 
 
+@dataclass(frozen=True)
+class _Budget:
+    source_len: int = 0
+    target_len: int = 0
+    full_length: int = 0
+    dropped: str = ""
+
+
+def _two_answer_budget(prompt_ids, first_ids, second_ids, cutoff_len: int, data_args) -> _Budget:
+    """One `infer_seqlen` budget for a prompt and two answers (chosen/rejected, rated/KL), as LF does:
+    the longer answer decides; `truncation: drop` drops the sample instead."""
+    longest = max(len(first_ids), len(second_ids))
+    full_length = len(prompt_ids) + longest
+    if _arg(data_args, "truncation", "keep_prompt") == "drop" and full_length > cutoff_len:
+        return _Budget(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
+    source_len, target_len = infer_seqlen(len(prompt_ids), longest, cutoff_len)
+    return _Budget(source_len, target_len, full_length)
+
+
 def encode_pairwise_with_info(conv: Conversation, template, tokenizer, data_args) -> PairEncoding:
     """Like LF's PairwiseDatasetProcessor: the prompt and both answers share one infer_seqlen budget
     (the longer answer decides), so chosen and rejected keep the same prompt."""
@@ -169,10 +188,10 @@ def encode_pairwise_with_info(conv: Conversation, template, tokenizer, data_args
     cutoff_len = int(_arg(data_args, "cutoff_len", 2048))
     prompt_ids, (chosen_ids, rejected_ids) = _prompt_and_answers(conv, template, tokenizer, data_args,
                                                                  (conv.chosen, conv.rejected))
-    full_length = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
-    if _arg(data_args, "truncation", "keep_prompt") == "drop" and full_length > cutoff_len:
-        return PairEncoding(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
-    source_len, target_len = infer_seqlen(len(prompt_ids), max(len(chosen_ids), len(rejected_ids)), cutoff_len)
+    budget = _two_answer_budget(prompt_ids, chosen_ids, rejected_ids, cutoff_len, data_args)
+    if budget.dropped:
+        return PairEncoding(full_length=budget.full_length, dropped=budget.dropped)
+    source_len, target_len, full_length = budget.source_len, budget.target_len, budget.full_length
     prompt_ids, chosen_ids, rejected_ids = prompt_ids[:source_len], chosen_ids[:target_len], rejected_ids[:target_len]
     result = PairEncoding(
         input_ids=prompt_ids + chosen_ids,
@@ -223,10 +242,10 @@ def encode_feedback_with_info(conv: Conversation, kl_answer, template, tokenizer
     prompt_conv = Conversation(messages=conv.messages[:-1], system=conv.system, tools=conv.tools)
     prompt_ids, (answer_ids, kl_ids) = _prompt_and_answers(prompt_conv, template, tokenizer, data_args,
                                                            (conv.messages[-1], kl_answer))
-    full_length = len(prompt_ids) + max(len(answer_ids), len(kl_ids))
-    if _arg(data_args, "truncation", "keep_prompt") == "drop" and full_length > cutoff_len:
-        return FeedbackEncoding(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
-    source_len, target_len = infer_seqlen(len(prompt_ids), max(len(answer_ids), len(kl_ids)), cutoff_len)
+    budget = _two_answer_budget(prompt_ids, answer_ids, kl_ids, cutoff_len, data_args)
+    if budget.dropped:
+        return FeedbackEncoding(full_length=budget.full_length, dropped=budget.dropped)
+    source_len, target_len, full_length = budget.source_len, budget.target_len, budget.full_length
     prompt_ids, answer_ids, kl_ids = prompt_ids[:source_len], answer_ids[:target_len], kl_ids[:target_len]
     result = FeedbackEncoding(
         input_ids=prompt_ids + answer_ids,

@@ -241,12 +241,8 @@ def _encode_sft(mixed, template, tokenizer, data, report: DataReport, split) -> 
         except DataError as err:  # e.g. a role the template cannot format: report the row, go on
             report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
             continue
-        if result.dropped:
-            detail = f" ({result.full_length} tokens)" if result.full_length else ""
-            report.dropped(name, result.dropped, conv.source + detail, split)
+        if not _record(report, name, conv, result, split):
             continue
-        if result.truncated:
-            report.truncated(name, f"{conv.source} ({result.full_length} tokens)", split)
         report.kept(name, result.input_ids, result.labels, split)
         columns["input_ids"].append(result.input_ids)
         columns["labels"].append(result.labels)
