@@ -164,10 +164,9 @@ def _features(stage: str = "sft"):
 def _encode_pairwise(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["dpo"]}
     for name, conv in mixed:
-        try:
-            result = encoding.encode_pairwise_with_info(conv, template, tokenizer, data)
-        except DataError as err:
-            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+        result = _encode_row(report, name, conv, split,
+                             encoding.encode_pairwise_with_info, conv, template, tokenizer, data)
+        if result is None:
             continue
         if not _record(report, name, conv, result, split):
             continue
@@ -185,10 +184,9 @@ def _encode_feedback(mixed, template, tokenizer, data, report: DataReport, split
     answers = [Message("assistant", conv.messages[-1].content if conv.messages else "") for _, conv in mixed]
     desirable = undesirable = 0
     for (name, conv), kl_answer in zip(mixed, encoding.kl_answers(answers, batch_size)):
-        try:
-            result = encoding.encode_feedback_with_info(conv, kl_answer, template, tokenizer, data)
-        except DataError as err:
-            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+        result = _encode_row(report, name, conv, split,
+                             encoding.encode_feedback_with_info, conv, kl_answer, template, tokenizer, data)
+        if result is None:
             continue
         if not _record(report, name, conv, result, split):
             continue
@@ -206,10 +204,9 @@ def _encode_feedback(mixed, template, tokenizer, data, report: DataReport, split
 def _encode_prompt_only(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     for name, conv in mixed:
-        try:
-            result = encoding.encode_prompt_only(conv, template, tokenizer, data)
-        except DataError as err:
-            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+        result = _encode_row(report, name, conv, split,
+                             encoding.encode_prompt_only, conv, template, tokenizer, data)
+        if result is None:
             continue
         if result is None or not result["input_ids"]:
             report.dropped(name, "no prompt", conv.source, split)
@@ -220,6 +217,16 @@ def _encode_prompt_only(mixed, template, tokenizer, data, report: DataReport, sp
         columns["input_ids"].append(result["input_ids"])
         columns["labels"].append(result["labels"])
     return columns
+
+
+def _encode_row(report: DataReport, name: str, conv, split, encode, *args):
+    """`encode(*args)`, or None when the template cannot encode the row (e.g. a role it has no format for):
+    the row is reported as dropped with its source and the reason, and the others go on."""
+    try:
+        return encode(*args)
+    except DataError as err:
+        report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+        return None
 
 
 def _record(report: DataReport, name: str, conv, result, split) -> bool:
@@ -236,10 +243,9 @@ def _record(report: DataReport, name: str, conv, result, split) -> bool:
 def _encode_sft(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     for name, conv in mixed:
-        try:
-            result = encoding.encode_sft_with_info(conv, template, tokenizer, data)
-        except DataError as err:  # e.g. a role the template cannot format: report the row, go on
-            report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
+        result = _encode_row(report, name, conv, split,
+                             encoding.encode_sft_with_info, conv, template, tokenizer, data)
+        if result is None:
             continue
         if not _record(report, name, conv, result, split):
             continue
