@@ -53,7 +53,7 @@ def run_case(name: str, data_dir: Path, work: Path) -> dict:
         sys.executable, "-m", "tuneforge", "bench", f"model_name_or_path={model}", "stage=sft",
         f"finetuning_type={method}", "lora_target=all", "lora_rank=8", "dataset=long", f"dataset_dir={data_dir}",
         f"cutoff_len={cutoff}", f"per_device_train_batch_size={batch}", "learning_rate=1e-5",
-        f"output_dir={work / name}", *extra, "--steps", "2", "--warmup", "1", "--out", str(out),
+        f"output_dir={work / name}", "disable_gradient_checkpointing=true", *extra, "--steps", "2", "--warmup", "1", "--out", str(out),
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     measured = json.loads(out.read_text())

@@ -88,11 +88,15 @@ def _summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=-100, reduction="sum")
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "packed_sdpa"])
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])
 def test_packed_forward_equals_samples_alone(request, model_fixture, attn):
     from transformers import AutoModelForCausalLM
 
+    from tuneforge.model.attention import register_packed_sdpa
+
+    if attn == "packed_sdpa":
+        attn = register_packed_sdpa()
     model_dir = request.getfixturevalue(model_fixture)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, dtype=torch.float32).eval()
     assert model.config.use_cache  # the default; the packed forward must still not leak

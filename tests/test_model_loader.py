@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+from tuneforge.model.attention import PACKED_SDPA
 from tuneforge.model.loader import (
     count_parameters,
     load_model,
@@ -88,7 +89,7 @@ def test_load_tokenizer_and_model_for_inference(tiny_llama_dir):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.padding_side == "right"
     model = load_model(model_args(tiny_llama_dir), FULL, is_trainable=False)
     assert model.dtype == torch.float32 and not model.training
-    assert model.config._attn_implementation == "sdpa" and model.config.use_cache
+    assert model.config._attn_implementation == PACKED_SDPA and model.config.use_cache
     assert count_parameters(model)[0] == 0
 
 
@@ -116,8 +117,9 @@ def test_resolve_dtype_rules():
 
 
 def test_attention_implementation():
-    assert resolve_attn_implementation("auto") == "sdpa"
-    assert resolve_attn_implementation("sdpa") == "sdpa"
+    # PyTorch SDPA, one causal call per sample of a packed row (tests/test_fast_paths.py)
+    assert resolve_attn_implementation("auto") == PACKED_SDPA
+    assert resolve_attn_implementation("sdpa") == PACKED_SDPA
     assert resolve_attn_implementation("disabled") == "eager"
     with pytest.raises(NotSupportedError, match=r"^flash_attn: fa2 needs a CUDA GPU, which this machine does not have\. Use `flash_attn: auto`"):
         resolve_attn_implementation("fa2", has_cuda=False)

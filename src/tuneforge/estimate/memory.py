@@ -85,15 +85,15 @@ def layer_activation_bytes(shape: DecoderShape, tokens: int, act: int, *, traina
 
     - two RMSNorms: their input (upcast to fp32 inside the norm) and their output; the normalised
       input before the weight too when the norm weight trains;
-    - attention: rotated q, k and v repeated to all heads (GQA with a mask repeats them), the SDPA
-      output and the contiguous copy o_proj reads;
+    - attention: rotated q, k and v (k, v at their own GQA width: packed rows run SDPA per sample
+      without a mask, model/attention.py), the SDPA output and the contiguous copy o_proj reads;
     - MLP: gate, up, silu(gate) and silu(gate)*up, per routed expert;
     - LoRA: the rank-r output of every lora_A.
     """
     h, a = shape.hidden, shape.q_width
     norm_bytes = 4  # RMSNorm computes in fp32 and keeps its fp32 input
     norms = 2 * tokens * h * (norm_bytes + act + (norm_bytes if trainable_norms else 0))
-    attention = 5 * tokens * a * act + tokens * shape.heads * 4  # + logsumexp
+    attention = (3 * a + 2 * shape.kv_width) * tokens * act + tokens * shape.heads * 4  # + logsumexp
     mlp = 4 * tokens * shape.intermediate * act * shape.experts_per_token
     lora = 7 * tokens * lora_rank * act if lora_rank else 0
     return norms + attention + mlp + lora
@@ -148,9 +148,6 @@ def estimate_memory(spec: EstimateSpec) -> MemoryEstimate:
     else:
         activations = active_layers * per_layer
     activations += tokens * shape.hidden * (4 + act)  # final norm
-    if spec.device == "cpu":
-        # SDPA on CPU keeps its own float copy of the [T x T] attention mask in every layer.
-        activations += active_layers * tokens * tokens * 4
     parts["activations"] = activations
 
     # ---- logits -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.infer.decoding import GrowableLayer
+from tuneforge.model.attention import PACKED_SDPA
 
 _SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
 
@@ -89,7 +90,7 @@ class LeanDecodeStep:
         if type(model).__name__ not in _SUPPORTED or model.training:
             return None
         config = model.config
-        if getattr(config, "_attn_implementation", None) != "sdpa" or config.hidden_act != "silu":
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", PACKED_SDPA) or config.hidden_act != "silu":
             return None
         if getattr(config, "pretraining_tp", 1) != 1 or getattr(model, "hf_quantizer", None) is not None:
             return None

@@ -128,7 +128,10 @@ def resolve_attn_implementation(flash_attn: Any = "auto", *, has_cuda: bool | No
 
     value = str(flash_attn or "auto").lower()
     if value in ("auto", "sdpa"):
-        return "sdpa"
+        # PyTorch SDPA; packed training rows run one causal call per sample (model/attention.py).
+        from tuneforge.model.attention import register_packed_sdpa
+
+        return register_packed_sdpa()
     if value in ("disabled", "eager"):
         return "eager"
     packages = {"fa2": ("flash_attn", "flash_attention_2"), "fa3": ("flash_attn_interface", "flash_attention_3")}
