@@ -176,6 +176,10 @@ def _setup_lora(model, finetuning_args, model_args, adapters: list[str], *, is_t
     if is_trainable and not (adapters and resume):
         model = get_peft_model(model, build_lora_config(model, finetuning_args))
         logger.info("LoRA on %s", ",".join(sorted(model.peft_config["default"].target_modules)))
+    if is_trainable:
+        from tuneforge.model.fast_lora import enable_fast_lora
+
+        enable_fast_lora(model)
     return model
 
 
