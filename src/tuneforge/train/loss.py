@@ -104,7 +104,9 @@ def chunked_cross_entropy_sum(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected so backward() still works
-    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+    # One chunk: recomputing its logits in backward would save nothing (backward needs them all
+    # at once anyway) and cost a second head GEMM.
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
     total = None
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
