@@ -258,6 +258,18 @@ def test_final_save_is_atomic(tiny_llama_dir, tmp_path, monkeypatch):
     assert (tmp_path / "model.safetensors").read_bytes() == good
 
 
+def test_torch_compile_compiles_the_decoder_layers_not_the_whole_model(tiny_llama_dir, tmp_path):
+    """The chunked loss calls the decoder directly: a whole-model wrapper would be bypassed."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    args = _args(tmp_path, torch_compile=True)
+    trainer = TuneforgeTrainer(model=model, args=args, data_collator=PackedCollator())
+    assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
+    assert not trainer.args.torch_compile and trainer.args.torch_compile_backend is None
+    assert args.torch_compile  # the caller's arguments are left as they were
+
+
 def test_loraplus_param_groups(tiny_llama_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -7,6 +7,8 @@ What it changes:
 - tokens: real (non-pad) tokens and label tokens are counted; logs carry `total_tokens` and
   `throughput` (real tokens/s of this session);
 - LoRA+: with `loraplus_lr_ratio`, LoRA B matrices (and biases) train at lr * ratio;
+- `torch_compile`: the decoder layers are compiled in place (model/compile.py), not the whole
+  model, which the chunked loss would bypass;
 - `save_model()` of the final model writes to a temporary folder first, then moves the files
   into place, so a crash mid-save never leaves a half-written adapter/model over a good one;
 - objectives: other stages (rm, dpo, kto) pass `objective=`, an object with
@@ -40,6 +42,19 @@ _WEIGHT_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model")
 _WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")
 
 
+def _compile_regionally(model, training_args):
+    """Compile the decoder layers ourselves (model/compile.py); the Trainer gets a copy of the
+    arguments with its whole-model compile switched off."""
+    import copy
+
+    from tuneforge.model.compile import compile_decoder_layers
+
+    compile_decoder_layers(model, backend=training_args.torch_compile_backend, mode=training_args.torch_compile_mode)
+    training_args = copy.copy(training_args)
+    training_args.torch_compile, training_args.torch_compile_backend, training_args.torch_compile_mode = False, None, None
+    return training_args
+
+
 class TuneforgeTrainer(Trainer):
     def __init__(
         self,
@@ -50,6 +65,9 @@ class TuneforgeTrainer(Trainer):
         objective: Any = None,
         **kwargs: Any,
     ) -> None:
+        training_args = kwargs.get("args")
+        if training_args is not None and training_args.torch_compile:
+            kwargs["args"] = _compile_regionally(kwargs.get("model"), training_args)
         super().__init__(*args, **kwargs)
         self.objective = objective
         self._objective_metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}

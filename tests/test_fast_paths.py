@@ -1,0 +1,180 @@
+"""The training fast paths compute exactly what the plain code paths compute.
+
+- `packed_sdpa` (model/attention.py): one causal SDPA per sample of a packed row == transformers'
+  `sdpa` with its block-causal mask, forward and gradients; everything else is plain `sdpa`.
+- `FastLoraLinear` (model/fast_lora.py): one autograd node per LoRA layer == peft's forward,
+  outputs and gradients; unsupported setups take peft's path.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tuneforge.data.collate import PackedCollator
+from tuneforge.model.attention import packed_lengths, packed_sdpa_attention_forward, register_packed_sdpa
+from tuneforge.model.fast_lora import FastLoraLinear, enable_fast_lora
+from tuneforge.train.loss import chunked_causal_lm_loss, resolve_lm_parts
+
+
+def test_packed_lengths():
+    assert packed_lengths(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [3, 2, 1]
+    assert packed_lengths(torch.tensor([[0, 1, 2, 3]]), 4) is None  # one sample: nothing to split
+    assert packed_lengths(torch.tensor([[5, 6, 0, 1]]), 4) is None  # a KV-cache step never restarts at 0 first
+    assert packed_lengths(torch.tensor([[0, 1, 0, 1], [0, 1, 0, 1]]), 4) is None  # not a single row
+    assert packed_lengths(None, 4) is None
+
+
+def _samples(vocab_size: int, lengths=((9, 4), (5, 0), (1, 0), (12, 6))) -> list[dict]:
+    gen = torch.Generator().manual_seed(11)
+    out = []
+    for length, prompt in lengths:
+        ids = torch.randint(10, vocab_size, (length,), generator=gen).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return out
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    parts, reason = resolve_lm_parts(model, batch)
+    assert parts is not None, reason
+    loss = chunked_causal_lm_loss(parts, batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_packed_sdpa_training_step_equals_masked_sdpa(request, model_fixture):
+    from transformers import AutoModelForCausalLM
+
+    path = request.getfixturevalue(model_fixture)
+    reference = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+    packed = AutoModelForCausalLM.from_pretrained(path, attn_implementation=register_packed_sdpa(), dtype=torch.float32)
+    batch = PackedCollator()(_samples(reference.config.vocab_size))
+    want_loss, want_grads = _loss_and_grads(reference, batch)
+    got_loss, got_grads = _loss_and_grads(packed, batch)
+    torch.testing.assert_close(got_loss, want_loss, atol=1e-6, rtol=1e-6)
+    assert got_grads.keys() == want_grads.keys() and len(got_grads) == len(list(reference.parameters()))
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_packed_sdpa_leaves_generation_unchanged(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").eval()
+    packed = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=register_packed_sdpa()).eval()
+    prompt = torch.tensor([[5, 17, 33, 2, 9, 41]])
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(packed.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
+
+
+def test_packed_sdpa_falls_back_to_the_mask_when_a_sample_exceeds_the_sliding_window():
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.sliding_window, module.is_causal = 2, True
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    position_ids = torch.tensor([[0, 1, 2, 0, 1]])
+    mask = torch.zeros(1, 1, 5, 5, dtype=torch.bool)  # attend nowhere but the diagonal: a visible difference
+    mask[0, 0].fill_diagonal_(True)
+    out, _ = packed_sdpa_attention_forward(module, q, k, v, mask, position_ids=position_ids)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    module.sliding_window = 3  # every sample fits: per-sample causal attention, the mask is not used
+    out, _ = packed_sdpa_attention_forward(module, q, k, v, mask, position_ids=position_ids)
+    first = torch.nn.functional.scaled_dot_product_attention(q[:, :, :3], k[:, :, :3], v[:, :, :3], is_causal=True)
+    torch.testing.assert_close(out[:, :3], first.transpose(1, 2))
+
+
+# ---- FastLoraLinear ---------------------------------------------------------------------------
+
+def _lora_model(dropout: float = 0.0, bias: bool = True, **lora_kwargs):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(12, 20, bias=bias), nn.SiLU(), nn.Linear(20, 6, bias=bias))
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0", "2"], **lora_kwargs)
+    model = get_peft_model(base, config)
+    for name, param in model.named_parameters():  # B starts at zero: make the adapter do something
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.5)
+    return model
+
+
+def _run(model, x):
+    model.zero_grad()
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), x.grad.clone(), grads
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_lora_equals_peft_forward_and_gradients(bias):
+    peft_model = _lora_model(bias=bias)
+    fast_model = copy.deepcopy(peft_model)
+    assert enable_fast_lora(fast_model) == 2
+    assert all(type(m) is FastLoraLinear for m in fast_model.modules() if hasattr(m, "lora_A"))
+    x = torch.randn(3, 5, 12)
+    want, want_dx, want_grads = _run(peft_model, x)
+    got, got_dx, got_grads = _run(fast_model, x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_dx, want_dx)
+    assert got_grads.keys() == want_grads.keys() and {n.split(".")[-3] for n in got_grads} == {"lora_A", "lora_B"}
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], msg=name)
+    assert fast_model.state_dict().keys() == peft_model.state_dict().keys()
+
+
+def test_fast_lora_takes_peft_path_when_it_does_not_apply():
+    x = torch.randn(2, 4, 12)
+    model = _lora_model(dropout=0.5)  # dropout: peft's path (same random stream -> same output)
+    enable_fast_lora(model)
+    layer = model.base_model.model[0]
+    assert layer._fast_parts(x, (), {}) is None
+    model = _lora_model()
+    enable_fast_lora(model)
+    layer = model.base_model.model[0]
+    assert layer._fast_parts(x, (), {}) is not None
+    with model.disable_adapter():  # the DPO reference forward: base model only
+        torch.testing.assert_close(layer(x), layer.base_layer(x))
+    assert layer._fast_parts(x.double(), (), {}) is None  # dtypes differ
+    merged = copy.deepcopy(model).merge_and_unload()  # merging is still peft's
+    torch.testing.assert_close(merged(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fast_lora_is_used_for_trainable_lora_runs(tiny_llama_dir):
+    from types import SimpleNamespace
+
+    from tuneforge.model.loader import load_model
+
+    model_args = SimpleNamespace(model_name_or_path=str(tiny_llama_dir), adapter_name_or_path=None)
+    finetuning = SimpleNamespace(finetuning_type="lora", lora_target="all", lora_rank=4, lora_alpha=None,
+                                 lora_dropout=0.0, additional_target=None)
+    model = load_model(model_args, finetuning, is_trainable=True)
+    fast = [m for m in model.modules() if type(m) is FastLoraLinear]
+    assert len(fast) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
+
+
+# ---- torch_compile ----------------------------------------------------------------------------
+
+def test_torch_compile_compiles_decoder_layers_in_place(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.model.compile import compile_decoder_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=register_packed_sdpa())
+    keys = list(model.state_dict())
+    batch = PackedCollator()(_samples(model.config.vocab_size))
+    want_loss, want_grads = _loss_and_grads(model, batch)
+    assert compile_decoder_layers(model) == 2
+    assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
+    assert list(model.state_dict()) == keys  # in place: no `_orig_mod.` prefixes in checkpoints
+    got_loss, got_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
