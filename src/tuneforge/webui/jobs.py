@@ -117,7 +117,10 @@ class JobManager:
         yaml_path.write_text(yaml_text or to_yaml(config, yaml_path), encoding="utf-8")
         (output_dir / STOP_FILE).unlink(missing_ok=True)
         log_path = output_dir / JOB_LOG
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1",
+        # OMP_NUM_THREADS is the job's maximum; it still gives cores back while the UI chats
+        # (train/threads.py).
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TUNEFORGE_ADAPT_THREADS": "1",
+               "PYTHONUNBUFFERED": "1",
                "TOKENIZERS_PARALLELISM": "false",
                "TQDM_DISABLE": "1"}  # the CLI prints one line per logging step; bars only clutter the log view
         with open(log_path, "w", encoding="utf-8") as log:
