@@ -202,6 +202,8 @@ def run_bench(
         "losses": {str(k): round(v, 4) for k, v in sorted(timer.losses.items())},
         "device": device_name(),
         "threads": torch.get_num_threads(),
+        "gradient_checkpointing": bool(cfg.training.activation_checkpointing),
+        "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
@@ -234,6 +236,8 @@ def format_result(result: dict[str, Any]) -> str:
     lines += [
         f"  MFU               {100 * (result['mfu'] or 0):>9.1f} %   ({result['achieved_gflops']} of "
         f"{result['gemm_peak_gflops']} GFLOP/s measured {result['weights_dtype']} GEMM peak)",
+        f"  attention {result.get('attention')}, gradient checkpointing "
+        f"{'on' if result.get('gradient_checkpointing') else 'off'}",
         f"  {result['device']}, {result['threads']} threads, load average {result['loadavg_start'][0]} at start",
     ]
     return "\n".join(lines)

@@ -58,9 +58,13 @@ def report_data(bundle, output_dir: str) -> None:
 def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=()):
     """The run's `TuneforgeTrainer`: the LM loss by default, or a stage `objective` (rm, dpo, kto)."""
     from tuneforge.train.callbacks import LogCallback
+    from tuneforge.train.checkpointing import apply_gradient_checkpointing_choice
     from tuneforge.train.progress import use_token_progress_bar
+    from tuneforge.train.threads import ThreadPolicyCallback
     from tuneforge.train.trainer import TuneforgeTrainer
 
+    if cfg.training.do_train:
+        apply_gradient_checkpointing_choice(cfg)
     log_callback = LogCallback(cfg.training.output_dir, extra_keys=extra_log_keys)
     trainer = TuneforgeTrainer(
         model=model,
@@ -69,7 +73,7 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         eval_dataset=bundle.eval,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[log_callback],
+        callbacks=[log_callback, ThreadPolicyCallback()],
         loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
         loraplus_lr_embedding=cfg.finetuning.loraplus_lr_embedding,
         objective=objective,
