@@ -1,6 +1,7 @@
 """Streaming decode speed of the built-in demo model (SmolLM2-135M) through ChatEngine.
 
-    .venv/bin/python bench/bench_generate.py                      # fp32 (infer_dtype auto on CPU)
+    .venv/bin/python bench/bench_generate.py                      # auto: fp32 model, fp16 decode weights on CPU
+    .venv/bin/python bench/bench_generate.py --dtype float32      # exact fp32 decode
     .venv/bin/python bench/bench_generate.py --dtype bfloat16     # LF key infer_dtype
     .venv/bin/python bench/bench_generate.py --no-fast            # the model's own forward per step
 
@@ -41,7 +42,8 @@ def main() -> None:
     engine.stop_ids = ()  # decode exactly --tokens tokens every run
     messages = [{"role": "user", "content": args.question}]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-          f"dtype {next(engine.model.parameters()).dtype}, lean step {'on' if engine.fast_step else 'off'}, load {load_s:.1f}s")
+          f"dtype {next(engine.model.parameters()).dtype}, lean step {'on' if engine.fast_step else 'off'} "
+          f"(decode weights {getattr(engine.fast_step, 'weights_dtype', None) or 'as loaded'}), load {load_s:.1f}s")
     rates = []
     for i in range(args.repeats):
         text = "".join(engine.stream_chat(messages, do_sample=False, max_new_tokens=args.tokens))

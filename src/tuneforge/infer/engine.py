@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from tuneforge.errors import ConfigError
-from tuneforge.infer.fast_step import LeanDecodeStep
+from tuneforge.infer.fast_step import LeanDecodeStep, auto_decode_weights_dtype
 from tuneforge.infer.decoding import IncrementalDecoder, StopWordFilter, decode_text, new_kv_cache, pick_next_token
 
 
@@ -122,7 +122,7 @@ class ChatEngine:
     """Model + tokenizer + template + generation settings. Not thread-safe: one generation at a time."""
 
     def __init__(self, model, tokenizer, template, generating_args: Any = None, *, description: str = "",
-                 fast_decode: bool = True):
+                 fast_decode: bool = True, decode_weights_dtype=None):
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
@@ -131,7 +131,7 @@ class ChatEngine:
         self.description = description or type(model).__name__
         self.last_stats: GenerationStats | None = None
         # The lean per-token step for plain Llama-style models; None = the model's own forward.
-        self.fast_step = LeanDecodeStep.try_create(model) if fast_decode else None
+        self.fast_step = LeanDecodeStep.try_create(model, weights_dtype=decode_weights_dtype) if fast_decode else None
         self.stop_ids = _stop_token_ids(template, tokenizer)
         # Text stop words that are not a single stop token (e.g. "Observation:") are matched on the text.
         self.stop_words = tuple(w for w in getattr(template, "stop_words", ()) if w and _single_token_id(tokenizer, w) not in self.stop_ids)
@@ -149,7 +149,9 @@ class ChatEngine:
         settings = GenerationSettings.from_any(cfg.generating)
         if settings.default_system is None and getattr(cfg.data, "default_system", None):
             settings = settings.with_overrides(default_system=cfg.data.default_system)
-        return cls(model, tokenizer, template, settings, description=describe_config(cfg, template))
+        decode_dtype = auto_decode_weights_dtype(model, getattr(cfg.model, "infer_dtype", "auto"))
+        return cls(model, tokenizer, template, settings, description=describe_config(cfg, template),
+                   decode_weights_dtype=decode_dtype)
 
     # ---- public API -------------------------------------------------------------------------
     def chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None, **gen_overrides) -> str:

@@ -1,5 +1,8 @@
 """A lean one-token decode step for Llama-style decoders (Llama, Qwen2, Mistral).
 
+(With ``weights_dtype`` the matrix-vector products read float16 copies of the weights: see
+``auto_decode_weights_dtype``.)
+
 At batch size 1 a small model's decode step is dominated by Python: transformers' forward makes
 ~100 module calls and checks per layer (about 15 ms per token for 30 layers on this CPU, the whole
 budget for 60 tokens/s). This step runs the same arithmetic with the model's own weights, as flat
@@ -29,11 +32,11 @@ class _Layer:
     in_norm: torch.Tensor
     post_norm: torch.Tensor
     q: tuple[torch.Tensor, torch.Tensor | None]
-    k: tuple[torch.Tensor, torch.Tensor | None]
-    v: tuple[torch.Tensor, torch.Tensor | None]
+    k: tuple[torch.Tensor, torch.Tensor | None] | None  # None: fused into q
+    v: tuple[torch.Tensor, torch.Tensor | None] | None
     o: tuple[torch.Tensor, torch.Tensor | None]
     gate: tuple[torch.Tensor, torch.Tensor | None]
-    up: tuple[torch.Tensor, torch.Tensor | None]
+    up: tuple[torch.Tensor, torch.Tensor | None] | None  # None: fused into gate
     down: tuple[torch.Tensor, torch.Tensor | None]
 
 
@@ -46,6 +49,10 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * x.to(dtype)
 
 
+def _plain_linear(x: torch.Tensor, weight_and_bias) -> torch.Tensor:
+    return F.linear(x, *weight_and_bias)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -54,17 +61,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LeanDecodeStep:
     """``step(token_id_tensor[1,1], cache, position) -> logits[vocab]`` for one new token."""
 
-    def __init__(self, model):
+    def __init__(self, model, *, weights_dtype: torch.dtype | None = None):
         config = model.config
         self.model = model
         self.rotary = model.model.rotary_emb
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
-        self.lm_head = (model.lm_head.weight, model.lm_head.bias)
+        # Decode reads every linear weight once per token, so its speed is memory bandwidth: with
+        # `weights_dtype` (fp16 for a float32 model on a CPU) the step keeps half-size copies of the
+        # linear weights and runs only the matrix-vector products in it; the residual stream,
+        # norms, RoPE and attention stay in the model's dtype (prefill uses the model itself).
+        self.weights_dtype = weights_dtype if weights_dtype not in (None, self.embed.dtype) else None
+        self.lm_head = self._copy((model.lm_head.weight, model.lm_head.bias))
         self.eps = float(config.rms_norm_eps)
         self.head_dim = model.model.layers[0].self_attn.head_dim
         self.scaling = float(model.model.layers[0].self_attn.scaling)
         self.gqa = config.num_attention_heads != config.num_key_value_heads
+        first = model.model.layers[0].self_attn
+        self.qkv_widths = [first.q_proj.out_features, first.k_proj.out_features, first.v_proj.out_features]
         self.layers = [self._layer(layer) for layer in model.model.layers[: config.num_hidden_layers]]
         self._position = torch.zeros((1, 1), dtype=torch.long, device=self.embed.device)
         # On a CPU, SDPA in bf16/fp16 is 4-6x slower than in float32 (no native half kernels on
@@ -73,19 +87,42 @@ class LeanDecodeStep:
         half_on_cpu = self.embed.device.type == "cpu" and self.embed.dtype in (torch.bfloat16, torch.float16)
         self.attn_dtype = torch.float32 if half_on_cpu else self.embed.dtype
 
-    @staticmethod
-    def _layer(layer) -> _Layer:
+    def _copy(self, weight_and_bias):
+        if self.weights_dtype is None:
+            return weight_and_bias
+        return tuple(None if t is None else t.detach().to(self.weights_dtype) for t in weight_and_bias)
+
+    def _layer(self, layer) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
 
-        def wb(linear):
-            return linear.weight, linear.bias
+        def wb(*linears):
+            if self.weights_dtype is None:
+                return linears[0].weight, linears[0].bias
+            # Copies are made anyway: fuse q/k/v and gate/up into one matrix-vector product each.
+            weight = torch.cat([lin.weight.detach() for lin in linears]).to(self.weights_dtype)
+            biases = [lin.bias for lin in linears]
+            if all(b is None for b in biases):
+                return weight, None
+            bias = torch.cat([b.detach() if b is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
+                              device=lin.weight.device) for b, lin in zip(biases, linears)])
+            return weight, bias.to(self.weights_dtype)
 
+        if self.weights_dtype is None:
+            return _Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                          wb(attn.q_proj), wb(attn.k_proj), wb(attn.v_proj), wb(attn.o_proj),
+                          wb(mlp.gate_proj), wb(mlp.up_proj), wb(mlp.down_proj))
+        # fused: `q` holds q|k|v and `gate` holds gate|up; `k`, `v`, `up` stay None
         return _Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                      wb(attn.q_proj), wb(attn.k_proj), wb(attn.v_proj), wb(attn.o_proj),
-                      wb(mlp.gate_proj), wb(mlp.up_proj), wb(mlp.down_proj))
+                      wb(attn.q_proj, attn.k_proj, attn.v_proj), None, None, wb(attn.o_proj),
+                      wb(mlp.gate_proj, mlp.up_proj), None, wb(mlp.down_proj))
+
+    @staticmethod
+    def _linear(x: torch.Tensor, weight_and_bias) -> torch.Tensor:
+        weight, bias = weight_and_bias
+        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
     @classmethod
-    def try_create(cls, model) -> "LeanDecodeStep | None":
+    def try_create(cls, model, *, weights_dtype: torch.dtype | None = None) -> "LeanDecodeStep | None":
         """The lean step when ``model`` is a plain supported architecture, else None."""
         if type(model).__name__ not in _SUPPORTED or model.training:
             return None
@@ -116,7 +153,7 @@ class LeanDecodeStep:
                 return None
             if {n for n, _ in attn.named_children()} != {"q_proj", "k_proj", "v_proj", "o_proj"}:
                 return None
-        return cls(model)
+        return cls(model, weights_dtype=weights_dtype)
 
     def prepare_cache(self, cache) -> bool:
         """After the prefill: True when ``cache`` can be used (cast to the attention dtype if needed)."""
@@ -136,11 +173,16 @@ class LeanDecodeStep:
         sdpa_kwargs = {"enable_gqa": True} if self.gqa else {}
         attn_dtype = self.attn_dtype
         cast = attn_dtype != hidden.dtype
+        linear = self._linear if self.weights_dtype is not None else _plain_linear
         for layer, kv in zip(self.layers, cache.layers):
             x = _rms_norm(hidden, layer.in_norm, eps)
-            q = F.linear(x, *layer.q).view(1, 1, -1, head_dim).transpose(1, 2)
-            k = F.linear(x, *layer.k).view(1, 1, -1, head_dim).transpose(1, 2)
-            v = F.linear(x, *layer.v).view(1, 1, -1, head_dim).transpose(1, 2)
+            if layer.k is None:
+                q, k, v = linear(x, layer.q).split(self.qkv_widths, dim=-1)
+            else:
+                q, k, v = linear(x, layer.q), linear(x, layer.k), linear(x, layer.v)
+            q = q.view(1, 1, -1, head_dim).transpose(1, 2)
+            k = k.view(1, 1, -1, head_dim).transpose(1, 2)
+            v = v.view(1, 1, -1, head_dim).transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             if cast:
@@ -151,8 +193,31 @@ class LeanDecodeStep:
             attn = attn.transpose(1, 2).contiguous().reshape(1, 1, -1)
             if cast:
                 attn = attn.to(hidden.dtype)
-            hidden = hidden + F.linear(attn, *layer.o)
+            hidden = hidden + linear(attn, layer.o)
             x = _rms_norm(hidden, layer.post_norm, eps)
-            hidden = hidden + F.linear(F.silu(F.linear(x, *layer.gate)) * F.linear(x, *layer.up), *layer.down)
+            if layer.up is None:
+                gate, up = linear(x, layer.gate).chunk(2, dim=-1)
+            else:
+                gate, up = linear(x, layer.gate), linear(x, layer.up)
+            hidden = hidden + linear(F.silu(gate) * up, layer.down)
         hidden = _rms_norm(hidden, self.final_norm, eps)
-        return F.linear(hidden, *self.lm_head)[0, -1]
+        return linear(hidden, self.lm_head)[0, -1]
+
+
+def auto_decode_weights_dtype(model, infer_dtype: str | None = "auto") -> torch.dtype | None:
+    """float16 decode weights for a float32 model on a CPU under `infer_dtype: auto`, else None.
+
+    Measured on the demo model (2-core AVX2 CPU, bench/bench_generate.py): 20.8 tokens/s with
+    float32 weights, 42.8 with float16 copies (38.4 with bfloat16 weights, whose 8-bit mantissa
+    also changes greedy answers sooner). The copies cost half the model's size, so they are made
+    only while that is under a quarter of the free RAM. `infer_dtype: float32` keeps exact fp32.
+    """
+    if infer_dtype not in (None, "auto"):
+        return None
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cpu" or params[0].dtype != torch.float32:
+        return None
+    import psutil
+
+    copy_bytes = sum(p.numel() for p in params) * 2
+    return torch.float16 if copy_bytes < 0.25 * psutil.virtual_memory().available else None
