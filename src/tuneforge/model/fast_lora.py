@@ -4,8 +4,8 @@ peft computes `base(x) + lora_B(lora_A(dropout(x))) * scaling` as separate ops: 
 autograd nodes for the adapter GEMMs plus an elementwise multiply and add, each with a backward,
 in every adapted layer (210 layers for all-linear LoRA on SmolLM2-135M). `LoraLinearFunction`
 does the same math with the scaling folded into `addmm` (`out += s * (x A^T) B^T`) and a
-hand-written backward that reuses `g B` for both the input and the A gradient; the frozen base
-weight never gets a gradient.
+hand-written backward that reuses `g B` for both the input and the A gradient and orders the
+rank-r products the way MKL runs them fastest; the frozen base weight never gets a gradient.
 
 Only plain LoRA takes this path: no dropout, no DoRA/variants, a plain `nn.Linear` base (not a
 quantized one), one active adapter, all tensors in one dtype, no autocast. Anything else -- and
@@ -38,14 +38,17 @@ class LoraLinearFunction(torch.autograd.Function):
         rows, down, weight, lora_a, lora_b = ctx.saved_tensors
         scaling = ctx.scaling
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_down = grad_rows @ lora_b  # [N, r], unscaled
+        # The rank-r products are computed with the token dimension N as the *wide* output
+        # ([r, N] / [r, out] results, then transposed views): MKL runs e.g. g @ B ([N, out] @
+        # [out, r]) 2.5x slower than (B^T @ g^T)^T on this CPU (bench/RESULTS.md).
+        grad_down_t = lora_b.t() @ grad_rows.t()  # [r, N], unscaled
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad_rows, weight).addmm_(grad_down, lora_a, alpha=scaling).view(ctx.x_shape)
+            grad_x = torch.mm(grad_rows, weight).addmm_(grad_down_t.t(), lora_a, alpha=scaling).view(ctx.x_shape)
         if ctx.needs_input_grad[3]:
-            grad_a = (grad_down.t() @ rows).mul_(scaling)
+            grad_a = (grad_down_t @ rows).mul_(scaling)
         if ctx.needs_input_grad[4]:
-            grad_b = (grad_rows.t() @ down).mul_(scaling)
+            grad_b = (down.t() @ grad_rows).mul_(scaling).t().contiguous()
         return grad_x, None, None, grad_a, grad_b, None
 
 
