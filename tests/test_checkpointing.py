@@ -6,7 +6,7 @@ import pytest
 
 from tuneforge.config.parser import load_config_dict
 from tuneforge.estimate import GIB, estimate_memory, spec_from_config
-from tuneforge.train.checkpointing import apply_gradient_checkpointing_choice, decide_gradient_checkpointing
+from tuneforge.train.checkpointing import decide_gradient_checkpointing, training_args_with_checkpointing
 
 
 @pytest.fixture
@@ -37,11 +37,12 @@ def test_explicit_keys_win(cfg_for):
     assert decide_gradient_checkpointing(cfg_for(activation_checkpointing=True), free_bytes=10**15).enabled
 
 
-def test_apply_sets_the_training_arguments(cfg_for, monkeypatch):
+def test_the_decision_goes_into_a_copy_of_the_training_arguments(cfg_for, monkeypatch):
     import tuneforge.train.checkpointing as module
 
     monkeypatch.setattr(module, "free_device_memory", lambda device: 1)  # nothing fits
     cfg = cfg_for()
-    assert apply_gradient_checkpointing_choice(cfg).enabled
-    assert cfg.training.activation_checkpointing and cfg.training.gradient_checkpointing
-    assert cfg.training.activation_checkpointing_kwargs == {"use_reentrant": False}
+    args = training_args_with_checkpointing(cfg)
+    assert args.activation_checkpointing and args.gradient_checkpointing
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert not cfg.training.activation_checkpointing  # the validated config is left as it was

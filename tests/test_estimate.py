@@ -38,17 +38,17 @@ def test_memory_parts_by_hand_lora_fp32():
     assert est.parts["weights"] == 1704 * 4 + 512 * 4
     assert est.parts["gradients"] == 512 * 4
     assert est.parts["optimizer (AdamW)"] == 2 * 512 * 4
-    # per layer (T=4 tokens, fp32): norms 2*4*8*(4+4) = 512; attention 5*4*8*4 + 4*2*4 = 672;
-    # MLP 4*4*16*4 = 1024; LoRA 7*4*2*4 = 224 -> 2432; x2 layers + final norm 4*8*8 = 256
-    # + on CPU a float [4 x 4] mask copy per layer: 2*16*4 = 128
-    assert est.parts["activations"] == 2 * 2432 + 256 + 128
+    # per layer (T=4 tokens, fp32): norms 2*4*8*(4+4) = 512; attention q, output, o_proj input
+    # 3*4*8*4 + k, v at GQA width 2*4*4*4 + logsumexp 4*2*4 = 544; MLP 4*4*16*4 = 1024;
+    # LoRA 7*4*2*4 = 224 -> 2304; x2 layers + final norm 4*8*8 = 256 (no mask: packed SDPA)
+    assert est.parts["activations"] == 2 * 2304 + 256
     # one chunk of 4 rows: logits 4*32*4 + log-softmax and gradients 2.5*4*32*4
     assert est.parts["logits + loss"] == 512 + 1280
-    # allocator slack: 0.5 * 5248 - gradients 2048 - optimizer 4096 < 0 -> 0
+    # allocator slack: 0.5 * 4864 - gradients 2048 - optimizer 4096 < 0 -> 0
     assert est.parts["allocator slack (CPU)"] == 0
-    assert est.total == 8864 + 2048 + 4096 + 5248 + 1792 + RUNTIME_BYTES["cpu"]
+    assert est.total == 8864 + 2048 + 4096 + 4864 + 1792 + RUNTIME_BYTES["cpu"]
     gpu = estimate_memory(EstimateSpec(SMALL, "lora", "fp32", batch=1, cutoff=4, lora_rank=2, device="cuda"))
-    assert gpu.parts["activations"] == 2 * 2432 + 256 and "allocator slack (CPU)" not in gpu.parts
+    assert gpu.parts["activations"] == 2 * 2304 + 256 and "allocator slack (CPU)" not in gpu.parts
     assert gpu.parts["runtime"] == RUNTIME_BYTES["cuda"]
 
 
@@ -60,8 +60,8 @@ def test_cpu_allocator_slack_shows_only_beyond_gradient_and_optimizer_memory():
 
 def test_gradient_checkpointing_keeps_layer_inputs_only():
     est = estimate_memory(EstimateSpec(SMALL, "lora", "fp32", batch=1, cutoff=4, lora_rank=2, grad_ckpt=True))
-    # each layer's input 4*8*4 = 128 (x2), one layer recomputed 2432, final norm 256, masks 128
-    assert est.parts["activations"] == 2 * 128 + 2432 + 256 + 128
+    # each layer's input 4*8*4 = 128 (x2), one layer recomputed 2304, final norm 256
+    assert est.parts["activations"] == 2 * 128 + 2304 + 256
 
 
 def test_full_bf16_keeps_fp32_master_weights_and_autocast_copies():
@@ -85,8 +85,8 @@ def test_qlora_int4_weights_and_chunked_vs_full_logits():
 def test_freeze_counts_only_trainable_layers():
     est = estimate_memory(EstimateSpec(SMALL, "freeze", "fp32", batch=1, cutoff=4, freeze_trainable_layers=1))
     assert est.trainable_params == 592
-    per_layer = 2 * 4 * 8 * (4 + 4 + 4) + 672 + 1024  # trainable norm weights keep their input too
-    assert est.parts["activations"] == per_layer + 256 + 1 * 16 * 4
+    per_layer = 2 * 4 * 8 * (4 + 4 + 4) + 544 + 1024  # trainable norm weights keep their input too
+    assert est.parts["activations"] == per_layer + 256
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])

@@ -202,7 +202,7 @@ def run_bench(
         "losses": {str(k): round(v, 4) for k, v in sorted(timer.losses.items())},
         "device": device_name(),
         "threads": torch.get_num_threads(),
-        "gradient_checkpointing": bool(cfg.training.activation_checkpointing),
+        "gradient_checkpointing": bool(trainer.args.activation_checkpointing),
         "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],

@@ -61,13 +61,16 @@ def decide_gradient_checkpointing(cfg, *, free_bytes: int | None = None, device:
     return CheckpointingChoice(needed > budget, reason)
 
 
-def apply_gradient_checkpointing_choice(cfg) -> CheckpointingChoice:
-    """Decide, log the decision with its reason, and set it on the run's training arguments."""
+def training_args_with_checkpointing(cfg):
+    """A copy of the run's training arguments with the decision applied (logged with its reason);
+    the run config itself stays as validated."""
+    import copy
+
     choice = decide_gradient_checkpointing(cfg)
-    args = cfg.training
+    args = copy.copy(cfg.training)
     args.activation_checkpointing = args.gradient_checkpointing = choice.enabled
     if choice.enabled and not args.activation_checkpointing_kwargs:
         # Non-reentrant: works with frozen embeddings (LoRA) without forcing input gradients.
         args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     logger.info("gradient checkpointing: %s (%s)", "on" if choice.enabled else "off", choice.reason)
-    return choice
+    return args

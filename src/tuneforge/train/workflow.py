@@ -58,17 +58,16 @@ def report_data(bundle, output_dir: str) -> None:
 def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=()):
     """The run's `TuneforgeTrainer`: the LM loss by default, or a stage `objective` (rm, dpo, kto)."""
     from tuneforge.train.callbacks import LogCallback
-    from tuneforge.train.checkpointing import apply_gradient_checkpointing_choice
+    from tuneforge.train.checkpointing import training_args_with_checkpointing
     from tuneforge.train.progress import use_token_progress_bar
     from tuneforge.train.threads import ThreadPolicyCallback
     from tuneforge.train.trainer import TuneforgeTrainer
 
-    if cfg.training.do_train:
-        apply_gradient_checkpointing_choice(cfg)
+    training_args = training_args_with_checkpointing(cfg) if cfg.training.do_train else cfg.training
     log_callback = LogCallback(cfg.training.output_dir, extra_keys=extra_log_keys)
     trainer = TuneforgeTrainer(
         model=model,
-        args=cfg.training,
+        args=training_args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,
         data_collator=collator,
