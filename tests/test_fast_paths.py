@@ -178,3 +178,39 @@ def test_torch_compile_compiles_decoder_layers_in_place(tiny_llama_dir):
     torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=1e-5)
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---- all fast paths together vs the plain reference ---------------------------------------------
+
+def test_small_lora_run_with_every_fast_path_follows_the_plain_fp32_run(tiny_llama_dir):
+    """Five AdamW steps of LoRA on packed batches: packed SDPA + fused LoRA + single-chunk head
+    vs masked SDPA + peft's LoRA + a checkpointed multi-chunk head: the same losses."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def build(attn, fast):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attn, dtype=torch.float32)
+        config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights="gaussian",
+                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        model = get_peft_model(model, config)
+        if fast:
+            assert enable_fast_lora(model) == 14
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+
+    fast_model, fast_opt = build(register_packed_sdpa(), fast=True)
+    plain_model, plain_opt = build("sdpa", fast=False)
+    vocab = fast_model.config.vocab_size
+    losses = {"fast": [], "plain": []}
+    for step in range(5):
+        lengths = ((9 + step, 4), (5, 0), (14, 6 - step), (3, 1))
+        batch = PackedCollator()(_samples(vocab, lengths))
+        for name, model, optimizer, chunk in (("fast", fast_model, fast_opt, 1024), ("plain", plain_model, plain_opt, 4)):
+            parts, _ = resolve_lm_parts(model, batch)
+            loss = chunked_causal_lm_loss(parts, batch, chunk_size=chunk)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[name].append(float(loss))
+    assert losses["plain"][-1] < losses["plain"][0]  # it trains
+    torch.testing.assert_close(torch.tensor(losses["fast"]), torch.tensor(losses["plain"]), atol=1e-5, rtol=1e-5)

@@ -179,7 +179,9 @@ def _setup_lora(model, finetuning_args, model_args, adapters: list[str], *, is_t
     if is_trainable:
         from tuneforge.model.fast_lora import enable_fast_lora
 
-        enable_fast_lora(model)
+        fused = enable_fast_lora(model)
+        if fused:
+            logger.info("LoRA: %d layers on the fused path (model/fast_lora.py)", fused)
     return model
 
 
