@@ -42,11 +42,12 @@ def test_memory_parts_by_hand_lora_fp32():
     # 3*4*8*4 + k, v at GQA width 2*4*4*4 + logsumexp 4*2*4 = 544; MLP 4*4*16*4 = 1024;
     # LoRA 7*4*2*4 = 224 -> 2304; x2 layers + final norm 4*8*8 = 256 (no mask: packed SDPA)
     assert est.parts["activations"] == 2 * 2304 + 256
-    # one chunk of 4 rows: logits 4*32*4 + log-softmax and gradients 2.5*4*32*4
-    assert est.parts["logits + loss"] == 512 + 1280
+    # one chunk of 4 rows: the fp32 logits buffer 4*32*4 (it becomes the gradient in place)
+    # + d hidden of the 4 label rows 4*8*4
+    assert est.parts["logits + loss"] == 512 + 128
     # allocator slack: 0.5 * 4864 - gradients 2048 - optimizer 4096 < 0 -> 0
     assert est.parts["allocator slack (CPU)"] == 0
-    assert est.total == 8864 + 2048 + 4096 + 4864 + 1792 + RUNTIME_BYTES["cpu"]
+    assert est.total == 8864 + 2048 + 4096 + 4864 + 640 + RUNTIME_BYTES["cpu"]
     gpu = estimate_memory(EstimateSpec(SMALL, "lora", "fp32", batch=1, cutoff=4, lora_rank=2, device="cuda"))
     assert gpu.parts["activations"] == 2 * 2304 + 256 and "allocator slack (CPU)" not in gpu.parts
     assert gpu.parts["runtime"] == RUNTIME_BYTES["cuda"]
@@ -79,7 +80,8 @@ def test_qlora_int4_weights_and_chunked_vs_full_logits():
     assert est.parts["weights"] == pytest.approx(linear * (0.5 + 0.127 / 8) + (1704 - linear) * 2 + 512 * 4)
     chunked = estimate_memory(EstimateSpec(SMALL, "lora", "fp32", batch=4, cutoff=512, loss_chunk=1024))
     full = estimate_memory(EstimateSpec(SMALL, "lora", "fp32", batch=4, cutoff=512, chunked_logits=False))
-    assert chunked.parts["logits + loss"] == 1024 * 32 * 14 and full.parts["logits + loss"] == 2048 * 32 * 14
+    assert chunked.parts["logits + loss"] == 1024 * 32 * 4 + 2048 * 8 * 4
+    assert full.parts["logits + loss"] == 2048 * 32 * 14  # logits, log-softmax and both gradients
 
 
 def test_freeze_counts_only_trainable_layers():

@@ -151,10 +151,17 @@ def estimate_memory(spec: EstimateSpec) -> MemoryEstimate:
     parts["activations"] = activations
 
     # ---- logits -------------------------------------------------------------------------------
-    rows = min(spec.loss_chunk, tokens) if spec.chunked_logits else tokens
-    upcast = rows * shape.vocab * 4 if act != 4 else 0
-    # logits, log-softmax, and in backward the gradients of both (measured: ~3.4 x rows x V x 4 bytes)
-    parts["logits + loss"] = rows * shape.vocab * act + upcast + 2.5 * rows * shape.vocab * 4
+    if spec.chunked_logits:
+        # LinearCrossEntropySum (train/loss.py): one fp32 [chunk x V] buffer that becomes the
+        # gradient in place (+ the head's 16-bit output and the gradient cast back to 16 bits),
+        # and d hidden for every label row.
+        rows = min(spec.loss_chunk, tokens)
+        half_copies = 2 * rows * shape.vocab * act if act != 4 else 0
+        parts["logits + loss"] = rows * shape.vocab * 4 + half_copies + tokens * shape.hidden * act
+    else:
+        upcast = tokens * shape.vocab * 4 if act != 4 else 0
+        # logits, log-softmax, and in backward the gradients of both (measured: ~3.4 x T x V x 4 bytes)
+        parts["logits + loss"] = tokens * shape.vocab * act + upcast + 2.5 * tokens * shape.vocab * 4
     if spec.device == "cpu":
         # glibc keeps the pages of freed temporaries (forward intermediates, backward gradients of
         # activations) instead of returning them; measured ~0.5 x the saved activations. Gradients

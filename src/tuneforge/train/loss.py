@@ -3,8 +3,10 @@
 The usual `model(input_ids, labels=labels)` materialises logits for every position of the batch
 ([tokens x vocab], in fp32 for the loss) -- for a 150k vocabulary that is often the largest tensor
 of the whole step. Here the decoder runs once, the hidden states at positions whose (shifted) label
-is not -100 are gathered, and `logits = head(h)` + cross-entropy run `chunk_size` rows at a time
-under activation checkpointing, so only one chunk's logits exist at a time, forward and backward.
+is not -100 are gathered, and `logits = head(h)` + cross-entropy run `chunk_size` rows at a time,
+so only one chunk's logits exist at a time. A plain `nn.Linear` head takes `LinearCrossEntropySum`
+(gradients computed chunk by chunk in the forward, one [chunk x vocab] buffer in all); a LoRA head
+or logit soft-capping takes autograd per chunk under activation checkpointing.
 
 The math is HF's `ForCausalLMLoss`: fp32 cross-entropy, summed, divided by `num_items_in_batch`
 when the Trainer passes it (correct normalisation across gradient accumulation), else by the
@@ -88,6 +90,52 @@ def _chunk_cross_entropy_sum(
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+class LinearCrossEntropySum(torch.autograd.Function):
+    """sum_i CE(hidden[i] W^T + b, targets[i]), chunk by chunk, gradients computed in the forward.
+
+    Per chunk: logits, their log-sum-exp and the loss; then the logits buffer becomes the
+    gradient in place (softmax - one-hot) and is multiplied straight into d hidden (and d W, d b
+    when they train). Only d hidden [N, H] outlives the chunk: no [N, V] log-softmax is saved for
+    backward and nothing is recomputed. Backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int):
+        rows = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, rows, chunk_size):
+            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+            logits = F.linear(h, weight, bias).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            grad_logits[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad_logits = grad_logits.to(h.dtype)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start : start + chunk_size])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t(), h)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_total.to(grad_hidden.dtype if grad_hidden is not None else torch.float32)
+        return (
+            grad_hidden * scale if grad_hidden is not None else None,
+            grad_weight * scale if grad_weight is not None else None,
+            grad_bias * scale if grad_bias is not None else None,
+            None,
+            None,
+        )
+
+
 def chunked_cross_entropy_sum(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -104,6 +152,8 @@ def chunked_cross_entropy_sum(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected so backward() still works
+    if type(head) is nn.Linear and final_logit_softcapping is None and torch.is_grad_enabled():
+        return LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_size)
     # One chunk: recomputing its logits in backward would save nothing (backward needs them all
     # at once anyway) and cost a second head GEMM.
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
