@@ -214,3 +214,29 @@ def test_small_lora_run_with_every_fast_path_follows_the_plain_fp32_run(tiny_lla
             losses[name].append(float(loss))
     assert losses["plain"][-1] < losses["plain"][0]  # it trains
     torch.testing.assert_close(torch.tensor(losses["fast"]), torch.tensor(losses["plain"]), atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir):
+    """Activation checkpointing recomputes packed SDPA and the fused LoRA layers in backward."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def grads(checkpointing: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=register_packed_sdpa())
+        model = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.0, init_lora_weights="gaussian",
+                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
+        enable_fast_lora(model)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        layers = model.get_base_model().model.layers
+        assert all(layer.gradient_checkpointing == checkpointing for layer in layers)
+        return _loss_and_grads(model, PackedCollator()(_samples(model.config.vocab_size)))
+
+    plain_loss, plain = grads(False)
+    ckpt_loss, ckpt = grads(True)
+    torch.testing.assert_close(ckpt_loss, plain_loss)
+    assert ckpt.keys() == plain.keys() and len(plain) == 2 * 2 * 3
+    for name, grad in plain.items():
+        torch.testing.assert_close(ckpt[name], grad, msg=name)
