@@ -87,6 +87,18 @@ def test_gemm_peak_is_cached(tmp_path):
     assert gemm_peak_gflops("float32", tmp_path) == 123.5  # from the cache, not measured
 
 
+def test_gemm_peak_remeasured_keeps_the_higher_value(tmp_path, monkeypatch):
+    import tuneforge.bench.gemm as gemm
+
+    path = tmp_path / CACHE_FILE
+    path.write_text(json.dumps({cache_key("float32"): 20.0}))  # first measured on a busy machine
+    monkeypatch.setattr(gemm, "measure_gemm_gflops", lambda dtype_name: 150.04)
+    assert gemm_peak_gflops("float32", tmp_path, refresh=True) == 150.0
+    monkeypatch.setattr(gemm, "measure_gemm_gflops", lambda dtype_name: 60.0)  # busy again
+    assert gemm_peak_gflops("float32", tmp_path, refresh=True) == 150.0
+    assert json.loads(path.read_text())[cache_key("float32")] == 150.0
+
+
 ROWS = [
     {"instruction": "Who are you?", "input": "", "output": "I am Forgey, made by the tuneforge team."},
     {"instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5."},

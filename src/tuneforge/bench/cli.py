@@ -10,10 +10,12 @@ from tuneforge.errors import ConfigError
 
 BENCH_USAGE = """\
 usage: tuneforge bench [config.yaml] [key=value ...] [--steps N] [--warmup W] [--out result.json] [--json]
+                       [--remeasure-peak]
 
 Runs the config's training for W warm-up + N measured optimizer steps (nothing is saved) and prints
 real (non-pad) tokens/s, label tokens/s, s/step, peak RSS (and CUDA memory), and the estimated MFU
-against this machine's measured matmul peak (cached in $TUNEFORGE_CACHE/gemm_peak.json).
+against this machine's measured matmul peak (cached in $TUNEFORGE_CACHE/gemm_peak.json; a peak
+first measured on a busy machine is too low: --remeasure-peak measures again and keeps the higher).
 """
 
 
@@ -23,6 +25,7 @@ def parse_bench_args(args: list[str]) -> tuple[argparse.Namespace, str | None, l
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--remeasure-peak", action="store_true")
     options, rest = parser.parse_known_args(args)
     from tuneforge.cli.main import split_config_and_overrides
 
@@ -39,7 +42,8 @@ def main_bench(args: list[str]) -> int:
     from tuneforge.bench.runner import format_result, run_bench
 
     options, config, overrides = parse_bench_args(args)
-    result = run_bench(config, overrides, steps=options.steps, warmup=options.warmup, out=options.out)
+    result = run_bench(config, overrides, steps=options.steps, warmup=options.warmup, out=options.out,
+                       remeasure_peak=options.remeasure_peak)
     print(json.dumps(result, indent=2) if options.json else format_result(result), flush=True)
     if options.out:
         print(f"saved {options.out}", file=sys.stderr)

@@ -143,6 +143,7 @@ def run_bench(
     steps: int = 20,
     warmup: int = 3,
     out: str | os.PathLike | None = None,
+    remeasure_peak: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (also written to `out` as JSON when given)."""
     import torch
@@ -173,7 +174,7 @@ def run_bench(
     attn_per_token = flops_model.attention_flops_per_token(shape, (len(ids) for ids in bundle.train["input_ids"]))
     step_flops = flops_model.step_flops(shape, measured["real_tokens"], measured["label_tokens"], attn_per_token)
     achieved = step_flops / measured["seconds"] / 1e9
-    peak = gemm_peak_gflops(dtype)
+    peak = gemm_peak_gflops(dtype, refresh=remeasure_peak)
     result: dict[str, Any] = {
         "config": str(config_path) if config_path else None,
         "overrides": list(overrides),
