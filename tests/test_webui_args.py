@@ -164,6 +164,10 @@ def test_checkpoints_runs_and_resume_note(tmp_path):
     kind, note = args.describe_output_dir(root / "done")
     assert kind == "conflict" and note.startswith(f"{root / 'done'} already holds a trained model")
     assert args.describe_output_dir(root / "new") == ("new", f"new run: {root / 'new'}")
+    assert args.describe_output_dir(root / "new", "zh") == ("new", f"新的训练：{root / 'new'}")
+    assert args.describe_output_dir(root / "half", "zh") == (
+        "resume", f"{root / 'half'} 已存在：从 checkpoint-10 继续训练（第 10 / 20 步）")
+    assert args.describe_output_dir(root / "empty", "zh") == ("new", f"在已有文件夹 {root / 'empty'} 中开始新的训练")
 
 
 def test_stop_file_stops_training_and_keeps_a_checkpoint(tmp_path):

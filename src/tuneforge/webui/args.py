@@ -111,22 +111,22 @@ def list_runs(save_root: str | Path, model_path: str, finetuning_type: str) -> l
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def describe_output_dir(output_dir: str | Path) -> tuple[str, str]:
-    """(`new` | `resume` | `conflict`, one line for the user) for training into `output_dir`."""
+def describe_output_dir(output_dir: str | Path, lang: str = "en") -> tuple[str, str]:
+    """(`new` | `resume` | `conflict`, one line for the user in `lang`) for training into `output_dir`."""
     from tuneforge.train.resume import find_latest_checkpoint
+    from tuneforge.webui.i18n import message
 
     folder = Path(output_dir)
     if not folder.is_dir():
-        return "new", f"new run: {folder}"
+        return "new", message("run_new", lang, folder=folder)
     latest = find_latest_checkpoint(folder)
     if latest is not None:
         path, state = latest
-        return "resume", (f"{folder} exists: training resumes from {path.name} "
-                          f"(step {state.get('global_step', '?')} of {state.get('max_steps', '?')})")
+        return "resume", message("run_resume", lang, folder=folder, checkpoint=path.name,
+                                 step=state.get("global_step", "?"), total=state.get("max_steps", "?"))
     if _has_weights(folder):
-        return "conflict", (f"{folder} already holds a trained model and no checkpoint to resume from; "
-                            "choose another output folder (or add \"overwrite_output_dir\": true to the extra arguments)")
-    return "new", f"new run in the existing folder {folder}"
+        return "conflict", message("run_conflict", lang, folder=folder)
+    return "new", message("run_new_existing", lang, folder=folder)
 
 
 # ---------------------------------------------------------------------------------------- datasets

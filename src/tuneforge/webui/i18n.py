@@ -120,6 +120,14 @@ MESSAGES = MappingProxyType({
     "exporting": ("Exporting…", "正在导出…"),
     "exported": ("Exported to {path}", "已导出到 {path}"),
     "no_rows": ("No rows to show.", "没有可显示的样本。"),
+    "run_new": ("new run: {folder}", "新的训练：{folder}"),
+    "run_new_existing": ("new run in the existing folder {folder}", "在已有文件夹 {folder} 中开始新的训练"),
+    "run_resume": ("{folder} exists: training resumes from {checkpoint} (step {step} of {total})",
+                   "{folder} 已存在：从 {checkpoint} 继续训练（第 {step} / {total} 步）"),
+    "run_conflict": ("{folder} already holds a trained model and no checkpoint to resume from; choose another "
+                     "output folder (or add \"overwrite_output_dir\": true to the extra arguments)",
+                     "{folder} 中已有训练好的模型且没有可继续的检查点；请换一个输出文件夹"
+                     "（或在额外参数中加入 \"overwrite_output_dir\": true）"),
     "step_line": ("step {current}/{total} · {percent:.0f}% · elapsed {elapsed} · remaining {remaining}{speed}",
                   "步数 {current}/{total} · {percent:.0f}% · 已用 {elapsed} · 剩余 {remaining}{speed}"),
 })

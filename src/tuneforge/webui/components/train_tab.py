@@ -143,7 +143,7 @@ def create_train_tab(ui: UI, ctx) -> None:
         except Exception as err:
             return gr.update(visible=False), error_text(err, data[lang])
         yaml_path = Path(config["output_dir"]) / "tuneforge_train.yaml"
-        _, note = args.describe_output_dir(config["output_dir"])
+        _, note = args.describe_output_dir(config["output_dir"], data[lang])
         body = f"# {args.train_command(yaml_path)}\n{args.to_yaml(config)}"
         return gr.update(value=body, visible=True), note
 
@@ -179,12 +179,12 @@ def create_train_tab(ui: UI, ctx) -> None:
             config_dir = args.resolve_output_dir(ctx.save_root, data[model_path], data[method], data[output_dir])
         except Exception:
             return ""
-        return args.describe_output_dir(config_dir)[1]
+        return args.describe_output_dir(config_dir, data[lang])[1]
 
     def refresh_runs(path_value: str, method_value: str):
         return gr.update(choices=args.list_runs(ctx.save_root, path_value, method_value))
 
-    output_dir.change(describe_run, {model_path, method, output_dir}, [notice])
+    output_dir.change(describe_run, {model_path, method, output_dir, lang}, [notice])
     for trigger in (model_path.change, method.change):
         trigger(refresh_runs, [model_path, method], [output_dir])
 
@@ -192,7 +192,7 @@ def create_train_tab(ui: UI, ctx) -> None:
     def start(data: dict):
         try:
             config = build(data)
-            kind, note = args.describe_output_dir(config["output_dir"])
+            kind, note = args.describe_output_dir(config["output_dir"], data[lang])
             if kind == "conflict" and not config.get("overwrite_output_dir"):
                 raise args.ConfigError(note)
             snap = ctx.jobs.start(config, note=note)
