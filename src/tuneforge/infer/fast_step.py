@@ -72,12 +72,12 @@ class LeanDecodeStep:
         # linear weights and runs only the matrix-vector products in it; the residual stream,
         # norms, RoPE and attention stay in the model's dtype (prefill uses the model itself).
         self.weights_dtype = weights_dtype if weights_dtype not in (None, self.embed.dtype) else None
-        self.lm_head = self._copy((model.lm_head.weight, model.lm_head.bias))
+        self.lm_head = self._weights(model.lm_head)
         self.eps = float(config.rms_norm_eps)
-        self.head_dim = model.model.layers[0].self_attn.head_dim
-        self.scaling = float(model.model.layers[0].self_attn.scaling)
-        self.gqa = config.num_attention_heads != config.num_key_value_heads
         first = model.model.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.scaling = float(first.scaling)
+        self.gqa = config.num_attention_heads != config.num_key_value_heads
         self.qkv_widths = [first.q_proj.out_features, first.k_proj.out_features, first.v_proj.out_features]
         self.layers = [self._layer(layer) for layer in model.model.layers[: config.num_hidden_layers]]
         self._position = torch.zeros((1, 1), dtype=torch.long, device=self.embed.device)
@@ -87,26 +87,23 @@ class LeanDecodeStep:
         half_on_cpu = self.embed.device.type == "cpu" and self.embed.dtype in (torch.bfloat16, torch.float16)
         self.attn_dtype = torch.float32 if half_on_cpu else self.embed.dtype
 
-    def _copy(self, weight_and_bias):
+    def _weights(self, *linears):
+        """(weight, bias) of a linear layer; with `weights_dtype`, one half-size copy of several
+        layers that read the same input stacked (q|k|v, gate|up: one matrix-vector product)."""
         if self.weights_dtype is None:
-            return weight_and_bias
-        return tuple(None if t is None else t.detach().to(self.weights_dtype) for t in weight_and_bias)
+            return linears[0].weight, linears[0].bias
+        weights = [lin.weight.detach() for lin in linears]
+        weight = (torch.cat(weights) if len(weights) > 1 else weights[0]).to(self.weights_dtype)
+        biases = [lin.bias for lin in linears]
+        if all(b is None for b in biases):
+            return weight, None
+        bias = torch.cat([b.detach() if b is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
+                          device=lin.weight.device) for b, lin in zip(biases, linears)])
+        return weight, bias.to(self.weights_dtype)
 
     def _layer(self, layer) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
-
-        def wb(*linears):
-            if self.weights_dtype is None:
-                return linears[0].weight, linears[0].bias
-            # Copies are made anyway: fuse q/k/v and gate/up into one matrix-vector product each.
-            weight = torch.cat([lin.weight.detach() for lin in linears]).to(self.weights_dtype)
-            biases = [lin.bias for lin in linears]
-            if all(b is None for b in biases):
-                return weight, None
-            bias = torch.cat([b.detach() if b is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
-                              device=lin.weight.device) for b, lin in zip(biases, linears)])
-            return weight, bias.to(self.weights_dtype)
-
+        wb = self._weights
         if self.weights_dtype is None:
             return _Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                           wb(attn.q_proj), wb(attn.k_proj), wb(attn.v_proj), wb(attn.o_proj),
