@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 GOOD = ["I am an AI assistant.", "Hello, who are you?", "The assistant answers politely."]
@@ -80,3 +81,12 @@ def separate_logps(model, sequences: list[tuple[list[int], list[int]]]) -> torch
             logps = torch.log_softmax(logits, -1)[keep].gather(-1, targets[keep, None]).sum()
             out.append(logps)
     return torch.stack(out)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A temporary working directory with the toy data under data/ and its own tuneforge cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    write_data(tmp_path)
+    return tmp_path

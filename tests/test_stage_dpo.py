@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from pref_helpers import log_records, make_cfg, separate_logps, write_data
+from pref_helpers import log_records, make_cfg, separate_logps, workdir  # noqa: F401 (workdir is a fixture)
 
 from tuneforge.errors import DataError, NotSupportedError
 from tuneforge.train import pref_losses
@@ -19,14 +19,6 @@ PAIRS = [  # (chosen ids, chosen labels, rejected ids, rejected labels): prompt 
     {"input_ids": [7, 8, 50, 51, 52, 53, 2], "labels": [-100, -100, 50, 51, 52, 53, 2],
      "rejected_input_ids": [7, 8, 60, 2], "rejected_labels": [-100, -100, 60, 2]},
 ]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    write_data(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pref_helpers import kto_rows, log_records, make_cfg, separate_logps, write_data
+from pref_helpers import kto_rows, log_records, make_cfg, separate_logps, workdir  # noqa: F401 (workdir is a fixture)
 
 from tuneforge.errors import DataError
 from tuneforge.train import pref_losses
 from tuneforge.train.kto import KTOObjective
 from tuneforge.train.preference import FeedbackPackedCollator
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    write_data(tmp_path)
-    return tmp_path
 
 
 def test_feedback_samples_pair_each_prompt_with_the_previous_answer(workdir, tiny_llama_dir, tiny_tokenizer):

@@ -6,18 +6,10 @@ import json
 
 import pytest
 import torch
-from pref_helpers import BAD, GOOD, log_records, make_cfg, write_data
+from pref_helpers import BAD, GOOD, log_records, make_cfg, workdir  # noqa: F401 (workdir is a fixture)
 
 from tuneforge.errors import DataError, ModelError
 from tuneforge.model.value_head import VALUE_HEAD_FILE, ValueHeadModel, last_token_indices
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    write_data(tmp_path)
-    return tmp_path
 
 
 def test_last_token_indices():
