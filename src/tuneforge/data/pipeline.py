@@ -208,7 +208,7 @@ def _encode_prompt_only(mixed, template, tokenizer, data, report: DataReport, sp
                              encoding.encode_prompt_only, conv, template, tokenizer, data)
         if result is None:
             continue
-        if result is None or not result["input_ids"]:
+        if not result["input_ids"]:
             report.dropped(name, "no prompt", conv.source, split)
             continue
         stats = report.stats(name, split)
