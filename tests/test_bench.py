@@ -130,3 +130,21 @@ def test_bench_runs_the_real_recipe(tmp_path, tiny_llama_dir, monkeypatch, capsy
     assert not (tmp_path / "o" / "checkpoint-1").exists()  # the bench never saves
     printed = capsys.readouterr().out
     assert "real tokens/s" in printed and "MFU" in printed and "load average" in printed
+
+
+def test_matmul_bound_records_and_replays_the_products_of_a_step(repo_root):
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("matmul_bound", repo_root / "bench" / "matmul_bound.py")
+    bound = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bound)
+    n, a, h, o = 5, 7, 11, 3
+    model = torch.nn.Sequential(torch.nn.Linear(a, h, bias=False), torch.nn.Linear(h, o, bias=False))
+    with bound.RecordKernels() as recorder:
+        model(torch.randn(n, a)).sum().backward()
+    # forward 2 products; backward: both weight gradients + the hidden gradient (not the input's)
+    assert len(recorder.calls) == 5
+    assert bound.matmul_flops(recorder.calls) == 2 * n * (2 * a * h + 3 * h * o)
+    assert bound.replay(recorder.calls) > 0
