@@ -188,6 +188,16 @@ def test_harmless_yaml_type_quirks_are_converted(tmp_path):
     assert cfg.data.cutoff_len == 1024 and isinstance(cfg.data.cutoff_len, int)
 
 
+def test_bare_yaml_no_means_the_choice_no(tmp_path):
+    # YAML 1.1 reads `save_strategy: no` as false; "no" is the only thing it can mean there.
+    path = write(tmp_path, "model_name_or_path: m\nsave_strategy: no\neval_strategy: no\ndo_train: no\n")
+    cfg = load_config(path)
+    assert cfg.training.save_strategy == "no" and cfg.training.eval_strategy == "no"
+    assert cfg.training.do_train is False  # a real boolean stays one
+    with pytest.raises(ConfigError, match=r"`lr_scheduler_type` expects one of: linear, .*got False \(bool\)"):
+        load_config_dict({**BASE, "lr_scheduler_type": False})  # no "no" among its choices
+
+
 def test_malformed_yaml_names_file_line_and_column(tmp_path):
     path = write(tmp_path, "model_name_or_path: m\nlora_rank: [8\nstage: sft\n")
     with pytest.raises(ConfigError) as err:

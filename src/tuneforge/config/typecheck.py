@@ -72,6 +72,8 @@ def _coerce(value: Any, tp: Any, *, strict: bool) -> Any:
     if origin is Literal:
         if any(value == choice and type(value) is type(choice) for choice in get_args(tp)):
             return value
+        if not strict and _is_yaml_no(value, get_args(tp)):
+            return "no"
         raise TypeMismatch("")
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -88,6 +90,8 @@ def _coerce(value: Any, tp: Any, *, strict: bool) -> Any:
         choices = [member.value for member in tp]
         if isinstance(value, tp) or value in choices:
             return value
+        if not strict and _is_yaml_no(value, choices):
+            return "no"
         raise TypeMismatch("")
     if tp is bool:
         return _coerce_bool(value, strict=strict)
@@ -137,6 +141,11 @@ def _coerce_union(value: Any, arms: tuple[Any, ...], *, strict: bool) -> Any:
         except TypeMismatch:
             continue
     raise TypeMismatch("")
+
+
+def _is_yaml_no(value: Any, choices) -> bool:
+    """YAML 1.1 reads a bare `no` / `off` as false: `save_strategy: no` means the choice "no"."""
+    return value is False and "no" in choices
 
 
 def _coerce_bool(value: Any, *, strict: bool) -> bool:
