@@ -23,7 +23,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   quiet_pip install "$TORCH_SPEC"
 fi
 echo "[setup] installing tuneforge (editable) and its dependencies"
-quiet_pip install -e ".[dev,webui]"
+quiet_pip install -e ".[dev,webui,metrics]"
 
 # torchvision/torchaudio from PyPI are CUDA builds that break `import transformers` on a CPU box.
 if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else

@@ -56,8 +56,8 @@ def build_datasets(cfg, tokenizer, template, stage: str = "sft") -> DatasetBundl
     check_stage(train_specs + eval_specs, stage)
 
     report = DataReport()
-    train = _build_split(train_specs, "train", cfg, tokenizer, template, stage, seed, report)
-    evaluation = _build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report) if eval_specs else None
+    train = build_split(train_specs, "train", cfg, tokenizer, template, stage, seed, report)
+    evaluation = build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report) if eval_specs else None
     if val_size and len(train) > 0:
         test_size = int(val_size) if val_size > 1 else float(val_size)
         try:
@@ -90,7 +90,7 @@ def check_stage(specs: list[DatasetSpec], stage: str) -> None:
 
 
 # ----------------------------------------------------------------------------- one split
-def _build_split(specs, split, cfg, tokenizer, template, stage, seed, report: DataReport):
+def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: DataReport):
     from datasets import Dataset
 
     data = cfg.data

@@ -1,5 +1,7 @@
 """Supervised fine-tuning recipe: setup -> data -> model -> trainer -> train -> save.
 
+`do_predict` (without training) goes to evaluate/predict.py: generation + BLEU/ROUGE.
+
 Padding-free by default: the samples of a batch are concatenated into one row with position_ids
 restarting per sample and no attention across samples (`packing: false` pads instead).
 """
@@ -14,6 +16,11 @@ def run_sft(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
     from tuneforge.train.resume import detect_resume
+
+    if cfg.training.do_predict and not cfg.training.do_train:  # generate + BLEU/ROUGE (evaluate/)
+        from tuneforge.evaluate.predict import run_predict
+
+        return run_predict(cfg)
 
     # setup: decide about resuming before anything slow happens
     resume = detect_resume(cfg.training) if cfg.training.do_train else None

@@ -1,0 +1,108 @@
+"""Batch prediction (`do_predict` + `predict_with_generate`): LF's files, scores and progress log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tuneforge.cli.main import main
+from tuneforge.evaluate.metrics import similarity_scores
+
+ROWS = [
+    {"instruction": "Who are you?", "input": "", "output": "I am Forgey."},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5."},
+    {"instruction": "你是谁？", "input": "", "output": "我是 Forgey。"},
+]
+
+
+def test_scores_by_hand():
+    # BLEU-4 on characters: 6/7 unigrams, 5/6 bigrams, 4/5 trigrams, 3/4 4-grams, same length
+    # -> (3/7) ** (1/4); ROUGE on the words a b c d vs a b c e: 3/4, 2/3, LCS 3/4.
+    scores = similarity_scores(["a b c d"], ["a b c e"])
+    assert scores["bleu-4"] == pytest.approx(100 * (3 / 7) ** 0.25, abs=1e-4)
+    assert scores["rouge-1"] == pytest.approx(75.0, abs=1e-4)
+    assert scores["rouge-2"] == pytest.approx(66.6667, abs=1e-4)
+    assert scores["rouge-l"] == pytest.approx(75.0, abs=1e-4)
+    assert similarity_scores(["我是一个AI助手"], ["我是一个AI助手"]) == pytest.approx(
+        {"bleu-4": 100.0, "rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0}, abs=1e-3)
+    # an empty answer scores 0 everywhere; the mean is over all rows
+    both = similarity_scores(["", "same text here"], ["reference", "same text here"])
+    assert both == pytest.approx({"bleu-4": 50.0, "rouge-1": 50.0, "rouge-2": 50.0, "rouge-l": 50.0}, abs=1e-3)
+
+
+@pytest.fixture
+def predict_workspace(tmp_path, tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "qa.json").write_text(json.dumps(ROWS, ensure_ascii=False), encoding="utf-8")
+    (data_dir / "dataset_info.json").write_text(json.dumps({"qa": {"file_name": "qa.json"}}))
+    config = {  # LF's examples/train_lora/*_predict.yaml shape
+        "model_name_or_path": str(tiny_llama_dir), "stage": "sft", "do_predict": True,
+        "finetuning_type": "lora", "eval_dataset": "qa", "dataset_dir": "data", "template": "chatml",
+        "cutoff_len": 64, "output_dir": "out/predict", "per_device_eval_batch_size": 1,
+        "predict_with_generate": True, "do_sample": False, "max_new_tokens": 6,
+    }
+    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, capsys):
+    from tuneforge.config.parser import load_config
+    from tuneforge.infer.engine import ChatEngine
+
+    assert main(["train", "predict.yaml"]) == 0
+    out = predict_workspace / "out" / "predict"
+    rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [set(row) for row in rows] == [{"prompt", "predict", "label"}] * 3
+    # the reference answers (the template's turn end is a special token, skipped) and the prompts
+    assert [row["label"].strip() for row in rows] == [r["output"] for r in ROWS]
+    assert rows[1]["prompt"].endswith("<|im_start|>user\nAdd the numbers.\n2 and 3<|im_end|>\n<|im_start|>assistant\n")
+    # greedy: the same answers as the chat engine gives for the same prompts
+    engine = ChatEngine.from_config(load_config("predict.yaml"))
+    for row, source in zip(rows, ROWS):
+        prompt = engine.encode_prompt([{"role": "user", "content": (source["instruction"] + "\n" + source["input"]).strip()}])
+        assert row["predict"] == engine.tokenizer.decode(engine.generate_ids(prompt), skip_special_tokens=True)
+
+    results = json.loads((out / "predict_results.json").read_text())
+    assert results["predict_samples"] == 3
+    want = similarity_scores([r["predict"] for r in rows], [r["label"] for r in rows])
+    for key, value in want.items():
+        assert results[f"predict_{key}"] == pytest.approx(value)
+    assert json.loads((out / "all_results.json").read_text()) == results
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["current_steps"] for r in log] == [1, 2, 3] and log[-1]["total_steps"] == 3
+    assert json.loads((out / "running_status.json").read_text())["status"] == "finished"
+    printed = capsys.readouterr().out
+    assert "predictions:" in printed and "bleu-4" in printed
+
+
+def test_predict_stops_when_asked_and_keeps_the_rows_done(predict_workspace, monkeypatch):
+    from tuneforge.infer.engine import ChatEngine
+    from tuneforge.train.callbacks import STOP_FILE
+
+    original = ChatEngine.generate_ids
+
+    def generate_then_request_stop(self, prompt_ids, **kwargs):
+        (predict_workspace / "out" / "predict" / STOP_FILE).touch()  # what the web UI's Abort does
+        return original(self, prompt_ids, **kwargs)
+
+    monkeypatch.setattr(ChatEngine, "generate_ids", generate_then_request_stop)
+    assert main(["train", "predict.yaml"]) == 0
+    out = predict_workspace / "out" / "predict"
+    assert len((out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+    assert json.loads((out / "predict_results.json").read_text())["predict_samples"] == 1
+    assert json.loads((out / "running_status.json").read_text())["status"] == "aborted"
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("predict_with_generate=false", "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet"),
+    ("eval_dataset=null", "`do_predict` reads the rows to answer from `eval_dataset`"),
+])
+def test_predict_config_errors_are_one_clear_line(predict_workspace, capsys, override, expected):
+    assert main(["train", "predict.yaml", override]) != 0
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
