@@ -77,6 +77,24 @@ def test_build_train_config_is_what_the_cli_loads(tmp_path, monkeypatch):
     assert args.train_command(yaml_path) == f"tuneforge train {yaml_path}"
 
 
+def test_build_predict_config_is_lfs_predict_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path / "data")
+    model = {"model_path": "builtin:smollm2", "finetuning_type": "lora", "checkpoints": ["run1"]}
+    config = args.build_predict_config(model, {"eval_dataset": ["tiny"], "eval_max_samples": 20,
+                                               "eval_output_dir": "eval1"}, "saves")
+    assert config == {
+        "model_name_or_path": "builtin:smollm2", "adapter_name_or_path": "saves/smollm2/lora/run1", "stage": "sft",
+        "do_predict": True, "finetuning_type": "lora", "eval_dataset": "tiny", "dataset_dir": "data",
+        "cutoff_len": 1024, "max_samples": 20, "predict_with_generate": True, "max_new_tokens": 512, "top_p": 0.7,
+        "temperature": 0.95, "output_dir": "saves/smollm2/lora/eval1", "report_to": "none",
+    }
+    cfg = args.validate(config)
+    assert cfg.training.do_predict and not cfg.training.do_train and cfg.data.eval_dataset == ("tiny",)
+    with pytest.raises(ConfigError, match="no dataset chosen; pick at least one dataset to predict on"):
+        args.build_predict_config(model, {"eval_output_dir": "eval1"}, "saves")
+
+
 def test_model_bar_values_map_to_keys(tmp_path):
     values = {**UI_VALUES, "checkpoints": ["run0", "run0/checkpoint-5"], "template": "chatml",
               "quantization_bit": "4", "rope_scaling": "linear", "booster": "flashattn2", "compute_type": "bf16",

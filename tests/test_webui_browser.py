@@ -219,6 +219,28 @@ def test_train_and_chat_in_the_browser(server, page, tiny_llama_dir):
     expect(page.locator("#tf-start")).to_have_text("开始", timeout=10000)
     page.screenshot(path=str(ARTIFACTS / "tiny_4_chinese.png"), full_page=True)
 
+    # Evaluate tab (in Chinese): predict on the dataset with the trained adapter, then the scores
+    page.get_by_role("tab", name="评估").click()
+    fill(page, "tf-model-path", str(tiny_llama_dir))  # the reloaded page starts from the defaults
+    page.wait_for_timeout(1000)  # the adapter list follows the model
+    pick(page, "tf-checkpoints", runs[0].name)
+    pick(page, "tf-eval-dataset", "tiny")
+    fill(page, "tf-eval-max-samples", "4")
+    fill(page, "tf-eval-max-new-tokens", "8")
+    fill(page, "tf-eval-output-dir", "eval1")
+    page.locator("#tf-eval-start").click()
+    expect(page.locator("#tf-eval-message")).to_contain_text("tuneforge train", timeout=20000)
+    progress = page.locator("#tf-eval-progress")
+    expect(progress).to_have_attribute("data-kind", "predict", timeout=30000)
+    expect(progress).to_have_attribute("data-status", "finished", timeout=120000)
+    expect(progress).to_have_attribute("data-step", "4")
+    results = page.locator("#tf-eval-results textarea")
+    expect(results).to_have_value(re.compile(r"^BLEU-4 [\d.]+ · ROUGE-1 [\d.]+ .*（4 条"), timeout=15000)
+    page.screenshot(path=str(ARTIFACTS / "tiny_5_evaluate.png"), full_page=True)
+    predictions = out / "eval1" / "generated_predictions.jsonl"
+    assert len(predictions.read_text(encoding="utf-8").splitlines()) == 4
+    assert (out / "eval1" / "tuneforge_train.yaml").read_text().count("do_predict: true") == 1
+
 
 @pytest.mark.demo
 def test_train_and_chat_with_the_demo_model(server, page):

@@ -49,7 +49,7 @@ def test_job_runs_to_the_end_and_reports_progress(workspace, tiny_llama_dir):
     config = tiny_config(tiny_llama_dir, "run", max_steps=4, save_steps=2)
     first = manager.start(config, note="new run")
     assert first.status in ("starting", "running")
-    with pytest.raises(JobBusyError, match=r"^a training job is already running \(output_dir .*run, pid \d+\); "
+    with pytest.raises(JobBusyError, match=r"^a job is already running \(output_dir .*run, pid \d+\); "
                                            r"abort it or wait until it finishes before starting another$"):
         manager.start(config)
     snap = manager.wait(timeout=120)
@@ -68,6 +68,29 @@ def test_job_runs_to_the_end_and_reports_progress(workspace, tiny_llama_dir):
     # the same folder again resumes (and the UI says so before starting)
     kind, note = args.describe_output_dir(out)
     assert kind == "resume" and note.endswith("training resumes from checkpoint-4 (step 4 of 4)")
+
+
+def test_prediction_job_writes_predictions_and_scores(workspace, tiny_llama_dir):
+    from tuneforge.webui.components.eval_tab import scores_text
+    from tuneforge.webui.components.train_tab import render_progress
+
+    manager = JobManager(workspace / "state", workdir=workspace, threads=1)
+    model = {"model_path": str(tiny_llama_dir), "template": "chatml"}
+    config = args.build_predict_config(model, {"eval_dataset": ["tiny"], "eval_max_samples": 3, "max_new_tokens": 4,
+                                               "eval_output_dir": "eval1"}, "saves")
+    args.validate(config)
+    manager.start(config)
+    snap = manager.wait(timeout=120)
+    assert (snap.kind, snap.status) == ("predict", "finished"), snap.log_tail
+    out = workspace / "saves" / tiny_llama_dir.name / "lora" / "eval1"
+    assert len((out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    assert (snap.current_steps, snap.total_steps, snap.percentage) == (3, 3, 100.0)
+    assert 'data-kind="predict" data-status="finished"' in render_progress(snap, "en", "tf-eval-progress")
+    assert f"Finished. Predictions and scores in {out}" in render_progress(snap, "en")
+    scores = scores_text(snap, "en")
+    assert scores.startswith("BLEU-4 ") and "(3 rows, " in scores
+    assert f"predictions: {out / 'generated_predictions.jsonl'}" in scores
+    assert "预测结果" in scores_text(snap, "zh")
 
 
 def test_abort_keeps_a_checkpoint_and_a_new_manager_reattaches(workspace, tiny_llama_dir):

@@ -33,7 +33,8 @@ def build_app(ctx: AppContext, lang: str = "en"):
 
     from tuneforge.webui.components import UI
     from tuneforge.webui.components.chat_tab import create_chat_tab
-    from tuneforge.webui.components.export_tab import create_eval_tab, create_export_tab
+    from tuneforge.webui.components.eval_tab import create_eval_tab
+    from tuneforge.webui.components.export_tab import create_export_tab
     from tuneforge.webui.components.model_bar import create_model_bar
     from tuneforge.webui.components.train_tab import create_train_tab
 

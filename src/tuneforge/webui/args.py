@@ -258,6 +258,35 @@ def build_train_config(values: Mapping[str, Any], save_root: str | Path = "saves
     return config
 
 
+# The Evaluate tab's own values (LLaMA-Factory's Evaluate & Predict tab defaults).
+EVAL_DEFAULTS: dict[str, Any] = {
+    "eval_dataset_dir": "data", "eval_dataset": [], "eval_cutoff_len": 1024, "eval_max_samples": 100000,
+    "max_new_tokens": 512, "top_p": 0.7, "temperature": 0.95, "eval_output_dir": "",
+}
+
+
+def build_predict_config(model_values: Mapping[str, Any], eval_values: Mapping[str, Any],
+                         save_root: str | Path = "saves") -> dict[str, Any]:
+    """Model bar + Evaluate tab values -> the `do_predict` config `tuneforge train` runs (LF's predict YAML)."""
+    m = {**DEFAULTS, **model_values}
+    v = {**EVAL_DEFAULTS, **eval_values}
+    datasets = [d for d in (v["eval_dataset"] or []) if d]
+    if not datasets:
+        raise ConfigError(f"{SOURCE}: no dataset chosen; pick at least one dataset to predict on")
+    config: dict[str, Any] = {**model_config(m, save_root), "stage": "sft", "do_predict": True,
+                              "finetuning_type": m["finetuning_type"],
+                              "eval_dataset": ",".join(datasets), "dataset_dir": str(v["eval_dataset_dir"] or "data"),
+                              "cutoff_len": _number(v, "eval_cutoff_len", int)}
+    if _number(v, "eval_max_samples", int) > 0:
+        config["max_samples"] = _number(v, "eval_max_samples", int)
+    config.update(predict_with_generate=True, max_new_tokens=_number(v, "max_new_tokens", int),
+                  top_p=_number(v, "top_p"), temperature=_number(v, "temperature"),
+                  output_dir=resolve_output_dir(save_root, str(m["model_path"]).strip(), m["finetuning_type"],
+                                                v["eval_output_dir"]),
+                  report_to="none")
+    return config
+
+
 def validate(config: Mapping[str, Any], *, require_output_dir: bool = True):
     """The CLI's config loader on the dict: a `RunConfig`, or the `TuneforgeError` it raises."""
     from tuneforge.config.parser import load_config_dict

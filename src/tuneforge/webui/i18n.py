@@ -74,14 +74,17 @@ LABELS = MappingProxyType({
     "progress": ("Progress", "进度"),
     "loss_chart": ("Loss", "损失"),
     "log": ("Log", "日志"),
-    "eval_missing": (
-        "**Batch prediction is not available yet.** Evaluating needs `do_predict` with "
-        "`predict_with_generate` (generate an answer for every row, then BLEU / ROUGE) — tuneforge does not "
-        "implement that yet (`tuneforge.evaluate` is still to be written). Until then: the Train tab's "
-        "*Validation size* reports the eval loss during training, and the Chat tab tries single prompts.",
-        "**批量预测尚不可用。** 评估需要 `do_predict` 与 `predict_with_generate`（逐条生成回答并计算 "
-        "BLEU / ROUGE），tuneforge 尚未实现（`tuneforge.evaluate` 仍待编写）。在此之前：训练页的"
-        "「验证集比例」会在训练中报告验证损失，对话页可以试用单条提示。"),
+    "eval_dataset_dir": ("Dataset folder", "数据目录"),
+    "eval_dataset": ("Datasets to predict on", "用于预测的数据集"),
+    "eval_cutoff_len": ("Cutoff length", "截断长度"),
+    "eval_max_samples": ("Max samples per dataset", "每个数据集最大样本数"),
+    "eval_max_new_tokens": ("Max new tokens", "最大生成长度"),
+    "eval_top_p": ("Top-p", "Top-p 采样值"),
+    "eval_temperature": ("Temperature", "温度系数"),
+    "eval_output_dir": ("Output folder", "输出目录"),
+    "eval_start": ("Start prediction", "开始预测"),
+    "eval_abort": ("Abort", "中断"),
+    "eval_results": ("Scores", "评分"),
     "load_model": ("Load model", "加载模型"),
     "unload_model": ("Unload model", "卸载模型"),
     "chat_status": ("Model status", "模型状态"),
@@ -128,6 +131,14 @@ MESSAGES = MappingProxyType({
                      "output folder (or add \"overwrite_output_dir\": true to the extra arguments)",
                      "{folder} 中已有训练好的模型且没有可继续的检查点；请换一个输出文件夹"
                      "（或在额外参数中加入 \"overwrite_output_dir\": true）"),
+    "running_predict": ("Predicting…", "预测中…"),
+    "finished_predict": ("Finished. Predictions and scores in {output_dir}", "预测完成，预测结果与评分在 {output_dir}"),
+    "aborted_predict": ("Stopped; the rows predicted so far and their scores are in {output_dir}",
+                        "已停止；已完成的预测及其评分在 {output_dir}"),
+    "predict_scores": ("BLEU-4 {bleu:.2f} · ROUGE-1 {rouge1:.2f} · ROUGE-2 {rouge2:.2f} · ROUGE-L {rougel:.2f} "
+                       "({samples} rows, {speed:.1f} tokens/s)\npredictions: {predictions}\nscores: {scores}",
+                       "BLEU-4 {bleu:.2f} · ROUGE-1 {rouge1:.2f} · ROUGE-2 {rouge2:.2f} · ROUGE-L {rougel:.2f}"
+                       "（{samples} 条，{speed:.1f} tokens/s）\n预测结果：{predictions}\n评分：{scores}"),
     "step_line": ("step {current}/{total} · {percent:.0f}% · elapsed {elapsed} · remaining {remaining}{speed}",
                   "步数 {current}/{total} · {percent:.0f}% · 已用 {elapsed} · 剩余 {remaining}{speed}"),
 })

@@ -52,6 +52,7 @@ class JobSnapshot:
     losses: list[tuple[int, float]] = field(default_factory=list)
     log_tail: str = ""
     message: str = ""  # the error of a failed job, the resume note of a new one
+    kind: str = "train"  # train | predict (a `do_predict` run of the Evaluate tab)
 
     @property
     def active(self) -> bool:
@@ -105,7 +106,7 @@ class JobManager:
         """Write the YAML into output_dir and start `tuneforge train` on it."""
         if self.is_running():
             job = self._job or {}
-            raise JobBusyError(f"a training job is already running (output_dir {job.get('output_dir')}, "
+            raise JobBusyError(f"a job is already running (output_dir {job.get('output_dir')}, "
                                f"pid {job.get('pid')}); abort it or wait until it finishes before starting another")
         from tuneforge.webui.args import to_yaml
 
@@ -129,9 +130,10 @@ class JobManager:
                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl-C in the UI's terminal must not kill the job
             )
+        kind = "predict" if config.get("do_predict") and not config.get("do_train") else "train"
         self._job = {"pid": self._proc.pid, "output_dir": str(output_dir), "yaml_path": str(yaml_path),
                      "log_path": str(log_path), "started_at": time.time(), "abort_requested_at": None,
-                     "note": note}
+                     "note": note, "kind": kind}
         self._log_cache = (-1, [])
         self._save_state()
         _limit_ui_threads()
@@ -178,7 +180,8 @@ class JobManager:
         self._escalate_abort()
         out = Path(job["output_dir"])
         snap = JobSnapshot(output_dir=job["output_dir"], yaml_path=job["yaml_path"], pid=job["pid"],
-                           message=job.get("note", ""), log_tail=_tail(Path(job["log_path"])))
+                           message=job.get("note", ""), log_tail=_tail(Path(job["log_path"])),
+                           kind=job.get("kind", "train"))
         records = self._records(out / TRAINER_LOG)
         snap.losses = [(int(r["current_steps"]), float(r["loss"])) for r in records if "loss" in r]
         if records:

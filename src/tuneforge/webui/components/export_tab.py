@@ -1,4 +1,4 @@
-"""Evaluate tab (says what is missing) and Export tab (merge + save through `run_export`)."""
+"""Export tab: merge + save through `run_export`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from tuneforge.webui.i18n import message
 
 MODEL_KEYS = ("model_path", "finetuning_type", "checkpoints", "quantization_bit", "quantization_method",
               "template", "rope_scaling", "booster")
-
-
-def create_eval_tab(ui: UI, ctx) -> None:
-    with gr.Tab(ui.label("tab_eval"), id="eval") as tab:
-        ui.add("tab_eval", tab)
-        ui.add("eval_missing", gr.Markdown(ui.label("eval_missing"), elem_id="tf-eval-missing"))
 
 
 def create_export_tab(ui: UI, ctx) -> None:

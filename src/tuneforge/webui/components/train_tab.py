@@ -223,9 +223,12 @@ def create_train_tab(ui: UI, ctx) -> None:
                [progress, loss_chart, log, checkpoints, output_dir, seen], show_progress="hidden")
 
 
-def render_progress(snap, lang: str) -> str:
+def render_progress(snap, lang: str, element_id: str = "tf-progress") -> str:
     """Progress bar + status line; `data-status` / `data-percent` let tests and scripts read it."""
-    status = message(snap.status, lang, output_dir=snap.output_dir, message=snap.message)
+    from tuneforge.webui.i18n import MESSAGES
+
+    key = f"{snap.status}_predict" if snap.kind == "predict" and f"{snap.status}_predict" in MESSAGES else snap.status
+    status = message(key, lang, output_dir=snap.output_dir, message=snap.message)
     lines = [html.escape(status)]
     if snap.status != "idle":
         speed = f" · {snap.throughput:.0f} tokens/s" if snap.throughput else ""
@@ -235,7 +238,7 @@ def render_progress(snap, lang: str) -> str:
         if snap.message and snap.status not in ("failed",):
             lines.append(html.escape(snap.message))
     percent = max(0.0, min(100.0, snap.percentage))
-    return (f'<div id="tf-progress" data-status="{snap.status}" data-percent="{percent:.1f}" '
+    return (f'<div id="{element_id}" data-kind="{snap.kind}" data-status="{snap.status}" data-percent="{percent:.1f}" '
             f'data-step="{snap.current_steps}" data-total="{snap.total_steps}" '
             f'data-output-dir="{html.escape(snap.output_dir, quote=True)}">'
             '<div style="background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden">'
