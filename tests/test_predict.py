@@ -98,11 +98,14 @@ def test_predict_stops_when_asked_and_keeps_the_rows_done(predict_workspace, mon
     assert json.loads((out / "running_status.json").read_text())["status"] == "aborted"
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("predict_with_generate=false", "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet"),
-    ("eval_dataset=null", "`do_predict` reads the rows to answer from `eval_dataset`"),
+@pytest.mark.parametrize("overrides,expected", [
+    (["predict_with_generate=false"], "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet"),
+    (["eval_dataset=null"], "`do_predict` reads the rows to answer from `eval_dataset`"),
+    (["stage=rm"], "`predict_with_generate` needs `stage: sft`"),
+    (["do_train=true"], "`predict_with_generate` cannot be true while training"),
+    (["do_train=true", "predict_with_generate=false", "dataset=qa"], "`do_predict` in a training run is not supported yet"),
 ])
-def test_predict_config_errors_are_one_clear_line(predict_workspace, capsys, override, expected):
-    assert main(["train", "predict.yaml", override]) != 0
+def test_predict_config_errors_are_one_clear_line(predict_workspace, capsys, overrides, expected):
+    assert main(["train", "predict.yaml", *overrides]) != 0
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err

@@ -17,7 +17,7 @@ def run_sft(cfg) -> dict:
     from tuneforge.model.loader import load_model
     from tuneforge.train.resume import detect_resume
 
-    if cfg.training.do_predict and not cfg.training.do_train:  # generate + BLEU/ROUGE (evaluate/)
+    if cfg.training.do_predict:  # generate + BLEU/ROUGE (evaluate/); tuner refused it with do_train
         from tuneforge.evaluate.predict import run_predict
 
         return run_predict(cfg)
