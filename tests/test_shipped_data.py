@@ -284,9 +284,10 @@ def test_example_parses_and_uses_known_keys(path):
     unknown = set(config) - ALLOWED_EXAMPLE_KEYS
     assert not unknown, f"{path.name}: keys not in the LLaMA-Factory list: {sorted(unknown)}"
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
-    command = "train" if config.get("do_train") else ("export" if "export_dir" in config else "chat")
+    runs = config.get("do_train") or config.get("do_predict")
+    command = "train" if runs else ("export" if "export_dir" in config else "chat")
     assert first_line == f"# tuneforge {command} examples/{path.name}"
-    dataset_names = str(config["dataset"]).split(",") if "dataset" in config else []
+    dataset_names = [name for key in ("dataset", "eval_dataset") if key in config for name in str(config[key]).split(",")]
     for name in dataset_names:
         assert name.strip() in DATASET_INFO, f"{path.name}: dataset {name!r} not in data/dataset_info.json"
     if config.get("do_train"):
