@@ -122,7 +122,7 @@ def test_abort_keeps_a_checkpoint_and_a_new_manager_reattaches(workspace, tiny_l
     assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
     assert (out / "adapter_model.safetensors").is_file()  # the final save ran too
     assert not (out / "STOP_REQUESTED").exists()
-    assert again.abort() == "no training job is running"
+    assert again.abort() == "no job is running"
 
 
 class FailingJobs(JobManager):
@@ -139,4 +139,4 @@ def test_a_job_that_fails_reports_the_error(workspace, tiny_llama_dir):
     snap = manager.wait(timeout=30)
     assert (snap.status, snap.message) == ("failed", "dataset 'x' is not defined")
     assert snap.log_tail == "loading...\nerror: dataset 'x' is not defined"
-    assert not manager.is_running() and manager.abort() == "no training job is running"
+    assert not manager.is_running() and manager.abort() == "no job is running"

@@ -105,7 +105,7 @@ LABELS = MappingProxyType({
 })
 
 MESSAGES = MappingProxyType({
-    "idle": ("No training job yet.", "尚无训练任务。"),
+    "idle": ("No job yet.", "尚无任务。"),
     "starting": ("Starting: loading the model and data…", "启动中：正在加载模型和数据…"),
     "running": ("Training…", "训练中…"),
     "aborting": ("Stopping after the current step…", "将在当前步结束后停止…"),

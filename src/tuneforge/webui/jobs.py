@@ -146,7 +146,7 @@ class JobManager:
     def abort(self) -> str:
         """Ask the running job to stop; returns what happened, in one line."""
         if not self.is_running() or self._job is None:
-            return "no training job is running"
+            return "no job is running"
         job = self._job
         if job["abort_requested_at"] is None:
             job["abort_requested_at"] = time.time()
