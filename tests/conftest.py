@@ -125,3 +125,20 @@ def tiny_qwen2_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def write_workspace(root: Path, monkeypatch, rows: list[dict], name: str, config: dict, yaml_name: str) -> Path:
+    """A run folder as a user has it: data/<name>.json registered in data/dataset_info.json, the config
+    as YAML, a private tuneforge cache; the test then runs from `root`."""
+    import json
+
+    import yaml
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(root / "cache"))
+    data_dir = root / "data"
+    data_dir.mkdir()
+    (data_dir / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (data_dir / "dataset_info.json").write_text(json.dumps({name: {"file_name": f"{name}.json"}}))
+    (root / yaml_name).write_text(yaml.safe_dump(config, allow_unicode=True))
+    monkeypatch.chdir(root)
+    return root

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import write_workspace
 from tuneforge.cli.main import main
 
 ROWS = [
@@ -21,11 +22,6 @@ ROWS = [
 
 @pytest.fixture
 def workspace(tmp_path, tiny_llama_dir, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "tiny.json").write_text(json.dumps(ROWS, ensure_ascii=False), encoding="utf-8")
-    (data_dir / "dataset_info.json").write_text(json.dumps({"tiny": {"file_name": "tiny.json"}}))
     config = {
         "model_name_or_path": str(tiny_llama_dir),
         "stage": "sft",
@@ -45,9 +41,7 @@ def workspace(tmp_path, tiny_llama_dir, monkeypatch):
         "plot_loss": True,
         "report_to": "none",
     }
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return write_workspace(tmp_path, monkeypatch, ROWS, "tiny", config, "train.yaml")
 
 
 def test_train_chat_export(workspace, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
+from conftest import write_workspace
 from tuneforge.cli.main import main
 from tuneforge.evaluate.metrics import similarity_scores
 
@@ -34,20 +34,13 @@ def test_scores_by_hand():
 
 @pytest.fixture
 def predict_workspace(tmp_path, tiny_llama_dir, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "qa.json").write_text(json.dumps(ROWS, ensure_ascii=False), encoding="utf-8")
-    (data_dir / "dataset_info.json").write_text(json.dumps({"qa": {"file_name": "qa.json"}}))
     config = {  # LF's examples/train_lora/*_predict.yaml shape
         "model_name_or_path": str(tiny_llama_dir), "stage": "sft", "do_predict": True,
         "finetuning_type": "lora", "eval_dataset": "qa", "dataset_dir": "data", "template": "chatml",
         "cutoff_len": 64, "output_dir": "out/predict", "per_device_eval_batch_size": 1,
         "predict_with_generate": True, "do_sample": False, "max_new_tokens": 6,
     }
-    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return write_workspace(tmp_path, monkeypatch, ROWS, "qa", config, "predict.yaml")
 
 
 def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, capsys):
