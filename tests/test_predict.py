@@ -91,6 +91,19 @@ def test_predict_stops_when_asked_and_keeps_the_rows_done(predict_workspace, mon
     assert json.loads((out / "running_status.json").read_text())["status"] == "aborted"
 
 
+def test_a_failing_prediction_says_so_in_the_status_file(predict_workspace, monkeypatch):
+    from tuneforge.infer.engine import ChatEngine
+
+    def fail(self, prompt_ids, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(ChatEngine, "generate_ids", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):  # not a user error: the CLI shows the traceback
+        main(["train", "predict.yaml"])
+    status = json.loads((predict_workspace / "out" / "predict" / "running_status.json").read_text())
+    assert (status["status"], status["error"]) == ("failed", "RuntimeError: out of memory")
+
+
 @pytest.mark.parametrize("overrides,expected", [
     (["predict_with_generate=false"], "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet"),
     (["eval_dataset=null"], "`do_predict` reads the rows to answer from `eval_dataset`"),

@@ -13,14 +13,11 @@ kept and scored).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 from tuneforge.errors import ConfigError, NotSupportedError
-
-logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
@@ -99,32 +96,15 @@ def run_predict(cfg) -> dict:
 
     seed = engine.settings.seed if engine.settings.seed is not None else cfg.training.seed
     settings = {"seed": seed}
-    skip_special = engine.settings.skip_special_tokens
-    tokenizer = engine.tokenizer
     total = len(dataset)
     progress = _Progress(str(output_dir), total)
-    predictions, references = [], []
     start = time.perf_counter()
-    generated_tokens = 0
-    stopped = False
     print(f"[tuneforge] predicting {total} rows -> {output_dir / PREDICTIONS_FILE}", flush=True)
-    with open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as out:
-        for index, row in enumerate(dataset):
-            answer_ids = engine.generate_ids(row["input_ids"], **settings)
-            generated_tokens += len(answer_ids)
-            record = {
-                "prompt": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
-                "predict": tokenizer.decode(answer_ids, skip_special_tokens=skip_special),
-                "label": tokenizer.decode(row["labels"], skip_special_tokens=skip_special),
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            predictions.append(record["predict"])
-            references.append(record["label"])
-            if progress.row_done(index + 1):
-                stopped = True
-                print(f"[tuneforge] stop requested: {index + 1} of {total} rows predicted", flush=True)
-                break
+    try:
+        predictions, references, generated_tokens, stopped = _predict_rows(engine, dataset, output_dir, progress, settings)
+    except BaseException as err:  # the status file must not stay at `running` (the web UI reads it)
+        progress.callback.mark_failed(f"{type(err).__name__}: {err}")
+        raise
     seconds = time.perf_counter() - start
 
     metrics = {f"predict_{key}": value for key, value in similarity_scores(predictions, references).items()}
@@ -139,6 +119,30 @@ def run_predict(cfg) -> dict:
     progress.finish()
     _print_metrics(metrics, output_dir, stopped)
     return metrics
+
+
+def _predict_rows(engine, dataset, output_dir: Path, progress: _Progress, settings: dict):
+    """Generate, write and log row by row; returns (predictions, references, generated tokens, stopped)."""
+    tokenizer, skip_special, total = engine.tokenizer, engine.settings.skip_special_tokens, len(dataset)
+    predictions, references = [], []
+    generated_tokens = 0
+    with open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as out:
+        for index, row in enumerate(dataset):
+            answer_ids = engine.generate_ids(row["input_ids"], **settings)
+            generated_tokens += len(answer_ids)
+            record = {
+                "prompt": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
+                "predict": tokenizer.decode(answer_ids, skip_special_tokens=skip_special),
+                "label": tokenizer.decode(row["labels"], skip_special_tokens=skip_special),
+            }
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            predictions.append(record["predict"])
+            references.append(record["label"])
+            if progress.row_done(index + 1):
+                print(f"[tuneforge] stop requested: {index + 1} of {total} rows predicted", flush=True)
+                return predictions, references, generated_tokens, True
+    return predictions, references, generated_tokens, False
 
 
 def _print_metrics(metrics: dict, output_dir: Path, stopped: bool) -> None:
