@@ -91,6 +91,22 @@ def test_predict_stops_when_asked_and_keeps_the_rows_done(predict_workspace, mon
     assert json.loads((out / "running_status.json").read_text())["status"] == "aborted"
 
 
+def test_rows_without_an_answer_and_ranking_datasets(predict_workspace, capsys):
+    data = predict_workspace / "data"
+    (data / "qa.json").write_text(json.dumps([{"instruction": "Say nothing.", "input": "", "output": ""}, *ROWS]))
+    pairs = [{"instruction": "Hi", "input": "", "chosen": "Hello!", "rejected": "Go away."}]
+    (data / "pairs.json").write_text(json.dumps(pairs))
+    info = {"qa": {"file_name": "qa.json"},
+            "pairs": {"file_name": "pairs.json", "ranking": True,
+                      "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    assert main(["train", "predict.yaml"]) == 0  # an empty reference is kept and scores 0, as in LF
+    rows = (predict_workspace / "out" / "predict" / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 4 and json.loads(rows[0])["label"].strip() == ""
+    assert main(["train", "predict.yaml", "eval_dataset=pairs"]) != 0
+    assert "is a ranking dataset (chosen/rejected answers); prediction needs plain samples" in capsys.readouterr().err
+
+
 def test_a_failing_prediction_says_so_in_the_status_file(predict_workspace, monkeypatch):
     from tuneforge.infer.engine import ChatEngine
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from tuneforge.errors import ConfigError, NotSupportedError
+from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
@@ -48,6 +48,10 @@ def build_predict_dataset(cfg, tokenizer, template):
     config_path = getattr(cfg, "config_path", None)
     specs = load_dataset_specs(cfg.data.eval_dataset, cfg.data.dataset_dir or "data",
                                Path(config_path).parent if config_path else None)
+    for spec in specs:
+        if spec.ranking:
+            raise DataError(f"{spec.where} is a ranking dataset (chosen/rejected answers); prediction needs "
+                            "plain samples with one reference answer (alpaca / sharegpt / openai)")
     check_stage(specs, "ppo")  # the prompt-only encoder: input_ids = prompt, labels = the reference answer
     report = DataReport()
     seed = 42 if cfg.training.seed is None else int(cfg.training.seed)
