@@ -147,11 +147,32 @@ def test_cli_model_and_config(tiny_llama_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "full, fp32, batch 2 x cutoff 64 tokens" in out and "optimizer (AdamW)" in out and "total" in out
     config = tmp_path / "x.yaml"
-    config.write_text(f"model_name_or_path: {tiny_llama_dir}\nstage: sft\nfinetuning_type: lora\n"
+    config.write_text(f"model_name_or_path: {tiny_llama_dir}\nstage: sft\ndo_train: true\nfinetuning_type: lora\n"
                       "dataset: x\ncutoff_len: 128\nper_device_train_batch_size: 3\nbf16: true\n")
     assert main_estimate([str(config), "lora_rank=4"]) == 0
     out = capsys.readouterr().out
     assert "lora r=4, bf16, batch 3 x cutoff 128 tokens" in out
+
+
+def test_config_that_does_not_train_gets_an_inference_estimate(tiny_llama_dir, tmp_path, capsys):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = tmp_path / "predict.yaml"
+    config.write_text(f"model_name_or_path: {tiny_llama_dir}\nstage: sft\ndo_predict: true\n"
+                      "predict_with_generate: true\neval_dataset: x\ncutoff_len: 100\nmax_new_tokens: 28\n"
+                      "infer_dtype: float32\n")
+    assert main_estimate([str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("this config does not train (do_train is false): inference memory for")
+    assert "KV cache for 128 tokens" in lines[0]
+    gib = {line[:28].strip(): float(line.split()[-2]) for line in lines[1:]}
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama_dir).parameters())
+    hf = AutoConfig.from_pretrained(tiny_llama_dir)
+    head_dim = hf.hidden_size // hf.num_attention_heads
+    assert gib["weights"] == pytest.approx(round(params * 4 / 2**30, 2))
+    assert gib["KV cache, one row"] == pytest.approx(
+        round(2 * hf.num_hidden_layers * hf.num_key_value_heads * head_dim * 128 * 4 / 2**30, 2))
+    assert set(gib) == {"weights", "KV cache, one row", "runtime", "total"}  # exact fp32: no decode copies
 
 
 def test_shape_from_moe_config():

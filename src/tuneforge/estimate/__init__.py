@@ -1,4 +1,5 @@
-"""`tuneforge estimate`: predict the training memory of a run before starting it.
+"""`tuneforge estimate`: predict the training memory of a run before starting it (inference memory for a
+config that does not train).
 
     tuneforge estimate x.yaml [key=value ...]
     tuneforge estimate --model builtin:smollm2 --method lora --precision fp32 --batch 4 --cutoff 512
@@ -14,6 +15,7 @@ from tuneforge.estimate.memory import (
     GIB,
     METHODS,
     PRECISION_BYTES,
+    RUNTIME_BYTES,
     EstimateSpec,
     MemoryEstimate,
     estimate_memory,
@@ -87,6 +89,32 @@ def hardware_table(batch: int = 1, cutoff: int = 1024, *, grad_ckpt: bool = True
     return "\n".join(lines)
 
 
+def inference_estimate(cfg) -> str:
+    """A config that does not train (chat, predict): the weights plus one row's KV cache, in the
+    precision inference loads (float32 unless bf16/fp16/infer_dtype say otherwise)."""
+    shape = load_shape(cfg.model.model_name_or_path)
+    dtype = str(getattr(cfg.model, "infer_dtype", "auto") or "auto")
+    precision = "bf16" if cfg.training.bf16 or dtype == "bfloat16" else "fp16" if cfg.training.fp16 or dtype == "float16" else "fp32"
+    width = PRECISION_BYTES[precision]
+    tokens = int(cfg.data.cutoff_len) + int(getattr(cfg.generating, "max_new_tokens", 0) or 0)
+    parts = {
+        "weights": shape.total_params * width,
+        "KV cache, one row": 2 * shape.layers * shape.kv_width * tokens * width,
+        "runtime": RUNTIME_BYTES["cpu"],
+    }
+    import torch
+
+    if dtype == "auto" and precision == "fp32" and not torch.cuda.is_available():
+        # infer/fast_step.py decodes from float16 copies of the linear weights and the LM head
+        parts["float16 decode copies"] = (shape.layers * shape.layer_linear_params() + shape.vocab * shape.hidden) * 2
+    lines = [f"this config does not train (do_train is false): inference memory for {shape.name} "
+             f"({shape.total_params / 1e9:.3f}B params, {precision}; KV cache for {tokens} tokens = "
+             f"cutoff_len + max_new_tokens)"]
+    lines += [f"  {name:<26} {size / GIB:6.2f} GiB" for name, size in parts.items()]
+    lines.append(f"  {'total':<26} {sum(parts.values()) / GIB:6.2f} GiB")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge estimate", add_help=False)
     p.add_argument("--model")
@@ -135,7 +163,11 @@ def main_estimate(args: list[str]) -> int:
             raise ConfigError("tuneforge estimate needs a config file, --model ..., or --table; see `tuneforge estimate -h`")
         import dataclasses
 
-        spec = spec_from_config(load_config(path, overrides, require_output_dir=False), device=options.device)
+        cfg = load_config(path, overrides, require_output_dir=False)
+        if not cfg.training.do_train:
+            print(inference_estimate(cfg))
+            return 0
+        spec = spec_from_config(cfg, device=options.device)
         if options.full_logits:
             spec = dataclasses.replace(spec, chunked_logits=False)
     print(format_estimate(estimate_memory(spec)))
