@@ -49,3 +49,15 @@ def error_text(err: BaseException, lang: str) -> str:
 
     detail = str(err) if isinstance(err, TuneforgeError) else f"{type(err).__name__}: {err}"
     return message("error", lang, message=detail)
+
+
+def dataset_choices(folder: str, stage: str, selected: list[str] | None, lang: str):
+    """(dropdown update, message) for the datasets of `folder` that fit `stage`, keeping the chosen ones
+    that are still there; a broken dataset_info.json is reported and offers nothing."""
+    from tuneforge.webui import args
+
+    try:
+        names = args.list_datasets(folder, stage)
+    except Exception as err:
+        return gr.update(choices=[], value=[]), error_text(err, lang)
+    return gr.update(choices=names, value=[n for n in (selected or []) if n in names]), ""

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from tuneforge.webui import args
-from tuneforge.webui.components import UI, error_text
+from tuneforge.webui.components import UI, dataset_choices, error_text
 from tuneforge.webui.components.export_tab import MODEL_KEYS
 from tuneforge.webui.components.train_tab import render_progress
 from tuneforge.webui.i18n import message
@@ -67,13 +67,6 @@ def create_eval_tab(ui: UI, ctx) -> None:
     lang = ctx.lang_selector
     model_fields = [ui.fields[k] for k in MODEL_KEYS]
 
-    def refresh_datasets(folder: str, selected: list[str] | None, lang_code: str):
-        try:
-            names = args.list_datasets(folder, "sft")
-        except Exception as err:
-            return gr.update(choices=[], value=[]), error_text(err, lang_code)
-        return gr.update(choices=names, value=[n for n in (selected or []) if n in names]), ""
-
     def start_prediction(*values):
         *model_values, lang_code = values[len(EVAL_KEYS):]
         try:
@@ -92,7 +85,8 @@ def create_eval_tab(ui: UI, ctx) -> None:
             return gr.skip(), gr.skip(), last
         return render_progress(snap, lang_code, "tf-eval-progress"), scores_text(snap, lang_code), key
 
-    dataset_dir.blur(refresh_datasets, [dataset_dir, dataset, lang], [dataset, notice])
+    dataset_dir.blur(lambda folder, selected, lang_code: dataset_choices(folder, "sft", selected, lang_code),
+                     [dataset_dir, dataset, lang], [dataset, notice])
     start.click(start_prediction, [dataset_dir, dataset, *fields, output_dir, *model_fields, lang], [notice, results])
     abort.click(lambda: ctx.jobs.abort(), None, [notice])
     timer.tick(tick, [lang, seen], [progress, results, seen], show_progress="hidden")

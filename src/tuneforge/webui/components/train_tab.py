@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from tuneforge.webui import args
-from tuneforge.webui.components import UI, error_text
+from tuneforge.webui.components import UI, dataset_choices, error_text
 from tuneforge.webui.components.loss_chart import render_loss_svg
 from tuneforge.webui.i18n import message
 
@@ -114,13 +114,6 @@ def create_train_tab(ui: UI, ctx) -> None:
     all_fields = set(f.values()) | {lang}
 
     # ---- datasets and preview ------------------------------------------------------------------
-    def refresh_datasets(folder: str, stage_name: str, selected: list[str] | None, lang_code: str):
-        try:
-            names = args.list_datasets(folder, stage_name)
-        except Exception as err:  # a broken dataset_info.json: say so, offer nothing
-            return gr.update(choices=[], value=[]), error_text(err, lang_code)
-        return gr.update(choices=names, value=[n for n in (selected or []) if n in names]), ""
-
     def preview_rows(data: dict):
         try:
             return render_data_preview(ui.values(data), ctx.save_root)
@@ -128,7 +121,7 @@ def create_train_tab(ui: UI, ctx) -> None:
             return f"<p class='tf-error'>{html.escape(error_text(err, data[lang]))}</p>"
 
     for trigger in (stage.change, dataset_dir.blur):
-        trigger(refresh_datasets, [dataset_dir, stage, dataset, lang], [dataset, notice])
+        trigger(dataset_choices, [dataset_dir, stage, dataset, lang], [dataset, notice])
     preview_data.click(preview_rows, all_fields, [data_preview])
 
     # ---- arguments -----------------------------------------------------------------------------
