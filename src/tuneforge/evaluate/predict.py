@@ -24,6 +24,8 @@ RESULTS_FILE = "predict_results.json"
 
 
 def check_predict_config(cfg) -> None:
+    """What prediction needs beyond config validation (which already refuses `predict_with_generate`
+    with training or outside stage sft)."""
     training = cfg.training
     if not training.predict_with_generate:
         raise NotSupportedError(
@@ -35,8 +37,6 @@ def check_predict_config(cfg) -> None:
             "`do_predict` reads the rows to answer from `eval_dataset` (as LLaMA-Factory does): "
             "set `eval_dataset: <names from dataset_info.json>`"
         )
-    if cfg.finetuning.stage != "sft":
-        raise ConfigError(f"`do_predict` with `predict_with_generate` needs `stage: sft`, not `{cfg.finetuning.stage}`")
 
 
 def build_predict_dataset(cfg, tokenizer, template):
