@@ -91,6 +91,10 @@ def test_rerun_resumes_and_says_so(workspace, capsys, caplog):
         (["train", "train.yaml", "model_name_or_path=./missing-model"], "missing-model"),
         (["train", "train.yaml", "use_galore=true"], "not supported yet"),
         (["train", "missing.yaml"], "missing.yaml"),
+        (["train", "train.yaml", "learning_rate=0"], "`learning_rate: 0` with `do_train: true`: nothing will change"),
+        (["train", "train.yaml", "max_samples=0"], "`max_samples` must be at least 1"),
+        (["train", "train.yaml", "--learning_rate"], "`--learning_rate` has no value"),
+        (["train", "train.yaml", "dataset_dir=data/dataset_info.json"], "`dataset_dir` must be a folder"),
     ],
 )
 def test_bad_input_is_one_clear_line(workspace, capsys, args, expected):
@@ -99,6 +103,18 @@ def test_bad_input_is_one_clear_line(workspace, capsys, args, expected):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ")
     assert expected in last
+    assert "Traceback" not in err
+
+
+def test_wrong_column_mapping_is_one_clear_line(workspace, capsys):
+    info = {"tiny": {"file_name": "tiny.json", "columns": {"prompt": "question", "response": "output"}}}
+    (workspace / "data" / "dataset_info.json").write_text(json.dumps(info))
+    assert main(["train", "train.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"error: dataset 'tiny' in {workspace / 'data' / 'dataset_info.json'}: `columns` maps prompt -> 'question', "
+        "but no row of data/tiny.json has that column; its columns are 'instruction', 'input', 'output'. Fix the "
+        "mapping, or remove it from `columns`.")
     assert "Traceback" not in err
 
 

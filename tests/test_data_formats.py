@@ -159,3 +159,58 @@ def test_openai_alternation_error():
 def test_non_object_row():
     with pytest.raises(RowError, match="r: expected an object .*found 'text'"):
         convert_row("text", spec(), "r")
+
+
+# ------------------------------------------------------------------------------------ missing / empty text
+@pytest.mark.parametrize("entry, row, problem", [
+    ({"formatting": "sharegpt"}, {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]},
+     "message 1 (gpt): its 'value' (content_tag) is missing (the message has keys 'from')"),
+    ({"formatting": "sharegpt"}, {"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "a"}]},
+     "message 0 (human): its 'value' (content_tag) is null"),
+    ({"formatting": "openai"}, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+     "message 1 (assistant): its 'content' (content_tag) is null"),
+    ({"formatting": "sharegpt", "ranking": True, "columns": {"chosen": "chosen", "rejected": "rejected"}},
+     {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+      "rejected": {"from": "gpt", "value": None}},
+     "column 'rejected' (gpt): its 'value' (content_tag) is null"),
+], ids=["sharegpt-missing", "sharegpt-null", "openai-null", "ranking-answer-null"])
+def test_message_with_missing_or_null_text_is_a_bad_row(entry, row, problem):
+    """Before: the missing text became "" and the turn was trained as end-of-sequence only."""
+    with pytest.raises(RowError) as err:
+        convert_row(row, spec(**entry), "data/chat.json row 4")
+    assert str(err.value) == f"data/chat.json row 4: {problem}"
+
+
+def test_openai_tool_call_turn_may_have_null_content():
+    row = {"messages": [{"role": "user", "content": "weather?"},
+                        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "w"}}]},
+                        {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]}
+    conv = convert_row(row, spec(formatting="openai"), "s")
+    assert conv.messages[1] == Message("function", '[{"name": "w"}]')
+
+
+@pytest.mark.parametrize("entry, row, turn", [
+    ({}, {"instruction": "", "input": "", "output": ""}, ""),
+    ({}, {"instruction": "  ", "input": "\n", "output": " \t"}, ""),
+    ({"columns": {"prompt": "text"}}, {"text": "   "}, ""),  # pretraining text / prompt-only row, no answer
+    ({"ranking": True, "columns": {"chosen": "chosen", "rejected": "rejected"}},
+     {"instruction": "", "chosen": " ", "rejected": ""}, ""),
+    ({"formatting": "sharegpt"}, {"conversations": sg(("human", "hi"), ("gpt", "yo"), ("human", " "), ("gpt", ""))},
+     "turn 2 of 2: "),
+    ({"columns": {"history": "history"}}, {"instruction": "q", "output": "a", "history": [["", " "]]}, "turn 1 of 2: "),
+], ids=["alpaca-empty", "alpaca-whitespace", "text-only", "ranking", "sharegpt-second-turn", "alpaca-history"])
+def test_empty_prompt_and_answer_is_a_bad_row(entry, row, turn):
+    """Before: such a row was trained on its end-of-sequence token only."""
+    with pytest.raises(RowError) as err:
+        convert_row(row, spec(**entry), "data/f.json row 2")
+    assert str(err.value) == (
+        f"data/f.json row 2: {turn}the prompt and the answer are both empty or whitespace; nothing to train on")
+
+
+@pytest.mark.parametrize("row", [
+    {"instruction": "Say nothing.", "input": "", "output": ""},  # an empty answer alone: kept (predict, ppo)
+    {"instruction": "", "input": "", "output": "An answer to no question."},
+    {"instruction": "Only a prompt"},
+])
+def test_one_empty_side_is_kept(row):
+    assert convert_row(row, spec(), "s").messages[0].role == U

@@ -76,6 +76,28 @@ def all_known_keys() -> list[str]:
     return sorted(set(key_catalogue()) | set(support.LEGACY_TRAINING_KEYS))
 
 
+def expected_type(key: str, catalogue: dict[str, list[tuple[str, Any]]]) -> Any:
+    """The type a known key's value must have (a legacy key: the type of the key it stands for)."""
+    if key in support.LEGACY_TRAINING_KEYS:
+        legacy = support.LEGACY_TRAINING_KEYS[key]
+        target = catalogue[legacy.target][0][1].type if legacy.target else None
+        return target or (str | None if legacy.default is None else type(legacy.default))
+    return catalogue[key][0][1].type
+
+
+def flag_keys() -> list[str]:
+    """The true/false keys: the only ones a bare `--key` (= true) may set."""
+    catalogue = key_catalogue()
+    flags = []
+    for key in all_known_keys():
+        try:
+            if coerce(True, expected_type(key, catalogue)) is True:
+                flags.append(key)
+        except TypeMismatch:
+            continue
+    return flags
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -104,7 +126,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is not content
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text) if text.strip() else {}
@@ -145,9 +167,15 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_overrides(overrides: Iterable[str], known_keys: Iterable[str] = ()) -> dict[str, Any]:
-    """`key=value`, `--key value`, `--key=value` and bare `--flag` (= true) -> {key: value}."""
+def parse_overrides(
+    overrides: Iterable[str], known_keys: Iterable[str] = (), flag_keys: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """`key=value`, `--key value`, `--key=value` and bare `--flag` (= true) -> {key: value}.
+
+    With `flag_keys` (the true/false keys), a bare `--key` for any other known key is an error: its value
+    is missing (`--learning_rate` at the end, or followed by the next `--key`)."""
     known = set(known_keys)
+    flags = None if flag_keys is None else set(flag_keys)
     items = list(overrides)
     result: dict[str, Any] = {}
 
@@ -167,6 +195,12 @@ def parse_overrides(overrides: Iterable[str], known_keys: Iterable[str] = ()) ->
                 i += 1
             else:
                 key, text = body, "true"
+                name = key.strip().replace("-", "_")
+                if flags is not None and name in known and name not in flags:
+                    raise ConfigError(
+                        f"{OVERRIDE_SOURCE} `{item}` has no value; expected `{item} VALUE` or `{name}=VALUE` "
+                        "(only true/false keys may be given without a value)"
+                    )
         elif "=" in item:
             key, text = item.split("=", 1)
         else:
@@ -191,7 +225,7 @@ def load_config(
     """Read `path` (YAML or JSON, optional), apply `overrides`, validate, and build a `RunConfig`."""
     values = read_config_file(path) if path is not None else {}
     origins = {key: str(path) for key in values}
-    parsed = parse_overrides(overrides, all_known_keys())
+    parsed = parse_overrides(overrides, all_known_keys(), flag_keys())
     values.update(parsed)
     origins.update({key: OVERRIDE_SOURCE for key in parsed})
     config_path = Path(path).resolve() if path is not None else None
@@ -209,7 +243,7 @@ def load_config_dict(
     """Build a `RunConfig` from a dict (web UI, tests); `source` names it in error messages."""
     values = dict(d)
     origins = {key: source for key in values}
-    parsed = parse_overrides(overrides, all_known_keys())
+    parsed = parse_overrides(overrides, all_known_keys(), flag_keys())
     values.update(parsed)
     origins.update({key: OVERRIDE_SOURCE for key in parsed})
     resolved = Path(config_path).resolve() if config_path is not None else None
@@ -239,15 +273,10 @@ def _check_types(values: dict[str, Any], origins: dict[str, str]) -> dict[str, A
     coerced: dict[str, Any] = {}
     for key, value in values.items():
         origin = origins.get(key, "<config>")
-        if key in support.LEGACY_TRAINING_KEYS:
-            legacy = support.LEGACY_TRAINING_KEYS[key]
-            target = catalogue[legacy.target][0][1].type if legacy.target else None
-            expected = target or (str | None if legacy.default is None else type(legacy.default))
-        elif key in catalogue:
-            expected = catalogue[key][0][1].type
-        else:
+        if key not in catalogue and key not in support.LEGACY_TRAINING_KEYS:
             problems.append(_unknown_key_message(key, origin, known))
             continue
+        expected = expected_type(key, catalogue)
         try:
             coerced[key] = coerce(value, expected)
         except TypeMismatch:
@@ -335,7 +364,8 @@ def _build(
     typed = _check_types(values, origins)
     _check_support(typed, origins)
     typed = _translate_legacy(typed, origins)
-    check_consistency(typed, origins, require_output_dir=require_output_dir)
+    config_dir = config_path.parent if config_path is not None else None
+    check_consistency(typed, origins, require_output_dir=require_output_dir, config_dir=config_dir)
     sections = _split(typed)
     file_origins = [o for o in origins.values() if o != OVERRIDE_SOURCE]
     where = file_origins[0] if file_origins else OVERRIDE_SOURCE

@@ -7,6 +7,7 @@ can name the file (or the command-line override) that set the key.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
@@ -30,14 +31,22 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+def dataset_dir_candidates(dataset_dir: str, config_dir: str | Path | None) -> list[Path]:
+    """Where a relative `dataset_dir` is looked for: the working directory, then the config file's folder."""
+    if Path(dataset_dir).is_absolute():
+        return [Path(dataset_dir)]
+    return [Path.cwd() / dataset_dir] + ([Path(config_dir) / dataset_dir] if config_dir is not None else [])
+
+
 class _View:
     """Read a key from the user's values, falling back to the field default; name where it came from."""
 
-    def __init__(self, values: dict[str, Any], origins: dict[str, str]):
+    def __init__(self, values: dict[str, Any], origins: dict[str, str], config_dir: Path | None = None):
         from .parser import field_default, key_catalogue
 
         self.values = values
         self.origins = origins
+        self.config_dir = config_dir
         self.defaults = {key: field_default(entries[0][1]) for key, entries in key_catalogue().items()}
         file_origins = [o for o in origins.values() if o != "command-line override"]
         self.main = file_origins[0] if file_origins else next(iter(origins.values()), "<config>")
@@ -55,8 +64,10 @@ class _View:
         return self.main
 
 
-def check_consistency(values: dict[str, Any], origins: dict[str, str], *, require_output_dir: bool) -> None:
-    v = _View(values, origins)
+def check_consistency(
+    values: dict[str, Any], origins: dict[str, str], *, require_output_dir: bool, config_dir: Path | None = None
+) -> None:
+    v = _View(values, origins, config_dir)
     _check_model(v)
     _check_method(v)
     _check_hardware(v)
@@ -166,9 +177,53 @@ def _check_data(v: _View) -> None:
                 )
     if v["neat_packing"] and v["packing"] is False:
         raise ConfigError(f"{v.where('neat_packing')}: `neat_packing: true` needs packing; remove `packing: false`")
+    if v["max_samples"] is not None and v["max_samples"] < 1:
+        raise ConfigError(
+            f"{v.where('max_samples')}: `max_samples` must be at least 1 (leave it unset to use every row), "
+            f"got {v['max_samples']}"
+        )
+    _check_dataset_dir(v)
+
+
+def _check_dataset_dir(v: _View) -> None:
+    """A `dataset_dir` naming a file (often dataset_info.json itself) where a folder is expected."""
+    dataset_dir = v["dataset_dir"]
+    if not dataset_dir or dataset_dir == "ONLINE" or dataset_dir.startswith("REMOTE:"):
+        return
+    candidates = dataset_dir_candidates(dataset_dir, v.config_dir)
+    files = [path for path in candidates if path.is_file()]
+    if files and not any(path.is_dir() for path in candidates):
+        raise ConfigError(
+            f"{v.where('dataset_dir')}: `dataset_dir` must be a folder (the one that holds dataset_info.json), "
+            f"got the file '{dataset_dir}'; set `dataset_dir: {Path(dataset_dir).parent.as_posix()}`"
+        )
+
+
+def _check_optimisation(v: _View) -> None:
+    """Values that can only be mistakes: no step would change the weights, or no batch could be built."""
+    learning_rate = v["learning_rate"]
+    if learning_rate < 0:
+        raise ConfigError(f"{v.where('learning_rate')}: `learning_rate` must be positive, got {learning_rate}")
+    if learning_rate == 0 and v["do_train"]:
+        raise ConfigError(
+            f"{v.where('learning_rate')}: `learning_rate: 0` with `do_train: true`: nothing will change, the "
+            "weights stay as they are; set a positive value such as 1.0e-4"
+        )
+    if v["per_device_train_batch_size"] < 1:
+        raise ConfigError(
+            f"{v.where('per_device_train_batch_size')}: `per_device_train_batch_size` must be at least 1, "
+            f"got {v['per_device_train_batch_size']}"
+        )
+    if v["max_steps"] == 0 and v["do_train"]:
+        raise ConfigError(
+            f"{v.where('max_steps')}: `max_steps: 0` with `do_train: true` is ambiguous (no step at all, or no "
+            "limit?); set a positive number of steps, or remove `max_steps` (default -1) to train for "
+            "`num_train_epochs`"
+        )
 
 
 def _check_training(v: _View, *, require_output_dir: bool) -> None:
+    _check_optimisation(v)
     if v["predict_with_generate"]:
         if v["do_train"]:
             raise ConfigError(f"{v.where('predict_with_generate')}: `predict_with_generate` cannot be true while training")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable
 
 from tuneforge.errors import DataError
 
@@ -98,7 +98,7 @@ def convert_alpaca(row: dict, spec: DatasetSpec, source: str) -> Conversation:
         chosen, rejected = Message("assistant", chosen_value), Message("assistant", rejected_value)
     elif cols.response and row.get(cols.response) is not None:
         messages.append(Message("assistant", _text(row[cols.response], f"column '{cols.response}'", source)))
-    return Conversation(
+    return _checked(Conversation(
         messages=tuple(messages),
         system=_text(row.get(cols.system) if cols.system else None, f"column '{cols.system}'", source),
         tools=_tools(row, cols.tools),
@@ -106,7 +106,7 @@ def convert_alpaca(row: dict, spec: DatasetSpec, source: str) -> Conversation:
         rejected=rejected,
         kto_tag=_kto_tag(row, cols.kto_tag, source),
         source=source,
-    )
+    ))
 
 
 def _keys(row: dict) -> str:
@@ -124,7 +124,9 @@ class _MessageReader:
             t.function_tag: "function", t.system_tag: "system",
         }
 
-    def read(self, message, where: str) -> Message:
+    def read(self, message, where: str, content_optional: bool = False) -> Message:
+        """One message object -> Message. Its text must be there (a missing or null text would train
+        the turn as an empty string) unless `content_optional` (an OpenAI assistant turn with tool_calls)."""
         t = self.tags
         if not isinstance(message, dict):
             raise RowError(self.source, f"{where} must be an object, found {_short(message)}")
@@ -134,6 +136,9 @@ class _MessageReader:
         if tag not in self.roles:
             known = ", ".join(repr(k) for k in self.roles)
             raise RowError(self.source, f"{where} has unknown role {tag!r}; expected one of {known} (see `tags`)")
+        if message.get(t.content_tag) is None and not content_optional:
+            found = "is null" if t.content_tag in message else f"is missing (the message has {_keys(message)})"
+            raise RowError(self.source, f"{where} ({tag}): its '{t.content_tag}' (content_tag) {found}")
         return Message(self.roles[tag], _text(message.get(t.content_tag), f"{where} '{t.content_tag}'", self.source))
 
 
@@ -198,7 +203,8 @@ def convert_openai(row: dict, spec: DatasetSpec, source: str) -> Conversation:
     messages: list[Message] = []
     tool_results: list[str] = []
     for i, item in enumerate(raw):
-        message = reader.read(item, f"message {i}")
+        has_calls = isinstance(item, dict) and bool(item.get("tool_calls"))
+        message = reader.read(item, f"message {i}", content_optional=has_calls)
         calls = item.get("tool_calls") if message.role in ("assistant", "function") else None
         if calls:
             try:
@@ -222,7 +228,7 @@ def _finish(row, spec, source, messages, system, reader) -> Conversation:
     chosen = rejected = None
     if spec.ranking:
         chosen, rejected = _ranking_pair(row, spec, reader)
-    return Conversation(
+    return _checked(Conversation(
         messages=tuple(messages),
         system=system,
         tools=_tools(row, spec.columns.tools),
@@ -230,7 +236,56 @@ def _finish(row, spec, source, messages, system, reader) -> Conversation:
         rejected=rejected,
         kto_tag=_kto_tag(row, spec.columns.kto_tag, source),
         source=source,
-    )
+    ))
+
+
+def _checked(conv: Conversation) -> Conversation:
+    """Refuse a turn whose prompt and answer are both empty or whitespace: it would train the end of
+    sequence only. An answer counts as empty when the row has none (prompt-only rows, pretraining text)."""
+    def blank(message: Message | None) -> bool:
+        return message is None or not message.content.strip()
+
+    turns = range(0, len(conv.messages), 2)
+    for i in turns:
+        answers = conv.messages[i + 1 : i + 2] or [a for a in (conv.chosen, conv.rejected) if a is not None]
+        if blank(conv.messages[i]) and all(blank(answer) for answer in answers):
+            where = f"turn {i // 2 + 1} of {len(turns)}: " if len(turns) > 1 else ""
+            raise RowError(conv.source, f"{where}the prompt and the answer are both empty or whitespace; "
+                           "nothing to train on")
+    return conv
+
+
+def columns_read(spec: DatasetSpec) -> dict[str, str]:
+    """`columns` key -> column name, for every column the spec's format reads."""
+    keys = ["system", "tools", "kto_tag"]
+    if spec.formatting == "alpaca":
+        keys += ["prompt", "query", "history"] + (["chosen", "rejected"] if spec.ranking else ["response"])
+    else:
+        keys += ["messages"] + (["chosen", "rejected"] if spec.ranking else [])
+    return {key: getattr(spec.columns, key) for key in keys if getattr(spec.columns, key)}
+
+
+def check_column_mapping(spec: DatasetSpec, rows: Iterable[Any], origin: str) -> None:
+    """A column the entry's `columns` names itself must be in the data: some row must have it.
+
+    A column that no row has is not in the file's schema (HF datasets' rule), so the mapping is wrong
+    and every row would be read without it (an empty prompt, no system, no history). A column that only
+    some rows have is optional, as in LLaMA-Factory (e.g. `system` or `history` on a few rows).
+    Defaults that the entry does not list (alpaca's `input`) may be absent."""
+    read = columns_read(spec)
+    named = {key: read[key] for key in spec.mapped_columns if key in read}
+    present: dict[str, None] = {}
+    for row in rows:
+        if isinstance(row, dict):
+            present.update(dict.fromkeys(row))
+    missing = {key: column for key, column in named.items() if column not in present}
+    if not missing or not present:  # no row objects at all: each row is reported as invalid instead
+        return
+    mapping = ", ".join(f"{key} -> '{column}'" for key, column in missing.items())
+    actual = ", ".join(repr(column) for column in list(present)[:20])
+    raise DataError(f"{spec.where}: `columns` maps {mapping}, but no row of {origin} has "
+                    f"{'that column' if len(missing) == 1 else 'these columns'}; its columns are {actual}. "
+                    "Fix the mapping, or remove it from `columns`.")
 
 
 CONVERTERS = {"alpaca": convert_alpaca, "sharegpt": convert_sharegpt, "openai": convert_openai}

@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
-from tuneforge.data.registry import FILE_TYPES, DatasetSpec
+from tuneforge.data.registry import FILE_TYPES, TEXT_ENCODING, DatasetSpec
 from tuneforge.errors import DataError, NotSupportedError
 
 
@@ -41,7 +41,7 @@ def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0) -> 
 
 def _iter_json(path: Path) -> Iterator[RawRow]:
     """A `.json` file holds a list of rows, or (like HF's json loader accepts) JSON lines."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding=TEXT_ENCODING)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -67,7 +67,7 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
 def _iter_jsonl(path: Path, text: str | None = None) -> Iterator[RawRow]:
     shown = display_path(path)
     if text is None:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=TEXT_ENCODING)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -80,7 +80,7 @@ def _iter_jsonl(path: Path, text: str | None = None) -> Iterator[RawRow]:
 
 def _iter_csv(path: Path) -> Iterator[RawRow]:
     shown = display_path(path)
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=TEXT_ENCODING) as f:
         for i, row in enumerate(csv.DictReader(f), start=1):
             yield RawRow(dict(row), f"{shown} row {i}")
 
@@ -108,7 +108,7 @@ def _iter_arrow(path: Path) -> Iterator[RawRow]:
 def _iter_text(path: Path) -> Iterator[RawRow]:
     """One sample per line in column `text`; blank lines separate nothing and are skipped."""
     shown = display_path(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=TEXT_ENCODING) as f:
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
@@ -202,6 +202,13 @@ def iter_hub_rows(spec: DatasetSpec) -> Iterator[RawRow]:
     except Exception as err:
         raise _hub_error(spec, hub, target, err) from err
     yield from _rows_of(dataset, f"{target} ({spec.split})")
+
+
+def origin_of(spec: DatasetSpec) -> str:
+    """Where a dataset's rows come from, for messages: its file or folder, or its hub id."""
+    if spec.load_from == "file":
+        return display_path(spec.local_path)
+    return str({"hf_hub": spec.hf_hub_url, "ms_hub": spec.ms_hub_url}.get(spec.load_from) or spec.script_url)
 
 
 def load_rows(spec: DatasetSpec) -> list[RawRow]:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data import encode as encoding
-from tuneforge.data.formats import Conversation, Message, RowError, convert_row
-from tuneforge.data.loaders import _files_of, load_rows, sample_rows
+from tuneforge.data.formats import Conversation, Message, RowError, check_column_mapping, convert_row
+from tuneforge.data.loaders import _files_of, load_rows, origin_of, sample_rows
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs, split_names
 from tuneforge.data.report import DataReport
 from tuneforge.errors import ConfigError, DataError, NotSupportedError
@@ -111,6 +111,7 @@ def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Dat
     conversations = []
     for spec in specs:
         rows = load_rows(spec)
+        check_column_mapping(spec, (row.values for row in rows), origin_of(spec))
         part.read(spec.name, len(rows), split)
         rows = sample_rows(rows, spec.num_samples, getattr(data, "max_samples", None), seed)
         converted = []

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from tuneforge.config.validate import dataset_dir_candidates
 from tuneforge.errors import DataError, NotSupportedError
 
 DATASET_INFO = "dataset_info.json"
 FORMATS = ("alpaca", "sharegpt", "openai")
 # file extension -> reader kind (see loaders.py)
+# UTF-8, with or without the byte order mark that Windows editors write at the start of a file
+TEXT_ENCODING = "utf-8-sig"
 FILE_TYPES = {"json": "json", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "txt": "text", "arrow": "arrow"}
 ENTRY_KEYS = (
     "file_name", "hf_hub_url", "ms_hub_url", "script_url", "formatting", "ranking", "subset", "split",
@@ -81,6 +84,7 @@ class DatasetSpec:
     num_samples: int | None = None
     revision: str | None = None
     columns: Columns = field(default_factory=Columns)
+    mapped_columns: tuple[str, ...] = ()  # `columns` keys the entry lists itself: their columns must exist
     tags: Tags = field(default_factory=Tags)
     dataset_dir: Path | None = None  # folder that `file_name` / `script_url` are relative to
     info_file: Path | None = None  # the dataset_info.json it came from (None for direct paths)
@@ -94,30 +98,34 @@ class DatasetSpec:
     @property
     def where(self) -> str:
         """Short description of where the entry is defined, for error messages."""
-        return f"dataset '{self.name}' in {self.info_file}" if self.info_file else f"dataset file '{self.name}'"
+        if self.info_file:
+            return f"dataset '{self.name}' in {self.info_file}"
+        return f"dataset file '{self.name}'" if self.load_from == "file" else f"dataset '{self.name}'"
 
 
 def resolve_dataset_dir(dataset_dir: str, config_dir: str | Path | None) -> Path:
     """`dataset_dir` relative to the working directory, then to the config file's folder."""
-    tried = []
-    candidates = [Path(dataset_dir)] if Path(dataset_dir).is_absolute() else [Path.cwd() / dataset_dir]
-    if config_dir is not None and not Path(dataset_dir).is_absolute():
-        candidates.append(Path(config_dir) / dataset_dir)
+    candidates = dataset_dir_candidates(dataset_dir, config_dir)
     for path in candidates:
-        tried.append(str(path))
         if path.is_dir():
             return path
+    files = [path for path in candidates if path.is_file()]
+    if files:
+        raise DataError(f"dataset_dir '{dataset_dir}' is a file ({files[0]}), not a folder. "
+                        "Set `dataset_dir` to the folder that holds dataset_info.json.")
     raise DataError(
-        f"dataset_dir '{dataset_dir}' not found. Tried: {', '.join(tried)}. "
+        f"dataset_dir '{dataset_dir}' not found. Tried: {', '.join(map(str, candidates))}. "
         "Set `dataset_dir` to the folder that holds dataset_info.json."
     )
 
 
 def read_dataset_info(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=TEXT_ENCODING)
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     try:
         info = json.loads(text)
     except json.JSONDecodeError as err:
@@ -177,6 +185,7 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path | None, info_file: Path
     columns_default = OPENAI_COLUMNS if formatting == "openai" else Columns()
     tags_default = OPENAI_TAGS if formatting == "openai" else Tags()
     columns = _partial(columns_default, entry.get("columns", {}), "columns", where, [f.name for f in fields(Columns)])
+    mapped_columns = tuple(key for key, column in entry.get("columns", {}).items() if column)
     tags = _partial(tags_default, entry.get("tags", {}), "tags", where, [f.name for f in fields(Tags)])
     if any(getattr(columns, media) for media in ("images", "videos", "audios")):
         raise NotSupportedError(f"{where}: image/video/audio columns (multimodal data) are not supported yet")
@@ -196,6 +205,7 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path | None, info_file: Path
         num_samples=num_samples,
         revision=entry.get("revision"),
         columns=columns,
+        mapped_columns=mapped_columns,
         tags=tags,
         dataset_dir=dataset_dir,
         info_file=info_file,
