@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -106,8 +107,10 @@ def test_failed_export_keeps_the_previous_one(tiny_llama_dir, tmp_path, monkeypa
     import tuneforge.export as export
 
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "marker.txt").write_text("good export")
+    export.run_export(make_cfg(tiny_llama_dir, out))
+    good = (out / "model.safetensors").read_bytes()
+    (tmp_path / "out.tmp").mkdir()  # a user's folder that happens to have the old staging name: not ours
+    (tmp_path / "out.tmp" / "notes.txt").write_text("mine")
 
     def broken_save(self, *args, **kwargs):
         raise OSError("disk full")
@@ -115,8 +118,70 @@ def test_failed_export_keeps_the_previous_one(tiny_llama_dir, tmp_path, monkeypa
     monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", broken_save)
     with pytest.raises(OSError, match="disk full"):
         export.run_export(make_cfg(tiny_llama_dir, out))
-    assert (out / "marker.txt").read_text() == "good export"
-    assert not (tmp_path / "out.tmp").exists()
+    assert (out / "model.safetensors").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tmp"]  # no staging folder left
+    assert (tmp_path / "out.tmp" / "notes.txt").read_text() == "mine"
+
+
+# ---- export_dir never destroys what the export did not write (issue 10, item 1) -----------------
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_export_refuses_the_current_directory(tiny_llama_dir, tmp_path, monkeypatch):
+    (tmp_path / "train.yaml").write_text("stage: sft\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^export_dir: .* is the current directory"):
+        run_export(make_cfg(tiny_llama_dir, "."))
+    assert _tree(tmp_path) == ["train.yaml"]
+
+
+def test_export_refuses_a_non_empty_folder_it_did_not_write(tiny_llama_dir, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (out / name).write_bytes(b"jpeg")
+    with pytest.raises(ConfigError) as excinfo:
+        run_export(make_cfg(tiny_llama_dir, out))
+    assert str(excinfo.value) == (f"export_dir: {out} is not empty and is not a previous tuneforge merged model export: "
+                                  "it holds a.jpg, b.jpg (2 entries). Nothing was written; choose a new or empty folder.")
+    assert _tree(out) == ["a.jpg", "b.jpg"]
+
+
+def test_export_refuses_a_folder_that_contains_the_adapter(tiny_llama_dir, adapter_dir, tmp_path):
+    import shutil
+
+    runs = tmp_path / "saves"
+    adapter = shutil.copytree(adapter_dir, runs / "run1")
+    (runs / "run2").mkdir()  # a sibling run
+    (runs / "run2" / "adapter_model.safetensors").write_bytes(b"weights")
+    before = _tree(runs)
+    with pytest.raises(ConfigError, match=rf"^export_dir: {runs} contains the adapter \({adapter}\)"):
+        run_export(make_cfg(tiny_llama_dir, runs, adapter=adapter))
+    assert _tree(runs) == before
+    with pytest.raises(ConfigError, match=rf"^export_dir: {adapter} is the adapter"):
+        run_export(make_cfg(tiny_llama_dir, adapter, adapter=adapter))
+    with pytest.raises(ConfigError, match=rf"^export_dir: {tiny_llama_dir} is the model"):
+        run_export(make_cfg(tiny_llama_dir, tiny_llama_dir))
+
+
+def test_export_refuses_a_file(tiny_llama_dir, tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"precious")
+    with pytest.raises(ConfigError, match=rf"^export_dir: {target} is a file, not a folder"):
+        run_export(make_cfg(tiny_llama_dir, target))
+    assert target.read_bytes() == b"precious"
+
+
+def test_export_replaces_only_its_own_previous_export(tiny_llama_dir, tmp_path):
+    out = tmp_path / "merged"
+    run_export(make_cfg(tiny_llama_dir, out))
+    run_export(make_cfg(tiny_llama_dir, out, infer_dtype="float16"))  # a previous export: replaced
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    (out / "README.md").write_text("my notes")
+    with pytest.raises(ConfigError, match=r"plus files it did not write: README.md \(1 entry\)"):
+        run_export(make_cfg(tiny_llama_dir, out))
+    assert (out / "README.md").read_text() == "my notes"
 
 
 def test_merge_check_detects_a_bad_merge(tiny_llama_dir, tiny_tokenizer, adapter_dir):
@@ -135,5 +200,5 @@ def test_export_argument_errors(tiny_llama_dir, tmp_path):
         run_export(make_cfg(tiny_llama_dir, None))
     with pytest.raises(NotSupportedError, match=r"^export_legacy_format: true \(.bin weights\) is not supported"):
         run_export(make_cfg(tiny_llama_dir, tmp_path / "x", export_legacy_format=True))
-    with pytest.raises(ConfigError, match=r"is the model or adapter being exported; choose another folder$"):
+    with pytest.raises(ConfigError, match=r"is the model \(.*\); writing there would replace it"):
         run_export(make_cfg(tiny_llama_dir, tiny_llama_dir))

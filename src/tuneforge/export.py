@@ -2,8 +2,11 @@
 the run's chat template, generation config, Ollama Modelfile).
 
 Before anything is written the merged model's logits are compared with the adapter model's on a
-probe input; the folder is built in `<export_dir>.tmp` and renamed into place, so a failed export
-never destroys an existing good one.
+probe input. `export_dir` must be new, empty, or a previous tuneforge export (its marker file lists
+the files it wrote), and must not be or contain the current directory, the model, an adapter or the
+output folder: anything else is refused before the model loads. The folder is built complete in a
+staging folder next to it and put in place with one rename, so a failed export never destroys an
+existing good one (utils/folders.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.adapters import attach_adapters
 from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_path, split_names
+from tuneforge.utils.folders import check_replaceable, make_staging, replace_folder, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,7 @@ PROBE_TEXT = "Hello! Tell me about the history of mathematics in two sentences."
 # fp32 logits of a merged and an unmerged LoRA differ only by rounding; real models have logits of
 # magnitude ~10-30, so the bound scales with them (1e-4 absolute for logits of magnitude <= 1).
 MERGE_TOLERANCE = 1e-4
+EXPORT_KIND = "merged model export"
 
 
 def run_export(cfg) -> Path:
@@ -31,6 +36,7 @@ def run_export(cfg) -> Path:
 
     margs, fargs = cfg.model, cfg.finetuning
     export_dir = _check_export_args(margs)
+    _check_export_dir(cfg, export_dir)
     adapters = split_names(getattr(margs, "adapter_name_or_path", None))
     if adapters and getattr(fargs, "finetuning_type", "lora") != "lora":
         raise ConfigError(f"adapter_name_or_path is set but finetuning_type is `{fargs.finetuning_type}`; use `finetuning_type: lora`")
@@ -53,16 +59,17 @@ def run_export(cfg) -> Path:
         logger.warning("the tokenizer has %d tokens but the model only %d embeddings (template stop words were added?)",
                        len(tokenizer), model.get_input_embeddings().num_embeddings)
 
-    tmp = export_dir.with_name(export_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _check_export_dir(cfg, export_dir)  # again: the folder may have changed while the model loaded
+    tmp = make_staging(export_dir)
     try:
         model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
         tokenizer.save_pretrained(tmp)
         (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer), encoding="utf-8")
+        write_marker(tmp, EXPORT_KIND, model=str(margs.model_name_or_path), adapters=adapters)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _swap_into_place(tmp, export_dir)
+    replace_folder(tmp, export_dir)
     logger.info("exported %s model to %s", str(out_dtype).removeprefix("torch."), export_dir)
     return export_dir
 
@@ -79,12 +86,17 @@ def _check_export_args(margs) -> Path:
     size = getattr(margs, "export_size", 5)
     if not isinstance(size, (int, float)) or size <= 0:
         raise ConfigError(f"export_size: expected a positive number of GB per shard, got {size!r}")
-    export_dir = Path(margs.export_dir).expanduser().resolve()
-    sources = [margs.model_name_or_path, *split_names(getattr(margs, "adapter_name_or_path", None))]
-    for src in sources:
-        if Path(src).expanduser().exists() and Path(src).expanduser().resolve() == export_dir:
-            raise ConfigError(f"export_dir {margs.export_dir} is the model or adapter being exported; choose another folder")
-    return export_dir
+    return Path(margs.export_dir).expanduser().resolve()
+
+
+def _check_export_dir(cfg, export_dir: Path) -> None:
+    """Refuse an export_dir whose contents the export would destroy (see the module docstring)."""
+    margs = cfg.model
+    protected = {"current directory": Path.cwd(), "model": margs.model_name_or_path,
+                 "output folder": getattr(getattr(cfg, "training", None), "output_dir", None)}
+    for index, adapter in enumerate(split_names(getattr(margs, "adapter_name_or_path", None))):
+        protected[f"adapter #{index + 1}" if index else "adapter"] = adapter
+    check_replaceable(export_dir, EXPORT_KIND, "export_dir", protected)
 
 
 def _export_dtype(margs, source: str):
@@ -261,13 +273,3 @@ def _ollama_template(template, tokenizer) -> str | None:
         + "{{ if .Prompt }}" + go(template.format_user, ".Prompt") + "{{ end }}"
         + go(template.format_assistant, ".Response")
     )
-
-
-def _swap_into_place(tmp: Path, export_dir: Path) -> None:
-    """Replace `export_dir` by `tmp`; an old export is removed only once the new one is in place."""
-    old = export_dir.with_name(export_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if export_dir.exists():
-        export_dir.rename(old)
-    tmp.rename(export_dir)
-    shutil.rmtree(old, ignore_errors=True)
