@@ -56,8 +56,8 @@ def cmd_train(args: list[str]) -> int:
         return 0
     from tuneforge.train.tuner import run_train
 
-    run_train(_load(args))
-    return 0
+    metrics = run_train(_load(args))
+    return 130 if isinstance(metrics, dict) and metrics.get("interrupted") else 0
 
 
 def _pop_option(args: list[str], name: str) -> str | None:

@@ -204,7 +204,11 @@ def _call_from_pretrained(fn, path: str, what: str, **kwargs):
 
 
 def _check_model_folder(path: str) -> None:
+    from tuneforge.utils.folders import finish_interrupted_save
+
     folder = Path(path)
+    if folder.is_dir():
+        finish_interrupted_save(folder)  # a full fine-tune's final save a crash interrupted (utils/folders.py)
     if not folder.is_dir() or (folder / "config.json").exists():
         return
     adapter_config = folder / "adapter_config.json"

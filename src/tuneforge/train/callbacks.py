@@ -58,6 +58,7 @@ class LogCallback(TrainerCallback):
         self.max_steps = 0
         self.current_step = 0
         self.aborted = False
+        self._save_on_stop = False
         self.is_writer = True
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -83,8 +84,10 @@ class LogCallback(TrainerCallback):
         }
         _write_json_atomic(self.output_dir / RUNNING_STATUS, payload)
 
-    def request_abort(self) -> None:
+    def request_abort(self, *, save_checkpoint: bool = False) -> None:
+        """Stop after the current step; with `save_checkpoint`, keep that step as a checkpoint (Ctrl-C)."""
         self.aborted = True
+        self._save_on_stop = self._save_on_stop or save_checkpoint
 
     def mark_failed(self, message: str) -> None:
         self._write_status("failed", error=message)
@@ -101,16 +104,20 @@ class LogCallback(TrainerCallback):
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.output_dir / TRAINER_LOG
-        if state.global_step == 0 and log_path.exists():
-            log_path.unlink()  # a fresh run; a resumed run appends to its log
+        if state.global_step == 0:
+            log_path.unlink(missing_ok=True)  # a fresh run
+        else:  # a resumed run continues its log from the checkpoint's step (a killed run logged further)
+            truncate_log(log_path, state.global_step)
         (self.output_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not stop this run
         self._write_status("running")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.current_step = state.global_step
         if not self.aborted and self.output_dir is not None and (self.output_dir / STOP_FILE).exists():
-            self.aborted = True
+            self.request_abort(save_checkpoint=True)
+        if self.aborted and self._save_on_stop:
             control.should_save = True  # keep this step as a checkpoint the next run resumes from
+            self._save_on_stop = False
         if self.aborted:
             control.should_epoch_stop = True
             control.should_training_stop = True
@@ -158,6 +165,39 @@ class LogCallback(TrainerCallback):
     def _is_extra(self, key: str) -> bool:
         name = key.removeprefix("eval_")
         return any(name == extra or (extra.endswith("/") and name.startswith(extra)) for extra in self.extra_keys)
+
+
+def truncate_log(log_path: Path, last_step: int) -> None:
+    """Drop the records after `last_step` (written by a run that was killed after its last checkpoint)."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= last_step]
+    if len(kept) != len(lines):
+        tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, log_path)
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("current_steps", 0)
+    except (ValueError, AttributeError):
+        return math.inf  # an unreadable (half-written) record of the killed run
+
+
+class RunFileCallback(TrainerCallback):
+    """Writes the run's fingerprint (`train/resume.py`) into every checkpoint it saves."""
+
+    def __init__(self, fingerprint: dict[str, Any]) -> None:
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        from tuneforge.train.resume import write_run_file
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and checkpoint.is_dir():
+            write_run_file(checkpoint, self.fingerprint)
 
 
 def format_console_line(record: dict[str, Any]) -> str:

@@ -87,12 +87,12 @@ def run_dpo(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
     from tuneforge.train.preference import PairwisePackedCollator, build_objective_trainer, load_reference_model
-    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.resume import prepare_output_dir
 
     # setup
     finetuning = cfg.finetuning
     check_pref_args(finetuning)
-    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    resume = prepare_output_dir(cfg)
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 
     # data: prompt + chosen and prompt + rejected, one infer_seqlen budget per pair
@@ -100,6 +100,7 @@ def run_dpo(cfg) -> dict:
     workflow.report_data(bundle, cfg.training.output_dir)
 
     # model (+ reference model when the loss needs one)
+    workflow.seed_everything(cfg)  # LoRA / value-head init is random: same config, same run
     model = load_model(cfg.model, finetuning, is_trainable=cfg.training.do_train,
                        compute_dtype=workflow.compute_dtype(cfg))
     objective = DPOObjective(loss_type=finetuning.pref_loss, beta=finetuning.pref_beta, ftx=finetuning.pref_ftx,

@@ -65,7 +65,7 @@ def run_kto(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
     from tuneforge.train.preference import FeedbackPackedCollator, build_objective_trainer, load_reference_model
-    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.resume import prepare_output_dir
 
     # setup
     finetuning = cfg.finetuning
@@ -74,7 +74,7 @@ def run_kto(cfg) -> dict:
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
         if getattr(finetuning, key) <= 0:
             raise ConfigError(f"{key}: {getattr(finetuning, key)}: expected a positive number")
-    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    resume = prepare_output_dir(cfg)
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 
     # data: prompt + rated answer, and prompt + a neighbour's answer for the KL estimate
@@ -82,6 +82,7 @@ def run_kto(cfg) -> dict:
     workflow.report_data(bundle, cfg.training.output_dir)
 
     # model + reference
+    workflow.seed_everything(cfg)  # LoRA / value-head init is random: same config, same run
     model = load_model(cfg.model, finetuning, is_trainable=cfg.training.do_train,
                        compute_dtype=workflow.compute_dtype(cfg))
     objective = KTOObjective(beta=finetuning.pref_beta, desirable_weight=finetuning.kto_chosen_weight,

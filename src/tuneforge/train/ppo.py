@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,15 +45,15 @@ PPO_LOG_KEYS = ("reward", "kl", "kl_coef", "policy_loss", "value_loss", "entropy
 def run_ppo(cfg, reward_source=None) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.value_head import load_value_head_model
-    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.resume import prepare_output_dir
     from tuneforge.train.reward_sources import build_reward_source
 
     # setup
     check_ppo_config(cfg, needs_reward_model=reward_source is None)
-    if detect_resume(cfg.training):
+    if prepare_output_dir(cfg):
         raise NotSupportedError("resuming a PPO run is not supported yet; set `overwrite_output_dir: true` to start "
                                 f"over in {cfg.training.output_dir}, or choose another output_dir")
-    torch.manual_seed(cfg.training.seed)
+    workflow.seed_everything(cfg)  # LoRA / value-head init and sampling: same config, same run
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 
     # data: prompts (generation prompt incl. the assistant prefix); reference answers are not used
@@ -369,12 +368,13 @@ class PPOLoop:
 
 
 def save_policy(policy, tokenizer, output_dir) -> None:
-    """Policy (adapter or weights) + value_head.safetensors + tokenizer, written to a staging folder, then moved in."""
-    from tuneforge.train.trainer import move_saved_files
+    """Policy (adapter or weights) + value_head.safetensors + tokenizer, written complete to a staging folder,
+    committed with one rename, then moved in (utils/folders.py)."""
+    from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
     target = Path(output_dir)
-    staging = target / ".tuneforge-saving"
-    shutil.rmtree(staging, ignore_errors=True)
+    finish_interrupted_save(target)
+    staging = target / SAVING_DIRNAME
     staging.mkdir(parents=True)
     inner = policy.pretrained_model
     kwargs = {}
@@ -382,7 +382,7 @@ def save_policy(policy, tokenizer, output_dir) -> None:
         kwargs["selected_adapters"] = [getattr(inner, "active_adapter", "default")]
     policy.save_pretrained(str(staging), **kwargs)
     tokenizer.save_pretrained(str(staging))
-    move_saved_files(staging, target)
+    commit_files(target)
 
 
 def peak_memory() -> dict:

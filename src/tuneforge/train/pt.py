@@ -13,13 +13,13 @@ def run_pt(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.errors import NotSupportedError
     from tuneforge.model.loader import load_model, load_tokenizer
-    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.resume import prepare_output_dir
 
     if cfg.data.neat_packing:
         raise NotSupportedError("`neat_packing` for stage pt is not supported yet; remove it to pack documents into blocks")
 
     # setup
-    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -29,6 +29,7 @@ def run_pt(cfg) -> dict:
     workflow.report_data(bundle, cfg.training.output_dir)
 
     # model
+    workflow.seed_everything(cfg)  # LoRA / value-head init is random: same config, same run
     model = load_model(cfg.model, cfg.finetuning, is_trainable=cfg.training.do_train,
                        compute_dtype=workflow.compute_dtype(cfg))
 

@@ -36,15 +36,13 @@ class RewardObjective:
 
 
 def run_rm(cfg) -> dict:
-    from transformers import set_seed
-
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.value_head import load_value_head_model
     from tuneforge.train.preference import PairwisePackedCollator, build_objective_trainer
-    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.resume import prepare_output_dir
 
     # setup
-    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    resume = prepare_output_dir(cfg)
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 
     # data: prompt + chosen and prompt + rejected, one infer_seqlen budget per pair
@@ -52,7 +50,7 @@ def run_rm(cfg) -> dict:
     workflow.report_data(bundle, cfg.training.output_dir)
 
     # model: the LM (lora/freeze/full) + a value head (new, or read from the model/adapter folder)
-    set_seed(cfg.training.seed)  # a new value head is initialised at random: make it reproducible
+    workflow.seed_everything(cfg)  # LoRA / value-head init is random: same config, same run
     model = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=cfg.training.do_train,
                                   compute_dtype=workflow.compute_dtype(cfg))
 

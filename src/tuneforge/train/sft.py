@@ -15,7 +15,7 @@ def run_sft(cfg) -> dict:
     from tuneforge.data.collate import PackedCollator, PaddedCollator
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
-    from tuneforge.train.resume import detect_resume
+    from tuneforge.train.resume import prepare_output_dir
 
     if cfg.training.do_predict:  # generate + BLEU/ROUGE (evaluate/); tuner refused it with do_train
         from tuneforge.evaluate.predict import run_predict
@@ -23,7 +23,7 @@ def run_sft(cfg) -> dict:
         return run_predict(cfg)
 
     # setup: decide about resuming before anything slow happens
-    resume = detect_resume(cfg.training) if cfg.training.do_train else None
+    resume = prepare_output_dir(cfg)
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 
     # data
@@ -31,6 +31,7 @@ def run_sft(cfg) -> dict:
     workflow.report_data(bundle, cfg.training.output_dir)
 
     # model
+    workflow.seed_everything(cfg)  # LoRA / value-head init is random: same config, same run
     model = load_model(cfg.model, cfg.finetuning, is_trainable=cfg.training.do_train,
                        compute_dtype=workflow.compute_dtype(cfg))
 

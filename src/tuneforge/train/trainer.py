@@ -9,8 +9,9 @@ What it changes:
 - LoRA+: with `loraplus_lr_ratio`, LoRA B matrices (and biases) train at lr * ratio;
 - `torch_compile`: the decoder layers are compiled in place (model/compile.py), not the whole
   model, which the chunked loss would bypass;
-- `save_model()` of the final model writes to a temporary folder first, then moves the files
-  into place, so a crash mid-save never leaves a half-written adapter/model over a good one;
+- `save_model()` of the final model writes the complete save to a staging folder, commits it with one
+  rename and then moves its files into place (utils/folders.py): a crash never leaves a half-written
+  adapter/model or a mix of old and new files;
 - objectives: other stages (rm, dpo, kto) pass `objective=`, an object with
   `compute(model, inputs, num_items_in_batch) -> (loss, metrics)` and `input_columns` (batch columns
   to keep). Its loss replaces the LM loss (a mean over the micro-batch, divided by the Trainer for
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,10 @@ from torch import nn
 from transformers import Trainer
 
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, chunked_causal_lm_loss, resolve_lm_parts, shifted_label_count
+from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
 
-_SAVE_TMP_DIRNAME = ".tuneforge-saving"
-# Files of a saved model/adapter that a new save must not leave stale next to its own.
-_WEIGHT_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model")
-_WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")
 
 
 def _compile_regionally(model, training_args):
@@ -82,6 +79,7 @@ class TuneforgeTrainer(Trainer):
         self._logged_fallbacks: set[str] = set()
         self._session_tokens = 0
         self._session_label_tokens = 0
+        self.session_steps = 0  # micro-batches trained by this train() call (0: a resume with nothing left)
         self._count_into_state = self.args.include_num_input_tokens_seen in ("no", False, None)
         if self.args.remove_unused_columns:
             # Keep the columns our collators read even if a model's forward does not name them.
@@ -171,18 +169,45 @@ class TuneforgeTrainer(Trainer):
         """Real (non-pad) tokens trained on, including steps before a resume when we can know them."""
         return self.state.num_input_tokens_seen if self._count_into_state else self._session_tokens
 
-    def train(self, *args: Any, **kwargs: Any):
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
         self._session_tokens = 0
         self._session_label_tokens = 0
-        result = super().train(*args, **kwargs)
+        self.session_steps = 0
+        if resume_from_checkpoint and self._nothing_left(resume_from_checkpoint):
+            return self._load_finished_run(resume_from_checkpoint)
+        result = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         runtime = result.metrics.get("train_runtime")
         if runtime:
             result.metrics["throughput"] = round(self._session_tokens / runtime, 2)
         result.metrics["total_tokens"] = self.total_real_tokens
         return result
 
+    def _nothing_left(self, checkpoint: str) -> bool:
+        """The checkpoint already reached the run's end (HF would train one step past it: step 5 of 4)."""
+        from tuneforge.train.resume import read_checkpoint_state
+
+        state = read_checkpoint_state(Path(checkpoint)) or {}
+        if self.args.max_steps > 0:
+            return state.get("global_step", 0) >= self.args.max_steps
+        return state.get("epoch", 0) >= self.args.num_train_epochs - 1e-6
+
+    def _load_finished_run(self, checkpoint: str):
+        """Weights and state of a checkpoint with nothing left to train; train_loss = the run's mean logged loss
+        (HF would report 0.0)."""
+        from transformers.trainer_utils import TrainOutput
+        from transformers.trainer_callback import TrainerState
+
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        losses = [row["loss"] for row in self.state.log_history if "loss" in row]
+        metrics = {"train_runtime": 0.0, "total_tokens": self.total_real_tokens}
+        if losses:
+            metrics["train_loss"] = sum(losses) / len(losses)
+        return TrainOutput(self.state.global_step, metrics.get("train_loss", float("nan")), metrics)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         real_tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        self.session_steps += 1
         self._session_tokens += real_tokens
         self._session_label_tokens += shifted_label_count(inputs["labels"]) if "labels" in inputs else 0
         if self._count_into_state:  # persisted in trainer_state.json, so it survives a resume
@@ -246,34 +271,12 @@ class TuneforgeTrainer(Trainer):
         if _internal_call:  # checkpoints go to a fresh checkpoint-N folder anyway
             return super().save_model(output_dir, _internal_call=True)
         target = Path(output_dir if output_dir is not None else self.args.output_dir)
-        staging = target / _SAVE_TMP_DIRNAME
         if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)  # left over from a crashed save
-        super().save_model(str(staging), _internal_call=False)
+            finish_interrupted_save(target)  # a save a crash interrupted is finished or dropped (log line)
+        super().save_model(str(target / SAVING_DIRNAME), _internal_call=False)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            move_saved_files(staging, target)
-
-
-def move_saved_files(staging: Path, target: Path) -> None:
-    """Move every file of `staging` into `target` (atomic per file), drop stale weight files, remove `staging`."""
-    new_names = {p.name for p in staging.iterdir()}
-    for path in staging.iterdir():
-        destination = target / path.name
-        if path.is_dir():
-            shutil.rmtree(destination, ignore_errors=True)
-        os.replace(path, destination)
-    # Weight files of the same kind that the new save did not write are stale, e.g. old shards
-    # model-0000x-of-0000y.safetensors next to a new single model.safetensors.
-    saved_kinds = {p for p in _WEIGHT_FILE_PREFIXES for n in new_names if _is_weight_file(n, p)}
-    for old in target.iterdir():
-        if old.is_file() and old.name not in new_names and any(_is_weight_file(old.name, p) for p in saved_kinds):
-            old.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _is_weight_file(name: str, prefix: str) -> bool:
-    return name.startswith(prefix) and name.endswith(_WEIGHT_FILE_SUFFIXES)
+            commit_files(target)  # one rename commits the complete save; its files then move into place
 
 
 def loraplus_param_groups(

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,17 @@ def compute_dtype(cfg) -> str | None:
     if cfg.training.fp16:
         return "float16"
     return None
+
+
+def seed_everything(cfg) -> None:
+    """Seed before the model and its adapters are built, so the same config gives the same run
+    (`full_determinism` also makes the kernels deterministic, as in HF)."""
+    from transformers import enable_full_determinism, set_seed
+
+    if cfg.training.full_determinism:
+        enable_full_determinism(cfg.training.seed)
+    else:
+        set_seed(cfg.training.seed)
 
 
 def load_tokenizer_and_template(cfg):
@@ -85,13 +100,23 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
 
 
 def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, Any]:
-    """Train (resuming if asked), save weights + state atomically, plot, evaluate. Returns metrics."""
-    from tuneforge.train.callbacks import plot_loss
+    """Train (resuming if asked), save weights + state atomically, plot, evaluate. Returns metrics.
+
+    The first Ctrl-C stops after the current step with a checkpoint (and the final save); a second
+    one quits at once, the last saved checkpoint intact.
+    """
+    from tuneforge.train.callbacks import RunFileCallback, plot_loss
+    from tuneforge.train.resume import check_resume_matches, run_fingerprint
 
     args = cfg.training
+    fingerprint = run_fingerprint(cfg, trainer.train_dataset)
+    if resume:
+        check_resume_matches(resume, fingerprint, explicit=bool(args.resume_from_checkpoint))
+    trainer.add_callback(RunFileCallback(fingerprint))
     started = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        with _stop_on_first_interrupt(log_callback) as interrupted:
+            result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
         log_callback.mark_failed("interrupted by the user")
         logger.warning("training interrupted; the last saved checkpoint in %s is intact", args.output_dir)
@@ -106,6 +131,14 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
     metrics.update(_resource_metrics(trainer))
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
+    if trainer.session_steps == 0 and resume:
+        logger.warning("nothing left to train: %s is already at step %d of %d (train_loss is the mean logged loss "
+                       "of the run that made it); raise num_train_epochs or max_steps to train further, or set "
+                       "overwrite_output_dir: true to start over", resume, trainer.state.global_step,
+                       trainer.state.max_steps)
+    if log_callback.aborted:
+        metrics["interrupted"] = interrupted[0]
+        _say_how_to_resume(cfg, trainer.state)
     if cfg.finetuning.plot_loss:
         for path in plot_loss(args.output_dir):
             logger.info("loss curve: %s", path)
@@ -115,6 +148,45 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     return metrics
+
+
+@contextmanager
+def _stop_on_first_interrupt(log_callback):
+    """While training: the first SIGINT asks the run to stop after this step with a checkpoint; the second
+    raises KeyboardInterrupt as usual. Yields a one-item list that becomes [True] once Ctrl-C was pressed."""
+    pressed = [False]
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield pressed
+        return
+
+    def on_interrupt(signum, frame):
+        if pressed[0]:
+            raise KeyboardInterrupt
+        pressed[0] = True
+        log_callback.request_abort(save_checkpoint=True)
+        print("\n[tuneforge] Ctrl-C: stopping after the current step and saving a checkpoint "
+              "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _say_how_to_resume(cfg, state) -> None:
+    checkpoint = Path(cfg.training.output_dir) / f"checkpoint-{state.global_step}"
+    saved = f"checkpoint saved in {checkpoint}" if checkpoint.is_dir() else "no checkpoint saved"
+    print(f"[tuneforge] stopped at step {state.global_step} of {state.max_steps}: {saved}; resume with: "
+          f"{resume_command(cfg)}", flush=True)
+
+
+def resume_command(cfg) -> str:
+    """The command that continues this run: the one that started it (auto-resume does the rest)."""
+    argv = sys.argv
+    if Path(argv[0]).name in ("tuneforge", "__main__.py") and "train" in argv[1:]:
+        return shlex.join(["tuneforge", *argv[1:]])
+    return shlex.join(["tuneforge", "train", str(cfg.config_path or "<your config>")])
 
 
 def _resource_metrics(trainer) -> dict[str, Any]:
