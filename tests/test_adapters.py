@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -178,6 +180,50 @@ def test_adapter_errors(tiny_llama_dir, tmp_path):
         load_model(model_args(tiny_llama_dir, adapter_name_or_path="x"), ft_args(finetuning_type="freeze"), is_trainable=True)
     with pytest.raises(ConfigError, match="finetuning_type: `oft` is not one of full, freeze, lora"):
         load_model(model_args(tiny_llama_dir), ft_args(finetuning_type="oft"), is_trainable=True)
+
+
+# ---- a wrong adapter is one clear line before peft loads it (issue 10, item 11) -------------------
+def _copy_adapter(source, tmp_path, name="adapter"):
+    import shutil
+
+    return Path(shutil.copytree(source, tmp_path / name))
+
+
+def test_adapter_of_another_base_model_is_refused_naming_both(tiny_llama_dir, tiny_tokenizer, tiny_tokenizer_dir,
+                                                              saved_adapters, tmp_path):
+    from transformers import LlamaConfig
+
+    from conftest import _save_tiny_model, _tiny_config_kwargs
+
+    wider = _save_tiny_model(LlamaConfig(**{**_tiny_config_kwargs(tiny_tokenizer), "hidden_size": 48}),
+                             tiny_tokenizer_dir, tmp_path / "wider_llama")
+    with pytest.raises(ModelError) as excinfo:
+        load_model(model_args(wider, adapter_name_or_path=str(saved_adapters[0])), ft_args(), is_trainable=False)
+    assert str(excinfo.value) == (
+        f"adapter_name_or_path: {saved_adapters[0]} was trained on {tiny_llama_dir}, not on {wider}: "
+        "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight expects 32 outputs but the model's "
+        "`model.layers.0.mlp.down_proj` has 48")
+
+
+def test_adapter_with_a_changed_rank_is_refused(tiny_llama_dir, saved_adapters, tmp_path):
+    folder = _copy_adapter(saved_adapters[0], tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
+    with pytest.raises(ModelError, match=rf"^adapter_name_or_path: {folder}: adapter_config.json says rank r=4, but "
+                                         r"base_model\.model\..*lora_A\.weight has rank 8; the config and the weights"):
+        load_model(model_args(tiny_llama_dir, adapter_name_or_path=str(folder)), ft_args(), is_trainable=False)
+
+
+def test_truncated_or_missing_adapter_weights_are_refused(tiny_llama_dir, saved_adapters, tmp_path):
+    folder = _copy_adapter(saved_adapters[0], tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelError, match=rf"^adapter_name_or_path: {weights} is damaged or truncated \(.*\); use a complete"):
+        load_model(model_args(tiny_llama_dir, adapter_name_or_path=str(folder)), ft_args(), is_trainable=False)
+    weights.unlink()
+    with pytest.raises(ModelError, match=rf"^adapter_name_or_path: {folder} has adapter_config.json but no "
+                                         "adapter_model.safetensors: the save did not finish"):
+        load_model(model_args(tiny_llama_dir, adapter_name_or_path=str(folder)), ft_args(), is_trainable=False)
 
 
 def test_loraplus_param_groups(tiny_llama_dir):

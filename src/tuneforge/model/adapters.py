@@ -19,7 +19,9 @@ import re
 from pathlib import Path
 
 from tuneforge.errors import ConfigError, ModelError
+from tuneforge.model.adapter_check import check_adapter_fits
 from tuneforge.model.loader import looks_local, split_names
+from tuneforge.utils.folders import finish_interrupted_save
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +190,7 @@ def _setup_lora(model, finetuning_args, model_args, adapters: list[str], *, is_t
 def resolve_adapter_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
+        finish_interrupted_save(path)  # a training run's final save a crash interrupted (utils/folders.py)
         if not (path / "adapter_config.json").is_file():
             hint = " (it holds a full model: pass it as model_name_or_path)" if (path / "config.json").exists() else ""
             raise ModelError(f"adapter_name_or_path: {name} has no adapter_config.json; it is not a LoRA adapter folder{hint}")
@@ -206,6 +209,8 @@ def attach_adapters(model, adapters: list[str], model_args, *, merge_last: bool,
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for index, name in enumerate(adapters):
         path = resolve_adapter_path(name)
+        if Path(path).is_dir():
+            check_adapter_fits(model, Path(path), getattr(model_args, "model_name_or_path", "the model"))
         last = index == len(adapters) - 1
         try:
             model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable and last and not merge_last, **kwargs)
