@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from tuneforge import __version__
 from tuneforge.errors import ConfigError, TuneforgeError
@@ -22,7 +22,7 @@ commands:
   chat     chat with a model / adapter in the terminal   tuneforge chat examples/demo_chat.yaml
   export   merge adapters and save a standalone model    tuneforge export examples/demo_merge.yaml
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
-  webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh]
+  webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh] [--auth U:P]
   bench    time training steps: tokens/s, memory, MFU   tuneforge bench examples/demo_lora_sft.yaml --steps 20
   estimate predict training memory before a run          tuneforge estimate examples/demo_lora_sft.yaml
   env      print library versions and the device
@@ -113,28 +113,45 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
-def cmd_webui(args: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in args):
-        print("usage: tuneforge webui [--host 127.0.0.1] [--port 7860] [--share] [--lang en|zh]\n"
-              "Serves the web UI (needs the `webui` extra: pip install -e '.[webui]').")
-        return 0
+WEBUI_USAGE = """\
+usage: tuneforge webui [--host 127.0.0.1] [--port 7860] [--share] [--lang en|zh] [--auth user:password]
+Serves the web UI (needs the `webui` extra: pip install -e '.[webui]').
+  --auth user:password  the login the browser asks for; required with a --host other than 127.0.0.1 / ::1 /
+                        localhost or with --share (the variable TUNEFORGE_WEBUI_AUTH=user:password is read
+                        when --auth is not given)"""
+
+
+def parse_webui_args(args: Sequence[str], environ: Mapping[str, str]) -> dict:
+    """`tuneforge webui` options -> launch()'s arguments (host, port, share, lang, auth)."""
+    from tuneforge.webui.safety import resolve_auth
+
     args = list(args)
     share = "--share" in args
     args = [a for a in args if a != "--share"]
     host = _pop_option(args, "--host") or "127.0.0.1"
     port_text = _pop_option(args, "--port") or "7860"
     lang = _pop_option(args, "--lang") or "en"
+    auth_text = _pop_option(args, "--auth")
     if args:
         raise ConfigError(f"tuneforge webui: unexpected argument(s) {' '.join(args)}; see `tuneforge webui -h`")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"tuneforge webui: --port expects a number between 1 and 65535, got {port_text!r}")
+    return {"host": host, "port": int(port_text), "share": share, "lang": lang,
+            "auth": resolve_auth(auth_text, environ)}
+
+
+def cmd_webui(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(WEBUI_USAGE)
+        return 0
+    options = parse_webui_args(args, os.environ)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise ConfigError("the web UI needs gradio, which is not installed: pip install -e '.[webui]'") from None
     from tuneforge.webui.app import launch
 
-    launch(host, int(port_text), share, lang)
+    launch(**options)
     return 0
 
 

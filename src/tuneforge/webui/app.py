@@ -1,4 +1,4 @@
-"""Build the gradio Blocks and serve them: `launch(host, port, share, lang)` is `tuneforge webui`."""
+"""Build the gradio Blocks and serve them: `launch(host, port, share, lang, auth)` is `tuneforge webui`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tuneforge.errors import ConfigError
 from tuneforge.webui.chat import ChatSession
 from tuneforge.webui.i18n import LANGS
 from tuneforge.webui.jobs import JobManager
+from tuneforge.webui.safety import exposure_warning, parse_auth
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -27,6 +28,18 @@ class AppContext:
     langs: tuple[str, ...] = LANGS
     lang_selector: Any = None  # the language dropdown, set by the model bar
 
+    @property
+    def home(self) -> Path:
+        """The web UI's own folder (job state, saved arguments): the job manager's state folder."""
+        return self.jobs.state_dir
+
+
+def webui_home() -> Path:
+    """Where a served web UI keeps its own files: `<tuneforge cache>/webui`."""
+    from tuneforge.model.demo import cache_root
+
+    return cache_root() / "webui"
+
 
 def build_app(ctx: AppContext, lang: str = "en"):
     import gradio as gr
@@ -38,7 +51,7 @@ def build_app(ctx: AppContext, lang: str = "en"):
     from tuneforge.webui.components.model_bar import create_model_bar
     from tuneforge.webui.components.train_tab import create_train_tab
 
-    ui = UI(lang)
+    ui = UI(lang, root=str(ctx.save_root))
     with gr.Blocks(title="tuneforge", analytics_enabled=False) as demo:
         ui.add("title", gr.Markdown(ui.label("title")))
         create_model_bar(ui, ctx)
@@ -62,20 +75,27 @@ def check_port_free(host: str, port: int) -> None:
                               f"available ({err.strerror}); choose another one with --port N") from None
 
 
-def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, lang: str = "en", *,
-           save_root: str = "saves", block: bool = True):
-    """Serve the web UI on http://host:port (the URL is printed); returns the running Blocks when not blocking."""
+def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, lang: str = "en",
+           auth: tuple[str, str] | str | None = None, *, save_root: str = "saves", block: bool = True):
+    """Serve the web UI on http://host:port (the URL is printed); returns the running Blocks when not blocking.
+
+    `auth` is `(user, password)` or "user:password"; it is required when the UI is reachable from other
+    machines (`host` not loopback, or `share`), and then a warning names the address served.
+    """
     if lang not in LANGS:
         raise ConfigError(f"--lang {lang}: expected one of {', '.join(LANGS)}")
+    if isinstance(auth, str):
+        auth = parse_auth(auth)
+    warning = exposure_warning(host, port, share, auth, lang, save_root)  # refuses an exposed UI without auth
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     check_port_free(host, port)
-    from tuneforge.model.demo import cache_root
-
-    ctx = AppContext(jobs=JobManager(cache_root() / "webui", workdir=Path.cwd()), chat=ChatSession(),
-                     save_root=save_root)
+    ctx = AppContext(jobs=JobManager(webui_home(), workdir=Path.cwd()), chat=ChatSession(), save_root=save_root)
     demo = build_app(ctx, lang)
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    if warning:
+        print(warning, flush=True)
     print(f"[tuneforge] web UI: http://{shown_host}:{port}  (Ctrl-C to stop)", flush=True)
     demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, quiet=True,
+                                                   auth=tuple(auth) if auth else None,
                                                    prevent_thread_lock=not block, show_error=True)
     return demo

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tuneforge.errors import ConfigError
+from tuneforge.webui import safety
 
 DEMO_MODEL = "builtin:smollm2"
 CUSTOM_MODEL = "Custom"
@@ -213,8 +214,13 @@ def model_config(values: Mapping[str, Any], save_root: str | Path) -> dict[str, 
     return config
 
 
-def build_train_config(values: Mapping[str, Any], save_root: str | Path = "saves") -> dict[str, Any]:
-    """All UI values -> the config dict `tuneforge train` gets (key order = YAML order)."""
+def build_train_config(values: Mapping[str, Any], save_root: str | Path = "saves", *, allow_outside: bool = False,
+                       allow_remote_code: bool = False) -> dict[str, Any]:
+    """All UI values -> the config dict `tuneforge train` gets (key order = YAML order).
+
+    Refused (`safety.Refusal`) unless confirmed: an output folder outside `save_root` (`allow_outside`),
+    extra arguments that run a model repository's code (`allow_remote_code`).
+    """
     v = {**DEFAULTS, **values}
     method, stage = v["finetuning_type"], v["stage"]
     datasets = [d for d in (v["dataset"] or []) if d]
@@ -254,7 +260,10 @@ def build_train_config(values: Mapping[str, Any], save_root: str | Path = "saves
         config["warmup_steps"] = _number(v, "warmup_steps", int)
     if v["compute_type"] in ("bf16", "fp16"):
         config[v["compute_type"]] = True
-    config.update(parse_extra_args(v["extra_args"]))
+    extra = parse_extra_args(v["extra_args"])
+    safety.check_remote_code(extra, allow_remote_code)
+    config.update(extra)
+    safety.check_inside_root(config["output_dir"], save_root, allow_outside)  # extra args may set it too
     return config
 
 
@@ -266,8 +275,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
 
 
 def build_predict_config(model_values: Mapping[str, Any], eval_values: Mapping[str, Any],
-                         save_root: str | Path = "saves") -> dict[str, Any]:
-    """Model bar + Evaluate tab values -> the `do_predict` config `tuneforge train` runs (LF's predict YAML)."""
+                         save_root: str | Path = "saves", *, allow_outside: bool = False) -> dict[str, Any]:
+    """Model bar + Evaluate tab values -> the `do_predict` config `tuneforge train` runs (LF's predict YAML);
+    an output folder outside `save_root` is refused unless `allow_outside`."""
     m = {**DEFAULTS, **model_values}
     v = {**EVAL_DEFAULTS, **eval_values}
     datasets = [d for d in (v["eval_dataset"] or []) if d]
@@ -284,6 +294,7 @@ def build_predict_config(model_values: Mapping[str, Any], eval_values: Mapping[s
                   output_dir=resolve_output_dir(save_root, str(m["model_path"]).strip(), m["finetuning_type"],
                                                 v["eval_output_dir"]),
                   report_to="none")
+    safety.check_inside_root(config["output_dir"], save_root, allow_outside)
     return config
 
 

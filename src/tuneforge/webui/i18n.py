@@ -64,7 +64,11 @@ LABELS = MappingProxyType({
     "extra_section": ("Extra arguments", "其它参数"),
     "extra_args": ("Extra config keys as JSON", "以 JSON 给出的其它配置项"),
     "output_dir": ("Output folder", "输出目录"),
-    "config_path": ("Arguments file", "参数文件"),
+    "args_name": ("Saved arguments (a name)", "已保存的参数（名称）"),
+    "args_overwrite": ("Overwrite saved arguments of this name", "覆盖同名的已保存参数"),
+    "allow_outside": ("Allow an output folder outside {root}", "允许使用 {root} 之外的输出目录"),
+    "allow_remote_code": ("Allow trust_remote_code (runs the model repository's own code)",
+                          "允许 trust_remote_code（运行模型仓库自带的代码）"),
     "preview_cmd": ("Preview command", "预览命令"),
     "save_args": ("Save arguments", "保存参数"),
     "load_args": ("Load arguments", "载入参数"),
@@ -85,6 +89,7 @@ LABELS = MappingProxyType({
     "eval_start": ("Start prediction", "开始预测"),
     "eval_abort": ("Abort", "中断"),
     "eval_results": ("Scores", "评分"),
+    "eval_allow_outside": ("Allow an output folder outside {root}", "允许使用 {root} 之外的输出目录"),
     "load_model": ("Load model", "加载模型"),
     "unload_model": ("Unload model", "卸载模型"),
     "chat_status": ("Model status", "模型状态"),
@@ -102,6 +107,7 @@ LABELS = MappingProxyType({
     "export_format": ("Format", "格式"),
     "export_btn": ("Export", "开始导出"),
     "export_info": ("Export result", "导出结果"),
+    "export_allow_outside": ("Allow an export folder outside {root}", "允许使用 {root} 之外的导出目录"),
 })
 
 MESSAGES = MappingProxyType({
@@ -114,8 +120,37 @@ MESSAGES = MappingProxyType({
     "failed": ("Failed: {message}", "失败：{message}"),
     "error": ("Error: {message}", "错误：{message}"),
     "started": ("Started `{command}`", "已启动 `{command}`"),
-    "saved_args": ("Arguments saved to {path}", "参数已保存到 {path}"),
-    "loaded_args": ("Arguments loaded from {path}", "已从 {path} 载入参数"),
+    "saved_args": ("Arguments `{name}` saved to {path}", "参数 `{name}` 已保存到 {path}"),
+    "loaded_args": ("Arguments `{name}` loaded from {path}", "已从 {path} 载入参数 `{name}`"),
+    "args_no_name": ("Give the arguments a name (letters, digits, `.`, `_`, `-`); they are saved in {folder}",
+                     "请为参数起一个名称（字母、数字、`.`、`_`、`-`）；参数保存在 {folder}"),
+    "args_bad_name": ("`{name}` is not a name for saved arguments: use only letters, digits, `.`, `_` and `-` "
+                      "(a name, not a path); arguments are saved in and loaded from {folder} only",
+                      "`{name}` 不是有效的参数名称：只能使用字母、数字、`.`、`_` 和 `-`（是名称，不是路径）；"
+                      "参数只保存在 {folder} 并只从那里载入"),
+    "args_exists": ("Arguments named `{name}` already exist ({path}); tick “Overwrite saved arguments of this "
+                    "name” to replace them, or choose another name",
+                    "名为 `{name}` 的参数已存在（{path}）；勾选“覆盖同名的已保存参数”以替换，或换一个名称"),
+    "args_missing": ("No saved arguments named `{name}` in {folder}; saved names: {names}",
+                     "{folder} 中没有名为 `{name}` 的已保存参数；已保存的名称：{names}"),
+    "outside_root": ("The folder {folder} is outside the output root {root}; choose a folder inside {root}, or "
+                     "tick “Allow … outside {root}” if you mean it",
+                     "文件夹 {folder} 不在输出根目录 {root} 之内；请选择 {root} 之内的文件夹，"
+                     "或确有需要时勾选“允许使用 {root} 之外的…目录”"),
+    "remote_code": ("`{option}` lets the model repository run its own Python code on this machine; tick “Allow "
+                    "trust_remote_code” to confirm, or remove it from the extra arguments",
+                    "`{option}` 会让模型仓库在本机运行其自带的 Python 代码；请勾选“允许 trust_remote_code”确认，"
+                    "或从其它参数中删除它"),
+    "auth_required": ("the web UI would serve {address} to other machines without a password; add "
+                      "--auth user:password (or set {env}=user:password), or serve on 127.0.0.1 only",
+                      "网页界面将在没有密码的情况下向其它机器提供 {address}；请加上 --auth 用户名:密码"
+                      "（或设置 {env}=用户名:密码），或只在 127.0.0.1 上提供服务"),
+    "all_interfaces": (" (every network interface of this machine)", "（本机的所有网络接口）"),
+    "public_link": (" and a public gradio.live link", " 以及一个公开的 gradio.live 链接"),
+    "exposed_warning": ("[tuneforge] WARNING: the web UI is exposed beyond this machine: it serves {address}. "
+                        "Anyone with the password of user `{user}` can train, export and write files under {root}.",
+                        "[tuneforge] 警告：网页界面对本机以外开放：服务地址 {address}。"
+                        "任何知道用户 `{user}` 密码的人都可以训练、导出并在 {root} 下写入文件。"),
     "no_file": ("File not found: {path}", "找不到文件：{path}"),
     "model_loaded": ("Loaded: {description}", "已加载：{description}"),
     "model_unloaded": ("No model loaded.", "未加载模型。"),

@@ -14,8 +14,9 @@ from tuneforge.webui.i18n import text
 class UI:
     """Components by key; `relabel(lang)` gives the updates that switch the interface language."""
 
-    def __init__(self, lang: str) -> None:
+    def __init__(self, lang: str, **params: str) -> None:
         self.lang = lang
+        self.params = params  # filled into labels with `{placeholders}` (the output root)
         self.elems: dict[str, gr.components.Component | gr.Tab | gr.Accordion] = {}
         self.fields: dict[str, gr.components.Component] = {}  # keys of args.DEFAULTS -> input component
 
@@ -25,16 +26,17 @@ class UI:
             self.fields[key] = component
         return component
 
-    def label(self, key: str) -> str:
-        return text(key, self.lang)
+    def label(self, key: str, lang: str | None = None) -> str:
+        label = text(key, lang or self.lang)
+        return label.format(**self.params) if "{" in label else label
 
     def relabel(self, lang: str) -> list:
         updates = []
         for key, comp in self.elems.items():
             if isinstance(comp, (gr.Button, gr.Markdown)):
-                updates.append(gr.update(value=text(key, lang)))
+                updates.append(gr.update(value=self.label(key, lang)))
             else:
-                updates.append(gr.update(label=text(key, lang)))
+                updates.append(gr.update(label=self.label(key, lang)))
         return updates
 
     def values(self, data: dict) -> dict:
@@ -43,11 +45,16 @@ class UI:
 
 
 def error_text(err: BaseException, lang: str) -> str:
-    """What a handler shows instead of a stuck spinner: the TuneforgeError message, or the exception."""
+    """What a handler shows instead of a stuck spinner: a refusal in `lang`, the TuneforgeError message, or
+    the exception."""
     from tuneforge.errors import TuneforgeError
     from tuneforge.webui.i18n import message
+    from tuneforge.webui.safety import Refusal
 
-    detail = str(err) if isinstance(err, TuneforgeError) else f"{type(err).__name__}: {err}"
+    if isinstance(err, Refusal):
+        detail = err.text(lang)
+    else:
+        detail = str(err) if isinstance(err, TuneforgeError) else f"{type(err).__name__}: {err}"
     return message("error", lang, message=detail)
 
 

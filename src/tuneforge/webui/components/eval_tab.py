@@ -55,6 +55,8 @@ def create_eval_tab(ui: UI, ctx) -> None:
             output_dir = ui.add("eval_output_dir", gr.Textbox(value=default_eval_name(), scale=2,
                                                               label=ui.label("eval_output_dir"),
                                                               elem_id="tf-eval-output-dir"))
+            allow_outside = ui.add("eval_allow_outside", gr.Checkbox(value=False, label=ui.label("eval_allow_outside"),
+                                                                     elem_id="tf-eval-allow-outside"))
             start = ui.add("eval_start", gr.Button(ui.label("eval_start"), variant="primary", elem_id="tf-eval-start"))
             abort = ui.add("eval_abort", gr.Button(ui.label("eval_abort"), elem_id="tf-eval-abort"))
         notice = gr.Markdown(elem_id="tf-eval-message")
@@ -68,10 +70,11 @@ def create_eval_tab(ui: UI, ctx) -> None:
     model_fields = [ui.fields[k] for k in MODEL_KEYS]
 
     def start_prediction(*values):
-        *model_values, lang_code = values[len(EVAL_KEYS):]
+        allow, *model_values, lang_code = values[len(EVAL_KEYS):]
         try:
             config = args.build_predict_config(dict(zip(MODEL_KEYS, model_values)),
-                                               dict(zip(EVAL_KEYS, values[:len(EVAL_KEYS)])), ctx.save_root)
+                                               dict(zip(EVAL_KEYS, values[:len(EVAL_KEYS)])), ctx.save_root,
+                                               allow_outside=bool(allow))
             args.validate(config)
             snap = ctx.jobs.start(config)
             return message("started", lang_code, command=args.train_command(snap.yaml_path)), ""
@@ -87,7 +90,8 @@ def create_eval_tab(ui: UI, ctx) -> None:
 
     dataset_dir.blur(lambda folder, selected, lang_code: dataset_choices(folder, "sft", selected, lang_code),
                      [dataset_dir, dataset, lang], [dataset, notice])
-    start.click(start_prediction, [dataset_dir, dataset, *fields, output_dir, *model_fields, lang], [notice, results])
+    start.click(start_prediction, [dataset_dir, dataset, *fields, output_dir, allow_outside, *model_fields, lang],
+                [notice, results])
     abort.click(lambda: ctx.jobs.abort(), None, [notice])
     timer.tick(tick, [lang, seen], [progress, results, seen], show_progress="hidden")
 

@@ -1,10 +1,10 @@
-"""Export tab: merge + save through `run_export`."""
+"""Export tab: merge + save through `run_export`; an export folder outside the output root needs a confirmation."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from tuneforge.webui import args
+from tuneforge.webui import args, safety
 from tuneforge.webui.components import UI, error_text
 from tuneforge.webui.i18n import message
 
@@ -21,17 +21,22 @@ def create_export_tab(ui: UI, ctx) -> None:
             export_size = ui.add("export_size", gr.Slider(1, 100, value=5, step=1, label=ui.label("export_size")))
             ui.add("export_format", gr.Dropdown(choices=["safetensors"], value="safetensors",
                                                 label=ui.label("export_format")))
+        allow_outside = ui.add("export_allow_outside", gr.Checkbox(value=False, label=ui.label("export_allow_outside"),
+                                                                   elem_id="tf-export-allow-outside"))
         run = ui.add("export_btn", gr.Button(ui.label("export_btn"), variant="primary", elem_id="tf-export"))
         info = ui.add("export_info", gr.Textbox(label=ui.label("export_info"), interactive=False, lines=2,
                                                 elem_id="tf-export-info"))
 
     def export(*values):
-        *model_values, folder, size, lang_code = values
+        *model_values, folder, size, allow, lang_code = values
         try:
             from tuneforge.export import run_export
 
+            folder = (folder or "").strip()
+            if folder:
+                safety.check_inside_root(folder, ctx.save_root, bool(allow))
             config = args.model_config(dict(zip(MODEL_KEYS, model_values)), ctx.save_root)
-            config.update(finetuning_type=model_values[1], export_dir=(folder or "").strip() or None,
+            config.update(finetuning_type=model_values[1], export_dir=folder or None,
                           export_size=int(size))
             path = run_export(args.validate(config, require_output_dir=False))
             return message("exported", lang_code, path=path)
@@ -39,4 +44,4 @@ def create_export_tab(ui: UI, ctx) -> None:
             return error_text(err, lang_code)
 
     run.click(lambda lang_code: message("exporting", lang_code), [lang], [info]).then(
-        export, [*(ui.fields[k] for k in MODEL_KEYS), export_dir, export_size, lang], [info])
+        export, [*(ui.fields[k] for k in MODEL_KEYS), export_dir, export_size, allow_outside, lang], [info])

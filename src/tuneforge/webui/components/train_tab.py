@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuneforge.webui import args
+from tuneforge.webui import args, safety
 from tuneforge.webui.components import UI, dataset_choices, error_text
 from tuneforge.webui.components.loss_chart import render_loss_svg
 from tuneforge.webui.i18n import message
@@ -87,11 +87,19 @@ def create_train_tab(ui: UI, ctx) -> None:
             ui.add("extra_section", extra_box)
             field("extra_args", gr.Textbox(value=d["extra_args"], lines=3, label=ui.label("extra_args"),
                                            elem_id="tf-extra-args"))
+            allow_remote = ui.add("allow_remote_code", gr.Checkbox(value=False, label=ui.label("allow_remote_code"),
+                                                                   elem_id="tf-allow-remote-code"))
         with gr.Row():
             output_dir = field("output_dir", gr.Dropdown(choices=[], value=default_run_name(), allow_custom_value=True,
                                                          label=ui.label("output_dir"), scale=2, elem_id="tf-output-dir"))
-            config_path = ui.add("config_path", gr.Textbox(value=str(Path(ctx.save_root) / "webui_args.yaml"),
-                                                           label=ui.label("config_path"), scale=2))
+            allow_outside = ui.add("allow_outside", gr.Checkbox(value=False, label=ui.label("allow_outside"), scale=1,
+                                                                elem_id="tf-allow-outside"))
+            # saved arguments are names in the web UI's own folder, never paths
+            args_name = ui.add("args_name", gr.Dropdown(choices=safety.list_saved_args(ctx.home), value=None,
+                                                        allow_custom_value=True, label=ui.label("args_name"), scale=2,
+                                                        elem_id="tf-args-name"))
+            overwrite = ui.add("args_overwrite", gr.Checkbox(value=False, label=ui.label("args_overwrite"), scale=1,
+                                                             elem_id="tf-args-overwrite"))
         with gr.Row():
             buttons = {key: ui.add(key, gr.Button(ui.label(key), elem_id=f"tf-{key.replace('_', '-')}",
                                                   variant="primary" if key == "start" else "secondary"))
@@ -111,12 +119,15 @@ def create_train_tab(ui: UI, ctx) -> None:
 
     lang = ctx.lang_selector
     model_path, method, checkpoints = f["model_path"], f["finetuning_type"], f["checkpoints"]
-    all_fields = set(f.values()) | {lang}
+    all_fields = set(f.values()) | {lang, allow_outside, allow_remote}  # every field and the confirmations
+
+    def confirmed(data: dict) -> dict:
+        return {"allow_outside": bool(data[allow_outside]), "allow_remote_code": bool(data[allow_remote])}
 
     # ---- datasets and preview ------------------------------------------------------------------
     def preview_rows(data: dict):
         try:
-            return render_data_preview(ui.values(data), ctx.save_root)
+            return render_data_preview(ui.values(data), ctx.save_root, **confirmed(data))
         except Exception as err:
             return f"<p class='tf-error'>{html.escape(error_text(err, data[lang]))}</p>"
 
@@ -126,7 +137,7 @@ def create_train_tab(ui: UI, ctx) -> None:
 
     # ---- arguments -----------------------------------------------------------------------------
     def build(data: dict) -> dict:
-        config = args.build_train_config(ui.values(data), ctx.save_root)
+        config = args.build_train_config(ui.values(data), ctx.save_root, **confirmed(data))
         args.validate(config)
         return config
 
@@ -140,44 +151,52 @@ def create_train_tab(ui: UI, ctx) -> None:
         body = f"# {args.train_command(yaml_path)}\n{args.to_yaml(config)}"
         return gr.update(value=body, visible=True), note
 
-    def save_arguments(data: dict, path: str):
+    def saved_names(value=None):
+        return gr.update(choices=safety.list_saved_args(ctx.home)) if value is None else \
+            gr.update(choices=safety.list_saved_args(ctx.home), value=value)
+
+    def save_arguments(data: dict):
         try:
             config = build(data)
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(args.to_yaml(config, None), encoding="utf-8")
-            return message("saved_args", data[lang], path=path)
+            path = safety.save_args(ctx.home, data[args_name], args.to_yaml(config, None), overwrite=data[overwrite])
+            # the overwrite confirmation is for one save
+            return message("saved_args", data[lang], name=path.stem, path=path), saved_names(path.stem), False
         except Exception as err:
-            return error_text(err, data[lang])
+            return error_text(err, data[lang]), gr.skip(), gr.skip()
 
     field_keys = list(f)
 
-    def load_arguments(path: str, lang_code: str):
-        from tuneforge.config.parser import read_config_file
-
+    def load_arguments(name: str, lang_code: str):
         try:
-            values = args.values_from_config(read_config_file(path), ctx.save_root)
+            path = safety.args_file(ctx.home, name)
+            values = args.values_from_config(safety.load_args(ctx.home, name), ctx.save_root)
         except Exception as err:
             return [gr.skip()] * (len(field_keys) + 1) + [error_text(err, lang_code)]
-        name = next((k for k, v in args.MODEL_CHOICES.items() if v == values.get("model_path")), args.CUSTOM_MODEL)
+        model_name = next((k for k, v in args.MODEL_CHOICES.items() if v == values.get("model_path")), args.CUSTOM_MODEL)
         updates = [gr.update(value=values[k]) if k in values else gr.skip() for k in field_keys]
-        return [*updates, gr.update(value=name), message("loaded_args", lang_code, path=path)]
+        return [*updates, gr.update(value=model_name), message("loaded_args", lang_code, name=path.stem, path=path)]
 
     buttons["preview_cmd"].click(preview_command, all_fields, [command, notice])
-    buttons["save_args"].click(lambda data: save_arguments(data, data[config_path]), all_fields | {config_path}, [notice])
-    buttons["load_args"].click(load_arguments, [config_path, lang],
+    buttons["save_args"].click(save_arguments, all_fields | {args_name, overwrite}, [notice, args_name, overwrite])
+    buttons["load_args"].click(load_arguments, [args_name, lang],
                                [*(f[k] for k in field_keys), ui.elems["model_name"], notice])
+    args_name.focus(saved_names, None, [args_name])
 
     def describe_run(data: dict):
         try:
             config_dir = args.resolve_output_dir(ctx.save_root, data[model_path], data[method], data[output_dir])
         except Exception:
             return ""
+        try:
+            safety.check_inside_root(config_dir, ctx.save_root, data[allow_outside])
+        except safety.Refusal as err:
+            return error_text(err, data[lang])
         return args.describe_output_dir(config_dir, data[lang])[1]
 
     def refresh_runs(path_value: str, method_value: str):
         return gr.update(choices=args.list_runs(ctx.save_root, path_value, method_value))
 
-    output_dir.change(describe_run, {model_path, method, output_dir, lang}, [notice])
+    output_dir.change(describe_run, {model_path, method, output_dir, lang, allow_outside}, [notice])
     for trigger in (model_path.change, method.change):
         trigger(refresh_runs, [model_path, method], [output_dir])
 
@@ -239,7 +258,7 @@ def render_progress(snap, lang: str, element_id: str = "tf-progress") -> str:
             f'<div style="margin-top:4px;white-space:pre-wrap">{"<br>".join(lines)}</div></div>')
 
 
-def render_data_preview(values: dict, save_root: str, rows: int = 3) -> str:
+def render_data_preview(values: dict, save_root: str, rows: int = 3, **confirmed: bool) -> str:
     """The first rows encoded exactly as training will, trained text highlighted, then the data report."""
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.data.preview import GREEN, RESET, mark_sample
@@ -247,7 +266,7 @@ def render_data_preview(values: dict, save_root: str, rows: int = 3) -> str:
     from tuneforge.train import workflow
 
     values = {**values, "output_dir": values.get("output_dir") or "preview"}
-    config = args.build_train_config(values, save_root)
+    config = args.build_train_config(values, save_root, **confirmed)
     config["max_samples"] = min(int(config.get("max_samples") or 50), 50)  # a preview reads only a few rows
     cfg = args.validate(config, require_output_dir=False)
     if cfg.finetuning.stage == "pt":
