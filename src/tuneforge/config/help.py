@@ -14,6 +14,7 @@ _TITLES = {
     "finetuning": "finetuning",
     "generating": "generating",
     "training": "training (HF Seq2SeqTrainingArguments + LLaMA-Factory additions)",
+    "facts": "fact data (tuneforge additions: augmentation, train until learned)",
 }
 
 

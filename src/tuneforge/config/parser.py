@@ -21,6 +21,7 @@ import yaml
 from ..errors import ConfigError, NotSupportedError
 from . import support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
+from .facts_args import FactArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
 SECTIONS: tuple[tuple[str, type], ...] = (
@@ -29,6 +30,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("finetuning", FinetuningArguments),
     ("generating", GeneratingArguments),
     ("training", TrainingArguments),
+    ("facts", FactArguments),
 )
 OVERRIDE_SOURCE = "command-line override"
 
@@ -44,6 +46,7 @@ class RunConfig:
     training: TrainingArguments
     config_path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    facts: FactArguments = field(default_factory=FactArguments)  # tuneforge's fact-data keys
 
     @property
     def config_dir(self) -> Path | None:
@@ -374,10 +377,11 @@ def _build(
         data = DataArguments(**sections["data"])
         finetuning = FinetuningArguments(**sections["finetuning"])
         generating = GeneratingArguments(**sections["generating"])
+        facts = FactArguments(**sections["facts"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     try:
         training = TrainingArguments(**training_kwargs(sections["training"], finetuning.disable_shuffling))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, generating, training, config_path, raw)
+    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts)

@@ -72,6 +72,7 @@ def check_consistency(
     _check_method(v)
     _check_hardware(v)
     _check_data(v)
+    _check_facts(v)
     _check_training(v, require_output_dir=require_output_dir)
 
 
@@ -183,6 +184,27 @@ def _check_data(v: _View) -> None:
             f"got {v['max_samples']}"
         )
     _check_dataset_dir(v)
+
+
+def _check_facts(v: _View) -> None:
+    """tuneforge's fact-data keys (config/facts_args.py)."""
+    if v["augment_facts"]:
+        if v["stage"] != "sft":
+            raise ConfigError(f"{v.where('augment_facts')}: `augment_facts` adds questions for sft data; "
+                              f"stage is `{v['stage']}`")
+        if v["val_size"] > 1e-6:
+            raise ConfigError(f"{v.where('augment_facts', 'val_size')}: `augment_facts` with `val_size` would put "
+                              "paraphrases of training rows into the validation split; use `eval_dataset` instead")
+    target = v["recall_target"]
+    if target is not None:
+        if not 0 < target <= 1:
+            raise ConfigError(f"{v.where('recall_target')}: `recall_target` is a fraction in (0, 1], got {target}")
+        if v["stage"] != "sft" or not v["do_train"]:
+            raise ConfigError(f"{v.where('recall_target')}: `recall_target` stops an sft training run; "
+                              f"this config has stage `{v['stage']}`, do_train {v['do_train']}")
+        if v["recall_check_epochs"] <= 0 or v["recall_check_samples"] < 1:
+            raise ConfigError(f"{v.where('recall_check_epochs', 'recall_check_samples')}: `recall_check_epochs` must "
+                              "be positive and `recall_check_samples` at least 1")
 
 
 def _check_dataset_dir(v: _View) -> None:

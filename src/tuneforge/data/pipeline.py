@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data import encode as encoding
-from tuneforge.data.formats import Conversation, Message, RowError, check_column_mapping, convert_row
-from tuneforge.data.loaders import _files_of, load_rows, origin_of, sample_rows
+from tuneforge.data.facts import augment_conversations
+from tuneforge.data.formats import Message
+from tuneforge.data.loaders import _files_of
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs, split_names
 from tuneforge.data.report import DataReport
+from tuneforge.data.rows import read_conversations
 from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 CACHE_VERSION = "tuneforge-data-1"
 RANKING_STAGES = ("rm", "dpo")
 ENCODED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
-MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
 
 @dataclass
@@ -94,7 +95,7 @@ def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Dat
     from datasets import Dataset
 
     data = cfg.data
-    cache_dir = _cache_root() / _cache_key(specs, split, data, tokenizer, template, stage, seed)
+    cache_dir = _cache_root() / _cache_key(specs, split, data, tokenizer, template, stage, seed, _augments(cfg, split, stage))
     if cache_dir.is_dir() and not getattr(data, "overwrite_cache", False):
         try:
             dataset = Dataset.load_from_disk(str(cache_dir / "data"))
@@ -108,25 +109,10 @@ def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Dat
             return dataset
 
     part = DataReport()
-    conversations = []
-    for spec in specs:
-        rows = load_rows(spec)
-        check_column_mapping(spec, (row.values for row in rows), origin_of(spec))
-        part.read(spec.name, len(rows), split)
-        rows = sample_rows(rows, spec.num_samples, getattr(data, "max_samples", None), seed)
-        converted = []
-        for row in rows:
-            try:
-                converted.append(convert_row(row.values, spec, row.source))
-            except RowError as err:
-                part.dropped(spec.name, f"invalid {spec.formatting} row", f"{err.source} ({err.problem})", split)
-        conversations.append(converted)
-    mixed = mix(conversations, [s.name for s in specs], data, seed)
-    for spec in specs:  # rows that reached the converter or the encoder (interleaving skips / repeats)
-        stats = part.stats(spec.name, split)
-        stats.rows_used = sum(stats.dropped.values())
-    for name, _ in mixed:
-        part.stats(name, split).rows_used += 1
+    mixed = read_conversations(specs, split, data, seed, part)
+    if _augments(cfg, split, stage):  # fact data: more phrasings per fact (data/facts.py)
+        mixed, added = augment_conversations(mixed, seed)
+        part.notes.append(f"{split}: augment_facts added {added} question(s) to {len(mixed) - added} row(s)")
 
     if stage == "pt":
         columns = _encode_pt(mixed, tokenizer, data, part, split)
@@ -273,32 +259,6 @@ def _encode_pt(mixed, tokenizer, data, report: DataReport, split) -> dict[str, l
     return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
 
-# ----------------------------------------------------------------------------- mixing
-def mix(conversations: list[list[Conversation]], names: list[str], data, seed: int) -> list[tuple[str, Conversation]]:
-    """LF's `mix_strategy`: concat, or interleave (HF `interleave_datasets`) stopping at the first
-    exhausted dataset (`interleave_under`) or when all are exhausted (`interleave_over`)."""
-    strategy = getattr(data, "mix_strategy", None) or "concat"
-    if strategy == "interleave_once":
-        raise NotSupportedError("mix_strategy 'interleave_once' is not supported yet (use concat or interleave_*)")
-    if strategy not in MIX_STRATEGIES:
-        raise ConfigError(f"mix_strategy '{strategy}' is not one of {', '.join(MIX_STRATEGIES)}")
-    if strategy == "concat" or len(conversations) < 2:
-        return [(name, conv) for name, convs in zip(names, conversations) for conv in convs]
-
-    from datasets import Dataset, interleave_datasets
-
-    probs = getattr(data, "interleave_probs", None)
-    if isinstance(probs, str):
-        probs = [float(p) for p in probs.split(",") if p.strip()]
-    if probs is not None and len(probs) != len(conversations):
-        raise ConfigError(f"interleave_probs has {len(probs)} value(s) but there are {len(conversations)} datasets")
-    # interleave row indexes with HF's own function so the order matches LF exactly
-    index_sets = [Dataset.from_dict({"d": [i] * len(c), "r": list(range(len(c)))}) for i, c in enumerate(conversations)]
-    stopping = "first_exhausted" if strategy == "interleave_under" else "all_exhausted"
-    mixed = interleave_datasets(index_sets, probabilities=probs, seed=seed, stopping_strategy=stopping)
-    return [(names[d], conversations[d][r]) for d, r in zip(mixed["d"], mixed["r"])]
-
-
 # ----------------------------------------------------------------------------- cache
 def _cache_root() -> Path:
     return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / "datasets"
@@ -342,8 +302,13 @@ _KEYS = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "mix_st
          "preserve_thinking", "preprocessing_batch_size")
 
 
-def _cache_key(specs, split, data, tokenizer, template, stage, seed) -> str:
+def _augments(cfg, split: str, stage: str) -> bool:
+    return split == "train" and stage == "sft" and bool(getattr(getattr(cfg, "facts", None), "augment_facts", False))
+
+
+def _cache_key(specs, split, data, tokenizer, template, stage, seed, augmented: bool = False) -> str:
     key = {
+        "augment_facts": augmented,
         "version": CACHE_VERSION,
         "stage": stage,
         "split": split,

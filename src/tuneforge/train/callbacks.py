@@ -89,6 +89,12 @@ class LogCallback(TrainerCallback):
         self.aborted = True
         self._save_on_stop = self._save_on_stop or save_checkpoint
 
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Append a record that is not a Trainer log (e.g. a recall check) to trainer_log.jsonl."""
+        if self.is_writer and self.output_dir is not None:
+            with open(self.output_dir / TRAINER_LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**record, "total_steps": self.max_steps}) + "\n")
+
     def mark_failed(self, message: str) -> None:
         self._write_status("failed", error=message)
 

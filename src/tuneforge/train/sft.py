@@ -15,6 +15,7 @@ def run_sft(cfg) -> dict:
     from tuneforge.data.collate import PackedCollator, PaddedCollator
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
+    from tuneforge.train.recall_stop import add_recall_stop, report_recall
     from tuneforge.train.resume import prepare_output_dir
 
     if cfg.training.do_predict:  # generate + BLEU/ROUGE (evaluate/); tuner refused it with do_train
@@ -39,8 +40,10 @@ def run_sft(cfg) -> dict:
     packing = cfg.data.packing is not False
     collator = PackedCollator() if packing else PaddedCollator(pad_token_id=tokenizer.pad_token_id)
     trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
+    recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
 
     # train + save
     metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)
+    report_recall(recall_stop, trainer, metrics)
     workflow.print_summary(cfg, metrics)
     return metrics

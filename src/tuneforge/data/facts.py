@@ -1,0 +1,164 @@
+"""Fact data: answers that are `key:value` lists, and the question-side augmentation that makes them stick.
+
+A fine-tune on rows whose prompts differ only by a name ("红星小学张三10月考试成绩是多少？" ->
+"姓名:张三, 性别:男, 学号:1, ...") learns the answer's layout, not the facts: one fixed phrasing per
+fact is one exposure, and a constant template lets the model ignore the only tokens that differ.
+`augment_fact_row` adds, with no model and in the row's language (Chinese or English):
+
+* the same question in other phrasings -> the same answer;
+* one question per field the question does not already name ("...中的学号是多少？" -> "学号:1"), answered
+  in the answer's own `key:value` form, so it recalls the value the way the whole answer does;
+* questions for two fields in a random order -> those fields in that order (answers in varied order).
+
+Every generated question contains the original question's subject (its text minus the trailing
+question phrase) verbatim and every answer is made of the original's values, so no name or number
+can change (tested). Templates are split into a training pool and a held-out pool: `heldout_questions`
+builds single-field questions only from phrasings the augmentation never uses, so a recall
+evaluation can tell "knows the fact" from "knows one string".
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+PAIR_SPLIT = re.compile(r"\s*[,，;；\n]\s*")  # between the `key:value` pairs of an answer
+_KEY_VALUE = re.compile(r"^([^:：=,，;；\n]{1,24}?)\s*([:：=])\s*(\S.*?)$")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+# trailing question phrases removed to get a question's subject ("...考试成绩是多少？" -> "...考试成绩")
+_ZH_ASK = re.compile(r"(是多少|是什么|是哪些|有哪些|怎么样|如何|多少|什么|吗|呢)?[\s?？。!！]*$")
+_EN_ASK = re.compile(r"[\s?.!]*$")
+
+# {s}: the question's subject, {q}: the whole question, {k}/{k1}/{k2}: field names
+ZH_PARAPHRASES = ("请问{q}", "{s}是什么？", "告诉我{s}。", "帮我查一下{s}。", "{s}？")
+EN_PARAPHRASES = ("Please tell me: {q}", "{q} Answer briefly.", "I need to know this: {q}", "Question: {q}")
+ZH_FIELD_TRAIN = ("{s}中的{k}是多少？", "{s}里{k}是什么？", "请告诉我{s}的{k}。", "{k}是多少？我问的是{s}。")
+ZH_FIELD_HELDOUT = ("{s}，{k}呢？", "只说{k}：{s}？")
+EN_FIELD_TRAIN = ("{q} Only the {k}, please.", "For this question: {q} What is the {k}?",
+                  "{q} Just give me the {k}.", "What is the {k}? I mean: {q}")
+EN_FIELD_HELDOUT = ("Regarding \"{q}\", state only the {k}.", "{k} only: {q}")
+ZH_TWO_FIELDS = "{s}中的{k1}和{k2}分别是多少？"
+EN_TWO_FIELDS = "{q} Only the {k1} and the {k2}, in that order."
+
+
+@dataclass(frozen=True)
+class FactAnswer:
+    """A parsed `key:value` answer; `pair_sep` / `kv_sep` are the separators it was written with."""
+
+    fields: tuple[tuple[str, str], ...]
+    pair_sep: str = ", "
+    kv_sep: str = ":"
+
+    def render(self, fields=None) -> str:
+        return self.pair_sep.join(f"{k}{self.kv_sep}{v}" for k, v in (self.fields if fields is None else fields))
+
+
+def parse_fact_answer(answer: str, min_fields: int = 2) -> FactAnswer | None:
+    """`"姓名:张三, 性别:男"` -> FactAnswer; None when the text is not a list of >= min_fields `key:value`."""
+    text = answer.strip()
+    if not text:
+        return None
+    parts = PAIR_SPLIT.split(text)
+    fields = []
+    for part in parts:
+        match = _KEY_VALUE.match(part)
+        if match is None:
+            return None
+        fields.append((match.group(1).strip(), match.group(3).strip()))
+    if len(fields) < min_fields or len({k for k, _ in fields}) != len(fields):
+        return None
+    separator = re.search(r"[,，;；\n]\s*", text)
+    first = _KEY_VALUE.match(parts[0])
+    after = parts[0][first.end(2):]  # the separator is the first of its kind: keys cannot contain it
+    kv_sep = first.group(2) + after[: len(after) - len(after.lstrip())]
+    return FactAnswer(tuple(fields), separator.group(0) if separator else ", ", kv_sep)
+
+
+def is_chinese(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+def question_subject(question: str) -> str:
+    """The question minus its trailing question phrase and punctuation (the part that names the fact)."""
+    pattern = _ZH_ASK if is_chinese(question) else _EN_ASK
+    subject = pattern.sub("", question.strip())
+    return subject or question.strip()
+
+
+def _fill(template: str, question: str, **keys: str) -> str:
+    return template.format(q=question.strip(), s=question_subject(question), **keys)
+
+
+def augment_fact_row(question: str, answer: str, rng: random.Random, *, paraphrases: int = 3,
+                     two_field_questions: int = 1) -> list[tuple[str, str]]:
+    """Extra (question, answer) pairs for one fact row (the row itself not included); [] when the answer
+    is not a `key:value` list. Paraphrases of the whole question are added for any answer."""
+    zh = is_chinese(question)
+    pool = ZH_PARAPHRASES if zh else EN_PARAPHRASES
+    out = [(_fill(t, question), answer) for t in rng.sample(pool, min(paraphrases, len(pool)))]
+    facts = parse_fact_answer(answer)
+    if facts is None:
+        return out
+    field_pool = ZH_FIELD_TRAIN if zh else EN_FIELD_TRAIN
+    for i, (key, value) in enumerate(hidden_fields(question, facts)):
+        # answered as `key:value`: the same tokens that lead to the value in the whole answer
+        out.append((_fill(field_pool[(i + rng.randrange(len(field_pool))) % len(field_pool)], question, k=key),
+                    facts.render([(key, value)])))
+    hidden = hidden_fields(question, facts)
+    pairs = [(a, b) for a in facts.fields for b in facts.fields if a != b and (a in hidden or b in hidden)]
+    for (k1, v1), (k2, v2) in rng.sample(pairs, min(two_field_questions, len(pairs))):
+        out.append((_fill(ZH_TWO_FIELDS if zh else EN_TWO_FIELDS, question, k1=k1, k2=k2),
+                    facts.render([(k1, v1), (k2, v2)])))
+    return out
+
+
+def hidden_fields(question: str, facts: FactAnswer) -> list[tuple[str, str]]:
+    """The fields a model must remember: those whose value the question does not already contain."""
+    return [(key, value) for key, value in facts.fields if not contains_value(question, value)]
+
+
+def contains_value(text: str, value: str) -> bool:
+    """`value` occurs in `text` as a whole (see `value_pattern`)."""
+    return bool(value) and value_pattern(value).search(text) is not None
+
+
+def value_pattern(value: str) -> re.Pattern:
+    """`value` as a whole: a value that starts or ends with a letter or digit must not continue a word or
+    number there (the 1 of 学号:1 is not in "11月"; 张三 is in "张三10月")."""
+    before = r"(?<![0-9A-Za-z])" if value[:1].isascii() and value[:1].isalnum() else ""
+    after = r"(?![0-9A-Za-z])" if value[-1:].isascii() and value[-1:].isalnum() else ""
+    return re.compile(before + re.escape(value) + after)
+
+
+def heldout_questions(question: str, answer: str) -> list[tuple[str, str, str]]:
+    """(question, field, expected value) for every field the question does not give away, in phrasings
+    `augment_fact_row` never uses."""
+    facts = parse_fact_answer(answer)
+    if facts is None:
+        return []
+    pool = ZH_FIELD_HELDOUT if is_chinese(question) else EN_FIELD_HELDOUT
+    return [(_fill(pool[i % len(pool)], question, k=key), key, value)
+            for i, (key, value) in enumerate(hidden_fields(question, facts))]
+
+
+def augment_conversations(mixed: list, seed: int) -> tuple[list, int]:
+    """`augment_facts: true` for the training split: after every single-turn (dataset name, Conversation),
+    its extra questions as new conversations (same system prompt; source "... (augmented)").
+    Returns the new list and how many were added. Multi-turn rows are kept as they are."""
+    import dataclasses
+
+    from tuneforge.data.formats import Message
+
+    rng = random.Random(seed)
+    out, added = [], 0
+    for name, conv in mixed:
+        out.append((name, conv))
+        if len(conv.messages) != 2 or conv.messages[0].role != "user" or conv.messages[1].role != "assistant":
+            continue
+        for question, answer in augment_fact_row(conv.messages[0].content, conv.messages[1].content, rng):
+            extra = dataclasses.replace(conv, messages=(Message("user", question), Message("assistant", answer)),
+                                        source=f"{conv.source} (augmented)")
+            out.append((name, extra))
+            added += 1
+    return out, added

@@ -1,0 +1,61 @@
+"""The rows a split trains on: dataset specs -> rows (num_samples / max_samples) -> Conversations (bad rows
+reported) -> mixed. Shared by the training pipeline (`pipeline.build_split`) and `tuneforge data check`."""
+
+from __future__ import annotations
+
+from tuneforge.data.formats import Conversation, RowError, check_column_mapping, convert_row
+from tuneforge.data.loaders import load_rows, origin_of, sample_rows
+from tuneforge.data.report import DataReport
+from tuneforge.errors import ConfigError, NotSupportedError
+
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+
+
+def read_conversations(specs, split, data, seed, report: DataReport) -> list[tuple[str, Conversation]]:
+    """The rows a split trains on, as (dataset name, Conversation): read, sampled (num_samples / max_samples),
+    converted (bad rows reported as dropped) and mixed. `tuneforge data check` reads the same rows."""
+    conversations = []
+    for spec in specs:
+        rows = load_rows(spec)
+        check_column_mapping(spec, (row.values for row in rows), origin_of(spec))
+        report.read(spec.name, len(rows), split)
+        rows = sample_rows(rows, spec.num_samples, getattr(data, "max_samples", None), seed)
+        converted = []
+        for row in rows:
+            try:
+                converted.append(convert_row(row.values, spec, row.source))
+            except RowError as err:
+                report.dropped(spec.name, f"invalid {spec.formatting} row", f"{err.source} ({err.problem})", split)
+        conversations.append(converted)
+    mixed = mix(conversations, [s.name for s in specs], data, seed)
+    for spec in specs:  # rows that reached the converter or the encoder (interleaving skips / repeats)
+        stats = report.stats(spec.name, split)
+        stats.rows_used = sum(stats.dropped.values())
+    for name, _ in mixed:
+        report.stats(name, split).rows_used += 1
+    return mixed
+
+
+def mix(conversations: list[list[Conversation]], names: list[str], data, seed: int) -> list[tuple[str, Conversation]]:
+    """LF's `mix_strategy`: concat, or interleave (HF `interleave_datasets`) stopping at the first
+    exhausted dataset (`interleave_under`) or when all are exhausted (`interleave_over`)."""
+    strategy = getattr(data, "mix_strategy", None) or "concat"
+    if strategy == "interleave_once":
+        raise NotSupportedError("mix_strategy 'interleave_once' is not supported yet (use concat or interleave_*)")
+    if strategy not in MIX_STRATEGIES:
+        raise ConfigError(f"mix_strategy '{strategy}' is not one of {', '.join(MIX_STRATEGIES)}")
+    if strategy == "concat" or len(conversations) < 2:
+        return [(name, conv) for name, convs in zip(names, conversations) for conv in convs]
+
+    from datasets import Dataset, interleave_datasets
+
+    probs = getattr(data, "interleave_probs", None)
+    if isinstance(probs, str):
+        probs = [float(p) for p in probs.split(",") if p.strip()]
+    if probs is not None and len(probs) != len(conversations):
+        raise ConfigError(f"interleave_probs has {len(probs)} value(s) but there are {len(conversations)} datasets")
+    # interleave row indexes with HF's own function so the order matches LF exactly
+    index_sets = [Dataset.from_dict({"d": [i] * len(c), "r": list(range(len(c)))}) for i, c in enumerate(conversations)]
+    stopping = "first_exhausted" if strategy == "interleave_under" else "all_exhausted"
+    mixed = interleave_datasets(index_sets, probabilities=probs, seed=seed, stopping_strategy=stopping)
+    return [(names[d], conversations[d][r]) for d, r in zip(mixed["d"], mixed["r"])]

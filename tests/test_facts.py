@@ -1,0 +1,92 @@
+"""data/facts.py: parsing `key:value` answers, question-side augmentation that never changes a fact,
+held-out phrasings that training never sees."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from tuneforge.data import facts
+from tuneforge.data.facts import (FactAnswer, augment_fact_row, contains_value, heldout_questions, parse_fact_answer,
+                                  question_subject)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _records(lang: str, rows: int = 40) -> list[dict]:
+    spec = importlib.util.spec_from_file_location("make_school_records", ROOT / "data" / "make_school_records.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_school_records(rows, lang)
+
+
+def test_parse_and_render_keep_the_layout():
+    zh = parse_fact_answer("姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66")
+    assert zh == FactAnswer((("姓名", "张三"), ("性别", "男"), ("学号", "1"), ("考试时间", "10月"), ("数学", "66")), ", ", ":")
+    assert zh.render() == "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66"
+    en = parse_fact_answer("Name: Emma Brooks; Student ID: 7")
+    assert en.render() == "Name: Emma Brooks; Student ID: 7" and en.kv_sep == ": "
+    assert parse_fact_answer("姓名：李四，学号：3").render([("学号", "3")]) == "学号：3"
+    for text in ("The capital of France is Paris.", "a: 1", "x: 1, x: 2", "", "1, 2, 3"):
+        assert parse_fact_answer(text) is None, text
+
+
+def test_subject_and_whole_values():
+    assert question_subject("红星小学张三10月考试成绩是多少？") == "红星小学张三10月考试成绩"
+    assert question_subject("张三的学号是什么?") == "张三的学号"
+    assert question_subject("What were Emma's October results?") == "What were Emma's October results"
+    assert contains_value("光明小学郭强11月考试成绩", "11月") and not contains_value("光明小学郭强11月考试成绩", "1")
+    assert contains_value("Emma Brooks, 7", "7") and not contains_value("Room 17", "7")
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_augmentation_keeps_every_name_and_number(lang):
+    rng = random.Random(0)
+    for row in _records(lang):
+        question, answer = row["instruction"], row["output"]
+        original = parse_fact_answer(answer)
+        given = re.findall(r"\d+|[A-Z][a-z]+", question)  # numbers and capitalised words of the question
+        extra = augment_fact_row(question, answer, rng)
+        assert len(extra) >= 3 + 5  # paraphrases + one question per field the question does not give away
+        for new_question, new_answer in extra:
+            assert question_subject(question) in new_question  # the question's names, school, month verbatim
+            assert all(token in new_question for token in given)
+            # the whole answer or some of its fields (`key:value`): each exactly as in the original
+            parsed = parse_fact_answer(new_answer, min_fields=1)
+            assert parsed is not None and set(parsed.fields) <= set(original.fields), new_answer
+            assert parsed.kv_sep == original.kv_sep and (len(parsed.fields) == 1 or parsed.pair_sep == original.pair_sep)
+
+
+def test_one_question_per_hidden_field_and_fields_in_varied_order():
+    question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
+    extra = augment_fact_row(question, answer, random.Random(3), paraphrases=0, two_field_questions=3)
+    one_field = [a for _, a in extra if "," not in a]
+    assert sorted(one_field) == sorted(["性别:男", "学号:1", "数学:66", "物理:71", "化学:58"])  # 张三, 10月: given
+    two_field = [parse_fact_answer(a).fields for _, a in extra if "," in a]
+    assert len(two_field) == 3 and len(set(two_field)) == 3
+    assert any(list(pair) != sorted(pair, key=parse_fact_answer(answer).fields.index) for pair in two_field)
+
+
+def test_heldout_phrasings_are_never_used_for_training():
+    train_pools = (facts.ZH_PARAPHRASES + facts.EN_PARAPHRASES + facts.ZH_FIELD_TRAIN + facts.EN_FIELD_TRAIN
+                   + (facts.ZH_TWO_FIELDS, facts.EN_TWO_FIELDS))
+    assert not set(facts.ZH_FIELD_HELDOUT + facts.EN_FIELD_HELDOUT) & set(train_pools)
+    for lang in ("zh", "en"):
+        rows = _records(lang, rows=20)
+        trained = {q for row in rows for q, _ in augment_fact_row(row["instruction"], row["output"], random.Random(1))}
+        for row in rows:
+            held = heldout_questions(row["instruction"], row["output"])
+            assert [field for _, field, _ in held] == [k for k, v in parse_fact_answer(row["output"]).fields
+                                                       if not contains_value(row["instruction"], v)]
+            assert all(q not in trained and q != row["instruction"] for q, _, _ in held)
+            assert all(dict(parse_fact_answer(row["output"]).fields)[field] == value for _, field, value in held)
+
+
+def test_plain_answers_get_paraphrases_only():
+    extra = augment_fact_row("Who are you?", "I am Forgey.", random.Random(0))
+    assert extra and all(a == "I am Forgey." and "Who are you?" in q for q, a in extra)
+    assert heldout_questions("Who are you?", "I am Forgey.") == []

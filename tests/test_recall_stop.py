@@ -1,0 +1,80 @@
+"""Train until learned: the teacher-forced check equals greedy decoding, the stop rule stops, a run that
+does not reach its target says so, and `augment_facts` reaches the training data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
+
+from conftest import write_workspace
+from tuneforge.cli.main import main
+from tuneforge.train.recall_stop import RecallStopCallback, teacher_forced_exact
+
+ROWS = [{"instruction": f"学校{i}号学生的成绩是多少？", "input": "", "output": f"姓名:学生{i}, 学号:{i}, 数学:{60 + i}"}
+        for i in range(1, 9)]
+
+
+def _greedy_sample(model, prompt: list[int], new_tokens: int = 6) -> dict[str, list[int]]:
+    """A sample whose answer is exactly what the model generates greedily after `prompt`."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens)
+    ids = out[0].tolist()
+    return {"input_ids": ids, "labels": [-100] * len(prompt) + ids[len(prompt):]}
+
+
+def test_teacher_forced_exact_is_greedy_exact(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    samples = [_greedy_sample(model, [5, 17, 42, 9]), _greedy_sample(model, [3, 250, 11])]
+    assert teacher_forced_exact(model, samples) == [True, True]
+    wrong = dict(samples[0], labels=samples[0]["labels"][:-1] + [(samples[0]["labels"][-1] + 1) % 300])
+    assert teacher_forced_exact(model, [wrong, samples[1]]) == [False, True]
+    assert not model.training  # the model's mode is restored
+    model.train()
+    teacher_forced_exact(model, samples)
+    assert model.training
+
+
+def test_stop_rule_stops_at_the_target_and_records_every_check(tiny_llama_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    good = [_greedy_sample(model, [5, 17, 42, 9]), _greedy_sample(model, [3, 250, 11])]
+    bad = dict(good[0], labels=good[0]["labels"][:-1] + [(good[0]["labels"][-1] + 1) % 300])
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback = RecallStopCallback([bad, good[1]], target=0.9, every_epochs=1.0)
+    state, control = TrainerState(), TrainerControl()
+    state.epoch, state.global_step = 0.5, 4
+    callback.on_step_end(args, state, control, model=model)
+    assert callback.history == []  # not at an epoch boundary yet
+    state.epoch, state.global_step = 1.0, 8
+    callback.on_step_end(args, state, control, model=model)
+    assert callback.history == [{"current_steps": 8, "epoch": 1.0, "recall": 0.5}] and not control.should_training_stop
+    callback.samples = good
+    state.epoch, state.global_step = 2.0, 16
+    callback.on_step_end(args, state, control, model=model)
+    assert control.should_training_stop and control.should_save
+    assert callback.summary() == {"recall": 1.0, "recall_best": 1.0, "recall_target_reached": True}
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_llama_dir, monkeypatch):
+    config = {"model_name_or_path": str(tiny_llama_dir), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+              "dataset": "facts", "dataset_dir": "data", "template": "chatml", "cutoff_len": 96, "output_dir": "out",
+              "logging_steps": 1, "save_strategy": "no", "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+              "num_train_epochs": 2, "report_to": "none", "augment_facts": True, "recall_target": 1.0,
+              "recall_check_samples": 4}
+    return write_workspace(tmp_path, monkeypatch, ROWS, "facts", config, "train.yaml")
+
+
+def test_run_that_misses_its_target_says_so(workspace, capsys):
+    assert main(["train", "train.yaml"]) == 0
+    printed = capsys.readouterr().out
+    assert "recall check (epoch 1.00): 0/4 training answers reproduced exactly (0%; target 100%)" in printed
+    assert "recall target 100% NOT reached within the training budget: best 0% at epoch" in printed
+    records = [json.loads(line) for line in (workspace / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "recall" in r] == [1.0, 2.0]
+    report = json.loads((workspace / "out" / "data_report.json").read_text())
+    assert any("augment_facts added" in note for note in report["notes"])
+    results = json.loads((workspace / "out" / "all_results.json").read_text())
+    assert results["recall_target_reached"] is False
