@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -22,6 +23,8 @@ commands:
   chat     chat with a model / adapter in the terminal   tuneforge chat examples/demo_chat.yaml
   export   merge adapters and save a standalone model    tuneforge export examples/demo_merge.yaml
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
+           check the rows a config trains on              tuneforge data check examples/demo_lora_sft.yaml [--json]
+  eval     did it learn? recall of the training facts    tuneforge eval recall train.yaml [--samples 50]
   webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh] [--auth U:P]
   bench    time training steps: tokens/s, memory, MFU   tuneforge bench examples/demo_lora_sft.yaml --steps 20
   estimate predict training memory before a run          tuneforge estimate examples/demo_lora_sft.yaml
@@ -100,16 +103,105 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+DATA_USAGE = """\
+usage: tuneforge data preview [config.yaml] [key=value ...] [-n N]
+       tuneforge data check [config.yaml] [key=value ...] [--json]
+  preview  the first N samples as the model sees them, trained tokens marked, and the data report
+  check    a report on exactly the rows the config trains on: format errors, empty answers, duplicates,
+           conflicting answers, near-duplicate prompts, fact data, token lengths against cutoff_len, a template
+           that disagrees with the model's; each finding with the keys to set. --json: the same as JSON.
+           Exit status 1 when it finds an error."""
+
+
 def cmd_data(args: list[str]) -> int:
-    if not args or args[0] != "preview" or any(a in ("-h", "--help") for a in args):
-        print("usage: tuneforge data preview [config.yaml] [key=value ...] [-n N]\n"
-              "Shows the first N samples as the model sees them, trained tokens marked, and the data report.")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    if not args or args[0] not in ("preview", "check") or any(a in ("-h", "--help") for a in args):
+        print(DATA_USAGE)
+        return 0 if any(a in ("-h", "--help") for a in args) else 2
     rest = list(args[1:])
+    if args[0] == "check":
+        as_json = "--json" in rest
+        rest = [a for a in rest if a != "--json"]
+        from tuneforge.train.check_data import check_data
+
+        report = check_data(_load(rest, require_output_dir=False))
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if as_json else report.format())
+        return 1 if report.count("error") else 0
     count = int(_pop_option(rest, "-n") or _pop_option(rest, "--num") or 3)
     from tuneforge.train.tuner import preview_data
 
     print(preview_data(_load(rest, require_output_dir=False), count))
+    return 0
+
+
+EVAL_USAGE = """\
+usage: tuneforge eval recall [config.yaml] [key=value ...] [--samples N] [--seed S] [--no-heldout] [--no-drift]
+                             [--json] [--output FILE.json|DIR] [--base MODEL] [--drift-questions FILE]
+                             [--heldout-per-row N]
+Did it learn? Asks the fine-tuned model its training questions (the config's `dataset`) greedily and reports
+exact match, character similarity, per-field accuracy for `key:value` answers and the worst answers; then
+single-field questions in phrasings never trained (held-out); then drift: general questions answered by the
+base model and by the fine-tune. Works on a training YAML: the adapter (lora) or model (full, freeze) saved in
+its output_dir is evaluated. Writes recall_results.json into output_dir (or --output).
+  --samples N             ask a seeded sample of N training questions (default: all)
+  --seed S                the sample's seed (default: the config's seed)
+  --no-heldout            skip the held-out questions
+  --heldout-per-row N     held-out questions per training row, fields rotating across rows (default 2; 0 = all)
+  --no-drift              skip the drift questions (no base model is loaded)
+  --json                  print the results as JSON on stdout (progress goes to stderr)
+  --output PATH           where to write the JSON (a .json file or a folder)
+  --base MODEL            the model before training, for drift (default: from the config)
+  --drift-questions FILE  your own general questions (default: the shipped set)"""
+
+_EVAL_FLAGS = ("--no-heldout", "--no-drift", "--json")
+
+
+def _int_option(args: list[str], name: str) -> int | None:
+    text = _pop_option(args, name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"tuneforge eval recall: {name} expects a whole number, got {text!r}") from None
+
+
+def cmd_eval(args: list[str]) -> int:
+    wants_help = any(a in ("-h", "--help") for a in args)
+    if wants_help or not args or args[0] != "recall":
+        print(EVAL_USAGE)
+        return 0 if wants_help else 2
+    import functools
+    import json
+
+    from tuneforge.evaluate.recall import HELDOUT_PER_ROW, RecallOptions, run_recall
+    from tuneforge.evaluate.recall_report import format_recall_report
+
+    rest = list(args[1:])
+    flags = {flag: flag in rest for flag in _EVAL_FLAGS}
+    rest = [a for a in rest if a not in _EVAL_FLAGS]
+    samples, seed = _int_option(rest, "--samples"), _int_option(rest, "--seed")
+    per_row = _int_option(rest, "--heldout-per-row")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"tuneforge eval recall: --samples expects a number >= 1, got {samples}")
+    if per_row is not None and per_row < 0:
+        raise ConfigError(f"tuneforge eval recall: --heldout-per-row expects a number >= 0, got {per_row}")
+    options = RecallOptions(samples=samples, seed=seed, heldout=not flags["--no-heldout"],
+                            heldout_per_row=HELDOUT_PER_ROW if per_row is None else (per_row or None),
+                            drift=not flags["--no-drift"], output=_pop_option(rest, "--output"),
+                            base_model=_pop_option(rest, "--base"),
+                            drift_questions=_pop_option(rest, "--drift-questions"))
+    stray = [a for a in rest if a in ("--samples", "--seed", "--output", "--base", "--drift-questions",
+                                      "--heldout-per-row")]
+    if stray:
+        raise ConfigError(f"tuneforge eval recall: {stray[0]} needs a value; see `tuneforge eval -h`")
+    as_json = flags["--json"]
+    emit = functools.partial(print, file=sys.stderr if as_json else sys.stdout, flush=True)
+    results = run_recall(_load(rest, require_output_dir=False), options, emit)
+    if as_json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        print(format_recall_report(results))
+        print(f"[tuneforge] all numbers and answers: {results['results_file']}", flush=True)
     return 0
 
 
@@ -198,6 +290,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "chat": cmd_chat,
     "export": cmd_export,
     "data": cmd_data,
+    "eval": cmd_eval,
     "bench": cmd_bench,
     "estimate": cmd_estimate,
     "webui": cmd_webui,
