@@ -241,6 +241,26 @@ def test_train_and_chat_in_the_browser(server, page, tiny_llama_dir):
     assert len(predictions.read_text(encoding="utf-8").splitlines()) == 4
     assert (out / "eval1" / "tuneforge_train.yaml").read_text().count("do_predict: true") == 1
 
+    # recall check ("did it learn?") of the same adapter on its training data: summary + report
+    page.locator("#tf-eval-mode").get_by_text("记忆检查 — 学会了吗？").click()
+    expect(page.locator("#tf-recall-samples")).to_be_visible(timeout=10000)
+    expect(page.locator("#tf-eval-max-new-tokens")).to_be_hidden()
+    fill(page, "tf-recall-samples", "2")
+    page.locator("#tf-recall-heldout input").uncheck()
+    fill(page, "tf-eval-output-dir", "recall1")
+    page.locator("#tf-eval-start").click()
+    expect(page.locator("#tf-eval-message")).to_contain_text("tuneforge eval recall", timeout=20000)
+    expect(progress).to_have_attribute("data-kind", "recall", timeout=30000)
+    expect(progress).to_have_attribute("data-status", "finished", timeout=120000)
+    summary = re.compile(r"^完全匹配 \d+/2 .* 留出问题 已跳过（--no-heldout） · 漂移平均变化 [\d.]+\n")
+    expect(results).to_have_value(summary, timeout=15000)
+    expect(page.locator("#tf-recall-report")).to_contain_text("== did it learn?", timeout=15000)
+    expect(page.locator("#tf-recall-report")).to_contain_text("drift on general questions (base model before")
+    page.screenshot(path=str(ARTIFACTS / "tiny_6_recall.png"), full_page=True)
+    recall_results = out / "recall1" / "recall_results.json"
+    assert str(recall_results) in results.input_value()
+    assert (out / "recall1" / "tuneforge_recall.yaml").read_text().startswith("# tuneforge eval recall ")
+
 
 @pytest.mark.demo
 def test_train_and_chat_with_the_demo_model(server, page):

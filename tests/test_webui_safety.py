@@ -298,6 +298,8 @@ def test_export_and_predict_refuse_a_folder_outside_the_root(app):
     info = call(demo, "export", tf_export_dir=str(unrelated), tf_model_path="builtin:smollm2")
     assert info.startswith(f"Error: The folder {unrelated} is outside the output root") and "tick" in info
     assert (unrelated / "thesis.txt").read_text() == "years of work"
-    notice, _ = call(demo, "start_prediction", tf_eval_dataset=["tiny"], tf_eval_output_dir=str(unrelated))
-    assert notice.startswith(f"Error: The folder {unrelated} is outside the output root")
+    for mode in ("predict", "recall"):
+        notice, *_ = call(demo, "start_evaluation", tf_eval_mode=mode, tf_eval_dataset=["tiny"],
+                          tf_eval_output_dir=str(unrelated))
+        assert notice.startswith(f"Error: The folder {unrelated} is outside the output root"), mode
     assert ctx.jobs.snapshot().status == "idle" and sorted(p.name for p in unrelated.iterdir()) == ["thesis.txt"]

@@ -305,9 +305,9 @@ def validate(config: Mapping[str, Any], *, require_output_dir: bool = True):
     return load_config_dict(config, source=SOURCE, require_output_dir=require_output_dir)
 
 
-def to_yaml(config: Mapping[str, Any], yaml_path: str | Path | None = None) -> str:
-    """The YAML file a job runs; the first line says how to run it by hand."""
-    header = f"# tuneforge train {yaml_path}\n" if yaml_path else ""
+def to_yaml(config: Mapping[str, Any], yaml_path: str | Path | None = None, *, command: str | None = None) -> str:
+    """The YAML file a job runs; the first line says how to run it by hand (`command`, else `tuneforge train`)."""
+    header = f"# {command}\n" if command else f"# tuneforge train {yaml_path}\n" if yaml_path else ""
     body = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False)
     return f"{header}# written by the tuneforge web UI\n{body}"
 

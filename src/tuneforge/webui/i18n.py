@@ -79,16 +79,32 @@ LABELS = MappingProxyType({
     "loss_chart": ("Loss", "损失"),
     "log": ("Log", "日志"),
     "eval_dataset_dir": ("Dataset folder", "数据目录"),
-    "eval_dataset": ("Datasets to predict on", "用于预测的数据集"),
+    "eval_mode": ("Evaluation", "评估方式"),
+    "eval_mode_predict": ("Batch prediction (BLEU / ROUGE)", "批量预测（BLEU / ROUGE）"),
+    "eval_mode_recall": ("Recall — did it learn?", "记忆检查 — 学会了吗？"),
+    "eval_dataset": ("Datasets (prediction: the rows to answer · recall: the training data to ask about)",
+                     "数据集（预测：要回答的样本 · 记忆检查：要提问的训练数据）"),
     "eval_cutoff_len": ("Cutoff length", "截断长度"),
     "eval_max_samples": ("Max samples per dataset", "每个数据集最大样本数"),
     "eval_max_new_tokens": ("Max new tokens", "最大生成长度"),
     "eval_top_p": ("Top-p", "Top-p 采样值"),
     "eval_temperature": ("Temperature", "温度系数"),
     "eval_output_dir": ("Output folder", "输出目录"),
-    "eval_start": ("Start prediction", "开始预测"),
+    "recall_hint": ("The model above (with the chosen adapter / checkpoint) answers the training questions of the "
+                    "selected datasets greedily: exact match, character similarity, per-field accuracy for "
+                    "`key:value` answers and the worst answers; then single-field questions in new phrasings "
+                    "(held-out) and general questions answered before and after fine-tuning (drift). "
+                    "Runs `tuneforge eval recall`.",
+                    "上方的模型（含所选适配器 / 检查点）以贪心解码回答所选数据集中的训练问题：完全匹配率、字符相似度、"
+                    "`key:value` 答案的逐字段准确率和最差的回答；然后是换了问法的单字段问题（留出问题），"
+                    "以及微调前后对通用问题的回答（漂移）。运行的是 `tuneforge eval recall`。"),
+    "recall_samples": ("Training questions to ask (0 = all)", "提问的训练问题数（0 = 全部）"),
+    "recall_heldout": ("Held-out questions (one field each, new phrasings)", "留出问题（每题一个字段，新的问法）"),
+    "recall_drift": ("Drift on general questions (base model vs fine-tune)", "通用问题漂移（基础模型 vs 微调后）"),
+    "recall_report": ("Recall report", "记忆检查报告"),
+    "eval_start": ("Start evaluation", "开始评估"),
     "eval_abort": ("Abort", "中断"),
-    "eval_results": ("Scores", "评分"),
+    "eval_results": ("Results", "评估结果"),
     "eval_allow_outside": ("Allow an output folder outside {root}", "允许使用 {root} 之外的输出目录"),
     "load_model": ("Load model", "加载模型"),
     "unload_model": ("Unload model", "卸载模型"),
@@ -174,6 +190,26 @@ MESSAGES = MappingProxyType({
                        "({samples} rows, {speed:.1f} tokens/s)\npredictions: {predictions}\nscores: {scores}",
                        "BLEU-4 {bleu:.2f} · ROUGE-1 {rouge1:.2f} · ROUGE-2 {rouge2:.2f} · ROUGE-L {rougel:.2f}"
                        "（{samples} 条，{speed:.1f} tokens/s）\n预测结果：{predictions}\n评分：{scores}"),
+    "starting_recall": ("Starting: reading the training questions and loading the model…",
+                        "启动中：正在读取训练问题并加载模型…"),
+    "running_recall": ("Asking the questions…", "提问中…"),
+    "aborting_recall": ("Stopping the recall check…", "正在停止记忆检查…"),
+    "finished_recall": ("Finished. Results in {output_dir}", "记忆检查完成，结果在 {output_dir}"),
+    "aborted_recall": ("Stopped; a recall check writes its results only when it completes.",
+                       "已停止；记忆检查只在完成时写入结果。"),
+    "step_line_recall": ("{phase}: {current}/{total} questions · {percent:.0f}% of this part · elapsed {elapsed}",
+                         "{phase}：{current}/{total} 个问题 · 本部分 {percent:.0f}% · 已用 {elapsed}"),
+    "phase_recall": ("training questions", "训练问题"),
+    "phase_held-out": ("held-out questions", "留出问题"),
+    "phase_drift (base model)": ("drift, base model", "漂移：基础模型"),
+    "phase_drift (fine-tuned)": ("drift, fine-tuned model", "漂移：微调后的模型"),
+    "recall_summary": ("exact match {exact} · character similarity {similarity:.3f} · field accuracy {fields} · "
+                       "held-out {heldout} · drift mean change {drift}",
+                       "完全匹配 {exact} · 字符相似度 {similarity:.3f} · 字段准确率 {fields} · "
+                       "留出问题 {heldout} · 漂移平均变化 {drift}"),
+    "recall_no_fields": ("- (no key:value answers)", "-（没有 key:value 形式的答案）"),
+    "recall_skipped": ("skipped ({reason})", "已跳过（{reason}）"),
+    "recall_file": ("all numbers and answers: {path}", "全部数值与回答：{path}"),
     "step_line": ("step {current}/{total} · {percent:.0f}% · elapsed {elapsed} · remaining {remaining}{speed}",
                   "步数 {current}/{total} · {percent:.0f}% · 已用 {elapsed} · 剩余 {remaining}{speed}"),
 })

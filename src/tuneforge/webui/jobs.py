@@ -10,6 +10,12 @@ Abort creates `<output_dir>/STOP_REQUESTED`; the run's LogCallback sees it after
 saves a checkpoint and ends as `aborted`. A job that has not begun training yet (loading the model
 or tokenizing) has nothing to keep and is terminated; one that ignores the request is terminated
 after `abort_grace_s`.
+
+A recall check of the Evaluate tab (`kind="recall"`, webui/recall_job.py) runs `tuneforge eval recall <yaml>
+--output <output_dir>/recall_results.json ...` instead: it writes no status files, so its progress is the
+last `[tuneforge] <phase> 3/50 (12s)` line of its output, it finished when it exited leaving
+recall_results.json (removed before the start), and Abort terminates it (nothing is kept: the results are
+written only at the end).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.callbacks import RUNNING_STATUS, STOP_FILE, TRAINER_LOG
+from tuneforge.train.callbacks import RUNNING_STATUS, STOP_FILE, TRAINER_LOG, format_duration
 
 JOB_YAML = "tuneforge_train.yaml"
 JOB_LOG = "webui_train.log"
@@ -52,7 +58,10 @@ class JobSnapshot:
     losses: list[tuple[int, float]] = field(default_factory=list)
     log_tail: str = ""
     message: str = ""  # the error of a failed job, the resume note of a new one
-    kind: str = "train"  # train | predict (a `do_predict` run of the Evaluate tab)
+    kind: str = "train"  # train | predict (a `do_predict` run of the Evaluate tab) | recall (`eval recall`)
+    command: str = ""  # the command line as a user would type it
+    phase: str = ""  # a recall check's current part: recall | held-out | drift (base model) | drift (fine-tuned)
+    results_path: str = ""  # a recall check's recall_results.json
 
     @property
     def active(self) -> bool:
@@ -102,22 +111,34 @@ class JobManager:
         self._reattach()
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def start(self, config: dict[str, Any], yaml_text: str | None = None, note: str = "") -> JobSnapshot:
-        """Write the YAML into output_dir and start `tuneforge train` on it."""
+    def start(self, config: dict[str, Any], yaml_text: str | None = None, note: str = "", *, kind: str | None = None,
+              options: list[str] | tuple[str, ...] = ()) -> JobSnapshot:
+        """Write the YAML into output_dir and start `tuneforge train` on it; `kind="recall"`: start
+        `tuneforge eval recall` on it with `options` (recall_job.recall_options)."""
         if self.is_running():
             job = self._job or {}
             raise JobBusyError(f"a job is already running (output_dir {job.get('output_dir')}, "
                                f"pid {job.get('pid')}); abort it or wait until it finishes before starting another")
-        from tuneforge.webui.args import to_yaml
+        from tuneforge.webui import recall_job
+        from tuneforge.webui.args import to_yaml, train_command
 
         output_dir = Path(config["output_dir"])
         if not output_dir.is_absolute():
             output_dir = self.workdir / output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
-        yaml_path = output_dir / JOB_YAML
-        yaml_path.write_text(yaml_text or to_yaml(config, yaml_path), encoding="utf-8")
+        kind = kind or ("predict" if config.get("do_predict") and not config.get("do_train") else "train")
+        results_path = ""
+        if kind == "recall":
+            yaml_path, log_path = output_dir / recall_job.RECALL_YAML, output_dir / recall_job.RECALL_LOG
+            argv = recall_job.recall_argv(yaml_path, output_dir, options)
+            command, shown = [sys.executable, "-m", "tuneforge", *argv], recall_job.command_text(argv)
+            results_path = str(recall_job.results_file(output_dir))
+            Path(results_path).unlink(missing_ok=True)  # a finished check is one that wrote it anew
+        else:
+            yaml_path, log_path = output_dir / JOB_YAML, output_dir / JOB_LOG
+            command, shown = self.command(yaml_path), train_command(yaml_path)
+        yaml_path.write_text(yaml_text or to_yaml(config, command=shown), encoding="utf-8")
         (output_dir / STOP_FILE).unlink(missing_ok=True)
-        log_path = output_dir / JOB_LOG
         # OMP_NUM_THREADS is the job's maximum; it still gives cores back while the UI chats
         # (train/threads.py).
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TUNEFORGE_ADAPT_THREADS": "1",
@@ -126,14 +147,13 @@ class JobManager:
                "TQDM_DISABLE": "1"}  # the CLI prints one line per logging step; bars only clutter the log view
         with open(log_path, "w", encoding="utf-8") as log:
             self._proc = subprocess.Popen(
-                self.command(yaml_path),
+                command,
                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl-C in the UI's terminal must not kill the job
             )
-        kind = "predict" if config.get("do_predict") and not config.get("do_train") else "train"
         self._job = {"pid": self._proc.pid, "output_dir": str(output_dir), "yaml_path": str(yaml_path),
                      "log_path": str(log_path), "started_at": time.time(), "abort_requested_at": None,
-                     "note": note, "kind": kind}
+                     "note": note, "kind": kind, "command": shown, "results_path": results_path}
         self._log_cache = (-1, [])
         self._save_state()
         _limit_ui_threads()
@@ -151,6 +171,9 @@ class JobManager:
         if job["abort_requested_at"] is None:
             job["abort_requested_at"] = time.time()
             self._save_state()
+        if job.get("kind") == "recall":  # no steps and no checkpoints: the check simply ends
+            self._signal(signal.SIGTERM)
+            return "abort requested: the recall check was stopped (its results are written only when it completes)"
         Path(job["output_dir"], STOP_FILE).touch()
         if self._own_status() is None:  # still loading: no step, nothing to save
             self._signal(signal.SIGTERM)
@@ -181,7 +204,9 @@ class JobManager:
         out = Path(job["output_dir"])
         snap = JobSnapshot(output_dir=job["output_dir"], yaml_path=job["yaml_path"], pid=job["pid"],
                            message=job.get("note", ""), log_tail=_tail(Path(job["log_path"])),
-                           kind=job.get("kind", "train"))
+                           kind=job.get("kind", "train"), command=job.get("command", ""))
+        if snap.kind == "recall":
+            return self._recall_snapshot(job, snap)
         records = self._records(out / TRAINER_LOG)
         snap.losses = [(int(r["current_steps"]), float(r["loss"])) for r in records if "loss" in r]
         if records:
@@ -211,6 +236,38 @@ class JobManager:
             snap.total_steps = snap.total_steps or int(status.get("total_steps", 0))
         if snap.status == "finished" and snap.total_steps and snap.current_steps >= snap.total_steps:
             snap.percentage, snap.remaining = 100.0, "0:00:00"
+        return snap
+
+    def _recall_snapshot(self, job: dict[str, Any], snap: JobSnapshot) -> JobSnapshot:
+        """A recall check: progress from its output lines, the end from its exit and recall_results.json."""
+        from tuneforge.webui import recall_job
+
+        log_path = Path(job["log_path"])
+        text = _tail(log_path, lines=100_000, max_bytes=65536)  # the progress lines come before the report
+        progress = recall_job.parse_progress(text)
+        snap.results_path = job.get("results_path", "")
+        if progress is not None:
+            snap.phase, snap.current_steps, snap.total_steps = progress.phase, progress.done, progress.total
+            snap.percentage = 100.0 * progress.done / progress.total if progress.total else 0.0
+        if self.is_running():
+            snap.elapsed = format_duration(time.time() - job["started_at"])
+            if job["abort_requested_at"] is not None:
+                snap.status = "aborting"
+            else:
+                snap.status = "running" if recall_job.has_begun(text) else "starting"
+                snap.message = progress.extra if progress is not None else snap.message
+            return snap
+        try:
+            snap.elapsed = format_duration(log_path.stat().st_mtime - job["started_at"])  # last output = the end
+        except OSError:
+            pass
+        exit_code = self._proc.poll() if self._proc is not None else None  # None: re-attached, not our child
+        if job["abort_requested_at"] is not None:
+            snap.status = "aborted"
+        elif exit_code in (None, 0) and snap.results_path and Path(snap.results_path).is_file():
+            snap.status, snap.percentage, snap.remaining = "finished", 100.0, "0:00:00"
+        else:
+            snap.status, snap.message = "failed", _error_line(snap.log_tail)
         return snap
 
     # ---- internals ------------------------------------------------------------------------------
@@ -268,7 +325,7 @@ class JobManager:
 
 
 def _pid_runs(pid: int, yaml_path: str) -> bool:
-    """True when `pid` is alive and is still our `tuneforge train <yaml_path>` (pids get reused)."""
+    """True when `pid` is alive and is still our `tuneforge train|eval recall <yaml_path>` (pids get reused)."""
     import psutil
 
     try:

@@ -19,12 +19,18 @@ class UI:
         self.params = params  # filled into labels with `{placeholders}` (the output root)
         self.elems: dict[str, gr.components.Component | gr.Tab | gr.Accordion] = {}
         self.fields: dict[str, gr.components.Component] = {}  # keys of args.DEFAULTS -> input component
+        self.choices: dict[str, list[tuple[str, str]]] = {}  # key -> [(label key, value)] of a relabelled choice
 
     def add(self, key: str, component, *, field: bool = False):
         self.elems[key] = component
         if field:
             self.fields[key] = component
         return component
+
+    def choice_list(self, key: str, choices: list[tuple[str, str]], lang: str | None = None) -> list[tuple[str, str]]:
+        """`[(label, value)]` for a Radio whose option labels follow the language (`[(label key, value)]`)."""
+        self.choices[key] = choices
+        return [(self.label(label_key, lang), value) for label_key, value in choices]
 
     def label(self, key: str, lang: str | None = None) -> str:
         label = text(key, lang or self.lang)
@@ -35,6 +41,9 @@ class UI:
         for key, comp in self.elems.items():
             if isinstance(comp, (gr.Button, gr.Markdown)):
                 updates.append(gr.update(value=self.label(key, lang)))
+            elif key in self.choices:
+                choices = self.choice_list(key, self.choices[key], lang)
+                updates.append(gr.update(label=self.label(key, lang), choices=choices))
             else:
                 updates.append(gr.update(label=self.label(key, lang)))
         return updates

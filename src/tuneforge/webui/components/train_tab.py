@@ -239,19 +239,23 @@ def render_progress(snap, lang: str, element_id: str = "tf-progress") -> str:
     """Progress bar + status line; `data-status` / `data-percent` let tests and scripts read it."""
     from tuneforge.webui.i18n import MESSAGES
 
-    key = f"{snap.status}_predict" if snap.kind == "predict" and f"{snap.status}_predict" in MESSAGES else snap.status
+    key = f"{snap.status}_{snap.kind}" if f"{snap.status}_{snap.kind}" in MESSAGES else snap.status
     status = message(key, lang, output_dir=snap.output_dir, message=snap.message)
     lines = [html.escape(status)]
-    if snap.status != "idle":
+    if snap.kind == "recall" and snap.phase:  # a recall check: questions of its current part
+        phase = message(f"phase_{snap.phase}", lang) if f"phase_{snap.phase}" in MESSAGES else snap.phase
+        lines.append(html.escape(message("step_line_recall", lang, phase=phase, current=snap.current_steps,
+                                         total=snap.total_steps, percent=snap.percentage, elapsed=snap.elapsed)))
+    elif snap.status != "idle" and snap.kind != "recall":
         speed = f" · {snap.throughput:.0f} tokens/s" if snap.throughput else ""
         lines.append(html.escape(message("step_line", lang, current=snap.current_steps, total=snap.total_steps or "?",
                                          percent=snap.percentage, elapsed=snap.elapsed, remaining=snap.remaining,
                                          speed=speed)))
-        if snap.message and snap.status not in ("failed",):
-            lines.append(html.escape(snap.message))
+    if snap.status not in ("idle", "failed") and snap.message:
+        lines.append(html.escape(snap.message))
     percent = max(0.0, min(100.0, snap.percentage))
     return (f'<div id="{element_id}" data-kind="{snap.kind}" data-status="{snap.status}" data-percent="{percent:.1f}" '
-            f'data-step="{snap.current_steps}" data-total="{snap.total_steps}" '
+            f'data-step="{snap.current_steps}" data-total="{snap.total_steps}" data-phase="{html.escape(snap.phase)}" '
             f'data-output-dir="{html.escape(snap.output_dir, quote=True)}">'
             '<div style="background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden">'
             f'<div style="background:#f97316;height:14px;width:{percent:.1f}%"></div></div>'
