@@ -96,7 +96,7 @@ def test_overwrite_output_dir_removes_the_old_checkpoints(workspace):
     with LogRecords("tuneforge") as records:
         assert main(["train", "train.yaml", "overwrite_output_dir=true", "max_steps=2"]) == 0
     assert sorted(p.name for p in (workspace / "out").glob("checkpoint-*")) == ["checkpoint-2"]
-    assert (f"overwrite_output_dir: removed 2 checkpoint(s) of the previous run in out: checkpoint-2, checkpoint-4"
+    assert ("overwrite_output_dir: removed 2 checkpoint(s) of the previous run in out: checkpoint-2, checkpoint-4"
             in records.messages)
     fresh = _adapter(workspace / "out")
     # the next run resumes the fresh run's checkpoint-2, never the old run's checkpoint-4
