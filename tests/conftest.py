@@ -127,6 +127,15 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+# A few alpaca rows (English and Chinese) for end-to-end runs on the tiny models.
+IDENTITY_ROWS = [
+    {"instruction": "Who are you?", "input": "", "output": "I am Forgey, made by the tuneforge team."},
+    {"instruction": "What is your name?", "input": "", "output": "My name is Forgey."},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5."},
+    {"instruction": "你是谁？", "input": "", "output": "我是 Forgey。"},
+] * 4
+
+
 def write_workspace(root: Path, monkeypatch, rows: list[dict], name: str, config: dict, yaml_name: str) -> Path:
     """A run folder as a user has it: data/<name>.json registered in data/dataset_info.json, the config
     as YAML, a private tuneforge cache; the test then runs from `root`."""

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_workspace
+from conftest import IDENTITY_ROWS, write_workspace
 from tuneforge.cli.main import main
 
-ROWS = [
-    {"instruction": "Who are you?", "input": "", "output": "I am Forgey, made by the tuneforge team."},
-    {"instruction": "What is your name?", "input": "", "output": "My name is Forgey."},
-    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5."},
-    {"instruction": "你是谁？", "input": "", "output": "我是 Forgey。"},
-] * 4
+ROWS = IDENTITY_ROWS
 
 
 @pytest.fixture

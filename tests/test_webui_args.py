@@ -10,18 +10,24 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import IDENTITY_ROWS
+
 pytest.importorskip("gradio")
 
 from tuneforge.config.parser import load_config  # noqa: E402
 from tuneforge.errors import ConfigError, NotSupportedError  # noqa: E402
 from tuneforge.webui import args  # noqa: E402
 
-ROWS = [
-    {"instruction": "Who are you?", "input": "", "output": "I am Forgey, made by the tuneforge team."},
-    {"instruction": "What is your name?", "input": "", "output": "My name is Forgey."},
-    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5."},
-    {"instruction": "你是谁？", "input": "", "output": "我是 Forgey。"},
-] * 4
+ROWS = IDENTITY_ROWS
+
+
+@pytest.fixture
+def webui_workspace(tmp_path, monkeypatch, tiny_llama_dir):
+    """A working directory with the web UI tests' datasets under data/ and its own tuneforge cache."""
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path / "data")
+    return tmp_path
 
 
 def write_data(folder: Path) -> Path:

@@ -11,17 +11,11 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from test_webui_args import write_data  # noqa: E402
+from test_webui_args import webui_workspace as workspace, write_data  # noqa: E402,F401 (a fixture)
 from tuneforge.webui import args  # noqa: E402
 from tuneforge.webui.jobs import JOB_LOG, JOB_YAML, JobBusyError, JobManager  # noqa: E402
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, tiny_llama_dir):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    write_data(tmp_path / "data")
-    return tmp_path
 
 
 def tiny_config(model_dir: Path, name: str, **values) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from test_webui_args import write_data  # noqa: E402
+from test_webui_args import webui_workspace as workspace, write_data  # noqa: E402,F401 (a fixture)
 from tuneforge.config.parser import load_config  # noqa: E402
 from tuneforge.errors import ConfigError  # noqa: E402
 from tuneforge.webui import args, recall_job  # noqa: E402
@@ -136,12 +136,6 @@ def test_recall_progress_is_rendered_per_part():
 
 
 # ---------------------------------------------------------------------------------------- a real job
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, tiny_llama_dir):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    write_data(tmp_path / "data")
-    return tmp_path
 
 
 def start_recall(manager, model_dir: Path, name: str, **recall_values):
