@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import json
 from types import SimpleNamespace
 
 import pytest
 
-from tuneforge.data import pipeline
+from tuneforge.data import pipeline, stage_encode
 from tuneforge.data.pipeline import build_datasets
 from tuneforge.data.preview import format_preview, mark_sample
 from tuneforge.data.report import DataReport
@@ -192,13 +194,13 @@ def test_num_samples_oversamples(workdir, tiny_tokenizer):
 
 def test_cache_hit_skips_encoding(workdir, tiny_tokenizer, monkeypatch):
     calls = []
-    real = pipeline.encoding.encode_sft_with_info
+    real = stage_encode.encoding.encode_sft_with_info
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.encoding, "encode_sft_with_info", counting)
+    monkeypatch.setattr(stage_encode.encoding, "encode_sft_with_info", counting)
     first = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
     assert len(calls) == 3
     second = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
@@ -261,7 +263,7 @@ def test_preview_marks_trained_text(workdir, tiny_tokenizer):
 
 
 def test_real_chatml_template_end_to_end(workdir, tiny_tokenizer):
-    templates = pytest.importorskip("tuneforge.data.templates", reason="templates module not importable yet")
+    templates = importlib.import_module("tuneforge.data.templates")
     template = templates.get_template("chatml", tiny_tokenizer)
     bundle = build_datasets(make_cfg("sg", cutoff_len=64), tiny_tokenizer, template)
     assert format_preview(bundle, tiny_tokenizer, n=1, color=False).splitlines()[2:4] == [

@@ -114,7 +114,8 @@ def _weights_dtype(model) -> str:
 
 def build_bench_trainer(cfg):
     """Tokenizer, data, model, collator and trainer exactly as the stage's recipe builds them."""
-    from tuneforge.data.collate import PackedCollator, PaddedCollator
+    from tuneforge.data.collate import PackedCollator
+    from tuneforge.data.packing import sft_collator
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model, load_tokenizer
     from tuneforge.train import workflow
@@ -130,8 +131,7 @@ def build_bench_trainer(cfg):
         raise NotSupportedError(f"tuneforge bench: stage `{stage}` is not supported yet (supported: sft, pt)")
     bundle = build_datasets(cfg, tokenizer, template, stage=stage)
     model = load_model(cfg.model, cfg.finetuning, is_trainable=True, compute_dtype=workflow.compute_dtype(cfg))
-    packing = stage == "pt" or cfg.data.packing is not False
-    collator = PackedCollator() if packing else PaddedCollator(pad_token_id=tokenizer.pad_token_id)
+    collator = PackedCollator() if stage == "pt" else sft_collator(cfg.data, tokenizer.pad_token_id)
     trainer, _ = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
     return trainer, bundle
 

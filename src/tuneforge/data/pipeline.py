@@ -1,7 +1,8 @@
 """`build_datasets`: dataset names in a run config -> encoded train/eval datasets + a report.
 
     specs (registry) -> rows (loaders, num_samples/max_samples) -> Conversations (formats, bad rows
-    reported) -> mix (concat / interleave) -> encode (cached on disk) -> val_size split
+    reported) -> mix (concat / interleave) -> encode (data/stage_encode.py, in `preprocessing_num_workers`
+    processes: data/workers.py; cached on disk) -> val_size split -> sft `packing: true`: LF's bins (data/packing.py)
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data import encode as encoding
 from tuneforge.data.facts import augment_conversations
-from tuneforge.data.formats import Message
 from tuneforge.data.loaders import _files_of
-from tuneforge.data.registry import DatasetSpec, load_dataset_specs, split_names
+from tuneforge.data.packing import encoding_args, pack_split, packing_mode
+from tuneforge.data.registry import DatasetSpec, load_dataset_specs
+from tuneforge.config.args import split_names
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
+from tuneforge.data.stage_encode import ROW_ENCODERS, feedback_items, feedback_note, features, pt_blocks, to_dataset
+from tuneforge.data.workers import encode_rows
 from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 CACHE_VERSION = "tuneforge-data-1"
@@ -32,7 +35,7 @@ ENCODED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 
 @dataclass
 class DatasetBundle:
-    train: Any  # datasets.Dataset with the stage's columns (see STAGE_COLUMNS)
+    train: Any  # datasets.Dataset with the stage's columns (stage_encode.STAGE_COLUMNS; + position_ids when packed)
     eval: Any  # datasets.Dataset or None
     report: DataReport
 
@@ -66,6 +69,9 @@ def build_datasets(cfg, tokenizer, template, stage: str = "sft") -> DatasetBundl
         except ValueError as err:
             raise ConfigError(f"val_size={val_size} cannot split {len(train)} training samples: {err}") from err
         train, evaluation = parts["train"], parts["test"]
+    if stage == "sft" and packing_mode(data) == "bins":  # LF's packing: after the split, as LF does
+        train = pack_split(train, data, report, "train")
+        evaluation = pack_split(evaluation, data, report, "eval") if evaluation is not None else None
 
     report.train_samples = len(train)
     report.eval_samples = len(evaluation) if evaluation is not None else 0
@@ -114,149 +120,21 @@ def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Dat
         mixed, added = augment_conversations(mixed, seed)
         part.notes.append(f"{split}: augment_facts added {added} question(s) to {len(mixed) - added} row(s)")
 
-    if stage == "pt":
-        columns = _encode_pt(mixed, tokenizer, data, part, split)
-    elif stage in RANKING_STAGES:
-        columns = _encode_pairwise(mixed, template, tokenizer, data, part, split)
-    elif stage == "kto":
-        columns = _encode_feedback(mixed, template, tokenizer, data, part, split)
-    elif stage == "ppo":
-        columns = _encode_prompt_only(mixed, template, tokenizer, data, part, split)
-    else:
-        columns = _encode_sft(mixed, template, tokenizer, data, part, split)
-    dataset = Dataset.from_dict(columns, features=_features(stage))
+    encode_data = encoding_args(data)  # LF: `packing: true` encodes with cutoff_len - 1
+    items = feedback_items(mixed, data) if stage == "kto" else mixed
+    columns = encode_rows(ROW_ENCODERS[stage], items, (template, tokenizer, encode_data), part, split,
+                          getattr(data, "preprocessing_num_workers", None))
+    if stage == "kto":
+        note = feedback_note(columns, split)
+        if note:
+            part.notes.append(note)
+    elif stage == "pt":
+        columns = pt_blocks(columns["documents"], encode_data)
+    dataset = to_dataset(columns, features(stage))
     _save_cache(cache_dir, dataset, part)
     report.datasets.update(part.datasets)
     report.notes.extend(part.notes)
     return dataset
-
-
-# Columns of an encoded sample per stage (input_ids / labels first, so previews work for every stage).
-STAGE_COLUMNS = {
-    "pt": ("input_ids", "labels"),
-    "sft": ("input_ids", "labels"),
-    "rm": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),  # input_ids/labels: chosen
-    "dpo": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),
-    "kto": ("input_ids", "labels", "kl_input_ids", "kl_labels", "kto_tag"),
-    "ppo": ("input_ids", "labels"),  # labels: the reference answer's ids, not aligned with input_ids
-}
-
-
-def _features(stage: str = "sft"):
-    from datasets import Features, List, Value
-
-    return Features({name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in STAGE_COLUMNS[stage]})
-
-
-def _encode_pairwise(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["dpo"]}
-    for name, conv in mixed:
-        result = _encode_row(report, name, conv, split,
-                             encoding.encode_pairwise_with_info, conv, template, tokenizer, data)
-        if result is None:
-            continue
-        if not _record(report, name, conv, result, split):
-            continue
-        # the report counts both answers: tokens of prompt+chosen and prompt+rejected
-        report.kept(name, result.input_ids + result.rejected_input_ids, result.labels + result.rejected_labels, split)
-        for key in columns:
-            columns[key].append(getattr(result, key))
-    return columns
-
-
-def _encode_feedback(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["kto"]}
-    batch_size = int(getattr(data, "preprocessing_batch_size", None) or 1000)
-    # every row's last message, as an assistant answer, is a neighbour's mismatched (KL) answer
-    answers = [Message("assistant", conv.messages[-1].content if conv.messages else "") for _, conv in mixed]
-    desirable = undesirable = 0
-    for (name, conv), kl_answer in zip(mixed, encoding.kl_answers(answers, batch_size)):
-        result = _encode_row(report, name, conv, split,
-                             encoding.encode_feedback_with_info, conv, kl_answer, template, tokenizer, data)
-        if result is None:
-            continue
-        if not _record(report, name, conv, result, split):
-            continue
-        report.kept(name, result.input_ids, result.labels, split)
-        desirable += result.kto_tag
-        undesirable += not result.kto_tag
-        for key in columns:
-            columns[key].append(getattr(result, key))
-    if desirable + undesirable:
-        report.notes.append(f"{split}: kto samples: {desirable} desirable, {undesirable} undesirable"
-                            + ("" if desirable and undesirable else " (only one kind: KTO needs both to learn well)"))
-    return columns
-
-
-def _encode_prompt_only(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {"input_ids": [], "labels": []}
-    for name, conv in mixed:
-        result = _encode_row(report, name, conv, split,
-                             encoding.encode_prompt_only, conv, template, tokenizer, data)
-        if result is None:
-            continue
-        if not result["input_ids"]:
-            report.dropped(name, "no prompt", conv.source, split)
-            continue
-        stats = report.stats(name, split)
-        stats.kept += 1
-        stats.tokens += len(result["input_ids"])
-        columns["input_ids"].append(result["input_ids"])
-        columns["labels"].append(result["labels"])
-    return columns
-
-
-def _encode_row(report: DataReport, name: str, conv, split, encode, *args):
-    """`encode(*args)`, or None when the template cannot encode the row (e.g. a role it has no format for):
-    the row is reported as dropped with its source and the reason, and the others go on."""
-    try:
-        return encode(*args)
-    except DataError as err:
-        report.dropped(name, "the template cannot encode this row", f"{conv.source} ({err})", split)
-        return None
-
-
-def _record(report: DataReport, name: str, conv, result, split) -> bool:
-    """Report a dropped / truncated encoding; True when the sample is kept."""
-    if result.dropped:
-        detail = f" ({result.full_length} tokens)" if result.full_length else ""
-        report.dropped(name, result.dropped, conv.source + detail, split)
-        return False
-    if result.truncated:
-        report.truncated(name, f"{conv.source} ({result.full_length} tokens)", split)
-    return True
-
-
-def _encode_sft(mixed, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {"input_ids": [], "labels": []}
-    for name, conv in mixed:
-        result = _encode_row(report, name, conv, split,
-                             encoding.encode_sft_with_info, conv, template, tokenizer, data)
-        if result is None:
-            continue
-        if not _record(report, name, conv, result, split):
-            continue
-        report.kept(name, result.input_ids, result.labels, split)
-        columns["input_ids"].append(result.input_ids)
-        columns["labels"].append(result.labels)
-    return columns
-
-
-def _encode_pt(mixed, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    texts = []
-    for name, conv in mixed:
-        text = conv.messages[0].content if conv.messages else ""
-        if not text.strip():
-            report.dropped(name, "empty text", conv.source, split)
-            continue
-        report.stats(name, split).kept += 1
-        texts.append((name, text))
-    documents = encoding.tokenize_documents([t for _, t in texts], tokenizer)
-    for (name, _), document in zip(texts, documents):
-        report.stats(name, split).tokens += len(document)
-        report.stats(name, split).trained_tokens += len(document)
-    blocks = encoding.pack_blocks(documents, int(data.cutoff_len), getattr(data, "packing", None) is not False)
-    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
 
 # ----------------------------------------------------------------------------- cache
@@ -298,7 +176,7 @@ def _template_fingerprint(template) -> Any:
 
 
 _KEYS = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "mix_strategy", "interleave_probs",
-         "truncation", "default_system", "tool_format", "packing", "enable_thinking",
+         "truncation", "default_system", "tool_format", "packing", "neat_packing", "enable_thinking",
          "preserve_thinking", "preprocessing_batch_size")
 
 

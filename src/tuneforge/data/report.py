@@ -38,6 +38,17 @@ class DatasetStats:
             "refs": self.refs, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
         }
 
+    def add(self, other: DatasetStats) -> None:
+        """Add the counts of a later run of rows (a worker's shard): the result is what one pass over
+        both runs, this one first, would have recorded."""
+        for name in ("rows_read", "rows_used", "kept", "truncated", "tokens", "trained_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.dropped.update(other.dropped)
+        for kind, sources in other.refs.items():
+            self.refs.setdefault(kind, [])
+            for source in sources:
+                self._ref(kind, source)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetStats:
         data = dict(data)
@@ -79,6 +90,12 @@ class DataReport:
         stats = self.stats(name, split)
         stats.truncated += 1
         stats._ref("truncated", source)
+
+    def absorb(self, later: DataReport) -> None:
+        """Merge the report of a later run of rows (workers' shards are merged in order)."""
+        for key, stats in later.datasets.items():
+            self.stats(stats.name, stats.split).add(stats)
+        self.notes.extend(later.notes)
 
     # ------------------------------------------------------------------ checks / output
     def check_not_empty(self, split: str, count: int) -> None:

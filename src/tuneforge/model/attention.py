@@ -6,8 +6,9 @@ causal fast path, computes all T^2 scores although only sum(n_i^2)/2 are needed,
 copy of the mask in every layer. `packed_sdpa` instead cuts the row at the restarts and runs
 SDPA with `is_causal=True` on each sample: the same result, a fraction of the work, no mask.
 
-Everything that is not a packed row (padded batches, KV-cache decoding, a single sample) goes to
-transformers' own `sdpa` unchanged, with the mask transformers built for it.
+Everything that is not a packed row (padded batches, KV-cache decoding, a single sample, a row given an
+all-ones attention_mask: one causal sequence whatever its position_ids) goes to transformers' own `sdpa`
+unchanged, with the mask transformers built for it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
     """`sdpa` per packed sample; query/key/value are [1, heads, T, head_dim]."""
     q_len = query.shape[2]
     lengths = None
-    if key.shape[2] == q_len and query.shape[0] == 1:
+    # transformers builds a (block-causal) mask whenever it detects a packed row; None means it chose
+    # plain causal attention over the whole row (e.g. an all-ones attention_mask given with restarting
+    # position_ids: `packing: true` without neat_packing), which splitting would contradict.
+    if key.shape[2] == q_len and query.shape[0] == 1 and attention_mask is not None:
         lengths = packed_lengths(kwargs.get("position_ids"), q_len)
     window = getattr(module, "sliding_window", None)
     if lengths is not None and window and max(lengths) > window:

@@ -1,9 +1,8 @@
 """Supervised fine-tuning recipe: setup -> data -> model -> trainer -> train -> save.
 
-`do_predict` (without training) goes to evaluate/predict.py: generation + BLEU/ROUGE.
-
 Padding-free by default: the samples of a batch are concatenated into one row with position_ids
-restarting per sample and no attention across samples (`packing: false` pads instead).
+restarting per sample and no attention across samples (`packing: false` pads instead; `packing: true` /
+`neat_packing: true` are LLaMA-Factory's bin-packing into cutoff_len rows, data/packing.py).
 """
 
 from __future__ import annotations
@@ -12,16 +11,11 @@ from tuneforge.train import workflow
 
 
 def run_sft(cfg) -> dict:
-    from tuneforge.data.collate import PackedCollator, PaddedCollator
+    from tuneforge.data.packing import sft_collator
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
     from tuneforge.train.recall_stop import add_recall_stop, report_recall
     from tuneforge.train.resume import prepare_output_dir
-
-    if cfg.training.do_predict:  # generate + BLEU/ROUGE (evaluate/); tuner refused it with do_train
-        from tuneforge.evaluate.predict import run_predict
-
-        return run_predict(cfg)
 
     # setup: decide about resuming before anything slow happens
     resume = prepare_output_dir(cfg)
@@ -37,8 +31,7 @@ def run_sft(cfg) -> dict:
                        compute_dtype=workflow.compute_dtype(cfg))
 
     # trainer
-    packing = cfg.data.packing is not False
-    collator = PackedCollator() if packing else PaddedCollator(pad_token_id=tokenizer.pad_token_id)
+    collator = sft_collator(cfg.data, tokenizer.pad_token_id)  # per-batch padding-free / padded / LF bins
     trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
     recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
 

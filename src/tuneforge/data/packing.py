@@ -1,0 +1,182 @@
+"""sft `packing` / `neat_packing`: LLaMA-Factory's bin-packing into cutoff_len rows, and the three sft layouts.
+
+`packing_mode(data)`:
+- `per_batch` (`packing` unset, tuneforge's default): a sample is a row; the collator concatenates the
+  samples of each batch into one padding-free row, no attention across samples (`PackedCollator`).
+- `padded` (`packing: false`): a sample is a row, batches are right-padded (`PaddedCollator`).
+- `bins` (`packing: true` or `neat_packing: true`), LLaMA-Factory's meaning (`PackedSupervisedDatasetProcessor`):
+  samples are encoded with `cutoff_len - 1` tokens at most (LF lowers `cutoff_len` by one whenever packing is
+  set, for every stage) and bin-packed into rows of at most `cutoff_len - 1` tokens by LF's `greedy_knapsack`,
+  one preprocessing batch at a time (`preprocessing_batch_size` samples, batches taken within each of the
+  `preprocessing_num_workers` contiguous shards, as `datasets.map(batched=True, num_proc=...)` cuts them for
+  LF). Same rows, same order, so the same number of training rows and steps as LF for the same YAML (checked
+  against LF 0.9.5 on the shipped demo data, val_size included; batches count the samples the encoder kept,
+  LF's also count rows it drops inside them, so with dropped rows the count can differ by a few). Each
+  row keeps `position_ids` restarting at 0 per sample (LF's column). Packing runs after the `val_size`
+  split, on each side, as in LF.
+  - without `neat_packing`, a row is one causal sequence: a sample attends to the samples before it in its
+    row (LF: attention_mask all ones), with its position ids restarting at 0 (`BinCollator` pads rows and
+    passes attention_mask + position_ids). With `flash_attn: fa2/fa3` and a batch of one unpadded row,
+    transformers' varlen kernel cuts the row at every position restart (as it does for LF's rows), so there
+    samples do not see each other.
+  - with `neat_packing`, no attention across samples (LF's block-diagonal mask): the rows of a batch become
+    one padding-free row restarting at every sample (the `per_batch` machinery, PACKED_SDPA on CPU).
+  Deliberate differences that change no loss: rows are not padded to `cutoff_len` (LF's padding carries no
+  label); under `neat_packing` the first token of a sample is never a target (LF trains it from the previous
+  sample's last token when `train_on_prompt` makes it a label).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from tuneforge.data.collate import PackedCollator, PaddedCollator
+from tuneforge.data.report import DataReport
+from tuneforge.data.stage_encode import to_dataset
+from tuneforge.data.workers import shard_bounds
+from tuneforge.errors import DataError
+
+
+def packing_mode(data) -> str:
+    """`per_batch` (unset), `padded` (`packing: false`) or `bins` (`packing: true` / `neat_packing: true`)."""
+    if getattr(data, "neat_packing", False) or getattr(data, "packing", None) is True:
+        return "bins"
+    return "padded" if getattr(data, "packing", None) is False else "per_batch"
+
+
+def encoding_args(data):
+    """The data arguments the encoders see: LF's `DataArguments.__post_init__` lowers `cutoff_len` by one
+    when `packing` (or `neat_packing`) is set, for every stage."""
+    if packing_mode(data) != "bins":
+        return data
+    cutoff = int(getattr(data, "cutoff_len", None) or 2048) - 1
+    if dataclasses.is_dataclass(data):
+        return dataclasses.replace(data, cutoff_len=cutoff)
+    return SimpleNamespace(**{**vars(data), "cutoff_len": cutoff})
+
+
+# ----------------------------------------------------------------------------- LF's packing
+def greedy_knapsack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """LF's `greedy_knapsack`: fill one knapsack at a time with the largest length that still fits."""
+    numbers = sorted(lengths)
+    knapsacks = []
+    while numbers:
+        knapsack, remaining = [], capacity
+        while True:
+            index = bisect.bisect(numbers, remaining) - 1  # the largest number <= remaining
+            if index < 0:
+                break
+            remaining -= numbers[index]
+            knapsack.append(numbers.pop(index))
+        if not knapsack:  # only numbers larger than the capacity are left (LF would loop forever)
+            raise DataError(f"cannot pack samples of {numbers[0]}+ tokens into rows of {capacity} tokens")
+        knapsacks.append(knapsack)
+    return knapsacks
+
+
+def pack_batch(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], capacity: int):
+    """One preprocessing batch -> packed rows `(input_ids, labels, position_ids)`, exactly LF's rows and order."""
+    lengths, by_length = [], defaultdict(list)
+    for index, ids in enumerate(input_ids):
+        lengths.append(len(ids))
+        by_length[len(ids)].append(index)
+    rows = []
+    for knapsack in greedy_knapsack(lengths, capacity):
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        positions: list[int] = []
+        for length in knapsack:
+            index = by_length[length].pop()  # LF takes the last sample of that length first
+            row_ids += input_ids[index]
+            row_labels += labels[index]
+            positions += range(length)
+        rows.append((row_ids, row_labels, positions))
+    return rows
+
+
+def batch_ranges(count: int, batch_size: int, num_proc: int | None) -> list[tuple[int, int]]:
+    """The preprocessing batches `datasets.map(batched=True, batch_size, num_proc)` hands LF's processor:
+    `num_proc` contiguous shards (at most one per sample), each cut into batches of `batch_size`."""
+    shards = min(int(num_proc), count) if num_proc and int(num_proc) > 1 else 1
+    ranges = []
+    for start, end in shard_bounds(count, max(shards, 1)):
+        ranges.extend((b, min(b + batch_size, end)) for b in range(start, end, batch_size))
+    return ranges
+
+
+def pack_split(dataset, data, report: DataReport, split: str):
+    """An encoded sft split (input_ids, labels) -> LF's packed rows (input_ids, labels, position_ids)."""
+    from datasets import Features, List, Value
+
+    capacity = int(encoding_args(data).cutoff_len)
+    batch_size = max(int(getattr(data, "preprocessing_batch_size", None) or 1000), 1)
+    input_ids, labels = dataset["input_ids"], dataset["labels"]
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    for start, end in batch_ranges(len(input_ids), batch_size, getattr(data, "preprocessing_num_workers", None)):
+        for row in pack_batch(input_ids[start:end], labels[start:end], capacity):
+            for key, values in zip(columns, row):
+                columns[key].append(values)
+    neat = bool(getattr(data, "neat_packing", False))
+    report.notes.append(
+        f"{split}: packing: {len(input_ids)} sample(s) packed into {len(columns['input_ids'])} row(s) of at most "
+        f"{capacity} tokens (cutoff_len - 1, as LLaMA-Factory), "
+        + ("no attention across samples (neat_packing)" if neat
+           else "samples attend to the samples before them in their row (neat_packing: true prevents it)"))
+    return to_dataset(columns, Features({key: List(Value("int32")) for key in columns}))
+
+
+# ----------------------------------------------------------------------------- batches
+def _positions(feature: Mapping[str, Any], index: int) -> list[int]:
+    positions, length = feature.get("position_ids"), len(feature["input_ids"])
+    if isinstance(positions, torch.Tensor):
+        positions = positions.reshape(-1).tolist()
+    if positions is None or len(positions) != length or not length or positions[0] != 0:
+        raise DataError(f"packed row {index} has no position_ids starting at 0 for its {length} tokens; "
+                        "expected a row built by `packing: true`")
+    return [int(p) for p in positions]
+
+
+def _samples_of_row(feature: Mapping[str, Any], index: int) -> list[dict[str, list]]:
+    """A packed row cut back into its samples (position_ids restart at 0 at each one)."""
+    positions = _positions(feature, index)
+    ids, labels = feature["input_ids"], feature["labels"]
+    starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+    return [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in zip(starts, starts[1:])]
+
+
+class BinCollator:
+    """Batches of `packing: true` rows. neat: every sample of every row into one padding-free row (no
+    attention across samples); otherwise right-padded rows with `attention_mask` and the rows' own
+    `position_ids` (one causal sequence per row)."""
+
+    def __init__(self, pad_token_id: int, *, neat: bool) -> None:
+        self.neat = neat
+        self.padded = PaddedCollator(pad_token_id=pad_token_id)
+        self.packed = PackedCollator()
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.neat:
+            return self.packed([sample for i, row in enumerate(features) for sample in _samples_of_row(row, i)])
+        batch = self.padded(features)
+        positions = torch.zeros_like(batch["input_ids"])  # padding: position 0, as LF
+        for row, feature in enumerate(features):
+            values = _positions(feature, row)
+            positions[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+        batch["position_ids"] = positions
+        return batch
+
+
+def sft_collator(data, pad_token_id: int):
+    """The collator for sft's layout (see `packing_mode`)."""
+    mode = packing_mode(data)
+    if mode == "bins":
+        return BinCollator(pad_token_id, neat=bool(getattr(data, "neat_packing", False)))
+    return PaddedCollator(pad_token_id=pad_token_id) if mode == "padded" else PackedCollator()
+

@@ -1,0 +1,149 @@
+"""`preprocessing_num_workers`: encode a split's rows in worker processes, merged in order.
+
+The rows are cut into contiguous shards (sizes as `datasets.Dataset.shard(contiguous=True)`), each worker
+runs the stage's row encoder (`stage_encode.py`) on its shard with a report of its own, and the parent
+concatenates the columns and merges the reports shard by shard: the result is identical, byte for byte, to
+what one process produces (so the number of workers is not part of the cache key).
+
+This process encodes the first shard while one worker process per other shard encodes that one. Workers
+are forked where the platform allows it (Linux): they inherit the tokenizer, template and rows without
+pickling. Elsewhere they are spawned and get them pickled (when something does not pickle, the rows are
+encoded in this process, with a warning). A worker's exception is raised here; a worker that dies (killed
+for memory) is a DataError. While workers exist the tokenizer's own threads are off
+(`TOKENIZERS_PARALLELISM=false`, as `datasets.map(num_proc=...)` does): one process per core is the
+parallelism. Fewer workers than asked are used when the machine has fewer cores or the split is small
+(`MIN_ROWS_PER_WORKER`); that changes nothing but the time.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+from contextlib import contextmanager
+
+from tuneforge.data.report import DataReport
+from tuneforge.errors import DataError
+
+logger = logging.getLogger("tuneforge")
+
+MIN_ROWS_PER_WORKER = 256  # below this, starting a process costs more than it saves
+
+
+def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
+    """`(start, end)` of `shards` contiguous shards of `count` rows, as `datasets` cuts them for `num_proc`:
+    the first `count % shards` shards get one row more."""
+    div, mod = divmod(count, shards)
+    bounds, start = [], 0
+    for index in range(shards):
+        end = start + div + (1 if index < mod else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(requested, rows: int) -> int:
+    """Processes to use for `rows` rows when `preprocessing_num_workers` is `requested` (1 = this process only)."""
+    if not requested or int(requested) <= 1 or multiprocessing.current_process().daemon:
+        return 1  # a daemonic process (e.g. inside a pool) may not start children
+    return max(1, min(int(requested), available_cores(), rows // MIN_ROWS_PER_WORKER))
+
+
+# ----------------------------------------------------------------------------- in a worker process
+def _child(conn, encoder, rows, args, split) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        report = DataReport()
+        message = ("ok", (encoder(rows, *args, report, split), report))
+    except BaseException as err:  # noqa: BLE001 - handed to the parent, which raises it
+        message = ("error", err)
+    try:
+        conn.send(message)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle
+        conn.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]}")))
+    conn.close()
+
+
+# ----------------------------------------------------------------------------- in the parent
+@contextmanager
+def _tokenizer_threads_off():
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _context():
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: str, requested=None) -> dict[str, list]:
+    """`encoder(items, *args, report, split)` (a `stage_encode` row encoder) in up to `requested` processes:
+    this one encodes the first shard, one worker process each of the others."""
+    workers = worker_count(requested, len(items))
+    if workers == 1:
+        return encoder(items, *args, report, split)
+    context = _context()
+    if context.get_start_method() != "fork":
+        try:
+            pickle.dumps((encoder, args))
+        except Exception as err:  # noqa: BLE001 - anything unpicklable: encode here instead
+            logger.warning("preprocessing_num_workers: cannot hand the tokenizer/template to worker processes "
+                           "(%s); encoding %s in this process", err, split)
+            return encoder(items, *args, report, split)
+
+    started = time.perf_counter()
+    (first_start, first_end), *others = shard_bounds(len(items), workers)
+    children = []
+    try:
+        with _tokenizer_threads_off():
+            for start, end in others:  # a forked child inherits its rows; a spawned one gets them pickled
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(sender, encoder, items[start:end], args, split),
+                                          daemon=True)
+                process.start()
+                sender.close()
+                children.append((process, receiver))
+            first = DataReport()
+            results = [(encoder(items[first_start:first_end], *args, first, split), first)]
+            for process, receiver in children:
+                try:
+                    status, payload = receiver.recv()
+                except EOFError:
+                    process.join()
+                    raise DataError(f"a preprocessing worker process died while encoding the {split} split "
+                                    f"(exit code {process.exitcode}); lower `preprocessing_num_workers` (each "
+                                    "worker holds its share of the rows)") from None
+                if status == "error":
+                    raise payload
+                results.append(payload)
+    finally:
+        for process, receiver in children:
+            receiver.close()
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+
+    columns: dict[str, list] = {}
+    for shard_columns, shard_report in results:  # in shard order: the same rows and report as one process
+        for key, values in shard_columns.items():
+            columns.setdefault(key, []).extend(values)
+        report.absorb(shard_report)
+    logger.info("%s: encoded %d rows in %d processes in %.1f s", split, len(items), workers,
+                time.perf_counter() - started)
+    return columns

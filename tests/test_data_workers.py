@@ -1,0 +1,135 @@
+"""`preprocessing_num_workers`: rows are encoded in worker processes, with exactly the result of one process."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from tuneforge.data import workers
+from tuneforge.data.pipeline import build_datasets
+from tuneforge.data.report import MAX_REFS, DataReport
+from tuneforge.data.stage_encode import STAGE_COLUMNS
+
+
+def _pid_encoder(items, scale, report, split):
+    """A row encoder that says which process ran it (module level: workers may need to import it)."""
+    if scale < 0 and items[-1] == 49:
+        raise ValueError("row 49 is bad")
+    for item in items:
+        report.stats("d", split).kept += 1
+        if item % 7 == 0:
+            report.dropped("d", "multiple of 7", f"row {item}", split)
+    return {"value": [item * scale for item in items], "pid": [os.getpid()] * len(items)}
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    """Worker processes even on a 1-core machine and for small test splits."""
+    monkeypatch.setattr(workers, "MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+
+
+@pytest.mark.parametrize("count, shards", [(10, 2), (11, 3), (5, 4), (1000, 7)])
+def test_shards_are_cut_like_datasets_map(count, shards):
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"i": list(range(count))})
+    expected = [(s["i"][0], s["i"][-1] + 1) for s in (dataset.shard(shards, k, contiguous=True) for k in range(shards))]
+    assert workers.shard_bounds(count, shards) == expected
+
+
+def test_rows_are_encoded_in_worker_processes_and_merged_in_order(two_cores):
+    items = list(range(50))
+    one, two = DataReport(), DataReport()
+    alone = workers.encode_rows(_pid_encoder, items, (3,), one, "train", requested=None)
+    split = workers.encode_rows(_pid_encoder, items, (3,), two, "train", requested=2)
+    assert set(alone["pid"]) == {os.getpid()}
+    # this process encoded the first shard, a worker process the second
+    assert split["pid"][:25] == [os.getpid()] * 25 and len(set(split["pid"][25:])) == 1
+    assert split["pid"][-1] != os.getpid()
+    assert split["value"] == alone["value"] == [3 * i for i in items]
+    assert two.to_json() == one.to_json()
+    assert one.stats("d").refs["multiple of 7"] == [f"row {i}" for i in (0, 7, 14, 21, 28)][:MAX_REFS]
+
+
+def test_an_error_in_a_worker_is_raised_here(two_cores):
+    with pytest.raises(ValueError, match="row 49 is bad"):
+        workers.encode_rows(_pid_encoder, list(range(50)), (-1,), DataReport(), "train", requested=2)
+
+
+def test_worker_count_rules(monkeypatch):
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    assert workers.worker_count(None, 10_000) == 1
+    assert workers.worker_count(1, 10_000) == 1
+    assert workers.worker_count(16, 10_000) == 2  # no more processes than cores
+    assert workers.worker_count(2, workers.MIN_ROWS_PER_WORKER) == 1  # a small split stays in this process
+
+
+# ---- every stage through build_datasets: 1 worker == 2 workers, byte for byte --------------------------
+ROWS = []
+for i in range(60):
+    answer = ("The quick brown fox jumps over the lazy dog. " * (i % 5)) + f"answer {i}"
+    if i % 11 == 3:
+        answer = ""  # sft: no trained tokens -> dropped; pt: kept
+    ROWS.append({"instruction": f"question {i}: " + "who are you? " * (i % 4), "input": "", "output": answer,
+                 "chosen": answer or "yes", "rejected": f"no {i}", "label": i % 3 != 0, "text": answer})
+INFO = {
+    "plain": {"file_name": "rows.json"},
+    "pairs": {"file_name": "rows.json", "ranking": True,
+              "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}},
+    "feedback": {"file_name": "rows.json", "columns": {"prompt": "instruction", "response": "output", "kto_tag": "label"}},
+    "docs": {"file_name": "rows.json", "columns": {"prompt": "text"}},
+}
+DATASET = {"sft": "plain", "ppo": "plain", "rm": "pairs", "dpo": "pairs", "kto": "feedback", "pt": "docs"}
+
+
+@pytest.fixture
+def rows_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.json").write_text(json.dumps(ROWS))
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps(INFO))
+    return tmp_path
+
+
+def _cfg(dataset, **data):
+    base = dict(dataset=dataset, eval_dataset=None, dataset_dir="data", cutoff_len=40, train_on_prompt=False,
+                mask_history=False, max_samples=None, val_size=0.0, mix_strategy="concat", interleave_probs=None,
+                truncation="keep_prompt", default_system=None, tool_format=None, overwrite_cache=False,
+                preprocessing_num_workers=None, preprocessing_batch_size=16, packing=None, neat_packing=False,
+                streaming=False)
+    base.update(data)
+    return SimpleNamespace(data=SimpleNamespace(**base), training=SimpleNamespace(seed=42), config_path=None)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "kto", "ppo", "pt"])
+def test_two_workers_give_the_same_samples_and_report(stage, rows_dir, two_cores, tiny_tokenizer, monkeypatch):
+    from tuneforge.data.templates import get_template
+
+    template = None if stage == "pt" else get_template("chatml", tiny_tokenizer)
+    bundles = []
+    for n in (None, 2):
+        monkeypatch.setenv("TUNEFORGE_CACHE", str(rows_dir / f"cache-{n}"))  # no cache hit between the two
+        bundles.append(build_datasets(_cfg(DATASET[stage], preprocessing_num_workers=n), tiny_tokenizer, template, stage))
+    one, two = bundles
+    assert len(one.train) > 20
+    for column in STAGE_COLUMNS[stage]:
+        assert two.train[column] == one.train[column], column
+    assert two.train.data.table.equals(one.train.data.table)
+    assert two.report.to_json() == one.report.to_json()
+    stats = one.report.stats(DATASET[stage])
+    if stage in ("sft", "kto"):
+        assert stats.truncated > MAX_REFS or stats.dropped  # the merge had references to cut at MAX_REFS
+
+
+def test_worker_count_is_not_part_of_the_cache_key(rows_dir, two_cores, tiny_tokenizer, monkeypatch):
+    from tuneforge.data.templates import get_template
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(rows_dir / "cache"))
+    template = get_template("chatml", tiny_tokenizer)
+    build_datasets(_cfg("plain", preprocessing_num_workers=2), tiny_tokenizer, template)
+    again = build_datasets(_cfg("plain"), tiny_tokenizer, template)
+    assert any("loaded from cache" in note for note in again.report.notes)
