@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.model.adapters import apply_finetuning, build_loraplus_param_groups
+from tuneforge.model.adapters import apply_finetuning
 from tuneforge.model.loader import load_base_model, load_model
 
 PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -224,16 +224,3 @@ def test_truncated_or_missing_adapter_weights_are_refused(tiny_llama_dir, saved_
     with pytest.raises(ModelError, match=rf"^adapter_name_or_path: {folder} has adapter_config.json but no "
                                          "adapter_model.safetensors: the save did not finish"):
         load_model(model_args(tiny_llama_dir, adapter_name_or_path=str(folder)), ft_args(), is_trainable=False)
-
-
-def test_loraplus_param_groups(tiny_llama_dir):
-    model = load_model(model_args(tiny_llama_dir), ft_args(use_dora=True), is_trainable=True)
-    groups = build_loraplus_param_groups(model, lr=1e-4, ratio=16.0, weight_decay=0.01)
-    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-4, 0.01), (1.6e-3, 0.01), (1.6e-3, 0.0)]
-    by_id = {id(p): n for n, p in model.named_parameters()}
-    assert all("lora_A" in by_id[id(p)] for p in groups[0]["params"])
-    assert all("lora_B" in by_id[id(p)] for p in groups[1]["params"])
-    assert all("lora_magnitude_vector" in by_id[id(p)] for p in groups[2]["params"])
-    assert sum(len(g["params"]) for g in groups) == len(trainable_names(model))
-    with pytest.raises(ConfigError, match="loraplus_lr_ratio: expected a positive number, got 0"):
-        build_loraplus_param_groups(model, 1e-4, 0, 0.0)

@@ -222,8 +222,132 @@ def test_ppo_config_checked_before_loading(tiny_llama_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="stage ppo needs `reward_model`"):
         check_ppo_config(ppo_config(tiny_llama_dir, tmp_path))
-    with pytest.raises(ConfigError, match="num_beams: 2; PPO samples its rollouts"):
-        check_ppo_config(ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", num_beams=2))
+    # the rest is config validation: refused when the config loads (CLI, web UI, data check alike)
+    with pytest.raises(ConfigError, match="`num_beams: 2`; PPO samples its rollouts"):
+        ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", num_beams=2)
     with pytest.raises(NotSupportedError, match="evaluation during PPO is not supported"):
-        check_ppo_config(ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", val_size=0.1))
+        ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", val_size=0.1)
+    with pytest.raises(NotSupportedError, match="`compute_accuracy`: PPO has no evaluation"):
+        ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", compute_accuracy=True)
+    with pytest.raises(NotSupportedError, match="ref_model_quantization_bit"):
+        ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", ref_model_quantization_bit=4)
     check_ppo_config(ppo_config(tiny_llama_dir, tmp_path, reward_model="rm"))  # fine
+
+
+# ---- training keys the loop honours: loraplus_lr_ratio, report_to, neftune_noise_alpha, thread policy ------
+def _small_loop(cfg):
+    from tuneforge.model.value_head import load_value_head_model
+    from tuneforge.train.ppo import PPOLoop, load_reference
+
+    tokenizer, template, prompts = _encoded_prompts(cfg)
+    torch.manual_seed(0)
+    policy = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=True)
+    loop = PPOLoop(cfg, policy, load_reference(cfg, None), FunctionReward(toy_reward), tokenizer,
+                   stop_ids=template.stop_token_ids(tokenizer))
+    return loop, prompts[:4]
+
+
+def _small_config(model_dir, out_dir, **extra):
+    return ppo_config(model_dir, out_dir, **{"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+                                             "ppo_buffer_size": 1, "ppo_epochs": 1, "max_steps": 1, **extra})
+
+
+def test_ppo_optimizer_uses_loraplus_groups(tiny_llama_dir, tmp_path):
+    cfg = _small_config(tiny_llama_dir, tmp_path / "out", finetuning_type="lora", loraplus_lr_ratio=16.0)
+    loop, prompts = _small_loop(cfg)
+    loop.train(prompts)
+    lr_of = {id(p): g["lr"] for g in loop.callbacks.optimizer.param_groups for p in g["params"]}
+    named = {n: p for n, p in loop.policy.named_parameters() if p.requires_grad}
+    assert {lr_of[id(p)] for n, p in named.items() if "lora_B" in n} == {1e-2 * 16}
+    assert {lr_of[id(p)] for n, p in named.items() if "lora_A" in n} == {1e-2}
+    assert lr_of[id(named["v_head.weight"])] == 1e-2 and lr_of[id(named["v_head.bias"])] == 1e-2 * 16
+    assert len(lr_of) == len(named)
+
+
+def test_ppo_reports_to_the_report_to_integrations(tiny_llama_dir, tmp_path, monkeypatch):
+    import transformers.integrations
+    from transformers import TrainerCallback
+
+    events = []
+
+    class Recorder(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            events.append(("begin", type(model).__name__))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            events.append(("log", state.global_step, sorted(logs)))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            events.append(("end", state.global_step))
+
+    asked = []
+    monkeypatch.setattr(transformers.integrations, "get_reporting_integration_callbacks",
+                        lambda report_to: asked.append(list(report_to)) or [Recorder])
+    cfg = _small_config(tiny_llama_dir, tmp_path / "out", report_to="tensorboard", max_steps=2)
+    loop, prompts = _small_loop(cfg)
+    loop.train(prompts)
+    assert asked == [["tensorboard"]]
+    assert [e[0] for e in events] == ["begin", "log", "log", "end"] and events[0][1] == "ValueHeadModel"
+    assert [e[1] for e in events[1:]] == [1, 2, 2]
+    assert {"reward", "kl", "policy_loss", "value_loss", "learning_rate"} <= set(events[1][2])
+
+
+def test_neftune_noise_magnitude_per_packed_sequence(tiny_llama_dir):
+    from tuneforge.model.value_head import ValueHeadModel
+    from tuneforge.train.ppo_batch import PackedResponses, neftune_noise
+    from transformers import AutoModelForCausalLM
+
+    policy = ValueHeadModel(AutoModelForCausalLM.from_pretrained(tiny_llama_dir))
+    batch = PackedResponses.build([[5, 6], [7, 8, 9, 10]], [[11], [12, 13, 14]], "cpu")  # lengths 3 and 7
+    embed = policy.pretrained_model.get_input_embeddings()
+    clean = embed(batch.input_ids)
+    torch.manual_seed(0)
+    with neftune_noise(policy, 5.0, batch):
+        noisy = embed(batch.input_ids)
+    assert torch.equal(embed(batch.input_ids), clean)  # the noise ends with the block
+    with neftune_noise(policy, None, batch):
+        assert torch.equal(embed(batch.input_ids), clean)
+    noise = (noisy - clean)[0].abs()  # [T, H]; hidden size 32
+    bounds = torch.tensor([5.0 / (3 * 32) ** 0.5] * 3 + [5.0 / (7 * 32) ** 0.5] * 7)
+    assert (noise.amax(dim=1) <= bounds + 1e-6).all()
+    assert (noise.amax(dim=1) > 0.8 * bounds).all()  # uniform in [-m, m]: 32 draws come close to m
+
+
+def test_ppo_update_forwards_get_neftune_noise(tiny_llama_dir, tmp_path, monkeypatch):
+    from tuneforge.train import ppo
+
+    seen = []
+    real = ppo.neftune_noise
+
+    def spy(model, alpha, batch):
+        seen.append((alpha, model.training))
+        return real(model, alpha, batch)
+
+    monkeypatch.setattr(ppo, "neftune_noise", spy)
+    loop, prompts = _small_loop(_small_config(tiny_llama_dir, tmp_path / "out", neftune_noise_alpha=5.0))
+    loop.train(prompts)
+    assert seen == [(5.0, True)] * 2  # the update's two mini-batches, in training mode; rollouts never
+
+
+def test_ppo_loop_follows_the_thread_policy(tiny_llama_dir, tmp_path, monkeypatch):
+    from tuneforge.train.threads import ThreadPolicy
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    clock = {"t": 0.0}
+
+    def sample():  # another process keeps one of the two cores busy
+        clock["t"] += 1.0
+        return 2.0 * clock["t"], clock["t"], clock["t"]
+
+    threads = {"n": 2}
+    calls = []
+
+    def set_threads(n):
+        calls.append(n)
+        threads["n"] = n
+
+    loop, prompts = _small_loop(_small_config(tiny_llama_dir, tmp_path / "out"))
+    loop.threads = ThreadPolicy(every_seconds=0.5, sample=sample, set_threads=set_threads,
+                                get_threads=lambda: threads["n"])
+    loop.train(prompts)
+    assert calls == [1, 2]  # one thread while the other process is busy, restored at the end

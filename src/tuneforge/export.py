@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.adapters import attach_adapters
-from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_path, split_names
+from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_path
+from tuneforge.config.args import split_names
 from tuneforge.utils.folders import check_replaceable, make_staging, replace_folder, write_marker
 
 logger = logging.getLogger(__name__)
@@ -153,10 +154,9 @@ def _run_template(cfg, tokenizer):
     """The run's template; a named built-in also becomes the exported tokenizer's chat template."""
     data = getattr(cfg, "data", None)
     name = getattr(data, "template", None)
-    from tuneforge.data.templates import get_template
+    from tuneforge.data.templates import template_for
 
-    template = get_template(name, tokenizer, default_system=getattr(data, "default_system", None),
-                            enable_thinking=getattr(data, "enable_thinking", True))
+    template = template_for(data, tokenizer)
     template.fix_tokenizer(tokenizer)
     if name in (None, "auto"):
         return template

@@ -139,11 +139,11 @@ class ChatEngine:
     @classmethod
     def from_config(cls, cfg) -> "ChatEngine":
         """Load tokenizer, template and model (with adapters, not trainable) as a run config says."""
-        from tuneforge.data.templates import get_template
+        from tuneforge.data.templates import template_for
         from tuneforge.model import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
-        template = get_template(cfg.data.template, tokenizer)
+        template = template_for(cfg.data, tokenizer)
         template.fix_tokenizer(tokenizer)
         model = load_model(cfg.model, cfg.finetuning, is_trainable=False)
         settings = GenerationSettings.from_any(cfg.generating)

@@ -38,12 +38,12 @@ class RewardScorer:
 
     @classmethod
     def from_config(cls, cfg) -> RewardScorer:
-        from tuneforge.data.templates import get_template
+        from tuneforge.data.templates import template_for
         from tuneforge.model.loader import load_tokenizer
         from tuneforge.model.value_head import load_value_head_model
 
         tokenizer = load_tokenizer(cfg.model)
-        template = get_template(cfg.data.template, tokenizer)
+        template = template_for(cfg.data, tokenizer)
         template.fix_tokenizer(tokenizer)
         model = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=False)
         return cls(model, tokenizer, template, system=getattr(cfg.data, "default_system", None),

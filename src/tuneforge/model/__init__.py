@@ -1,14 +1,13 @@
 """Checkpoints -> modules: loading (local folder, hub id, .gguf, built-in demo), dtype/attention,
 fine-tuning methods (full / freeze / lora) and adapters."""
 
-from tuneforge.model.adapters import apply_finetuning, build_loraplus_param_groups
+from tuneforge.model.adapters import apply_finetuning
 from tuneforge.model.demo import DEMO_MODEL_NAME, ensure_demo_model
 from tuneforge.model.loader import count_parameters, load_model, load_tokenizer, resolve_model_path
 
 __all__ = [
     "DEMO_MODEL_NAME",
     "apply_finetuning",
-    "build_loraplus_param_groups",
     "count_parameters",
     "ensure_demo_model",
     "load_model",

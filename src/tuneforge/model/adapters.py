@@ -20,7 +20,8 @@ from pathlib import Path
 
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model.adapter_check import check_adapter_fits
-from tuneforge.model.loader import looks_local, split_names
+from tuneforge.model.loader import looks_local
+from tuneforge.config.args import split_names
 from tuneforge.utils.folders import finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def find_all_linear_modules(model) -> list[str]:
 
 
 def lora_target_modules(model, finetuning_args) -> list[str]:
-    targets = split_names(getattr(finetuning_args, "lora_target", "all")) or ["all"]
+    targets = list(split_names(getattr(finetuning_args, "lora_target", "all"))) or ["all"]
     if targets == ["all"]:
         return find_all_linear_modules(model)
     module_names = {name.split(".")[-1] for name, _ in model.named_modules()}
@@ -162,7 +163,7 @@ def build_lora_config(model, finetuning_args):
         lora_alpha=alpha or 2 * rank,  # LF: unset (or 0) -> 2 * rank
         lora_dropout=float(getattr(finetuning_args, "lora_dropout", 0.0)),
         target_modules=lora_target_modules(model, finetuning_args),
-        modules_to_save=split_names(getattr(finetuning_args, "additional_target", None)) or None,
+        modules_to_save=list(split_names(getattr(finetuning_args, "additional_target", None))) or None,
         use_rslora=bool(getattr(finetuning_args, "use_rslora", False)),
         use_dora=bool(getattr(finetuning_args, "use_dora", False)),
         init_lora_weights=init,
@@ -221,32 +222,3 @@ def attach_adapters(model, adapters: list[str], model_args, *, merge_last: bool,
     merged = len(adapters) if merge_last else len(adapters) - 1
     logger.info("adapters: merged %d, attached %d (%s)", merged, len(adapters) - merged, ",".join(adapters))
     return model
-
-
-def build_loraplus_param_groups(model, lr: float, ratio: float, weight_decay: float,
-                                embedding_lr: float = 1e-6) -> list[dict]:
-    """LoRA+ optimizer groups (LF semantics): B matrices learn `ratio` times faster than A.
-
-    lora_B weights -> lr * ratio with weight decay; 1-D trainables (biases, norms, DoRA magnitudes)
-    -> lr * ratio without decay; lora_embedding_B -> `embedding_lr`; everything else (lora_A,
-    modules_to_save) -> lr.
-    """
-    if ratio is None or ratio <= 0:
-        raise ConfigError(f"loraplus_lr_ratio: expected a positive number, got {ratio}")
-    groups = {"a": [], "b": [], "b_nodecay": [], "embedding": []}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if "lora_embedding_B" in name:
-            groups["embedding"].append(param)
-        elif "lora_B" in name:
-            groups["b"].append(param)
-        elif param.ndim == 1:
-            groups["b_nodecay"].append(param)
-        else:
-            groups["a"].append(param)
-    spec = [
-        ("a", lr, weight_decay), ("b", lr * ratio, weight_decay),
-        ("b_nodecay", lr * ratio, 0.0), ("embedding", embedding_lr, weight_decay),
-    ]
-    return [{"params": groups[key], "lr": group_lr, "weight_decay": wd} for key, group_lr, wd in spec if groups[key]]

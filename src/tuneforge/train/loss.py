@@ -15,7 +15,6 @@ number of label tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,63 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tuneforge.model.lm_parts import DECODER_INPUT_KEYS, LMParts
+
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024
-
-# Model types whose `...ForCausalLM.forward` computes `logits = lm_head(hidden)` and nothing else
-# (gemma2 / gemma3_text add a final soft-capping, handled below). Everything else -- logit scaling
-# (granite, cohere), multimodal inputs, remote code -- uses the model's own forward.
-_PLAIN_HEAD_MODEL_TYPES = frozenset(
-    {
-        "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3",
-        "gemma", "gemma2", "gemma3_text", "smollm3", "olmo", "olmo2", "starcoder2", "glm", "glm4",
-        "deepseek_v3",
-    }
-)  # fmt: skip
-
-# Batch keys the decoder understands; anything else (pixel_values, ...) -> plain forward.
-_DECODER_INPUT_KEYS = frozenset(
-    {"input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"}
-)
-
-
-@dataclass(frozen=True)
-class LMParts:
-    """The pieces of a causal LM that the chunked loss calls directly."""
-
-    decoder: nn.Module  # returns last_hidden_state (final norm applied)
-    head: nn.Module  # hidden -> vocab logits (may be a LoRA-wrapped Linear)
-    final_logit_softcapping: float | None
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """PeftModel -> the transformers model inside it (LoRA layers are injected in place)."""
-    get_base_model = getattr(model, "get_base_model", None)
-    if callable(get_base_model) and hasattr(model, "peft_config"):
-        return get_base_model()
-    return model
-
-
-def resolve_lm_parts(model: nn.Module, inputs: dict[str, Any] | None = None) -> tuple[LMParts | None, str]:
-    """Find decoder and LM head of a causal LM; `(None, reason)` when the chunked path does not apply."""
-    base = unwrap_peft(model)
-    config = getattr(base, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _PLAIN_HEAD_MODEL_TYPES:
-        return None, f"model type {model_type!r} ({type(base).__name__}) is not on the chunked-loss list"
-    if getattr(config, "output_router_logits", False):
-        return None, "output_router_logits adds a router auxiliary loss the chunked path does not compute"
-    if inputs is not None:
-        extra = sorted(set(inputs) - _DECODER_INPUT_KEYS - {"labels"})
-        if extra:
-            return None, f"batch has inputs the decoder alone does not take: {extra}"
-    decoder = getattr(base, "base_model", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if not isinstance(decoder, nn.Module) or decoder is base or not isinstance(head, nn.Module):
-        return None, f"could not find decoder and lm_head on {type(base).__name__}"
-    softcap = getattr(config, "final_logit_softcapping", None)
-    return LMParts(decoder=decoder, head=head, final_logit_softcapping=softcap), ""
-
 
 def _chunk_cross_entropy_sum(
     hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None
@@ -182,24 +128,71 @@ def chunked_causal_lm_loss(
     num_items_in_batch: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """Mean next-token loss over label tokens (or sum / num_items_in_batch), like HF's default."""
+    hidden, targets, keep = _label_positions(parts, inputs)
+    loss_sum = chunked_cross_entropy_sum(
+        hidden, targets, parts.head, chunk_size=chunk_size, final_logit_softcapping=parts.final_logit_softcapping
+    )
+    return _normalise(loss_sum, keep, num_items_in_batch)
+
+
+@torch.no_grad()
+def chunked_causal_lm_eval(
+    parts: LMParts,
+    inputs: dict[str, Any],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Evaluation: (the loss of `chunked_causal_lm_loss`, hits, keep). `hits[i]`: the argmax of the logits
+    equals the i-th label token (labels in `keep` order); `keep` [B, T-1] marks the shifted label positions.
+    Logits exist one chunk at a time, as for the loss."""
+    hidden, targets, keep = _label_positions(parts, inputs)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    hits = torch.zeros(targets.shape, dtype=torch.bool, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = parts.head(hidden[start : start + chunk_size])
+        if parts.final_logit_softcapping is not None:
+            logits = torch.tanh(logits / parts.final_logit_softcapping) * parts.final_logit_softcapping
+        t = targets[start : start + chunk_size]
+        loss_sum += F.cross_entropy(logits.float(), t, reduction="sum")
+        hits[start : start + chunk_size] = logits.argmax(dim=-1) == t
+    return _normalise(loss_sum, keep, num_items_in_batch), hits, keep
+
+
+def _label_positions(parts: LMParts, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoder once; (hidden states that predict a label [N, H], those labels [N], keep mask [B, T-1])."""
     labels = inputs["labels"]
-    decoder_inputs = {k: v for k, v in inputs.items() if k in _DECODER_INPUT_KEYS}
+    decoder_inputs = {k: v for k, v in inputs.items() if k in DECODER_INPUT_KEYS}
     # use_cache=False: with a cache, transformers does not detect packed sequences (see collate.py).
     outputs = parts.decoder(**decoder_inputs, use_cache=False)
     hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-
-    shift_hidden = hidden[:, :-1, :]
     shift_labels = labels[:, 1:].to(hidden.device)
     keep = shift_labels != IGNORE_INDEX
-    loss_sum = chunked_cross_entropy_sum(
-        shift_hidden[keep],
-        shift_labels[keep],
-        parts.head,
-        chunk_size=chunk_size,
-        final_logit_softcapping=parts.final_logit_softcapping,
-    )
+    return hidden[:, :-1, :][keep], shift_labels[keep], keep
+
+
+def _normalise(loss_sum: torch.Tensor, keep: torch.Tensor, num_items_in_batch) -> torch.Tensor:
     if num_items_in_batch is not None:
         if isinstance(num_items_in_batch, torch.Tensor):
             num_items_in_batch = num_items_in_batch.to(loss_sum.device)
         return loss_sum / num_items_in_batch
     return loss_sum / keep.sum().clamp(min=1)
+
+
+def sample_accuracies(hits: torch.Tensor, keep: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    """Token accuracy of every sample of the batch that has label tokens (LLaMA-Factory's `ComputeAccuracy`:
+    per sample, the share of label tokens the argmax predicts). Samples are the rows of a padded batch, or
+    the pieces of a packed row (`position_ids` restart at 0)."""
+    position_ids = inputs.get("position_ids")
+    rows, width = keep.shape[0], keep.shape[1] + 1
+    if position_ids is None:
+        sample = torch.arange(rows, device=keep.device)[:, None].expand(rows, width)
+    else:  # one id per sample: a new sample starts wherever the position restarts at 0
+        starts = (position_ids.to(keep.device) == 0).long()
+        starts[:, 0] = 1
+        sample = starts.flatten().cumsum(0).view(rows, width) - 1
+    owner = sample[:, 1:][keep]  # a label belongs to the sample of the token it is
+    count = torch.bincount(owner, minlength=int(sample.max()) + 1)
+    correct = torch.bincount(owner, weights=hits.float(), minlength=count.numel())
+    has_labels = count > 0
+    return correct[has_labels] / count[has_labels]

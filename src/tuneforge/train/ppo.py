@@ -8,8 +8,11 @@ Each step of the loop:
                  forward each, LM head only at response positions), per-token KL penalty + score,
                  GAE (ppo_core.py);
   4. update:     `ppo_epochs` passes over the rollouts in shuffled mini-batches of
-                 `per_device_train_batch_size`, one optimizer step per `gradient_accumulation_steps`;
-  5. log + save.
+                 `per_device_train_batch_size`, one optimizer step per `gradient_accumulation_steps`
+                 (optim.py: LoRA+ groups with `loraplus_lr_ratio`; NEFTune noise on these forwards with
+                 `neftune_noise_alpha`, ppo_batch.py);
+  5. log (trainer_log.jsonl and the `report_to` integrations) + save.
+The thread policy (threads.py) runs after every rollout batch and optimizer step.
 One step uses per_device_train_batch_size x gradient_accumulation_steps x ppo_buffer_size prompts
 (LLaMA-Factory's PPO batch). The critic is a value head on the policy's own backbone. The reference
 is the policy with its LoRA adapter disabled (lora), else a frozen copy (or `ref_model`).
@@ -23,7 +26,6 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,10 +33,11 @@ import torch
 from tuneforge.errors import ConfigError, NotSupportedError
 from tuneforge.train import workflow
 from tuneforge.train.callbacks import LogCallback
+from tuneforge.train.optim import create_optimizer, create_scheduler
+from tuneforge.train.ppo_batch import PackedResponses, neftune_noise, output_head, response_forward
 from tuneforge.train.ppo_core import (AdaptiveKLController, FixedKLController, PPOHyperparams, RunningMoments,
-                                      compute_gae, entropy_from_logits, logprobs_of, masked_mean, masked_whiten,
-                                      ppo_loss, shape_rewards)
-from tuneforge.train.reward_sources import pack_sequences
+                                      compute_gae, masked_mean, masked_whiten, ppo_loss, shape_rewards)
+from tuneforge.train.threads import ThreadPolicy
 
 logger = logging.getLogger("tuneforge")
 
@@ -78,7 +81,7 @@ def run_ppo(cfg, reward_source=None) -> dict:
     save_policy(policy, tokenizer, cfg.training.output_dir)
     loop.state.save_to_json(str(Path(cfg.training.output_dir) / "trainer_state.json"))
     if cfg.finetuning.plot_loss:
-        from tuneforge.train.callbacks import plot_loss
+        from tuneforge.utils.runlog import plot_loss
 
         for path in plot_loss(cfg.training.output_dir, keys=("loss", "reward")):
             logger.info("curve: %s", path)
@@ -91,22 +94,16 @@ def run_ppo(cfg, reward_source=None) -> dict:
 
 
 def check_ppo_config(cfg, needs_reward_model: bool = True) -> None:
-    """Mistakes found before any model is loaded."""
+    """The reward source (config validation checked the rest): a reward model unless the caller passes one."""
     if needs_reward_model and not cfg.finetuning.reward_model:
         raise ConfigError("stage ppo needs `reward_model`: a reward model trained with `stage: rm` (its output_dir), "
                           "or a URL with `reward_model_type: api`")
-    if cfg.generating.num_beams != 1:
-        raise ConfigError(f"num_beams: {cfg.generating.num_beams}; PPO samples its rollouts, expected num_beams: 1")
-    if cfg.training.do_eval or cfg.data.val_size or cfg.data.eval_dataset:
-        raise NotSupportedError("evaluation during PPO is not supported (LLaMA-Factory neither); remove "
-                                "do_eval / val_size / eval_dataset")
-    if cfg.finetuning.ref_model_quantization_bit is not None:
-        raise NotSupportedError("ref_model_quantization_bit is not supported yet; remove it")
 
 
 def load_reference(cfg, dtype):
     """None = the policy with its adapter disabled (lora without `ref_model`); else a frozen model."""
-    from tuneforge.model.loader import load_model, split_names
+    from tuneforge.model.loader import load_model
+    from tuneforge.config.args import split_names
     from tuneforge.model.value_head import ValueHeadModel
 
     finetuning = cfg.finetuning
@@ -123,57 +120,6 @@ def load_reference(cfg, dtype):
                         compute_dtype=dtype)
     logger.info("reference model: frozen copy of %s", model_args.model_name_or_path)
     return ValueHeadModel(frozen)  # its value head is never used; the wrapper gives hidden states
-
-
-@dataclass
-class PackedResponses:
-    """Prompt + response pairs packed into one row; `index[b, r]` is the position that predicts response token r."""
-
-    input_ids: torch.Tensor     # [1, T]
-    position_ids: torch.Tensor  # [1, T], restarting at 0 per sequence
-    index: torch.Tensor         # [B, R]
-    tokens: torch.Tensor        # [B, R] response ids (0 on padding)
-    mask: torch.Tensor          # [B, R] float, 1 on response tokens
-
-    @classmethod
-    def build(cls, prompts, responses, device) -> "PackedResponses":
-        input_ids, position_ids = pack_sequences(prompts, responses, device)
-        width = max(len(r) for r in responses)
-        index = torch.zeros(len(responses), width, dtype=torch.long)
-        tokens = torch.zeros(len(responses), width, dtype=torch.long)
-        mask = torch.zeros(len(responses), width)
-        offset = 0
-        for row, (prompt, response) in enumerate(zip(prompts, responses)):
-            start = offset + len(prompt) - 1  # the last prompt token predicts the first response token
-            index[row, : len(response)] = torch.arange(start, start + len(response))
-            tokens[row, : len(response)] = torch.tensor(response)
-            mask[row, : len(response)] = 1.0
-            offset += len(prompt) + len(response)
-        return cls(input_ids, position_ids, index.to(device), tokens.to(device), mask.to(device))
-
-
-def response_forward(model, head, batch: PackedResponses, *, values: bool):
-    """(log-probs [B, R], entropy [B, R], values [B, R] or None): the LM head runs only on response positions."""
-    hidden = model.hidden_states(batch.input_ids, position_ids=batch.position_ids)[0]
-    picked = hidden[batch.index]  # [B, R, H]
-    logits = head(picked)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logprobs = logprobs_of(logits, batch.tokens)
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach())
-    value = model.v_head(picked.to(model.v_head.weight.dtype)).squeeze(-1) if values else None
-    return logprobs, entropy, value
-
-
-def output_head(model):
-    from tuneforge.train.loss import unwrap_peft
-
-    head = unwrap_peft(model.pretrained_model).get_output_embeddings()
-    if head is None:
-        raise ConfigError(f"{type(model.pretrained_model).__name__} has no output embeddings (LM head) for PPO")
-    return head
 
 
 class PPOLoop:
@@ -198,6 +144,8 @@ class PPOLoop:
         self.generator = torch.Generator().manual_seed(self.args.seed)
         self.state, self.control = TrainerState(), TrainerControl()
         self.log_callback = LogCallback(self.args.output_dir, extra_keys=PPO_LOG_KEYS)
+        self.callbacks = loop_callbacks(self.args, self.log_callback, policy, tokenizer)  # + `report_to`
+        self.threads = ThreadPolicy()  # the cores other processes leave free, checked after each piece of work
         self.tokens_seen = 0
 
     # ---- 1. rollout -------------------------------------------------------------------------
@@ -219,6 +167,7 @@ class PPOLoop:
         out = self.policy.pretrained_model.generate(
             input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=True,
             eos_token_id=self.stop_ids, pad_token_id=pad, **kwargs)
+        self.threads.on_step()
         responses = []
         for row in out[:, width:].tolist():
             stop = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
@@ -259,7 +208,8 @@ class PPOLoop:
                 for mb_start in range(0, len(group), self.mini_batch):
                     rows = group[mb_start:mb_start + self.mini_batch]
                     batch = PackedResponses.build([prompts[i] for i in rows], [responses[i] for i in rows], self.device)
-                    logprobs, entropy, values = response_forward(self.policy, self.head, batch, values=True)
+                    with neftune_noise(self.policy, self.args.neftune_noise_alpha, batch):
+                        logprobs, entropy, values = response_forward(self.policy, self.head, batch, values=True)
                     width = batch.mask.shape[1]
                     old = {k: exp[k][rows, :width] for k in ("logprobs", "values", "advantages", "returns")}
                     parts = ppo_loss(logprobs, values, old["logprobs"], old["values"], old["advantages"],
@@ -273,6 +223,7 @@ class PPOLoop:
                     torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                self.threads.on_step()
         self.policy.eval()
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
@@ -294,12 +245,15 @@ class PPOLoop:
             raise ConfigError("stage ppo: the dataset gave no prompts to train on")
         steps_per_epoch = math.ceil(len(prompts) / self.rollout_batch)
         max_steps = self.args.max_steps if self.args.max_steps > 0 else math.ceil(self.args.num_train_epochs * steps_per_epoch)
-        optimizer, scheduler = self.create_optimizer(max_steps)
+        optimizer = create_optimizer(self.policy, self.args, self.finetuning)  # LoRA+ groups with loraplus_lr_ratio
+        scheduler = create_scheduler(self.args, optimizer, max_steps)
+        self.callbacks.optimizer, self.callbacks.lr_scheduler = optimizer, scheduler
         self.state.max_steps, self.state.global_step = max_steps, 0
         logger.info("PPO: %d prompts, %d per step (batch %d x accumulation %d x buffer %d), %d steps, %d ppo_epochs",
                     len(prompts), self.rollout_batch, self.mini_batch, self.args.gradient_accumulation_steps,
                     self.finetuning.ppo_buffer_size, max_steps, self.finetuning.ppo_epochs)
-        self.log_callback.on_train_begin(self.args, self.state, self.control)
+        self.control = self.callbacks.on_train_begin(self.args, self.state, self.control)
+        self.threads.start(self.device)
         started, window, rewards_per_step = time.time(), [], []
         try:
             for step_prompts in self.batches(prompts, max_steps):
@@ -318,7 +272,7 @@ class PPOLoop:
                 rewards_per_step.append(stats["reward"])
                 window.append(stats)
                 self.state.global_step += 1
-                self.log_callback.on_step_end(self.args, self.state, self.control)
+                self.control = self.callbacks.on_step_end(self.args, self.state, self.control)
                 if self.state.global_step % max(int(self.args.logging_steps), 1) == 0 or self.state.global_step == max_steps:
                     self.log(window, steps_per_epoch, started)
                     window = []
@@ -331,7 +285,9 @@ class PPOLoop:
         except BaseException as err:
             self.log_callback.mark_failed(str(err) or type(err).__name__)
             raise
-        self.log_callback.on_train_end(self.args, self.state, self.control)
+        finally:
+            self.threads.stop()
+        self.control = self.callbacks.on_train_end(self.args, self.state, self.control)
         seconds = time.time() - started
         return {"train_seconds": round(seconds, 2), "steps": self.state.global_step,
                 "first_reward": rewards_per_step[0], "last_reward": rewards_per_step[-1],
@@ -344,27 +300,23 @@ class PPOLoop:
                     throughput=round(self.tokens_seen / max(time.time() - started, 1e-9), 2),
                     total_tokens=self.tokens_seen)
         self.state.log_history.append({**logs, "step": self.state.global_step})
-        self.log_callback.on_log(self.args, self.state, self.control, logs=logs)
+        self.control = self.callbacks.on_log(self.args, self.state, self.control, logs)
 
     def _should_save_checkpoint(self, max_steps: int) -> bool:
         strategy = str(getattr(self.args.save_strategy, "value", self.args.save_strategy))
         step = self.state.global_step
         return strategy == "steps" and step < max_steps and step % max(int(self.args.save_steps), 1) == 0
 
-    def create_optimizer(self, max_steps: int):
-        from transformers import Trainer, get_scheduler
 
-        decay, no_decay = [], []
-        for param in self.policy.parameters():
-            if param.requires_grad:
-                (decay if param.ndim >= 2 else no_decay).append(param)  # no decay on biases and norms
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.policy)
-        optimizer = optimizer_cls([{"params": decay, "weight_decay": self.args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], **optimizer_kwargs)
-        scheduler = get_scheduler(self.args.lr_scheduler_type, optimizer=optimizer,
-                                  num_warmup_steps=self.args.get_warmup_steps(max_steps), num_training_steps=max_steps,
-                                  scheduler_specific_kwargs=self.args.lr_scheduler_kwargs or {})
-        return optimizer, scheduler
+def loop_callbacks(args, log_callback, model, tokenizer):
+    """The callbacks of PPO's loop, called as the HF Trainer calls its own: LLaMA-Factory's flow callback, our log
+    file, and the `report_to` integrations (tensorboard, wandb, ...) with the loop's logs."""
+    from transformers.integrations import get_reporting_integration_callbacks
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+
+    callbacks = [DefaultFlowCallback(), log_callback]
+    callbacks += [cls() for cls in get_reporting_integration_callbacks(args.report_to)]
+    return CallbackHandler(callbacks, model, tokenizer, None, None)
 
 
 def save_policy(policy, tokenizer, output_dir) -> None:

@@ -5,9 +5,10 @@ busy process (the web UI chatting, a test run, another job), a 2-thread training
 waits for a core the other process holds: measured 68 real tokens/s with 2 threads vs 130 with
 1 thread for the demo LoRA run (225 with 2 threads on a quiet machine; bench/RESULTS.md).
 
-`ThreadPolicyCallback` looks every few seconds at how much CPU the *other* processes used
+`ThreadPolicy` looks every few seconds at how much CPU the *other* processes used
 (all busy CPU time minus this process's own) and sets torch's thread count to the cores they
-leave free (at least 1, at most the count training started with). A user's `OMP_NUM_THREADS`
+leave free (at least 1, at most the count training started with). The HF Trainer drives it through
+`ThreadPolicyCallback`; PPO's own loop calls it after every rollout and update. A user's `OMP_NUM_THREADS`
 keeps the thread count fixed; the web UI sets it as a maximum for its jobs together with
 `TUNEFORGE_ADAPT_THREADS=1`.
 """
@@ -45,7 +46,11 @@ def fixed_by_user() -> bool:
     return "OMP_NUM_THREADS" in os.environ and os.environ.get("TUNEFORGE_ADAPT_THREADS") != "1"
 
 
-class ThreadPolicyCallback(TrainerCallback):
+class ThreadPolicy:
+    """The policy for any training loop: `start(device)` once, `on_step()` after each piece of work
+    (cheap: it decides at most every `every_seconds`), `stop()` at the end (restores the thread count).
+    The HF Trainer drives it through `ThreadPolicyCallback`; loops of our own (PPO) call it directly."""
+
     def __init__(self, *, every_seconds: float = 10.0, sample: Callable[[], Sample] = sample_cpu,
                  set_threads: Callable[[int], None] | None = None, get_threads: Callable[[], int] | None = None) -> None:
         import torch
@@ -58,15 +63,15 @@ class ThreadPolicyCallback(TrainerCallback):
         self.max_threads = 0
         self.last: Sample | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.enabled and getattr(args, "device", None) is not None and args.device.type != "cpu":
+    def start(self, device=None) -> None:
+        if self.enabled and device is not None and getattr(device, "type", "cpu") != "cpu":
             self.enabled = False  # GPU runs: the CPU threads only feed the GPU
         if self.enabled:
             self.max_threads = self.get_threads()
             self.enabled = self.max_threads > 1
             self.last = self.sample()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step(self) -> None:
         if not self.enabled or self.last is None:
             return
         now = self.sample()
@@ -83,6 +88,26 @@ class ThreadPolicyCallback(TrainerCallback):
             logger.info("threads: other processes use ~%.1f cores, training now uses %d thread(s) (was %d)",
                         others, want, current)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def stop(self) -> None:
         if self.enabled and self.max_threads and self.get_threads() != self.max_threads:
             self.set_threads(self.max_threads)
+
+
+class ThreadPolicyCallback(TrainerCallback):
+    """`ThreadPolicy` for the HF Trainer: checked at every optimizer step's end."""
+
+    def __init__(self, **kwargs) -> None:
+        self.policy = ThreadPolicy(**kwargs)
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.enabled
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.policy.start(getattr(args, "device", None))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.policy.on_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.policy.stop()

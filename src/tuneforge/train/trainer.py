@@ -6,7 +6,9 @@ What it changes:
 - every forward runs with `use_cache=False` (needed for padding-free batches, see collate.py);
 - tokens: real (non-pad) tokens and label tokens are counted; logs carry `total_tokens` and
   `throughput` (real tokens/s of this session);
-- LoRA+: with `loraplus_lr_ratio`, LoRA B matrices (and biases) train at lr * ratio;
+- LoRA+: with `loraplus_lr_ratio`, LoRA B matrices (and biases) train at lr * ratio (optim.py);
+- `compute_accuracy`: evaluation also reports `eval_accuracy` (LF's token accuracy: per sample, the share of
+  label tokens the argmax of the logits predicts, averaged over samples), from the same chunked pass;
 - `torch_compile`: the decoder layers are compiled in place (model/compile.py), not the whole
   model, which the chunked loss would bypass;
 - `save_model()` of the final model writes the complete save to a staging folder, commits it with one
@@ -32,7 +34,10 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, chunked_causal_lm_loss, resolve_lm_parts, shifted_label_count
+from tuneforge.model.lm_parts import resolve_lm_parts
+from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_eval, chunked_causal_lm_loss,
+                                  sample_accuracies, shifted_label_count)
+from tuneforge.train.optim import loraplus_param_groups
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ class TuneforgeTrainer(Trainer):
         loraplus_lr_ratio: float | None = None,
         loraplus_lr_embedding: float = 1e-6,
         objective: Any = None,
+        compute_accuracy: bool = False,
         **kwargs: Any,
     ) -> None:
         training_args = kwargs.get("args")
@@ -67,6 +73,8 @@ class TuneforgeTrainer(Trainer):
             kwargs["args"] = _compile_regionally(kwargs.get("model"), training_args)
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.compute_accuracy = compute_accuracy and objective is None
+        self._accuracy_sum = [0.0, 0]  # sum of per-sample accuracies, samples (this evaluation)
         self._objective_metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
         # Whether the model's own forward takes num_items_in_batch (HF decides from its signature).
         self._forward_takes_num_items = self.model_accepts_loss_kwargs
@@ -120,12 +128,16 @@ class TuneforgeTrainer(Trainer):
             loss = chunked_causal_lm_loss(
                 parts, inputs, chunk_size=self.loss_chunk_size, num_items_in_batch=num_items_in_batch
             )
+        loss = self._scale_for_devices(loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _scale_for_devices(self, loss, num_items_in_batch):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP
             # averages gradients, so scale back up by the number of data-parallel ranks.
             n_gpu = self.args.n_gpu
             loss = loss * (self.accelerator.num_processes // self.get_tp_size() if n_gpu <= 1 else n_gpu)
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
     def _plain_forward_loss(self, model, inputs, num_items_in_batch):
         """The model's own forward (full logits); loss normalised like the chunked path."""
@@ -160,8 +172,42 @@ class TuneforgeTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         num_items = self._get_num_items_in_batch([inputs], self.args.device)  # as Trainer.prediction_step
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items)
+            if self.compute_accuracy:
+                loss = self._loss_and_accuracy(model, inputs, num_items)
+            else:
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items)
         return (loss.detach(), None, None)
+
+    def _loss_and_accuracy(self, model, inputs, num_items):
+        """The evaluation loss, and the batch's per-sample token accuracies added to this evaluation's sum."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        parts, reason = resolve_lm_parts(unwrapped, inputs)
+        if parts is not None and unwrapped is model:
+            loss, hits, keep = chunked_causal_lm_eval(parts, inputs, chunk_size=self.loss_chunk_size,
+                                                      num_items_in_batch=num_items)
+        else:  # the model's own forward: its logits exist anyway
+            self._log_fallback_once(reason or f"the model is wrapped by {type(model).__name__}")
+            loss, outputs = self._plain_forward_loss(model, inputs, num_items)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+            labels = inputs["labels"][:, 1:]
+            keep = labels != IGNORE_INDEX
+            hits = logits[:, :-1][keep].argmax(dim=-1) == labels[keep]
+        accuracies = sample_accuracies(hits, keep, inputs)
+        self._accuracy_sum[0] += float(accuracies.sum())
+        self._accuracy_sum[1] += accuracies.numel()
+        return self._scale_for_devices(loss, num_items)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._accuracy_sum = [0.0, 0]
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.compute_accuracy:
+            total = torch.tensor(self._accuracy_sum, dtype=torch.float64, device=self.args.device)
+            if self.accelerator.num_processes > 1:
+                total = self.accelerator.reduce(total, reduction="sum")
+            if total[1] > 0:
+                output.metrics[f"{metric_key_prefix}_accuracy"] = float(total[0] / total[1])
+        return output
 
     # ---- token accounting ---------------------------------------------------------------------
     @property
@@ -240,7 +286,7 @@ class TuneforgeTrainer(Trainer):
             weight_decay=self.args.weight_decay,
             ratio=self.loraplus_lr_ratio,
             embedding_lr=self.loraplus_lr_embedding,
-        )
+        )  # the same groups as optim.create_optimizer (PPO)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         logger.info("LoRA+ optimizer: lr_B = %g x lr", self.loraplus_lr_ratio)
         return self.optimizer
@@ -277,32 +323,3 @@ class TuneforgeTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             commit_files(target)  # one rename commits the complete save; its files then move into place
-
-
-def loraplus_param_groups(
-    model: nn.Module,
-    *,
-    decay_names: set[str],
-    lr: float,
-    weight_decay: float,
-    ratio: float,
-    embedding_lr: float,
-) -> list[dict[str, Any]]:
-    """LoRA+ (Hayou et al. 2024) parameter groups, as in LLaMA-Factory.
-
-    LoRA A and other trainable weights: lr; LoRA B and 1-D parameters (biases, norms): lr * ratio;
-    LoRA embedding adapters: `embedding_lr`. Weight decay only on `decay_names`.
-    """
-    buckets: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if "lora_embedding_" in name:
-            group_lr = embedding_lr
-        elif "lora_B" in name or param.ndim == 1:
-            group_lr = lr * ratio
-        else:
-            group_lr = lr
-        group_wd = weight_decay if name in decay_names else 0.0
-        buckets.setdefault((group_lr, group_wd), []).append(param)
-    return [{"params": params, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), params in buckets.items()]

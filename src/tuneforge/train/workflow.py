@@ -43,11 +43,11 @@ def seed_everything(cfg) -> None:
 
 def load_tokenizer_and_template(cfg):
     """The run's own tokenizer, fixed for its template (eos = turn end, pad token present)."""
-    from tuneforge.data.templates import check_template_matches, get_template
+    from tuneforge.data.templates import check_template_matches, template_for
     from tuneforge.model.loader import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
-    template = get_template(cfg.data.template, tokenizer)
+    template = template_for(cfg.data, tokenizer)
     if cfg.data.template not in (None, "auto"):
         warning = check_template_matches(template, tokenizer)
         if warning:
@@ -79,6 +79,8 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
     from tuneforge.train.trainer import TuneforgeTrainer
 
     training_args = training_args_with_checkpointing(cfg) if cfg.training.do_train else cfg.training
+    if cfg.finetuning.compute_accuracy:
+        extra_log_keys = (*extra_log_keys, "accuracy")  # eval_accuracy in trainer_log.jsonl and on the console
     log_callback = LogCallback(cfg.training.output_dir, extra_keys=extra_log_keys)
     trainer = TuneforgeTrainer(
         model=model,
@@ -91,7 +93,11 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
         loraplus_lr_embedding=cfg.finetuning.loraplus_lr_embedding,
         objective=objective,
+        compute_accuracy=cfg.finetuning.compute_accuracy,  # eval_accuracy (LM stages; rm/dpo/kto log their own)
     )
+    if cfg.finetuning.compute_accuracy and bundle.eval is None:
+        logger.warning("compute_accuracy: there is no evaluation set (`eval_dataset` or `val_size`), so no "
+                       "eval_accuracy will be reported")
     ref_model = getattr(objective, "ref_model", None)
     if ref_model is not None:  # the Trainer places the policy; a frozen reference model goes next to it
         ref_model.to(trainer.args.device)
@@ -105,7 +111,8 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
     The first Ctrl-C stops after the current step with a checkpoint (and the final save); a second
     one quits at once, the last saved checkpoint intact.
     """
-    from tuneforge.train.callbacks import RunFileCallback, plot_loss
+    from tuneforge.train.callbacks import RunFileCallback
+    from tuneforge.utils.runlog import plot_loss
     from tuneforge.train.resume import check_resume_matches, run_fingerprint
 
     args = cfg.training
@@ -129,6 +136,9 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
     metrics = dict(result.metrics)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics.update(_resource_metrics(trainer))
+    if cfg.finetuning.include_effective_tokens_per_second and metrics.get("train_runtime"):
+        # LF's metric: the real (non-padding) tokens trained per second of training
+        metrics["effective_tokens_per_sec"] = round(metrics.get("total_tokens", 0) / metrics["train_runtime"], 2)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     if trainer.session_steps == 0 and resume:

@@ -1,5 +1,6 @@
 """Chat templates: built-ins as data (``builtin.json``) and ``auto`` (the tokenizer's Jinja template).
 
+template = template_for(cfg.data, tokenizer)      # a run's template: template + its data keys
 template = get_template("qwen", tokenizer)        # or None / "auto"
 template.fix_tokenizer(tokenizer)                  # eos / pad / stop words, once per run
 pairs = template.encode_multiturn(tokenizer, conv.messages, conv.system, conv.tools)
@@ -22,7 +23,7 @@ from tuneforge.errors import NotSupportedError
 
 __all__ = [
     "ChatTemplate", "JinjaTemplate", "Template", "TemplateError", "available_templates",
-    "check_template_matches", "get_template", "suggest_builtin",
+    "check_template_matches", "get_template", "suggest_builtin", "template_for",
 ]  # fmt: skip
 
 ChatTemplate = Union[Template, JinjaTemplate]
@@ -103,3 +104,17 @@ def get_template(
             ("{{content}}",) if template.efficient_eos else ("{{content}}", SpecialSlot("eos_token"))
         )
     return dataclasses.replace(template, **changes) if changes else template
+
+
+def template_for(data_args: Any, tokenizer: Any) -> ChatTemplate:
+    """The run's template from its data arguments: `template` with `default_system`, `enable_thinking`
+    and `tool_format` applied (LLaMA-Factory's `get_template_and_fix_tokenizer`). Every path that builds
+    a run's template (training, chat, reward scoring, export, evaluation) goes through here, so none of
+    these keys can be dropped."""
+    return get_template(
+        getattr(data_args, "template", None),
+        tokenizer,
+        default_system=getattr(data_args, "default_system", None),
+        enable_thinking=getattr(data_args, "enable_thinking", True),
+        tool_format=getattr(data_args, "tool_format", None),
+    )
