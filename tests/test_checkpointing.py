@@ -44,5 +44,7 @@ def test_the_decision_goes_into_a_copy_of_the_training_arguments(cfg_for, monkey
     cfg = cfg_for()
     args = training_args_with_checkpointing(cfg)
     assert args.activation_checkpointing and args.gradient_checkpointing
-    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": True}  # LF's use_reentrant_gc default
     assert not cfg.training.activation_checkpointing  # the validated config is left as it was
+    assert training_args_with_checkpointing(cfg_for(use_reentrant_gc=False)).activation_checkpointing_kwargs == {
+        "use_reentrant": False}

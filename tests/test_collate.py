@@ -120,7 +120,9 @@ def test_packed_chunked_loss_equals_samples_alone(request, model_fixture):
     """The training path (chunked loss on a packed batch) == loss of each sample run alone."""
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.train.loss import chunked_causal_lm_loss, resolve_lm_parts
+    from tuneforge.model.lm_parts import resolve_lm_parts
+
+    from tuneforge.train.loss import chunked_causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(model_fixture), dtype=torch.float32)
     samples = _random_samples(model.config.vocab_size)

@@ -239,7 +239,7 @@ def test_unsupported_values_and_stages():
     with pytest.raises(NotSupportedError, match=r"`infer_backend: vllm` is not supported yet .*supported: huggingface"):
         load_config_dict({**BASE, "infer_backend": "vllm"})
     assert load_config_dict({**BASE, "stage": "dpo"}, source="d.yaml").finetuning.stage == "dpo"
-    with pytest.raises(ConfigError, match=r"unknown stage `sftt`; expected one of: pt, sft, rm, ppo, dpo, kto"):
+    with pytest.raises(ConfigError, match=r"unknown stage `sftt`; expected one of: sft, pt, rm, dpo, kto, ppo"):
         load_config_dict({**BASE, "stage": "sftt"})
     with pytest.raises(ConfigError) as err:
         load_config_dict({**BASE, "finetuning_type": "qlora"}, source="f.yaml")
@@ -394,7 +394,7 @@ def test_support_tables_only_name_known_keys():
     for legacy in support.LEGACY_TRAINING_KEYS.values():
         assert legacy.target is None or legacy.target in catalogue
     assert not set(support.LEGACY_TRAINING_KEYS) & set(catalogue)
-    assert support.supported_stages() == ("pt", "sft", "rm", "ppo", "dpo", "kto")
+    assert support.supported_stages() == ("sft", "pt", "rm", "dpo", "kto", "ppo")
 
 
 def test_predict_with_generate_rules():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from types import SimpleNamespace
 
 import pytest
@@ -158,7 +160,7 @@ def test_efficient_eos_labels():
 
 
 def test_real_chatml_template(tiny_tokenizer):
-    templates = pytest.importorskip("tuneforge.data.templates", reason="templates module not importable yet")
+    templates = importlib.import_module("tuneforge.data.templates")
     template = templates.get_template("chatml", tiny_tokenizer)
     out = encode_sft(conv("Hello", "I am an AI assistant."), template, tiny_tokenizer, args())
     text = tiny_tokenizer.decode(out["input_ids"])

@@ -17,7 +17,8 @@ from torch import nn
 from tuneforge.data.collate import PackedCollator
 from tuneforge.model.attention import packed_lengths, packed_sdpa_attention_forward, register_packed_sdpa
 from tuneforge.model.fast_lora import FastLoraLinear, enable_fast_lora
-from tuneforge.train.loss import chunked_causal_lm_loss, resolve_lm_parts
+from tuneforge.model.lm_parts import resolve_lm_parts
+from tuneforge.train.loss import chunked_causal_lm_loss
 
 
 def test_packed_lengths():
@@ -216,7 +217,8 @@ def test_small_lora_run_with_every_fast_path_follows_the_plain_fp32_run(tiny_lla
     torch.testing.assert_close(torch.tensor(losses["fast"]), torch.tensor(losses["plain"]), atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir):
+@pytest.mark.parametrize("reentrant", [False, True])  # LF's use_reentrant_gc
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir, reentrant):
     """Activation checkpointing recomputes packed SDPA and the fused LoRA layers in backward."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -229,7 +231,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir
         enable_fast_lora(model)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         layers = model.get_base_model().model.layers
         assert all(layer.gradient_checkpointing == checkpointing for layer in layers)
         return _loss_and_grads(model, PackedCollator()(_samples(model.config.vocab_size)))

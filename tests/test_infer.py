@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import io
 from types import SimpleNamespace
 
@@ -319,7 +321,7 @@ def test_run_chat_prompt_mode_prints_only_the_answer(tiny_tokenizer):
 
 # ---- with the real template module ------------------------------------------------------------------
 def test_real_chatml_template(tiny_llama):
-    templates = pytest.importorskip("tuneforge.data.templates")
+    templates = importlib.import_module("tuneforge.data.templates")
     model, tokenizer = tiny_llama
     template = templates.get_template("chatml", tokenizer)
     template.fix_tokenizer(tokenizer)
@@ -370,8 +372,8 @@ def test_lean_step_declines_lora_layers(tiny_llama_dir):
 
 
 def test_engine_from_config_and_prompt_mode(tiny_llama_dir, capsys):
-    config = pytest.importorskip("tuneforge.config")
-    pytest.importorskip("tuneforge.model")
+    config = importlib.import_module("tuneforge.config")
+    importlib.import_module("tuneforge.model")
     cfg = config.load_config_dict(
         {"model_name_or_path": str(tiny_llama_dir), "template": "chatml", "do_sample": False,
          "max_new_tokens": 12, "default_system": "Be brief."},

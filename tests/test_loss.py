@@ -8,7 +8,8 @@ from log_capture import LogRecords
 import torch
 
 from tuneforge.data.collate import PackedCollator, PaddedCollator
-from tuneforge.train.loss import chunked_causal_lm_loss, resolve_lm_parts
+from tuneforge.model.lm_parts import resolve_lm_parts
+from tuneforge.train.loss import chunked_causal_lm_loss
 
 TINY = dict(
     vocab_size=97,

@@ -75,7 +75,7 @@ def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, cap
 
 def test_predict_stops_when_asked_and_keeps_the_rows_done(predict_workspace, monkeypatch):
     from tuneforge.infer.engine import ChatEngine
-    from tuneforge.train.callbacks import STOP_FILE
+    from tuneforge.utils.runlog import STOP_FILE
 
     original = ChatEngine.generate_ids
 
@@ -124,7 +124,7 @@ def test_a_failing_prediction_says_so_in_the_status_file(predict_workspace, monk
     (["predict_with_generate=false"], "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet"),
     (["eval_dataset=null"], "`do_predict` reads the rows to answer from `eval_dataset`"),
     (["stage=rm"], "`predict_with_generate` needs `stage: sft`"),
-    (["do_train=true"], "`predict_with_generate` cannot be true while training"),
+    (["do_train=true"], "`do_predict` in a training run is not supported yet"),
     (["do_train=true", "predict_with_generate=false", "dataset=qa"], "`do_predict` in a training run is not supported yet"),
 ])
 def test_predict_config_errors_are_one_clear_line(predict_workspace, capsys, overrides, expected):

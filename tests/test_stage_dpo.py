@@ -8,7 +8,7 @@ import pytest
 import torch
 from pref_helpers import log_records, make_cfg, separate_logps, workdir  # noqa: F401 (workdir is a fixture)
 
-from tuneforge.errors import DataError, NotSupportedError
+from tuneforge.errors import ConfigError, DataError, NotSupportedError
 from tuneforge.train import pref_losses
 from tuneforge.train.dpo import DPOObjective
 from tuneforge.train.preference import PairwisePackedCollator, sequence_logps
@@ -141,8 +141,13 @@ def test_stage_data_and_setting_errors(workdir, tiny_llama_dir):
         run_train(make_cfg(tiny_llama_dir, "dpo", "plain", workdir / "o1"))
     with pytest.raises(DataError, match=r"dataset 'pairs' in .* is a ranking dataset .* but stage 'sft' needs"):
         run_train(make_cfg(tiny_llama_dir, "sft", "pairs", workdir / "o2"))
-    with pytest.raises(NotSupportedError, match="pref_loss: kto_pair is not supported yet"):
-        run_train(make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="kto_pair"))
+    # refused by config validation, before anything loads (CLI, web UI and data check alike)
+    with pytest.raises(NotSupportedError, match=r"`pref_loss: kto_pair` is not supported yet by tuneforge \(kto_pair"):
+        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="kto_pair")
+    with pytest.raises(ConfigError, match=r"`dpo_label_smoothing` only applies to `pref_loss: sigmoid`"):
+        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="ipo", dpo_label_smoothing=0.1)
+    with pytest.raises(NotSupportedError, match=r"ld_alpha"):
+        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", ld_alpha=0.5)
 
 
 def test_reference_model_choice(workdir, tiny_llama_dir):

@@ -21,7 +21,8 @@ import torch
 
 from tuneforge.data.collate import PackedCollator
 from tuneforge.errors import ConfigError
-from tuneforge.train.callbacks import LogCallback, format_console_line, plot_loss
+from tuneforge.train.callbacks import LogCallback, format_console_line
+from tuneforge.utils.runlog import plot_loss
 from tuneforge.train.resume import detect_resume
 from tuneforge.train.trainer import TuneforgeTrainer
 

@@ -197,7 +197,8 @@ def test_checkpoints_runs_and_resume_note(tmp_path):
 def test_stop_file_stops_training_and_keeps_a_checkpoint(tmp_path):
     from transformers import TrainerControl
 
-    from tuneforge.train.callbacks import RUNNING_STATUS, STOP_FILE, LogCallback
+    from tuneforge.train.callbacks import LogCallback
+    from tuneforge.utils.runlog import RUNNING_STATUS, STOP_FILE
 
     (tmp_path / STOP_FILE).touch()  # stale: left by an earlier run
     callback = LogCallback(tmp_path, console=False)

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tuneforge.train.callbacks import smooth
+from tuneforge.utils.runlog import smooth
 from tuneforge.webui.components.loss_chart import (BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, nice_ticks,
                                                    render_loss_svg)
 

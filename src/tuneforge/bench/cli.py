@@ -27,7 +27,7 @@ def parse_bench_args(args: list[str]) -> tuple[argparse.Namespace, str | None, l
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--remeasure-peak", action="store_true")
     options, rest = parser.parse_known_args(args)
-    from tuneforge.cli.main import split_config_and_overrides
+    from tuneforge.config.parser import split_config_and_overrides
 
     config, overrides = split_config_and_overrides(rest)
     if config is None and not overrides:

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from tuneforge import __version__
 from tuneforge.errors import ConfigError, TuneforgeError
 
-CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 USAGE = """\
 tuneforge {version} — fine-tune open LLMs with LLaMA-Factory-compatible configs
@@ -19,7 +18,7 @@ tuneforge {version} — fine-tune open LLMs with LLaMA-Factory-compatible config
 usage: tuneforge [--debug] <command> [config.yaml] [key=value ...]
 
 commands:
-  train    fine-tune a model (stages pt, sft)            tuneforge train examples/demo_lora_sft.yaml
+  train    fine-tune: stages sft pt rm dpo kto ppo      tuneforge train examples/demo_lora_sft.yaml
   chat     chat with a model / adapter in the terminal   tuneforge chat examples/demo_chat.yaml
   export   merge adapters and save a standalone model    tuneforge export examples/demo_merge.yaml
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
@@ -36,15 +35,8 @@ Any config key can be given or overridden on the command line as key=value or --
 """
 
 
-def split_config_and_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """The first argument is the config file when it looks like one; everything else is overrides."""
-    if args and not args[0].startswith("-") and args[0].lower().endswith(CONFIG_SUFFIXES):
-        return args[0], list(args[1:])
-    return None, list(args)
-
-
 def _load(args: Sequence[str], **kwargs):
-    from tuneforge.config.parser import load_config
+    from tuneforge.config.parser import load_config, split_config_and_overrides
 
     path, overrides = split_config_and_overrides(args)
     return load_config(path, overrides, **kwargs)
@@ -57,9 +49,15 @@ def cmd_train(args: list[str]) -> int:
         print("usage: tuneforge train [config.yaml] [key=value ...]\n")
         print(format_key_help())
         return 0
-    from tuneforge.train.tuner import run_train
+    cfg = _load(args)
+    if cfg.training.do_predict:  # LF's `tuneforge train x_predict.yaml`: generate + BLEU/ROUGE (evaluate/)
+        from tuneforge.evaluate.predict import run_predict
 
-    metrics = run_train(_load(args))
+        metrics = run_predict(cfg)
+    else:
+        from tuneforge.train.tuner import run_train
+
+        metrics = run_train(cfg)
     return 130 if isinstance(metrics, dict) and metrics.get("interrupted") else 0
 
 

@@ -41,20 +41,20 @@ def _f(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
 
-def split_names(value: Any) -> tuple[str, ...] | None:
-    """`"a, b"` or `["a", "b"]` -> `("a", "b")`; empty pieces dropped; None or nothing left -> None."""
+def split_names(value: Any) -> tuple[str, ...]:
+    """LF's list keys (`dataset`, `lora_target`, `adapter_name_or_path`, ...): `"a, b"` or `["a", "b"]` ->
+    `("a", "b")`; empty pieces dropped; None or nothing left -> (). The one home of this rule."""
     if value is None:
-        return None
+        return ()
     items = value.split(",") if isinstance(value, str) else list(value)
-    names = tuple(str(item).strip() for item in items if str(item).strip())
-    return names or None
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def _normalise_lists(obj: Any) -> None:
     """Turn the comma-separated keys of a frozen dataclass into tuples (construction time only)."""
     for name in LIST_KEYS:
         if hasattr(obj, name):
-            object.__setattr__(obj, name, split_names(getattr(obj, name)))
+            object.__setattr__(obj, name, split_names(getattr(obj, name)) or None)  # unset stays None
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ class DataArguments:
 class FinetuningArguments:
     """Training stage and fine-tuning method (LF `FinetuningArguments`)."""
 
-    stage: str = _f("sft", "Training stage: pt, sft, rm, dpo, kto (ppo not yet).")
+    stage: str = _f("sft", "Training stage: sft, pt, rm, dpo, kto, ppo.")
     finetuning_type: str = _f("lora", "Fine-tuning method: lora, freeze or full.")
     # freeze
     freeze_trainable_layers: int = _f(2, "Freeze: last n layers trainable (negative: first n).")
@@ -320,7 +320,7 @@ class FinetuningArguments:
     disable_shuffling: bool = _f(False, "Keep the training set in order (no shuffling).")
     early_stopping_steps: int | None = _f(None, "Stop when metric_for_best_model has not improved for n evals.")
     plot_loss: bool = _f(False, "Save training_loss.png after training.")
-    include_effective_tokens_per_second: bool = _f(False, "Report effective tokens/s (tuneforge always does).")
+    include_effective_tokens_per_second: bool = _f(False, "Add effective_tokens_per_sec (real tokens/s) to the metrics.")
 
     def __post_init__(self) -> None:
         _normalise_lists(self)

@@ -45,7 +45,7 @@ def _note(name: str) -> str:
         return " [not supported yet]"
     if name in support.UNSUPPORTED_VALUES:
         accepted, _ = support.UNSUPPORTED_VALUES[name]
-        return f" [supported: {', '.join(accepted)}]"
+        return f" [supported: {', '.join(map(str, accepted))}]"
     if name == "stage":
         return f" [supported: {', '.join(support.supported_stages())}]"
     return ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -65,6 +65,19 @@ def key_catalogue() -> dict[str, list[tuple[str, Any]]]:
             if f.init:
                 catalogue.setdefault(f.name, []).append((section, f))
     return catalogue
+
+
+def key_choices(key: str) -> tuple:
+    """The values a choice key (a `Literal` field) accepts that tuneforge implements: what a front end may
+    offer. () for a key refused altogether (support.UNSUPPORTED_KEYS)."""
+    import typing
+
+    if key in support.UNSUPPORTED_KEYS:
+        return ()
+    values = [v for v in typing.get_args(key_catalogue()[key][0][1].type) if v is not type(None)]
+    values = [v for arg in values for v in (typing.get_args(arg) or (arg,))]  # Literal[...] | None
+    accepted = support.UNSUPPORTED_VALUES.get(key, (values, ""))[0]
+    return tuple(v for v in values if v in accepted)
 
 
 def field_default(f: Any) -> Any:
@@ -219,6 +232,16 @@ def parse_overrides(
 # --------------------------------------------------------------------------- entry points
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def split_config_and_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Command-line words -> (config file, overrides): the first word is the config file when it looks like one."""
+    if args and not args[0].startswith("-") and args[0].lower().endswith(CONFIG_SUFFIXES):
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
 def load_config(
     path: str | Path | None,
     overrides: Iterable[str] = (),
@@ -307,7 +330,7 @@ def _check_support(values: dict[str, Any], origins: dict[str, str]) -> None:
             if value not in accepted:
                 raise NotSupportedError(
                     f"{origin}: `{key}: {value}` is not supported yet by tuneforge ({reason}); "
-                    f"supported: {', '.join(accepted)}"
+                    f"supported: {', '.join(map(str, accepted))}"
                 )
         legacy = support.LEGACY_TRAINING_KEYS.get(key)
         if legacy is not None and legacy.action == "default_only" and value != legacy.default:

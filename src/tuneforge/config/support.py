@@ -19,12 +19,12 @@ _ENGINE = "only the huggingface inference backend is implemented"
 
 STAGES = MappingProxyType(
     {
-        "pt": None,
         "sft": None,
+        "pt": None,
         "rm": None,
-        "ppo": None,
         "dpo": None,
         "kto": None,
+        "ppo": None,
     }
 )
 
@@ -79,6 +79,8 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "freeze_language_model": _MULTIMODAL,
         "train_mm_proj_only": _MULTIMODAL,
         # data
+        "media_dir": _MULTIMODAL,
+        "data_shared_file_system": "multi-node training is not implemented yet",
         "streaming": "dataset streaming is not implemented yet",
         "tokenized_path": "saving/loading tokenized datasets is not implemented yet",
         "eval_on_each_dataset": "per-dataset evaluation is not implemented yet",
@@ -98,6 +100,9 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "use_dft_loss": "the DFT loss is not implemented yet",
         "early_stopping_steps": "early stopping is not implemented yet",
         "use_swanlab": "SwanLab logging is not integrated; use `report_to`",
+        "pref_bco_weight": "the BCO loss is not implemented yet",
+        "ld_alpha": "LD-DPO is not implemented yet",
+        "ref_model_quantization_bit": "quantizing the reference model is not implemented yet",
         # distributed training
         "deepspeed": "DeepSpeed is not integrated yet (`pip install tuneforge[deepspeed]` reserves the extra)",
         "fsdp": "FSDP is not integrated yet",
@@ -118,12 +123,38 @@ UNSUPPORTED_VALUES = MappingProxyType(
         "infer_backend": (("huggingface",), _ENGINE),
         "quantization_method": (("bnb",), "only bitsandbytes on-the-fly quantization is implemented"),
         "packing_strategy": (("length",), "semantic-aware packing is not implemented yet"),
+        "pref_loss": (("sigmoid", "hinge", "ipo", "orpo", "simpo"),
+                      "kto_pair is not implemented yet; use `stage: kto` with a kto_tag dataset"),
+        "low_cpu_mem_usage": ((True,), "transformers 5 always loads weights without an extra copy in memory"),
+        "use_kv_cache": ((True,), "tuneforge's decoding always uses the KV cache"),
         "mix_strategy": (
             ("concat", "interleave_under", "interleave_over"),
             "`interleave_once` mixing is not implemented yet",
         ),
     }
 )
+
+# Keys (or key prefixes) that only matter together with a feature refused above: as in LF, they do
+# nothing without it, so setting them alone is harmless. tests/test_config_honesty.py checks that every
+# other key is read by code outside config/ or refused.
+ONLY_WITH = MappingProxyType(
+    {
+        "galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
+        "oft_": "finetuning_type: oft", "module_dropout": "finetuning_type: oft",
+        "vllm_": "infer_backend: vllm", "sglang_": "infer_backend: sglang",
+        "kt_": "use_kt", "cpu_infer": "use_kt", "mode": "use_kt",
+        "export_quantization_": "export_quantization_bit", "buffer_size": "streaming",
+        "packing_similarity_threshold": "packing_strategy: semantic_aware",
+        "packing_embedding_model": "packing_strategy: semantic_aware",
+    }
+)
+
+
+def only_with(key: str) -> str | None:
+    """The refused feature `key` belongs to (see ONLY_WITH), or None."""
+    return next((feature for name, feature in ONLY_WITH.items()
+                 if key == name or (name.endswith("_") and key.startswith(name))), None)
+
 
 @dataclass(frozen=True)
 class LegacyKey:

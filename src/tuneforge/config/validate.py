@@ -73,6 +73,9 @@ def check_consistency(
     _check_hardware(v)
     _check_data(v)
     _check_facts(v)
+    _check_preference(v)
+    _check_stage_data(v)
+    _check_ppo(v)
     _check_training(v, require_output_dir=require_output_dir)
 
 
@@ -156,9 +159,9 @@ def _check_data(v: _View) -> None:
     val_size = v["val_size"]
     if val_size < 0:
         raise ConfigError(f"{v.where('val_size')}: `val_size` must be >= 0, got {val_size}")
-    if val_size > 1e-6 and datasets is None:
+    if val_size > 1e-6 and not datasets:
         raise ConfigError(f"{v.where('val_size')}: `val_size` needs `dataset` to split from")
-    if val_size > 1e-6 and eval_datasets is not None:
+    if val_size > 1e-6 and eval_datasets:
         raise ConfigError(
             f"{v.where('val_size', 'eval_dataset')}: set either `val_size` or `eval_dataset`, not both"
         )
@@ -172,18 +175,78 @@ def _check_data(v: _View) -> None:
         except ValueError:
             raise ConfigError(f"{where}: `interleave_probs` must be numbers, got {probs!r}") from None
         for names, key in ((datasets, "dataset"), (eval_datasets, "eval_dataset")):
-            if names is not None and len(names) != len(numbers):
+            if names and len(names) != len(numbers):
                 raise ConfigError(
                     f"{where}: `interleave_probs` has {len(numbers)} values but `{key}` names {len(names)} datasets"
                 )
     if v["neat_packing"] and v["packing"] is False:
         raise ConfigError(f"{v.where('neat_packing')}: `neat_packing: true` needs packing; remove `packing: false`")
+    if v["neat_packing"] and v["stage"] not in ("sft", "pt"):  # LF's parser refuses it too (pt: _check_stage_data)
+        raise ConfigError(f"{v.where('neat_packing')}: `neat_packing` packs sft samples; stage is `{v['stage']}`")
+    workers = v["preprocessing_num_workers"]
+    if workers is not None and workers < 0:
+        raise ConfigError(f"{v.where('preprocessing_num_workers')}: `preprocessing_num_workers` must be >= 0 "
+                          f"(0 or 1: encode in this process), got {workers}")
+    if v["preprocessing_batch_size"] < 1:
+        raise ConfigError(f"{v.where('preprocessing_batch_size')}: `preprocessing_batch_size` must be at least 1, "
+                          f"got {v['preprocessing_batch_size']}")
     if v["max_samples"] is not None and v["max_samples"] < 1:
         raise ConfigError(
             f"{v.where('max_samples')}: `max_samples` must be at least 1 (leave it unset to use every row), "
             f"got {v['max_samples']}"
         )
     _check_dataset_dir(v)
+
+
+def _check_preference(v: _View) -> None:
+    """The DPO-family and KTO settings."""
+    if v["stage"] not in ("dpo", "kto"):
+        return
+    keys = ("pref_beta", "kto_chosen_weight", "kto_rejected_weight") if v["stage"] == "kto" else ("pref_beta",)
+    for key in keys:
+        if v[key] <= 0:
+            raise ConfigError(f"{v.where(key)}: `{key}` must be positive, got {v[key]}")
+    smoothing = v["dpo_label_smoothing"]
+    if v["stage"] == "dpo" and not 0 <= smoothing <= 0.5:
+        raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` must be in [0, 0.5], got {smoothing}")
+    if v["stage"] == "dpo" and smoothing and v["pref_loss"] != "sigmoid":
+        raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` only applies to "
+                          f"`pref_loss: sigmoid` (found pref_loss: {v['pref_loss']})")
+
+
+def _check_ppo(v: _View) -> None:
+    """PPO samples its rollouts and has no evaluation (LF neither)."""
+    if v["stage"] != "ppo":
+        return
+    if v["num_beams"] != 1:
+        raise ConfigError(f"{v.where('num_beams')}: `num_beams: {v['num_beams']}`; PPO samples its rollouts, "
+                          "expected num_beams: 1")
+    if v["do_eval"] or v["val_size"] or v["eval_dataset"]:
+        raise NotSupportedError(f"{v.where('do_eval', 'val_size', 'eval_dataset')}: evaluation during PPO is not "
+                                "supported (LLaMA-Factory neither); remove do_eval / val_size / eval_dataset")
+    if v["compute_accuracy"]:
+        raise NotSupportedError(f"{v.where('compute_accuracy')}: `compute_accuracy`: PPO has no evaluation to "
+                                "compute it in; remove it")
+
+
+def _check_stage_data(v: _View) -> None:
+    """Data keys a stage cannot honour, and prediction's own needs (LF's `*_predict.yaml` shape)."""
+    if v["stage"] == "pt" and v["neat_packing"]:
+        raise NotSupportedError(f"{v.where('neat_packing')}: `neat_packing` for stage pt is not supported yet; "
+                                "remove it to pack documents into blocks")
+    if not v["do_predict"]:
+        return
+    if v["do_train"]:
+        raise NotSupportedError(f"{v.where('do_predict')}: `do_predict` in a training run is not supported yet: train "
+                                "first, then predict with a config of its own (do_predict: true, predict_with_generate: "
+                                "true, eval_dataset: ..., adapter_name_or_path: <the trained output_dir>)")
+    if not v["predict_with_generate"]:
+        raise NotSupportedError(f"{v.where('do_predict')}: `do_predict` without `predict_with_generate` (loss-only "
+                                "prediction) is not supported yet; set `predict_with_generate: true` to generate answers "
+                                "and score them, or use `do_eval` for the loss")
+    if not v["eval_dataset"]:
+        raise ConfigError(f"{v.where('do_predict')}: `do_predict` reads the rows to answer from `eval_dataset` (as "
+                          "LLaMA-Factory does): set `eval_dataset: <names from dataset_info.json>`")
 
 
 def _check_facts(v: _View) -> None:
@@ -253,7 +316,7 @@ def _check_training(v: _View, *, require_output_dir: bool) -> None:
             raise ConfigError(f"{v.where('predict_with_generate')}: `predict_with_generate` needs `stage: sft`")
     if not v["do_train"]:
         return
-    if split_names(v["dataset"]) is None:
+    if not split_names(v["dataset"]):
         raise ConfigError(
             f"{v.where('do_train')}: `dataset` is required when `do_train` is true "
             "(dataset names from dataset_info.json, comma-separated)"

@@ -21,7 +21,8 @@ from tuneforge.data.facts import contains_value, hidden_fields, parse_fact_answe
 from tuneforge.data.formats import Conversation
 from tuneforge.data.loaders import origin_of
 from tuneforge.data.near_duplicates import describe_varies, find_clusters, skeleton
-from tuneforge.data.registry import load_dataset_specs, split_names
+from tuneforge.data.registry import load_dataset_specs
+from tuneforge.config.args import split_names
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
 from tuneforge.errors import ConfigError

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from tuneforge.config.args import split_names
 from tuneforge.config.validate import dataset_dir_candidates
 from tuneforge.errors import DataError, NotSupportedError
 
@@ -311,12 +312,3 @@ def load_dataset_specs(
 def _raise_missing_file(name: str, search_dirs: Sequence[Path]) -> None:
     tried = [str(Path(name) if Path(name).is_absolute() else d / name) for d in search_dirs]
     raise DataError(f"dataset file '{name}' not found. Tried: {', '.join(dict.fromkeys(tried))}")
-
-
-def split_names(names: Sequence[str] | str | None) -> list[str]:
-    """`dataset: a,b` (LF's comma-separated string) or a YAML list -> ['a', 'b']."""
-    if names is None:
-        return []
-    if isinstance(names, str):
-        names = names.split(",")
-    return [n.strip() for n in names if n and n.strip()]

@@ -155,7 +155,7 @@ def main_estimate(args: list[str]) -> int:
             pure_bf16=options.pure_bf16, device=options.device or "cpu",
         )
     else:
-        from tuneforge.cli.main import split_config_and_overrides
+        from tuneforge.config.parser import split_config_and_overrides
         from tuneforge.config.parser import load_config
 
         path, overrides = split_config_and_overrides(rest)

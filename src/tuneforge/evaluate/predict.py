@@ -15,28 +15,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from tuneforge.errors import ConfigError, DataError, NotSupportedError
+from tuneforge.errors import DataError
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
-
-
-def check_predict_config(cfg) -> None:
-    """What prediction needs beyond config validation (which already refuses `predict_with_generate`
-    with training or outside stage sft)."""
-    training = cfg.training
-    if not training.predict_with_generate:
-        raise NotSupportedError(
-            "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet; "
-            "set `predict_with_generate: true` to generate answers and score them, or use `do_eval` for the loss"
-        )
-    if not cfg.data.eval_dataset:
-        raise ConfigError(
-            "`do_predict` reads the rows to answer from `eval_dataset` (as LLaMA-Factory does): "
-            "set `eval_dataset: <names from dataset_info.json>`"
-        )
 
 
 def build_predict_dataset(cfg, tokenizer, template):
@@ -62,34 +45,30 @@ def build_predict_dataset(cfg, tokenizer, template):
 
 
 class _Progress:
-    """Drives `LogCallback` (trainer_log.jsonl, running_status.json, STOP_REQUESTED) without a Trainer."""
+    """The run log (utils/runlog.py: trainer_log.jsonl, running_status.json, STOP_REQUESTED) of a prediction."""
 
     def __init__(self, output_dir: str, total: int):
-        from tuneforge.train.callbacks import LogCallback
+        from tuneforge.utils.runlog import RunLog
 
-        self.callback = LogCallback(output_dir, console=False)
-        self.args = SimpleNamespace(should_save=True, output_dir=output_dir)
-        self.state = SimpleNamespace(global_step=0, max_steps=total)
-        self.control = SimpleNamespace(should_save=False, should_epoch_stop=False, should_training_stop=False)
-        self.callback.on_train_begin(self.args, self.state, self.control)
+        self.log = RunLog(output_dir)
+        self.log.begin(0, total)
+        self.stopped = False
 
     def row_done(self, done: int) -> bool:
         """Log progress (every row, as LF's prediction steps); True when a stop was requested."""
-        self.state.global_step = done
-        self.callback.on_step_end(self.args, self.state, self.control)
-        self.callback.on_log(self.args, self.state, self.control, logs={})
-        return self.callback.aborted
+        self.log.record(done, {})
+        self.stopped = self.stopped or self.log.stop_requested()
+        return self.stopped
 
     def finish(self) -> None:
-        self.callback.on_train_end(self.args, self.state, self.control)
+        self.log.end(aborted=self.stopped)
 
 
 def run_predict(cfg) -> dict:
     from tuneforge.evaluate.metrics import similarity_scores
     from tuneforge.infer.engine import ChatEngine
 
-    check_predict_config(cfg)
-    output_dir = Path(cfg.training.output_dir)
+    output_dir = Path(cfg.training.output_dir)  # the config layer checked what prediction needs
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # model first: the dataset is encoded with its tokenizer and template
@@ -107,7 +86,7 @@ def run_predict(cfg) -> dict:
     try:
         predictions, references, generated_tokens, stopped = _predict_rows(engine, dataset, output_dir, progress, settings)
     except BaseException as err:  # the status file must not stay at `running` (the web UI reads it)
-        progress.callback.mark_failed(f"{type(err).__name__}: {err}")
+        progress.log.status("failed", error=f"{type(err).__name__}: {err}")
         raise
     seconds = time.perf_counter() - start
 

@@ -40,7 +40,8 @@ def training_questions(cfg) -> tuple[list[TrainingQuestion], int]:
     """(questions, rows skipped) for the config's `dataset`; skipped = rows that are not a question
     followed by an answer (or that the converters reject: `tuneforge data preview` names them)."""
     from tuneforge.data.pipeline import check_stage
-    from tuneforge.data.registry import load_dataset_specs, split_names
+    from tuneforge.data.registry import load_dataset_specs
+    from tuneforge.config.args import split_names
     from tuneforge.data.report import DataReport
     from tuneforge.data.rows import read_conversations
 
@@ -134,7 +135,7 @@ def resolve_targets(cfg, base_model: str | None = None) -> EvalTargets:
     model (the config's `model_name_or_path` is then the base), else `model_name_or_path` as given.
     `base_model` (--base) names the base explicitly.
     """
-    from tuneforge.data.registry import split_names
+    from tuneforge.config.args import split_names
 
     model_args = cfg.model
     method = cfg.finetuning.finetuning_type
@@ -171,7 +172,7 @@ def resolve_targets(cfg, base_model: str | None = None) -> EvalTargets:
 
 def adapters_text(model_args) -> str | None:
     """`adapter_name_or_path` as one comma-separated string (None when unset)."""
-    from tuneforge.data.registry import split_names
+    from tuneforge.config.args import split_names
 
     return ",".join(split_names(model_args.adapter_name_or_path)) or None
 

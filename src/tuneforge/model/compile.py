@@ -21,7 +21,7 @@ logger = logging.getLogger("tuneforge")
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
     """The model's list of decoder layers (`model.model.layers` behind any peft wrapper)."""
-    from tuneforge.train.loss import unwrap_peft
+    from tuneforge.model.lm_parts import unwrap_peft
 
     base = unwrap_peft(model)
     decoder = getattr(base, "base_model", None) or getattr(base, "model", None)

@@ -66,14 +66,6 @@ def resolve_model_path(name_or_path: str, config_path: str | os.PathLike | None 
     return name
 
 
-def split_names(value: Any) -> list[str]:
-    """LF list keys accept `a,b` strings or lists; both become a clean list."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(item).strip() for item in items if str(item).strip()]
-
-
 # ----------------------------------------------------------------------------------------------
 # dtype and attention
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +172,9 @@ def quantization_kwargs(model_args, dtype) -> dict:
             bnb_4bit_use_double_quant=bool(getattr(model_args, "double_quantization", True)),
             bnb_4bit_quant_storage=dtype,
         )
-    return {"quantization_config": config, "device_map": {"": 0}}
+    # LF: `quantization_device_map: auto` spreads the quantized model over the visible devices
+    device_map = "auto" if getattr(model_args, "quantization_device_map", None) == "auto" else {"": 0}
+    return {"quantization_config": config, "device_map": device_map}
 
 
 def _call_from_pretrained(fn, path: str, what: str, **kwargs):

@@ -99,7 +99,7 @@ class ValueHeadModel(nn.Module):
     # ---- forward ------------------------------------------------------------------------------
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         """Last hidden states [B, T, H] (final norm applied), without computing any logits."""
-        from tuneforge.train.loss import resolve_lm_parts
+        from tuneforge.model.lm_parts import resolve_lm_parts
 
         kwargs = {"input_ids": input_ids, "use_cache": False}
         if attention_mask is not None:
@@ -174,7 +174,8 @@ def load_value_head_state(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def default_head_dir(model_args) -> str:
     """Where a model's value head lives: the last adapter folder, else the model folder."""
-    from tuneforge.model.loader import resolve_model_path, split_names
+    from tuneforge.model.loader import resolve_model_path
+    from tuneforge.config.args import split_names
 
     adapters = split_names(getattr(model_args, "adapter_name_or_path", None))
     return adapters[-1] if adapters else resolve_model_path(model_args.model_name_or_path)

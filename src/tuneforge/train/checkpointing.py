@@ -70,7 +70,9 @@ def training_args_with_checkpointing(cfg):
     args = copy.copy(cfg.training)
     args.activation_checkpointing = args.gradient_checkpointing = choice.enabled
     if choice.enabled and not args.activation_checkpointing_kwargs:
-        # Non-reentrant: works with frozen embeddings (LoRA) without forcing input gradients.
-        args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        # LF's `use_reentrant_gc` (default true); with a frozen embedding (LoRA, freeze) the reentrant kind
+        # needs input gradients, which transformers switches on whenever it enables checkpointing.
+        args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = {
+            "use_reentrant": bool(cfg.model.use_reentrant_gc)}
     logger.info("gradient checkpointing: %s (%s)", "on" if choice.enabled else "off", choice.reason)
     return args

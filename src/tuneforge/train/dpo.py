@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from tuneforge.errors import ConfigError, NotSupportedError
 from tuneforge.train import pref_losses, workflow
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE
 from tuneforge.train.preference import mean_metrics, reference_logps, sequence_logps
@@ -66,23 +65,6 @@ class DPOObjective:
         return losses.mean(), metrics
 
 
-def check_pref_args(finetuning) -> None:
-    """Reject the DPO-family settings tuneforge does not implement, with the key that asks for them."""
-    if finetuning.pref_loss == "kto_pair":
-        raise NotSupportedError("pref_loss: kto_pair is not supported yet; use `stage: kto` with a kto_tag dataset, "
-                                "or pref_loss sigmoid|hinge|ipo|orpo|simpo")
-    if finetuning.pref_bco_weight:
-        raise NotSupportedError(f"pref_bco_weight: {finetuning.pref_bco_weight}: the BCO loss is not supported yet; remove the key")
-    if finetuning.ld_alpha is not None:
-        raise NotSupportedError(f"ld_alpha: {finetuning.ld_alpha}: LD-DPO is not supported yet; remove the key")
-    if finetuning.pref_beta <= 0:
-        raise ConfigError(f"pref_beta: {finetuning.pref_beta}: expected a positive number")
-    if not 0 <= finetuning.dpo_label_smoothing <= 0.5:
-        raise ConfigError(f"dpo_label_smoothing: {finetuning.dpo_label_smoothing}: expected a value in [0, 0.5]")
-    if finetuning.dpo_label_smoothing and finetuning.pref_loss != "sigmoid":
-        raise ConfigError(f"dpo_label_smoothing only applies to pref_loss: sigmoid (found pref_loss: {finetuning.pref_loss})")
-
-
 def run_dpo(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
@@ -91,7 +73,6 @@ def run_dpo(cfg) -> dict:
 
     # setup
     finetuning = cfg.finetuning
-    check_pref_args(finetuning)
     resume = prepare_output_dir(cfg)
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from tuneforge.errors import ConfigError
 from tuneforge.train import workflow
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE
 from tuneforge.train.pref_losses import kto_loss
@@ -69,11 +68,6 @@ def run_kto(cfg) -> dict:
 
     # setup
     finetuning = cfg.finetuning
-    if finetuning.pref_beta <= 0:
-        raise ConfigError(f"pref_beta: {finetuning.pref_beta}: expected a positive number")
-    for key in ("kto_chosen_weight", "kto_rejected_weight"):
-        if getattr(finetuning, key) <= 0:
-            raise ConfigError(f"{key}: {getattr(finetuning, key)}: expected a positive number")
     resume = prepare_output_dir(cfg)
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
 

@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tuneforge.data.collate import PackedCollator
-from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, resolve_lm_parts
+from tuneforge.model.lm_parts import resolve_lm_parts
+from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX
 
 _FORWARD_KEYS = ("input_ids", "position_ids")
 

@@ -11,12 +11,8 @@ from tuneforge.train import workflow
 def run_pt(cfg) -> dict:
     from tuneforge.data.collate import PackedCollator
     from tuneforge.data.pipeline import build_datasets
-    from tuneforge.errors import NotSupportedError
     from tuneforge.model.loader import load_model, load_tokenizer
     from tuneforge.train.resume import prepare_output_dir
-
-    if cfg.data.neat_packing:
-        raise NotSupportedError("`neat_packing` for stage pt is not supported yet; remove it to pack documents into blocks")
 
     # setup
     resume = prepare_output_dir(cfg)

@@ -79,7 +79,7 @@ def prepare_output_dir(cfg) -> str | None:
 
 def _training_sources(cfg) -> dict[str, str]:
     """Local model/adapter folders this run reads ({what: path})."""
-    from tuneforge.model.loader import split_names
+    from tuneforge.config.args import split_names
 
     names = {"model": cfg.model.model_name_or_path}
     for index, adapter in enumerate(split_names(getattr(cfg.model, "adapter_name_or_path", None))):

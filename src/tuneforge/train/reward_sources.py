@@ -179,7 +179,8 @@ def build_reward_source(cfg, policy, tokenizer, compute_dtype=None) -> RewardSou
 
 
 def _load_full_reward_model(cfg, location: str, compute_dtype):
-    from tuneforge.model.loader import resolve_model_path, split_names
+    from tuneforge.model.loader import resolve_model_path
+    from tuneforge.config.args import split_names
     from tuneforge.model.value_head import load_value_head_model
 
     adapters = split_names(cfg.finetuning.reward_model_adapters)

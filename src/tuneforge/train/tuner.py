@@ -8,14 +8,6 @@ from tuneforge.train import workflow
 
 def run_train(cfg) -> dict:
     workflow.require_do_train(cfg)
-    if cfg.training.do_predict:
-        from tuneforge.evaluate.predict import check_predict_config
-
-        if cfg.training.do_train:
-            raise NotSupportedError("`do_predict` in a training run is not supported yet: train first, then predict "
-                                    "with a config of its own (do_predict: true, predict_with_generate: true, "
-                                    "eval_dataset: ..., adapter_name_or_path: <the trained output_dir>)")
-        check_predict_config(cfg)
     stage = cfg.finetuning.stage
     if stage == "sft":
         from tuneforge.train.sft import run_sft

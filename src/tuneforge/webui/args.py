@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from tuneforge.config import support
+from tuneforge.config.parser import key_choices
 from tuneforge.errors import ConfigError
 from tuneforge.webui import safety
 
@@ -35,15 +37,19 @@ MODEL_CHOICES: dict[str, str] = {
     "Phi-3.5-mini-instruct": "microsoft/Phi-3.5-mini-instruct",
     CUSTOM_MODEL: "",
 }
-FINETUNING_TYPES = ("lora", "freeze", "full")
-STAGES = ("sft", "pt", "rm", "dpo", "kto", "ppo")
+# Choice lists come from the tables validation uses (config/support.py, the `Literal` fields), so the page
+# never offers what the job would then refuse.
+FINETUNING_TYPES = support.FINETUNING_TYPES
+STAGES = support.supported_stages()
 QUANT_BITS = ("none", "8", "4")
-QUANT_METHODS = ("bnb", "gptq", "awq", "hqq", "eetq")
-ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3")
-BOOSTERS = ("auto", "flashattn2", "unsloth", "liger_kernel")
+QUANT_METHODS = key_choices("quantization_method")
+ROPE_SCALINGS = ("none", *key_choices("rope_scaling"))
+# booster -> the config key it sets; offered only when that key is implemented
+BOOSTER_KEYS = {"flashattn2": "flash_attn", "unsloth": "use_unsloth", "liger_kernel": "enable_liger_kernel"}
+BOOSTERS = ("auto", *(b for b, key in BOOSTER_KEYS.items() if key not in support.UNSUPPORTED_KEYS))
 COMPUTE_TYPES = ("fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
+PREF_LOSSES = key_choices("pref_loss")
 RANKING_STAGES = ("rm", "dpo")
 SOURCE = "web UI"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.callbacks import RUNNING_STATUS, STOP_FILE, TRAINER_LOG, format_duration
+from tuneforge.utils.runlog import RUNNING_STATUS, STOP_FILE, TRAINER_LOG, format_duration
 
 JOB_YAML = "tuneforge_train.yaml"
 JOB_LOG = "webui_train.log"

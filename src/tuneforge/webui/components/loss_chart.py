@@ -86,7 +86,7 @@ def render_loss_svg(losses: list[tuple[int, float]], lang: str = "en",
                      f'fill="#6b7280">{esc["empty"]}</text></svg>')
         return "".join(parts)
 
-    from tuneforge.train.callbacks import smooth
+    from tuneforge.utils.runlog import smooth
 
     steps = [s for s, _ in points]
     raw = [v for _, v in points]
