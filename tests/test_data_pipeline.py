@@ -225,7 +225,7 @@ def test_stage_checks(workdir, tiny_tokenizer):
         "chosen/rejected answers), but stage 'sft' needs plain samples.")
     with pytest.raises(DataError, match="dataset 'alp' in .* is not a ranking dataset, but stage 'dpo' needs"):
         build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate(), stage="dpo")
-    with pytest.raises(NotSupportedError, match="stage 'xyz' is not supported yet"):
+    with pytest.raises(ConfigError, match="unknown stage `xyz`; expected one of: sft, pt, rm, dpo, kto, ppo"):
         build_datasets(make_cfg("pairs"), tiny_tokenizer, TokTemplate(), stage="xyz")
     with pytest.raises(ConfigError, match="`dataset` is not set"):
         build_datasets(make_cfg(None), tiny_tokenizer, TokTemplate())

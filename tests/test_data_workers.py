@@ -11,7 +11,8 @@ import pytest
 from tuneforge.data import workers
 from tuneforge.data.pipeline import build_datasets
 from tuneforge.data.report import MAX_REFS, DataReport
-from tuneforge.data.stage_encode import STAGE_COLUMNS
+from tuneforge.config.stages import stage_record
+from tuneforge.data.stage_encode import KIND_COLUMNS
 
 
 def _pid_encoder(items, scale, report, split):
@@ -116,7 +117,7 @@ def test_two_workers_give_the_same_samples_and_report(stage, rows_dir, two_cores
         bundles.append(build_datasets(_cfg(DATASET[stage], preprocessing_num_workers=n), tiny_tokenizer, template, stage))
     one, two = bundles
     assert len(one.train) > 20
-    for column in STAGE_COLUMNS[stage]:
+    for column in KIND_COLUMNS[stage_record(stage).data]:
         assert two.train[column] == one.train[column], column
     assert two.train.data.table.equals(one.train.data.table)
     assert two.report.to_json() == one.report.to_json()

@@ -117,21 +117,17 @@ def build_bench_trainer(cfg):
     from tuneforge.data.collate import PackedCollator
     from tuneforge.data.packing import sft_collator
     from tuneforge.data.pipeline import build_datasets
-    from tuneforge.model.loader import load_model, load_tokenizer
+    from tuneforge.config.stages import stage_record
+    from tuneforge.model.loader import load_model
     from tuneforge.train import workflow
 
     stage = cfg.finetuning.stage
-    if stage == "sft":
-        tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    elif stage == "pt":
-        tokenizer, template = load_tokenizer(cfg.model), None
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    else:
+    if stage_record(stage).data not in ("supervised", "text"):
         raise NotSupportedError(f"tuneforge bench: stage `{stage}` is not supported yet (supported: sft, pt)")
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
     bundle = build_datasets(cfg, tokenizer, template, stage=stage)
     model = load_model(cfg.model, cfg.finetuning, is_trainable=True, compute_dtype=workflow.compute_dtype(cfg))
-    collator = PackedCollator() if stage == "pt" else sft_collator(cfg.data, tokenizer.pad_token_id)
+    collator = PackedCollator() if template is None else sft_collator(cfg.data, tokenizer.pad_token_id)
     trainer, _ = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
     return trainer, bundle
 

@@ -14,19 +14,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from .stages import STAGES as _STAGE_RECORDS
+
 _MULTIMODAL = "multimodal (vision/audio) models are not supported yet"
 _ENGINE = "only the huggingface inference backend is implemented"
 
-STAGES = MappingProxyType(
-    {
-        "sft": None,
-        "pt": None,
-        "rm": None,
-        "dpo": None,
-        "kto": None,
-        "ppo": None,
-    }
-)
+STAGES = MappingProxyType({name: stage.unsupported for name, stage in _STAGE_RECORDS.items()})  # name -> why not
 
 FINETUNING_TYPES = ("lora", "freeze", "full")
 UNSUPPORTED_FINETUNING_TYPES = MappingProxyType({"oft": "OFT adapters are not implemented yet"})

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
 from . import support
+from .stages import STAGES
 from .args import split_names
 
 
@@ -73,9 +74,10 @@ def check_consistency(
     _check_hardware(v)
     _check_data(v)
     _check_facts(v)
-    _check_preference(v)
-    _check_stage_data(v)
-    _check_ppo(v)
+    stage = STAGES.get(v["stage"])
+    if stage is not None and stage.check is not None:
+        stage.check(v)  # the stage's own checks (config/stages.py)
+    _check_predict(v)
     _check_training(v, require_output_dir=require_output_dir)
 
 
@@ -181,7 +183,7 @@ def _check_data(v: _View) -> None:
                 )
     if v["neat_packing"] and v["packing"] is False:
         raise ConfigError(f"{v.where('neat_packing')}: `neat_packing: true` needs packing; remove `packing: false`")
-    if v["neat_packing"] and v["stage"] not in ("sft", "pt"):  # LF's parser refuses it too (pt: _check_stage_data)
+    if v["neat_packing"] and v["stage"] not in ("sft", "pt"):  # LF refuses it too (pt: config/stages.py)
         raise ConfigError(f"{v.where('neat_packing')}: `neat_packing` packs sft samples; stage is `{v['stage']}`")
     workers = v["preprocessing_num_workers"]
     if workers is not None and workers < 0:
@@ -198,42 +200,8 @@ def _check_data(v: _View) -> None:
     _check_dataset_dir(v)
 
 
-def _check_preference(v: _View) -> None:
-    """The DPO-family and KTO settings."""
-    if v["stage"] not in ("dpo", "kto"):
-        return
-    keys = ("pref_beta", "kto_chosen_weight", "kto_rejected_weight") if v["stage"] == "kto" else ("pref_beta",)
-    for key in keys:
-        if v[key] <= 0:
-            raise ConfigError(f"{v.where(key)}: `{key}` must be positive, got {v[key]}")
-    smoothing = v["dpo_label_smoothing"]
-    if v["stage"] == "dpo" and not 0 <= smoothing <= 0.5:
-        raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` must be in [0, 0.5], got {smoothing}")
-    if v["stage"] == "dpo" and smoothing and v["pref_loss"] != "sigmoid":
-        raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` only applies to "
-                          f"`pref_loss: sigmoid` (found pref_loss: {v['pref_loss']})")
-
-
-def _check_ppo(v: _View) -> None:
-    """PPO samples its rollouts and has no evaluation (LF neither)."""
-    if v["stage"] != "ppo":
-        return
-    if v["num_beams"] != 1:
-        raise ConfigError(f"{v.where('num_beams')}: `num_beams: {v['num_beams']}`; PPO samples its rollouts, "
-                          "expected num_beams: 1")
-    if v["do_eval"] or v["val_size"] or v["eval_dataset"]:
-        raise NotSupportedError(f"{v.where('do_eval', 'val_size', 'eval_dataset')}: evaluation during PPO is not "
-                                "supported (LLaMA-Factory neither); remove do_eval / val_size / eval_dataset")
-    if v["compute_accuracy"]:
-        raise NotSupportedError(f"{v.where('compute_accuracy')}: `compute_accuracy`: PPO has no evaluation to "
-                                "compute it in; remove it")
-
-
-def _check_stage_data(v: _View) -> None:
-    """Data keys a stage cannot honour, and prediction's own needs (LF's `*_predict.yaml` shape)."""
-    if v["stage"] == "pt" and v["neat_packing"]:
-        raise NotSupportedError(f"{v.where('neat_packing')}: `neat_packing` for stage pt is not supported yet; "
-                                "remove it to pack documents into blocks")
+def _check_predict(v: _View) -> None:
+    """What prediction needs (LF's `*_predict.yaml` shape)."""
     if not v["do_predict"]:
         return
     if v["do_train"]:

@@ -23,6 +23,7 @@ from tuneforge.data.loaders import origin_of
 from tuneforge.data.near_duplicates import describe_varies, find_clusters, skeleton
 from tuneforge.data.registry import load_dataset_specs
 from tuneforge.config.args import split_names
+from tuneforge.config.stages import stage_record
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
 from tuneforge.errors import ConfigError
@@ -43,9 +44,9 @@ class RowView:
     source: str
 
 
-def view(conv: Conversation, stage: str) -> RowView:
+def view(conv: Conversation, kind: str) -> RowView:
     messages = conv.messages
-    if stage == "pt":
+    if kind == "text":
         text = messages[0].content if messages else ""
         return RowView(text, (text,), (), conv.source)
     if conv.chosen is not None or conv.rejected is not None:
@@ -80,7 +81,8 @@ def run_check(cfg, tokenizer, template) -> CheckReport:
     data_report = DataReport()
     mixed = read_conversations(specs, "train", data, 42 if seed is None else int(seed), data_report)
     convs = [conv for _, conv in mixed]
-    views = [view(conv, stage) for conv in convs]
+    kind = stage_record(stage).data  # what the stage's rows look like (config/stages.py)
+    views = [view(conv, kind) for conv in convs]
 
     cutoff = int(getattr(data, "cutoff_len", None) or 2048)
     report = CheckReport(config=str(cfg.config_path or "(command line)"), stage=stage,
@@ -93,7 +95,7 @@ def run_check(cfg, tokenizer, template) -> CheckReport:
     report.findings += format_errors(data_report, len(convs))
     if getattr(data, "val_size", 0):
         report.notes.append(f"val_size={data.val_size}: the rows checked include those held out for evaluation")
-    if getattr(getattr(cfg, "facts", None), "augment_facts", False) and stage == "sft":
+    if getattr(getattr(cfg, "facts", None), "augment_facts", False) and kind == "supervised":
         report.notes.append("augment_facts: the rows checked are the dataset's own; training adds more questions "
                             "to its fact rows")
     if not convs:
@@ -105,17 +107,17 @@ def run_check(cfg, tokenizer, template) -> CheckReport:
         report.seconds = time.perf_counter() - start
         return report
 
-    report.findings += empty_answers(views, stage)
+    report.findings += empty_answers(views, kind)
     report.findings += duplicates(views)
-    if stage == "sft":
+    if kind == "supervised":
         report.findings += conflicts(views)
-    clusters = find_clusters([v.prompt for v in views], describe=CLUSTERS_KEPT) if stage != "pt" else []
+    clusters = find_clusters([v.prompt for v in views], describe=CLUSTERS_KEPT) if kind != "text" else []
     if clusters:
         report.findings.append(near_duplicates(views, clusters))
-    if stage == "sft":
+    if kind == "supervised":
         report.findings += fact_data(views, clusters, cfg, report.notes)
-    lengths = measure(convs, template, tokenizer, data, stage)
-    report.tokens = token_summary(lengths, cutoff, stage)
+    lengths = measure(convs, template, tokenizer, data, kind)
+    report.tokens = token_summary(lengths, cutoff, kind)
     report.findings += truncation(lengths, views, cutoff)
     report.findings += template_mismatch(template, tokenizer, data)
     report.sort()
@@ -146,12 +148,12 @@ def format_errors(data_report: DataReport, total: int) -> list[Finding]:
     return findings
 
 
-def empty_answers(views: list[RowView], stage: str) -> list[Finding]:
-    needs_answer = stage in ("sft", "kto", "rm", "dpo")
+def empty_answers(views: list[RowView], kind: str) -> list[Finding]:
+    needs_answer = kind in ("supervised", "feedback", "pairwise")
     empty = [v.source for v in views if (needs_answer and not v.answers) or any(not a.strip() for a in v.answers)]
     if not empty:
         return []
-    what = "an empty chosen or rejected answer" if stage in ("rm", "dpo") else "an empty answer (or none)"
+    what = "an empty chosen or rejected answer" if kind == "pairwise" else "an empty answer (or none)"
     return [Finding("empty_answer", "warning",
                     f"{len(empty)} row(s) have {what}: they teach the model to answer with nothing (end of turn)",
                     Suggestion("write the answers or remove these rows"), count=len(empty), rows=empty)]
@@ -306,10 +308,10 @@ def _stats(values: list[int]) -> dict[str, int]:
             "max": ordered[-1]}
 
 
-def token_summary(lengths: Lengths, cutoff: int, stage: str) -> dict:
+def token_summary(lengths: Lengths, cutoff: int, kind: str) -> dict:
     rows = lengths.rows
     full = [r.full for r in rows]
-    if stage == "pt":  # documents
+    if kind == "text":  # documents
         return {"total": sum(full), "max_full": max(full, default=0), "cutoff_len": cutoff}
     prompt, answer = [r.prompt for r in rows], [r.answer for r in rows]
     return {"prompt": _stats(prompt), "answer": _stats(answer), "max_full": max(full, default=0), "cutoff_len": cutoff,

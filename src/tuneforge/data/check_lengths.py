@@ -60,13 +60,13 @@ def token_counts(texts: list[str], tokenizer) -> list[int]:
     return [counts[t] for t in texts]
 
 
-def _turns(conv: Conversation, stage: str) -> list[Message] | None:
+def _turns(conv: Conversation, kind: str) -> list[Message] | None:
     """The messages the stage's encoder sees, the last one being the (longest) answer; None: no answer."""
     messages = list(conv.messages)
     if conv.chosen is not None and conv.rejected is not None:
         longer = max(conv.chosen, conv.rejected, key=lambda m: len(m.content))
         return messages + [longer]
-    if stage == "ppo" and len(messages) % 2 == 1:
+    if kind == "prompt" and len(messages) % 2 == 1:
         return messages + [Message("assistant", "")]
     return messages if messages and len(messages) % 2 == 0 else None
 
@@ -74,8 +74,8 @@ def _turns(conv: Conversation, stage: str) -> list[Message] | None:
 class _Overheads:
     """The template's own tokens per message, for each kind of conversation (measured once per kind)."""
 
-    def __init__(self, template, tokenizer, data_args, stage: str):
-        self.template, self.tokenizer, self.stage = template, tokenizer, stage
+    def __init__(self, template, tokenizer, data_args, kind: str):
+        self.template, self.tokenizer, self.kind = template, tokenizer, kind
         self.default_system = getattr(data_args, "default_system", None) or None
         self.probe_len = len(tokenizer.encode(PROBE, add_special_tokens=False))
         self.cache: dict[tuple, list[int]] = {}
@@ -88,7 +88,7 @@ class _Overheads:
             probe = [Message(m.role, PROBE) for m in messages]
             system, tools = conv.system or self.default_system, conv.tools or None
             try:
-                if self.stage == "sft":
+                if self.kind == "supervised":
                     pairs = self.template.encode_multiturn(self.tokenizer, probe, system=system, tools=tools)
                     self.cache[key] = [len(ids) - self.probe_len for pair in pairs for ids in pair]
                 else:
@@ -119,17 +119,17 @@ def _simulate_sft(turns: list[tuple[int, int]], cutoff: int, data_args, efficien
     return full, total, "" if trained or efficient_eos else "no trained tokens left after truncation to cutoff_len"
 
 
-def measure(rows: list[Conversation], template, tokenizer, data_args, stage: str, margin: int | None = None) -> Lengths:
+def measure(rows: list[Conversation], template, tokenizer, data_args, kind: str, margin: int | None = None) -> Lengths:
     """Lengths of every row as the stage's encoder would produce them (see the module docstring)."""
     cutoff = int(getattr(data_args, "cutoff_len", None) or 2048)
     margin = max(8, cutoff // 50) if margin is None else margin
-    if stage == "pt":
+    if kind == "text":
         return _measure_pt(rows, tokenizer, data_args, cutoff)
     efficient_eos = bool(getattr(template, "efficient_eos", False))
-    turns = [_turns(conv, stage) for conv in rows]
+    turns = [_turns(conv, kind) for conv in rows]
     texts = [m.content for messages in turns if messages for m in messages]
     counts = iter(token_counts(texts, tokenizer))
-    overheads = _Overheads(template, tokenizer, data_args, stage)
+    overheads = _Overheads(template, tokenizer, data_args, kind)
     result = Lengths()
     for conv, messages in zip(rows, turns):
         if not messages:
@@ -137,11 +137,11 @@ def measure(rows: list[Conversation], template, tokenizer, data_args, stage: str
             continue
         sizes = [next(counts) for _ in messages]
         extra = overheads.get(conv, messages)
-        if extra is None and stage == "sft":
+        if extra is None and kind == "supervised":
             result.rows.append(_exact(conv, template, tokenizer, data_args) or RowLength(0, 0, 0, 0, "cannot encode"))
             continue
         extra = extra or [0] * len(messages)
-        if stage == "sft":
+        if kind == "supervised":
             lengths = [size + add for size, add in zip(sizes, extra)]
             pairs = list(zip(lengths[::2], lengths[1::2]))
             full, kept, dropped = _simulate_sft(pairs, cutoff, data_args, efficient_eos)
@@ -154,7 +154,7 @@ def measure(rows: list[Conversation], template, tokenizer, data_args, stage: str
             else:
                 kept, dropped = sum(infer_seqlen(prompt, answer, cutoff)), ""
         result.rows.append(RowLength(prompt, answer, full, kept, dropped))
-    if stage == "sft":
+    if kind == "supervised":
         _make_exact(result, rows, template, tokenizer, data_args, cutoff, margin)
     return result
 

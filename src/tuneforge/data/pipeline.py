@@ -22,6 +22,7 @@ from tuneforge.data.loaders import _files_of
 from tuneforge.data.packing import encoding_args, pack_split, packing_mode
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs
 from tuneforge.config.args import split_names
+from tuneforge.config.stages import stage_record
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
 from tuneforge.data.stage_encode import ROW_ENCODERS, feedback_items, feedback_note, features, pt_blocks, to_dataset
@@ -29,13 +30,11 @@ from tuneforge.data.workers import encode_rows
 from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 CACHE_VERSION = "tuneforge-data-1"
-RANKING_STAGES = ("rm", "dpo")
-ENCODED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 
 
 @dataclass
 class DatasetBundle:
-    train: Any  # datasets.Dataset with the stage's columns (stage_encode.STAGE_COLUMNS; + position_ids when packed)
+    train: Any  # datasets.Dataset with the stage's columns (stage_encode.KIND_COLUMNS; + position_ids when packed)
     eval: Any  # datasets.Dataset or None
     report: DataReport
 
@@ -69,7 +68,7 @@ def build_datasets(cfg, tokenizer, template, stage: str = "sft") -> DatasetBundl
         except ValueError as err:
             raise ConfigError(f"val_size={val_size} cannot split {len(train)} training samples: {err}") from err
         train, evaluation = parts["train"], parts["test"]
-    if stage == "sft" and packing_mode(data) == "bins":  # LF's packing: after the split, as LF does
+    if stage_record(stage).data == "supervised" and packing_mode(data) == "bins":  # LF's packing: after the split, as LF does
         train = pack_split(train, data, report, "train")
         evaluation = pack_split(evaluation, data, report, "eval") if evaluation is not None else None
 
@@ -82,18 +81,17 @@ def build_datasets(cfg, tokenizer, template, stage: str = "sft") -> DatasetBundl
 
 
 def check_stage(specs: list[DatasetSpec], stage: str) -> None:
+    """Each dataset has the kind of data the stage's record (config/stages.py) asks for."""
+    kind = stage_record(stage).data
     for spec in specs:
-        if stage in ("sft", "pt", "ppo") and spec.ranking:
+        if kind != "pairwise" and spec.ranking:
             raise DataError(f"{spec.where} is a ranking dataset (ranking: true, chosen/rejected answers), "
                             f"but stage '{stage}' needs plain samples. Use stage rm/dpo, or another dataset.")
-        if stage in RANKING_STAGES and not spec.ranking:
+        if kind == "pairwise" and not spec.ranking:
             raise DataError(f"{spec.where} is not a ranking dataset, but stage '{stage}' needs chosen/rejected "
                             "pairs. Set `ranking: true` and the chosen/rejected columns in dataset_info.json.")
-        if stage == "kto" and not spec.columns.kto_tag:
-            raise DataError(f"{spec.where} has no `kto_tag` column, which stage 'kto' needs")
-    if stage not in ENCODED_STAGES:
-        raise NotSupportedError(f"stage '{stage}' is not supported yet by the data pipeline "
-                                f"(supported: {', '.join(ENCODED_STAGES)})")
+        if kind == "feedback" and not spec.columns.kto_tag:
+            raise DataError(f"{spec.where} has no `kto_tag` column, which stage '{stage}' needs")
 
 
 # ----------------------------------------------------------------------------- one split
@@ -121,16 +119,17 @@ def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Dat
         part.notes.append(f"{split}: augment_facts added {added} question(s) to {len(mixed) - added} row(s)")
 
     encode_data = encoding_args(data)  # LF: `packing: true` encodes with cutoff_len - 1
-    items = feedback_items(mixed, data) if stage == "kto" else mixed
-    columns = encode_rows(ROW_ENCODERS[stage], items, (template, tokenizer, encode_data), part, split,
+    kind = stage_record(stage).data
+    items = feedback_items(mixed, data) if kind == "feedback" else mixed
+    columns = encode_rows(ROW_ENCODERS[kind], items, (template, tokenizer, encode_data), part, split,
                           getattr(data, "preprocessing_num_workers", None))
-    if stage == "kto":
+    if kind == "feedback":
         note = feedback_note(columns, split)
         if note:
             part.notes.append(note)
-    elif stage == "pt":
+    elif kind == "text":
         columns = pt_blocks(columns["documents"], encode_data)
-    dataset = to_dataset(columns, features(stage))
+    dataset = to_dataset(columns, features(kind))
     _save_cache(cache_dir, dataset, part)
     report.datasets.update(part.datasets)
     report.notes.extend(part.notes)
@@ -181,7 +180,7 @@ _KEYS = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "mix_st
 
 
 def _augments(cfg, split: str, stage: str) -> bool:
-    return split == "train" and stage == "sft" and bool(getattr(getattr(cfg, "facts", None), "augment_facts", False))
+    return split == "train" and stage_record(stage).data == "supervised" and bool(getattr(getattr(cfg, "facts", None), "augment_facts", False))
 
 
 def _cache_key(specs, split, data, tokenizer, template, stage, seed, augmented: bool = False) -> str:
@@ -194,7 +193,7 @@ def _cache_key(specs, split, data, tokenizer, template, stage, seed, augmented: 
         "specs": [[repr(s), _file_fingerprint(s)] for s in specs],
         "data": {k: getattr(data, k, None) for k in _KEYS},
         "tokenizer": _tokenizer_fingerprint(tokenizer),
-        "template": _template_fingerprint(template) if stage != "pt" else None,
+        "template": _template_fingerprint(template) if stage_record(stage).data != "text" else None,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

@@ -16,21 +16,21 @@ from tuneforge.data.formats import Message
 from tuneforge.data.report import DataReport
 from tuneforge.errors import DataError
 
-# Columns of an encoded sample per stage (input_ids / labels first, so previews work for every stage).
-STAGE_COLUMNS = {
-    "pt": ("input_ids", "labels"),
-    "sft": ("input_ids", "labels"),
-    "rm": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),  # input_ids/labels: chosen
-    "dpo": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),
-    "kto": ("input_ids", "labels", "kl_input_ids", "kl_labels", "kto_tag"),
-    "ppo": ("input_ids", "labels"),  # labels: the reference answer's ids, not aligned with input_ids
+# Columns of an encoded sample per data kind (config/stages.py; input_ids / labels first, so previews work
+# for every stage).
+KIND_COLUMNS = {
+    "text": ("input_ids", "labels"),
+    "supervised": ("input_ids", "labels"),
+    "pairwise": ("input_ids", "labels", "rejected_input_ids", "rejected_labels"),  # input_ids/labels: chosen
+    "feedback": ("input_ids", "labels", "kl_input_ids", "kl_labels", "kto_tag"),
+    "prompt": ("input_ids", "labels"),  # labels: the reference answer's ids, not aligned with input_ids
 }
 
 
-def features(stage: str = "sft"):
+def features(kind: str = "supervised"):
     from datasets import Features, List, Value
 
-    return Features({name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in STAGE_COLUMNS[stage]})
+    return Features({name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in KIND_COLUMNS[kind]})
 
 
 def to_dataset(columns: dict[str, list], schema):
@@ -76,7 +76,7 @@ def encode_sft_rows(items, template, tokenizer, data, report: DataReport, split)
 
 
 def encode_pairwise_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["dpo"]}
+    columns: dict[str, list] = {name: [] for name in KIND_COLUMNS["pairwise"]}
     for name, conv in items:
         result = encode_row(report, name, conv, split,
                             encoding.encode_pairwise_with_info, conv, template, tokenizer, data)
@@ -98,7 +98,7 @@ def feedback_items(mixed, data) -> list[tuple]:
 
 
 def encode_feedback_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {name: [] for name in STAGE_COLUMNS["kto"]}
+    columns: dict[str, list] = {name: [] for name in KIND_COLUMNS["feedback"]}
     for name, conv, kl_answer in items:
         result = encode_row(report, name, conv, split,
                             encoding.encode_feedback_with_info, conv, kl_answer, template, tokenizer, data)
@@ -159,11 +159,10 @@ def pt_blocks(documents: list[list[int]], data) -> dict[str, list]:
     return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
 
-ROW_ENCODERS = {
-    "pt": tokenize_pt_rows,
-    "sft": encode_sft_rows,
-    "rm": encode_pairwise_rows,
-    "dpo": encode_pairwise_rows,
-    "kto": encode_feedback_rows,
-    "ppo": encode_prompt_rows,
+ROW_ENCODERS = {  # data kind -> encoder
+    "text": tokenize_pt_rows,
+    "supervised": encode_sft_rows,
+    "pairwise": encode_pairwise_rows,
+    "feedback": encode_feedback_rows,
+    "prompt": encode_prompt_rows,
 }

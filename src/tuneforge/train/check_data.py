@@ -8,17 +8,11 @@ def check_data(cfg):
     import time
 
     from tuneforge.data.check import run_check, training_specs
+    from tuneforge.train.workflow import load_tokenizer_and_template
 
     training_specs(cfg)  # a wrong dataset name fails before the tokenizer loads
     start = time.perf_counter()
-    if cfg.finetuning.stage == "pt":
-        from tuneforge.model.loader import load_tokenizer
-
-        tokenizer, template = load_tokenizer(cfg.model), None
-    else:
-        from tuneforge.train.workflow import load_tokenizer_and_template
-
-        tokenizer, template = load_tokenizer_and_template(cfg)
+    tokenizer, template = load_tokenizer_and_template(cfg)  # pt: no template
     loaded = time.perf_counter()
     report = run_check(cfg, tokenizer, template)
     report.load_seconds = loaded - start

@@ -11,14 +11,12 @@ from tuneforge.train import workflow
 def run_pt(cfg) -> dict:
     from tuneforge.data.collate import PackedCollator
     from tuneforge.data.pipeline import build_datasets
-    from tuneforge.model.loader import load_model, load_tokenizer
+    from tuneforge.model.loader import load_model
     from tuneforge.train.resume import prepare_output_dir
 
     # setup
     resume = prepare_output_dir(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer, _ = workflow.load_tokenizer_and_template(cfg)  # raw text: no chat template
 
     # data: blocks of cutoff_len tokens; the short last block is kept
     bundle = build_datasets(cfg, tokenizer, None, stage="pt")

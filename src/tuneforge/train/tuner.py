@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-from tuneforge.errors import NotSupportedError
+import importlib
+
+from tuneforge.config.stages import stage_record
 from tuneforge.train import workflow
 
 
 def run_train(cfg) -> dict:
     workflow.require_do_train(cfg)
-    stage = cfg.finetuning.stage
-    if stage == "sft":
-        from tuneforge.train.sft import run_sft
-
-        return run_sft(cfg)
-    if stage == "pt":
-        from tuneforge.train.pt import run_pt
-
-        return run_pt(cfg)
-    if stage == "rm":
-        from tuneforge.train.rm import run_rm
-
-        return run_rm(cfg)
-    if stage == "dpo":
-        from tuneforge.train.dpo import run_dpo
-
-        return run_dpo(cfg)
-    if stage == "kto":
-        from tuneforge.train.kto import run_kto
-
-        return run_kto(cfg)
-    if stage == "ppo":
-        from tuneforge.train.ppo import run_ppo
-
-        return run_ppo(cfg)
-    raise NotSupportedError(f"stage `{stage}` is not supported yet (supported: sft, pt, rm, ppo, dpo, kto)")
+    stage = stage_record(cfg.finetuning.stage)  # validated: it exists and is supported
+    module_name, function_name = stage.recipe.split(":")
+    recipe = getattr(importlib.import_module(f"tuneforge.train.{module_name}"), function_name)
+    return recipe(cfg)
 
 
 def preview_data(cfg, count: int = 3) -> str:
@@ -42,12 +22,7 @@ def preview_data(cfg, count: int = 3) -> str:
 
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.data.preview import format_preview
-    from tuneforge.model.loader import load_tokenizer
 
-    stage = cfg.finetuning.stage
-    if stage == "pt":
-        tokenizer, template = load_tokenizer(cfg.model), None
-    else:
-        tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    bundle = build_datasets(cfg, tokenizer, template, stage=stage)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage=cfg.finetuning.stage)
     return format_preview(bundle, tokenizer, n=count, color=sys.stdout.isatty())

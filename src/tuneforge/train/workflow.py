@@ -42,7 +42,17 @@ def seed_everything(cfg) -> None:
 
 
 def load_tokenizer_and_template(cfg):
-    """The run's own tokenizer, fixed for its template (eos = turn end, pad token present)."""
+    """The run's own tokenizer, fixed for its template (eos = turn end, pad token present); raw-text stages
+    (pt) have no template: (tokenizer with a pad token, None)."""
+    from tuneforge.config.stages import stage_record
+
+    if stage_record(cfg.finetuning.stage).data == "text":
+        from tuneforge.model.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer, None
     from tuneforge.data.templates import check_template_matches, template_for
     from tuneforge.model.loader import load_tokenizer
 

@@ -17,6 +17,7 @@ import yaml
 
 from tuneforge.config import support
 from tuneforge.config.parser import key_choices
+from tuneforge.config.stages import stage_record
 from tuneforge.errors import ConfigError
 from tuneforge.webui import safety
 
@@ -50,7 +51,7 @@ BOOSTERS = ("auto", *(b for b, key in BOOSTER_KEYS.items() if key not in support
 COMPUTE_TYPES = ("fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 PREF_LOSSES = key_choices("pref_loss")
-RANKING_STAGES = ("rm", "dpo")
+CHOICE_KEYS = ("pref_loss",)  # stage keys that are a choice, not a number
 SOURCE = "web UI"
 
 # The values a fresh UI starts with (LLaMA-Factory's web UI defaults where it has one).
@@ -138,8 +139,10 @@ def describe_output_dir(output_dir: str | Path, lang: str = "en") -> tuple[str, 
 
 # ---------------------------------------------------------------------------------------- datasets
 def list_datasets(dataset_dir: str, stage: str) -> list[str]:
-    """Names in `<dataset_dir>/dataset_info.json` whose kind fits the stage (ranking for rm/dpo, ...)."""
+    """Names in `<dataset_dir>/dataset_info.json` whose kind fits the stage (the data pipeline's own rule)."""
+    from tuneforge.data.pipeline import check_stage
     from tuneforge.data.registry import DATASET_INFO, parse_entry, read_dataset_info
+    from tuneforge.errors import DataError
 
     info_file = Path(dataset_dir or "data") / DATASET_INFO
     if not info_file.is_file():
@@ -150,14 +153,11 @@ def list_datasets(dataset_dir: str, stage: str) -> list[str]:
             spec = parse_entry(name, entry, info_file.parent, info_file)
         except Exception:  # an entry tuneforge cannot read is not offered (preview/start name the problem)
             continue
-        if stage in RANKING_STAGES:
-            fits = spec.ranking
-        elif stage == "kto":
-            fits = bool(spec.columns.kto_tag)
-        else:
-            fits = not spec.ranking
-        if fits:
-            names.append(name)
+        try:
+            check_stage([spec], stage)
+        except DataError:
+            continue
+        names.append(name)
     return names
 
 
@@ -243,10 +243,8 @@ def build_train_config(values: Mapping[str, Any], save_root: str | Path = "saves
     elif method == "freeze":
         config.update(freeze_trainable_layers=_number(v, "freeze_trainable_layers", int),
                       freeze_trainable_modules=str(v["freeze_trainable_modules"] or "all").strip())
-    if stage in ("dpo", "kto"):
-        config.update(pref_beta=_number(v, "pref_beta"), pref_ftx=_number(v, "pref_ftx"))
-        if stage == "dpo":
-            config["pref_loss"] = v["pref_loss"]
+    for key in stage_record(stage).ui_keys:  # the stage's own keys (config/stages.py)
+        config[key] = v[key] if key in CHOICE_KEYS else _number(v, key)
     config.update(dataset=",".join(datasets), dataset_dir=str(v["dataset_dir"] or "data"),
                   cutoff_len=_number(v, "cutoff_len", int))
     if _number(v, "max_samples", int) > 0:

@@ -266,17 +266,13 @@ def render_data_preview(values: dict, save_root: str, rows: int = 3, **confirmed
     """The first rows encoded exactly as training will, trained text highlighted, then the data report."""
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.data.preview import GREEN, RESET, mark_sample
-    from tuneforge.model.loader import load_tokenizer
     from tuneforge.train import workflow
 
     values = {**values, "output_dir": values.get("output_dir") or "preview"}
     config = args.build_train_config(values, save_root, **confirmed)
     config["max_samples"] = min(int(config.get("max_samples") or 50), 50)  # a preview reads only a few rows
     cfg = args.validate(config, require_output_dir=False)
-    if cfg.finetuning.stage == "pt":
-        tokenizer, template = load_tokenizer(cfg.model), None
-    else:
-        tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)  # pt: no template
     bundle = build_datasets(cfg, tokenizer, template, stage=cfg.finetuning.stage)
     parts = []
     for i, sample in enumerate(bundle.train):

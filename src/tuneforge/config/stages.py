@@ -1,0 +1,93 @@
+"""The stage registry: one record per training stage, the only place that lists the stages.
+
+A record says what the stage's data looks like (`data`: the encoder and columns the data layer uses for
+that kind, see data/stage_encode.py), which recipe runs it (`recipe`: "module:function" under
+tuneforge.train), the web UI's label and the keys its Train tab shows, and the stage's own config checks
+(run by config/validate.py with the key view). Adding a stage: a recipe file in train/ plus one line here
+(and a data kind in data/stage_encode.py if none fits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import ConfigError, NotSupportedError
+
+# data kinds: text (raw documents, blocks), supervised (prompt -> answer), pairwise (prompt -> chosen /
+# rejected), feedback (prompt -> answer + kto_tag), prompt (prompt only, the answer kept as a reference)
+DATA_KINDS = ("text", "supervised", "pairwise", "feedback", "prompt")
+
+
+def _check_preference(v: Any) -> None:
+    """DPO: a positive beta; label smoothing in [0, 0.5] and only for the sigmoid loss."""
+    _positive(v, "pref_beta")
+    smoothing = v["dpo_label_smoothing"]
+    if not 0 <= smoothing <= 0.5:
+        raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` must be in [0, 0.5], got {smoothing}")
+    if smoothing and v["pref_loss"] != "sigmoid":
+        raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` only applies to "
+                          f"`pref_loss: sigmoid` (found pref_loss: {v['pref_loss']})")
+
+
+def _check_kto(v: Any) -> None:
+    for key in ("pref_beta", "kto_chosen_weight", "kto_rejected_weight"):
+        _positive(v, key)
+
+
+def _check_ppo(v: Any) -> None:
+    """PPO samples its rollouts and has no evaluation (LF neither)."""
+    if v["num_beams"] != 1:
+        raise ConfigError(f"{v.where('num_beams')}: `num_beams: {v['num_beams']}`; PPO samples its rollouts, "
+                          "expected num_beams: 1")
+    if v["do_eval"] or v["val_size"] or v["eval_dataset"]:
+        raise NotSupportedError(f"{v.where('do_eval', 'val_size', 'eval_dataset')}: evaluation during PPO is not "
+                                "supported (LLaMA-Factory neither); remove do_eval / val_size / eval_dataset")
+    if v["compute_accuracy"]:
+        raise NotSupportedError(f"{v.where('compute_accuracy')}: `compute_accuracy`: PPO has no evaluation to "
+                                "compute it in; remove it")
+
+
+def _check_pt(v: Any) -> None:
+    if v["neat_packing"]:
+        raise NotSupportedError(f"{v.where('neat_packing')}: `neat_packing` for stage pt is not supported yet; "
+                                "remove it to pack documents into blocks")
+
+
+def _positive(v: Any, key: str) -> None:
+    if v[key] <= 0:
+        raise ConfigError(f"{v.where(key)}: `{key}` must be positive, got {v[key]}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    data: str  # one of DATA_KINDS
+    recipe: str  # "module:function" under tuneforge.train
+    label: str  # the web UI's name for it
+    ui_keys: tuple[str, ...] = ()  # stage keys the web UI's Train tab shows
+    check: Callable[[Any], None] | None = None  # the stage's own config checks (a key view)
+    unsupported: str | None = None  # why it cannot run yet; None: it can
+
+    @property
+    def ranking(self) -> bool:
+        """Needs ranking data (chosen / rejected answers)."""
+        return self.data == "pairwise"
+
+
+STAGES = MappingProxyType({stage.name: stage for stage in (
+    Stage("sft", "supervised", "sft:run_sft", "Supervised Fine-Tuning"),
+    Stage("pt", "text", "pt:run_pt", "Pre-Training", check=_check_pt),
+    Stage("rm", "pairwise", "rm:run_rm", "Reward Modeling"),
+    Stage("dpo", "pairwise", "dpo:run_dpo", "DPO", ("pref_beta", "pref_ftx", "pref_loss"), _check_preference),
+    Stage("kto", "feedback", "kto:run_kto", "KTO", ("pref_beta", "pref_ftx"), _check_kto),
+    Stage("ppo", "prompt", "ppo:run_ppo", "PPO", check=_check_ppo),
+)})
+
+
+def stage_record(name: str) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage `{name}`; expected one of: {', '.join(STAGES)}")
+    return STAGES[name]
