@@ -20,17 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the a of to in is what how why when write explain describe list give example poem story code python "
-         "data model learn train question answer city country river capital history science art music language "
-         "water energy market price change system network people time year world school student teacher book "
-         "simple short long first second important different small large new old good best because however").split()
-HANZI = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多"
-
+from synthetic_text import sentence  # bench/, next to this script
 
 def _sentence(rng: random.Random, low: int, high: int) -> str:
-    if rng.random() < 0.1:
-        return "".join(rng.choice(HANZI) for _ in range(rng.randint(low, high)))
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))).capitalize() + "."
+    return sentence(rng, low, high, chinese_share=0.1, chinese_scale=1)
 
 
 def make_rows(count: int, seed: int = 0) -> list[dict]:

@@ -11,13 +11,7 @@ import torch
 from tuneforge.data.collate import PackedCollator, PaddedCollator
 from tuneforge.train.trainer import TuneforgeTrainer
 
-TEXTS = [
-    "Hello, who are you? I am an AI assistant built to help you.",
-    "The quick brown fox jumps over the lazy dog.",
-    "User asks a question and the assistant answers politely.",
-    "Alice scored 91 points in math. Bob scored 78 points in physics.",
-    "def add(a, b):\n    return a + b\n",
-]
+from test_trainer import TEXTS  # the same short texts
 
 
 @pytest.fixture(scope="module")
