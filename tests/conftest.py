@@ -127,6 +127,18 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def data_run_config(dataset, seed: int = 42, **data):
+    """A real RunConfig (not validated: tests reach the data layer's own checks) with these data keys."""
+    from tuneforge.config.args import (DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments,
+                                       TrainingArguments)
+    from tuneforge.config.parser import RunConfig
+
+    return RunConfig(model=ModelArguments(model_name_or_path="unused"),
+                     data=DataArguments(dataset=dataset, **{"dataset_dir": "data", **data}),
+                     finetuning=FinetuningArguments(), generating=GeneratingArguments(),
+                     training=TrainingArguments(output_dir="unused", seed=seed, report_to="none"))
+
+
 # A few alpaca rows (English and Chinese) for end-to-end runs on the tiny models.
 IDENTITY_ROWS = [
     {"instruction": "Who are you?", "input": "", "output": "I am Forgey, made by the tuneforge team."},

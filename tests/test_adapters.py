@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model.adapters import apply_finetuning
 from tuneforge.model.loader import load_base_model, load_model
@@ -17,20 +17,11 @@ PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 def model_args(path, **overrides):
-    values = dict(model_name_or_path=str(path), adapter_name_or_path=None, cache_dir=None, hf_hub_token=None,
-                  trust_remote_code=False, flash_attn="auto", infer_dtype="auto", model_revision="main")
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return ModelArguments(model_name_or_path=str(path), **overrides)
 
 
 def ft_args(**overrides):
-    values = dict(
-        finetuning_type="lora", lora_rank=8, lora_alpha=None, lora_dropout=0.0, lora_target="all",
-        additional_target=None, use_rslora=False, use_dora=False, pissa_init=False, pissa_iter=16,
-        create_new_adapter=False, freeze_trainable_layers=2, freeze_trainable_modules="all", freeze_extra_modules=None,
-    )
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return FinetuningArguments(**overrides)
 
 
 def trainable_names(model) -> set[str]:

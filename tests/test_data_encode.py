@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-from types import SimpleNamespace
 
 import pytest
+
+from tuneforge.config.args import DataArguments
 
 from tuneforge.data.encode import (
     IGNORE_INDEX,
@@ -62,10 +63,7 @@ def conv(*texts, system=""):
 
 
 def args(**kw):
-    base = dict(cutoff_len=1024, train_on_prompt=False, mask_history=False, truncation="keep_prompt",
-                default_system=None)
-    base.update(kw)
-    return SimpleNamespace(**base)
+    return DataArguments(**{"cutoff_len": 1024, **kw})
 
 
 a, b, c, d, e, f = (ord(ch) for ch in "abcdef")
@@ -174,7 +172,7 @@ def test_real_chatml_template(tiny_tokenizer):
 # ------------------------------------------------------------------------------------ pt
 def test_pt_concatenates_with_eos_and_keeps_tail(tiny_tokenizer):
     texts = ["Hello, who are you?", "The quick brown fox jumps over the lazy dog."]
-    out = encode_pt(texts, tiny_tokenizer, SimpleNamespace(cutoff_len=8, packing=None))
+    out = encode_pt(texts, tiny_tokenizer, DataArguments(cutoff_len=8))
     stream = []
     for text in texts:
         stream += tiny_tokenizer(text, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]

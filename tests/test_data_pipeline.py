@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 
 import json
-from types import SimpleNamespace
 
 import pytest
+
+from conftest import data_run_config
 
 from tuneforge.data import pipeline, stage_encode
 from tuneforge.data.pipeline import build_datasets
@@ -68,12 +69,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def make_cfg(dataset, seed=42, **data):
-    base = dict(dataset=dataset, eval_dataset=None, dataset_dir="data", cutoff_len=24, train_on_prompt=False,
-                mask_history=False, max_samples=None, val_size=0.0, mix_strategy="concat", interleave_probs=None,
-                truncation="keep_prompt", default_system=None, tool_format=None, overwrite_cache=False,
-                preprocessing_num_workers=None, packing=None, streaming=False)
-    base.update(data)
-    return SimpleNamespace(data=SimpleNamespace(**base), training=SimpleNamespace(seed=seed), config_path=None)
+    return data_run_config(dataset, seed=seed, **{"cutoff_len": 24, **data})
 
 
 def first_user(tokenizer, sample):

@@ -5,9 +5,10 @@ byte order mark (refused before, read now)."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
+
+from conftest import data_run_config
 
 from tuneforge.data.loaders import load_rows
 from tuneforge.data.pipeline import build_datasets
@@ -46,12 +47,7 @@ def register(workdir, **entries):
 
 
 def make_cfg(dataset, **data):
-    base = dict(dataset=dataset, eval_dataset=None, dataset_dir="data", cutoff_len=64, train_on_prompt=False,
-                mask_history=False, max_samples=None, val_size=0.0, mix_strategy="concat", interleave_probs=None,
-                truncation="keep_prompt", default_system=None, tool_format=None, overwrite_cache=False,
-                packing=None, streaming=False)
-    base.update(data)
-    return SimpleNamespace(data=SimpleNamespace(**base), training=SimpleNamespace(seed=42), config_path=None)
+    return data_run_config(dataset, seed=42, **{"cutoff_len": 64, **data})
 
 
 # ------------------------------------------------------------------------ 7. mapping vs actual columns

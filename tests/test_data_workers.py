@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from types import SimpleNamespace
 
 import pytest
+
+from conftest import data_run_config
 
 from tuneforge.data import workers
 from tuneforge.data.pipeline import build_datasets
@@ -97,13 +98,7 @@ def rows_dir(tmp_path, monkeypatch):
 
 
 def _cfg(dataset, **data):
-    base = dict(dataset=dataset, eval_dataset=None, dataset_dir="data", cutoff_len=40, train_on_prompt=False,
-                mask_history=False, max_samples=None, val_size=0.0, mix_strategy="concat", interleave_probs=None,
-                truncation="keep_prompt", default_system=None, tool_format=None, overwrite_cache=False,
-                preprocessing_num_workers=None, preprocessing_batch_size=16, packing=None, neat_packing=False,
-                streaming=False)
-    base.update(data)
-    return SimpleNamespace(data=SimpleNamespace(**base), training=SimpleNamespace(seed=42), config_path=None)
+    return data_run_config(dataset, seed=42, **{"cutoff_len": 40, "preprocessing_batch_size": 16, **data})
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm", "kto", "ppo", "pt"])

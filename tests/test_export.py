@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tuneforge.config.args import (DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments,
+                                   TrainingArguments)
+from tuneforge.config.parser import RunConfig
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.export import merge_with_check, run_export
 from tuneforge.model.loader import load_base_model, load_model
@@ -17,17 +19,10 @@ IDS = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
 
 
 def make_cfg(base, export_dir, adapter=None, template=None, **model_overrides):
-    model = dict(
-        model_name_or_path=str(base), adapter_name_or_path=str(adapter) if adapter else None, cache_dir=None,
-        hf_hub_token=None, trust_remote_code=False, flash_attn="auto", infer_dtype="auto", model_revision="main",
-        export_dir=str(export_dir) if export_dir else None, export_size=5, export_device="cpu", export_legacy_format=False,
-    )
-    model.update(model_overrides)
-    finetuning = SimpleNamespace(finetuning_type="lora", lora_rank=8, lora_alpha=None, lora_dropout=0.0, lora_target="all",
-                                 additional_target=None, use_rslora=False, use_dora=False, pissa_init=False,
-                                 create_new_adapter=False)
-    return SimpleNamespace(model=SimpleNamespace(**model), finetuning=finetuning,
-                           data=SimpleNamespace(template=template, default_system=None))
+    model = ModelArguments(model_name_or_path=str(base), adapter_name_or_path=str(adapter) if adapter else None,
+                           export_dir=str(export_dir) if export_dir else None, **model_overrides)
+    return RunConfig(model=model, data=DataArguments(template=template), finetuning=FinetuningArguments(),
+                     generating=GeneratingArguments(), training=TrainingArguments(output_dir="unused", report_to="none"))
 
 
 def logits(model):

@@ -149,13 +149,11 @@ def test_fast_lora_takes_peft_path_when_it_does_not_apply():
 
 
 def test_fast_lora_is_used_for_trainable_lora_runs(tiny_llama_dir):
-    from types import SimpleNamespace
-
+    from tuneforge.config.args import FinetuningArguments, ModelArguments
     from tuneforge.model.loader import load_model
 
-    model_args = SimpleNamespace(model_name_or_path=str(tiny_llama_dir), adapter_name_or_path=None)
-    finetuning = SimpleNamespace(finetuning_type="lora", lora_target="all", lora_rank=4, lora_alpha=None,
-                                 lora_dropout=0.0, additional_target=None)
+    model_args = ModelArguments(model_name_or_path=str(tiny_llama_dir))
+    finetuning = FinetuningArguments(finetuning_type="lora", lora_target="all", lora_rank=4)
     model = load_model(model_args, finetuning, is_trainable=True)
     fast = [m for m in model.modules() if type(m) is FastLoraLinear]
     assert len(fast) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.attention import PACKED_SDPA
 from tuneforge.model.loader import (
@@ -22,15 +22,10 @@ from tuneforge.model.loader import (
 
 
 def model_args(path, **overrides):
-    values = dict(
-        model_name_or_path=str(path), adapter_name_or_path=None, cache_dir=None, use_fast_tokenizer=True,
-        trust_remote_code=False, flash_attn="auto", infer_dtype="auto", model_revision="main", hf_hub_token=None,
-    )
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return ModelArguments(model_name_or_path=str(path), **overrides)
 
 
-FULL = SimpleNamespace(finetuning_type="full")
+FULL = FinetuningArguments(finetuning_type="full")
 
 
 def test_missing_local_path_error():

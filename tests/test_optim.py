@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from tuneforge.config.args import FinetuningArguments
 from tuneforge.errors import ConfigError
 from tuneforge.train.optim import create_optimizer, decay_parameter_names, loraplus_param_groups
 
@@ -58,7 +58,7 @@ def test_create_optimizer_without_loraplus_decays_all_but_biases_and_norms():
 
     model = _Named()
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True, learning_rate=1e-3, weight_decay=0.1)
-    optimizer = create_optimizer(model, args, SimpleNamespace(loraplus_lr_ratio=None))
+    optimizer = create_optimizer(model, args, FinetuningArguments())
     names = {id(p): n for n, p in model.named_parameters()}
     by_wd = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"]) for g in optimizer.param_groups}
     assert by_wd[0.0] == ["layernorm.bias", "layernorm.weight", "q.lora_B.bias", "v_head.bias"]

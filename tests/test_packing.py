@@ -12,12 +12,13 @@ import json
 import math
 import random
 from collections import Counter, defaultdict
-from types import SimpleNamespace
 
 import pytest
+
+from tuneforge.config.args import DataArguments
 import torch
 
-from conftest import IDENTITY_ROWS, write_workspace
+from conftest import IDENTITY_ROWS, write_workspace, data_run_config
 from tuneforge.data import packing
 from tuneforge.data.collate import PackedCollator
 from tuneforge.data.packing import BinCollator, batch_ranges, greedy_knapsack, pack_batch, packing_mode, sft_collator
@@ -135,7 +136,7 @@ def test_batch_ranges_follow_datasets_map():
 
 
 def test_modes_and_collators():
-    ns = lambda **kw: SimpleNamespace(**{"packing": None, "neat_packing": False, **kw})  # noqa: E731
+    ns = lambda **kw: DataArguments(**kw)  # noqa: E731
     assert packing_mode(ns()) == "per_batch" and isinstance(sft_collator(ns(), 0), PackedCollator)
     assert packing_mode(ns(packing=False)) == "padded"
     assert packing_mode(ns(packing=True)) == "bins" and not sft_collator(ns(packing=True), 0).neat
@@ -241,14 +242,8 @@ def nums_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _cfg(**data):
-    base = dict(dataset="nums", eval_dataset=None, dataset_dir="data", cutoff_len=64, train_on_prompt=False,
-                mask_history=False, max_samples=None, val_size=0.0, mix_strategy="concat", interleave_probs=None,
-                truncation="keep_prompt", default_system=None, tool_format=None, overwrite_cache=False,
-                preprocessing_num_workers=None, preprocessing_batch_size=1000, packing=None, neat_packing=False,
-                streaming=False)
-    base.update(data)
-    return SimpleNamespace(data=SimpleNamespace(**base), training=SimpleNamespace(seed=42), config_path=None)
+def _cfg(dataset="nums", **data):
+    return data_run_config(dataset, **{"cutoff_len": 64, **data})
 
 
 def _lf_row_count(samples, capacity, ranges):

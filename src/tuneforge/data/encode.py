@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
+from tuneforge.config.args import DataArguments
 from tuneforge.data.formats import Conversation
 
 IGNORE_INDEX = -100
@@ -39,23 +40,18 @@ class SftEncoding:
         return {"input_ids": self.input_ids, "labels": self.labels}
 
 
-def _arg(data_args: Any, name: str, default: Any) -> Any:
-    value = getattr(data_args, name, default)
-    return default if value is None else value
-
-
-def encode_sft_with_info(conv: Conversation, template, tokenizer, data_args) -> SftEncoding:
+def encode_sft_with_info(conv: Conversation, template, tokenizer, data_args: DataArguments) -> SftEncoding:
     """Encode one SFT conversation like LF's SupervisedDatasetProcessor and say what happened."""
-    cutoff_len = int(_arg(data_args, "cutoff_len", 2048))
-    train_on_prompt = bool(_arg(data_args, "train_on_prompt", False))
-    mask_history = bool(_arg(data_args, "mask_history", False))
-    truncation = _arg(data_args, "truncation", "keep_prompt")
+    cutoff_len = data_args.cutoff_len
+    train_on_prompt = data_args.train_on_prompt
+    mask_history = data_args.mask_history
+    truncation = data_args.truncation
     efficient_eos = bool(getattr(template, "efficient_eos", False))
     eos_id = tokenizer.eos_token_id
 
     if len(conv.messages) % 2 != 0 or not conv.messages:
         return SftEncoding(dropped="no assistant response to train on")
-    system = conv.system or _arg(data_args, "default_system", "") or None
+    system = conv.system or data_args.default_system or None
     pairs = template.encode_multiturn(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
     full_length = sum(len(s) + len(t) for s, t in pairs) + (1 if efficient_eos else 0)
     if truncation == "drop" and full_length > cutoff_len:
@@ -126,8 +122,8 @@ def pack_blocks(documents: list[list[int]], cutoff_len: int, packing: bool = Tru
 
 def encode_pt(texts: Iterable[str], tokenizer, data_args) -> dict[str, list[list[int]]]:
     """Stage pt: `{"input_ids": blocks, "labels": copies}` (see :func:`pack_blocks`)."""
-    packing = getattr(data_args, "packing", None) is not False
-    blocks = pack_blocks(tokenize_documents(texts, tokenizer), int(_arg(data_args, "cutoff_len", 2048)), packing)
+    packing = data_args.packing is not False
+    blocks = pack_blocks(tokenize_documents(texts, tokenizer), data_args.cutoff_len, packing)
     return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
 
 
@@ -147,7 +143,7 @@ class PairEncoding:
 
 def _prompt_and_answers(conv: Conversation, template, tokenizer, data_args, answers) -> tuple[list[int], list[list[int]]]:
     """Prompt ids (all turns before the answer) and each answer's ids (+ eos with efficient_eos)."""
-    system = conv.system or _arg(data_args, "default_system", "") or None
+    system = conv.system or data_args.default_system or None
     prompt_ids: list[int] = []
     answer_ids: list[list[int]] = []
     for answer in answers:
@@ -172,7 +168,7 @@ def _two_answer_budget(prompt_ids, first_ids, second_ids, cutoff_len: int, data_
     the longer answer decides; `truncation: drop` drops the sample instead."""
     longest = max(len(first_ids), len(second_ids))
     full_length = len(prompt_ids) + longest
-    if _arg(data_args, "truncation", "keep_prompt") == "drop" and full_length > cutoff_len:
+    if data_args.truncation == "drop" and full_length > cutoff_len:
         return _Budget(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
     source_len, target_len = infer_seqlen(len(prompt_ids), longest, cutoff_len)
     return _Budget(source_len, target_len, full_length)
@@ -185,7 +181,7 @@ def encode_pairwise_with_info(conv: Conversation, template, tokenizer, data_args
         return PairEncoding(dropped="no chosen/rejected answers")
     if len(conv.messages) % 2 != 1:
         return PairEncoding(dropped="messages must end with a user turn before chosen/rejected")
-    cutoff_len = int(_arg(data_args, "cutoff_len", 2048))
+    cutoff_len = data_args.cutoff_len
     prompt_ids, (chosen_ids, rejected_ids) = _prompt_and_answers(conv, template, tokenizer, data_args,
                                                                  (conv.chosen, conv.rejected))
     budget = _two_answer_budget(prompt_ids, chosen_ids, rejected_ids, cutoff_len, data_args)
@@ -238,7 +234,7 @@ def encode_feedback_with_info(conv: Conversation, kl_answer, template, tokenizer
         return FeedbackEncoding(dropped="no kto_tag (true/false) value")
     if len(conv.messages) % 2 != 0 or not conv.messages:
         return FeedbackEncoding(dropped="no assistant answer to rate")
-    cutoff_len = int(_arg(data_args, "cutoff_len", 2048))
+    cutoff_len = data_args.cutoff_len
     prompt_conv = Conversation(messages=conv.messages[:-1], system=conv.system, tools=conv.tools)
     prompt_ids, (answer_ids, kl_ids) = _prompt_and_answers(prompt_conv, template, tokenizer, data_args,
                                                            (conv.messages[-1], kl_answer))
@@ -272,10 +268,10 @@ def encode_prompt_only(conv: Conversation, template, tokenizer, data_args) -> di
         return None
     if len(messages) % 2 == 1:  # ends with the user turn: no reference answer
         messages.append(Message("assistant", ""))
-    system = conv.system or _arg(data_args, "default_system", "") or None
+    system = conv.system or data_args.default_system or None
     prompt_ids, answer_ids = template.encode_oneturn(tokenizer, messages, system=system, tools=conv.tools or None)
     answer_ids = list(answer_ids)
     if getattr(template, "efficient_eos", False):
         answer_ids.append(tokenizer.eos_token_id)
-    source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), int(_arg(data_args, "cutoff_len", 2048)))
+    source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), data_args.cutoff_len)
     return {"input_ids": list(prompt_ids)[:source_len], "labels": answer_ids[:target_len]}

@@ -32,7 +32,6 @@ import bisect
 import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -56,10 +55,7 @@ def encoding_args(data):
     when `packing` (or `neat_packing`) is set, for every stage."""
     if packing_mode(data) != "bins":
         return data
-    cutoff = int(getattr(data, "cutoff_len", None) or 2048) - 1
-    if dataclasses.is_dataclass(data):
-        return dataclasses.replace(data, cutoff_len=cutoff)
-    return SimpleNamespace(**{**vars(data), "cutoff_len": cutoff})
+    return dataclasses.replace(data, cutoff_len=data.cutoff_len - 1)
 
 
 # ----------------------------------------------------------------------------- LF's packing

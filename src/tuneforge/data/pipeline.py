@@ -174,9 +174,14 @@ def _template_fingerprint(template) -> Any:
             getattr(template, "default_system", None), list(getattr(template, "stop_words", ()) or ())]
 
 
-_KEYS = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "mix_strategy", "interleave_probs",
-         "truncation", "default_system", "tool_format", "packing", "neat_packing", "enable_thinking",
-         "preserve_thinking", "preprocessing_batch_size")
+# DataArguments fields that do not change the encoded samples; every other field is part of the cache key,
+# so a new field invalidates old caches instead of being silently ignored by them.
+NOT_IN_CACHE_KEY = frozenset({
+    "dataset", "eval_dataset", "dataset_dir",  # the specs (with their files' fingerprints) stand for them
+    "overwrite_cache", "preprocessing_num_workers",  # the same samples either way (tested)
+    "val_size", "eval_on_each_dataset",  # applied after the split is encoded
+    "streaming", "buffer_size", "tokenized_path", "data_shared_file_system", "media_dir",  # refused when set
+})
 
 
 def _augments(cfg, split: str, stage: str) -> bool:
@@ -191,7 +196,7 @@ def _cache_key(specs, split, data, tokenizer, template, stage, seed, augmented: 
         "split": split,
         "seed": seed,
         "specs": [[repr(s), _file_fingerprint(s)] for s in specs],
-        "data": {k: getattr(data, k, None) for k in _KEYS},
+        "data": {f.name: getattr(data, f.name) for f in dataclasses.fields(data) if f.name not in NOT_IN_CACHE_KEY},
         "tokenizer": _tokenizer_fingerprint(tokenizer),
         "template": _template_fingerprint(template) if stage_record(stage).data != "text" else None,
     }
