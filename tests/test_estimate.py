@@ -14,9 +14,9 @@ from tuneforge.estimate import (
     estimate_memory,
     hardware_table,
     load_shape,
-    main_estimate,
     shape_from_config,
 )
+from tuneforge.estimate.cli import main_estimate
 from tuneforge.estimate.memory import RUNTIME_BYTES
 
 # hidden 8, 2 heads of 4 (q 8 wide), 1 KV head (k/v 4 wide), MLP 16, 2 layers, vocab 32, untied

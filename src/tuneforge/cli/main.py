@@ -273,7 +273,7 @@ def cmd_bench(args: list[str]) -> int:
 
 
 def cmd_estimate(args: list[str]) -> int:
-    from tuneforge.estimate import main_estimate
+    from tuneforge.estimate.cli import main_estimate
 
     return main_estimate(args)
 
