@@ -21,7 +21,7 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model.adapter_check import check_adapter_fits
 from tuneforge.model.loader import looks_local
-from tuneforge.config.args import split_names
+from tuneforge.config.args import FinetuningArguments, effective_lora_alpha, split_names
 from tuneforge.utils.folders import finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -147,25 +147,22 @@ def lora_target_modules(model, finetuning_args) -> list[str]:
     return targets
 
 
-def build_lora_config(model, finetuning_args):
+def build_lora_config(model, finetuning_args: FinetuningArguments):
     from peft import LoraConfig, TaskType
 
-    rank = int(getattr(finetuning_args, "lora_rank", 8))
-    alpha = getattr(finetuning_args, "lora_alpha", None)
     init = True
-    if getattr(finetuning_args, "pissa_init", False):
-        n_iter = int(getattr(finetuning_args, "pissa_iter", 16))
-        init = "pissa" if n_iter == -1 else f"pissa_niter_{n_iter}"
+    if finetuning_args.pissa_init:
+        init = "pissa" if finetuning_args.pissa_iter == -1 else f"pissa_niter_{finetuning_args.pissa_iter}"
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         inference_mode=False,
-        r=rank,
-        lora_alpha=alpha or 2 * rank,  # LF: unset (or 0) -> 2 * rank
-        lora_dropout=float(getattr(finetuning_args, "lora_dropout", 0.0)),
+        r=finetuning_args.lora_rank,
+        lora_alpha=effective_lora_alpha(finetuning_args),  # LF: unset (or 0) -> 2 * rank
+        lora_dropout=finetuning_args.lora_dropout,
         target_modules=lora_target_modules(model, finetuning_args),
-        modules_to_save=list(split_names(getattr(finetuning_args, "additional_target", None))) or None,
-        use_rslora=bool(getattr(finetuning_args, "use_rslora", False)),
-        use_dora=bool(getattr(finetuning_args, "use_dora", False)),
+        modules_to_save=list(split_names(finetuning_args.additional_target)) or None,
+        use_rslora=finetuning_args.use_rslora,
+        use_dora=finetuning_args.use_dora,
         init_lora_weights=init,
     )
 
