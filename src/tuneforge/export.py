@@ -19,7 +19,8 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.adapters import attach_adapters
 from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_path
-from tuneforge.config.args import split_names
+from tuneforge.config.args import ModelArguments, split_names
+from tuneforge.config.parser import RunConfig
 from tuneforge.utils.folders import check_replaceable, make_staging, replace_folder, write_marker
 
 logger = logging.getLogger(__name__)
@@ -31,22 +32,22 @@ MERGE_TOLERANCE = 1e-4
 EXPORT_KIND = "merged model export"
 
 
-def run_export(cfg) -> Path:
+def run_export(cfg: RunConfig) -> Path:
     """Merge, check, and write the exported model to `cfg.model.export_dir`; returns that folder."""
     import torch
 
     margs, fargs = cfg.model, cfg.finetuning
     export_dir = _check_export_args(margs)
     _check_export_dir(cfg, export_dir)
-    adapters = split_names(getattr(margs, "adapter_name_or_path", None))
-    if adapters and getattr(fargs, "finetuning_type", "lora") != "lora":
+    adapters = split_names(margs.adapter_name_or_path)
+    if adapters and fargs.finetuning_type != "lora":
         raise ConfigError(f"adapter_name_or_path is set but finetuning_type is `{fargs.finetuning_type}`; use `finetuning_type: lora`")
 
     tokenizer = load_tokenizer(margs)
     template = _run_template(cfg, tokenizer)
     source = resolve_model_path(margs.model_name_or_path)
     out_dtype = _export_dtype(margs, source)
-    device = "cuda" if getattr(margs, "export_device", "cpu") == "auto" and torch.cuda.is_available() else "cpu"
+    device = "cuda" if margs.export_device == "auto" and torch.cuda.is_available() else "cpu"
 
     # Merge and check in float32; cast to the export dtype only at the end.
     model = load_base_model(margs, is_trainable=False, compute_dtype=torch.float32).to(device)
@@ -75,36 +76,36 @@ def run_export(cfg) -> Path:
     return export_dir
 
 
-def _check_export_args(margs) -> Path:
-    if not getattr(margs, "export_dir", None):
+def _check_export_args(margs: ModelArguments) -> Path:
+    if not margs.export_dir:
         raise ConfigError("export_dir is not set: add `export_dir: path/to/output` to the export config")
-    if getattr(margs, "export_legacy_format", False):
+    if margs.export_legacy_format:
         raise NotSupportedError("export_legacy_format: true (.bin weights) is not supported: transformers 5 saves safetensors only")
-    if getattr(margs, "export_quantization_bit", None) is not None:
+    if margs.export_quantization_bit is not None:
         raise NotSupportedError("export_quantization_bit is not supported yet: export unquantized and quantize afterwards")
-    if getattr(margs, "export_hub_model_id", None):
+    if margs.export_hub_model_id:
         raise NotSupportedError("export_hub_model_id (push to the hub) is not supported yet: upload the export_dir folder yourself")
-    size = getattr(margs, "export_size", 5)
+    size = margs.export_size
     if not isinstance(size, (int, float)) or size <= 0:
         raise ConfigError(f"export_size: expected a positive number of GB per shard, got {size!r}")
     return Path(margs.export_dir).expanduser().resolve()
 
 
-def _check_export_dir(cfg, export_dir: Path) -> None:
+def _check_export_dir(cfg: RunConfig, export_dir: Path) -> None:
     """Refuse an export_dir whose contents the export would destroy (see the module docstring)."""
     margs = cfg.model
     protected = {"current directory": Path.cwd(), "model": margs.model_name_or_path,
-                 "output folder": getattr(getattr(cfg, "training", None), "output_dir", None)}
-    for index, adapter in enumerate(split_names(getattr(margs, "adapter_name_or_path", None))):
+                 "output folder": cfg.training.output_dir}
+    for index, adapter in enumerate(split_names(margs.adapter_name_or_path)):
         protected[f"adapter #{index + 1}" if index else "adapter"] = adapter
     check_replaceable(export_dir, EXPORT_KIND, "export_dir", protected)
 
 
-def _export_dtype(margs, source: str):
+def _export_dtype(margs: ModelArguments, source: str):
     """`infer_dtype` when set, else the dtype the checkpoint was saved in (float32 if unknown)."""
     import torch
 
-    infer = getattr(margs, "infer_dtype", "auto")
+    infer = margs.infer_dtype
     if infer not in (None, "auto"):
         return parse_dtype(infer)
     config_file = Path(source) / "config.json"
@@ -150,10 +151,10 @@ def _update_generation_config(model, tokenizer, template) -> None:
 # ----------------------------------------------------------------------------------------------
 # chat template
 # ----------------------------------------------------------------------------------------------
-def _run_template(cfg, tokenizer):
+def _run_template(cfg: RunConfig, tokenizer):
     """The run's template; a named built-in also becomes the exported tokenizer's chat template."""
-    data = getattr(cfg, "data", None)
-    name = getattr(data, "template", None)
+    data = cfg.data
+    name = data.template
     from tuneforge.data.templates import template_for
 
     template = template_for(data, tokenizer)

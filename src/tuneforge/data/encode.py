@@ -156,22 +156,33 @@ def _prompt_and_answers(conv: Conversation, template, tokenizer, data_args, answ
 
 
 @dataclass(frozen=True)
-class _Budget:
-    source_len: int = 0
-    target_len: int = 0
+class _TwoAnswers:
+    """A prompt and two answers cut to one budget: `(prompt + first, prompt + second)`, label masks."""
+
+    first_input_ids: list[int] = field(default_factory=list)
+    first_labels: list[int] = field(default_factory=list)
+    second_input_ids: list[int] = field(default_factory=list)
+    second_labels: list[int] = field(default_factory=list)
     full_length: int = 0
-    dropped: str = ""
+    truncated: bool = False
+    dropped: str | None = None
 
 
-def _two_answer_budget(prompt_ids, first_ids, second_ids, cutoff_len: int, data_args) -> _Budget:
-    """One `infer_seqlen` budget for a prompt and two answers (chosen/rejected, rated/KL), as LF does:
-    the longer answer decides; `truncation: drop` drops the sample instead."""
+def _encode_two_answers(prompt_conv: Conversation, answers, template, tokenizer, data_args) -> _TwoAnswers:
+    """One `infer_seqlen` budget for a prompt and two answers (chosen/rejected, rated/KL), as LF does: the
+    longer answer decides, so both keep the same prompt; `truncation: drop` drops the sample instead."""
+    cutoff_len = data_args.cutoff_len
+    prompt_ids, (first_ids, second_ids) = _prompt_and_answers(prompt_conv, template, tokenizer, data_args, answers)
     longest = max(len(first_ids), len(second_ids))
     full_length = len(prompt_ids) + longest
     if data_args.truncation == "drop" and full_length > cutoff_len:
-        return _Budget(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
+        return _TwoAnswers(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
     source_len, target_len = infer_seqlen(len(prompt_ids), longest, cutoff_len)
-    return _Budget(source_len, target_len, full_length)
+    prompt_ids, first_ids, second_ids = prompt_ids[:source_len], first_ids[:target_len], second_ids[:target_len]
+    masked = [IGNORE_INDEX] * source_len
+    return _TwoAnswers(prompt_ids + first_ids, masked + first_ids, prompt_ids + second_ids, masked + second_ids,
+                       full_length, source_len + target_len < full_length,
+                       None if first_ids and second_ids else "no answer tokens left after truncation to cutoff_len")
 
 
 def encode_pairwise_with_info(conv: Conversation, template, tokenizer, data_args) -> PairEncoding:
@@ -181,25 +192,9 @@ def encode_pairwise_with_info(conv: Conversation, template, tokenizer, data_args
         return PairEncoding(dropped="no chosen/rejected answers")
     if len(conv.messages) % 2 != 1:
         return PairEncoding(dropped="messages must end with a user turn before chosen/rejected")
-    cutoff_len = data_args.cutoff_len
-    prompt_ids, (chosen_ids, rejected_ids) = _prompt_and_answers(conv, template, tokenizer, data_args,
-                                                                 (conv.chosen, conv.rejected))
-    budget = _two_answer_budget(prompt_ids, chosen_ids, rejected_ids, cutoff_len, data_args)
-    if budget.dropped:
-        return PairEncoding(full_length=budget.full_length, dropped=budget.dropped)
-    source_len, target_len, full_length = budget.source_len, budget.target_len, budget.full_length
-    prompt_ids, chosen_ids, rejected_ids = prompt_ids[:source_len], chosen_ids[:target_len], rejected_ids[:target_len]
-    result = PairEncoding(
-        input_ids=prompt_ids + chosen_ids,
-        labels=[IGNORE_INDEX] * source_len + chosen_ids,
-        rejected_input_ids=prompt_ids + rejected_ids,
-        rejected_labels=[IGNORE_INDEX] * source_len + rejected_ids,
-        full_length=full_length,
-        truncated=source_len + target_len < full_length,
-    )
-    if not chosen_ids or not rejected_ids:
-        result.dropped = "no answer tokens left after truncation to cutoff_len"
-    return result
+    both = _encode_two_answers(conv, (conv.chosen, conv.rejected), template, tokenizer, data_args)
+    return PairEncoding(both.first_input_ids, both.first_labels, both.second_input_ids, both.second_labels,
+                        both.full_length, both.truncated, both.dropped)
 
 
 @dataclass
@@ -234,27 +229,10 @@ def encode_feedback_with_info(conv: Conversation, kl_answer, template, tokenizer
         return FeedbackEncoding(dropped="no kto_tag (true/false) value")
     if len(conv.messages) % 2 != 0 or not conv.messages:
         return FeedbackEncoding(dropped="no assistant answer to rate")
-    cutoff_len = data_args.cutoff_len
     prompt_conv = Conversation(messages=conv.messages[:-1], system=conv.system, tools=conv.tools)
-    prompt_ids, (answer_ids, kl_ids) = _prompt_and_answers(prompt_conv, template, tokenizer, data_args,
-                                                           (conv.messages[-1], kl_answer))
-    budget = _two_answer_budget(prompt_ids, answer_ids, kl_ids, cutoff_len, data_args)
-    if budget.dropped:
-        return FeedbackEncoding(full_length=budget.full_length, dropped=budget.dropped)
-    source_len, target_len, full_length = budget.source_len, budget.target_len, budget.full_length
-    prompt_ids, answer_ids, kl_ids = prompt_ids[:source_len], answer_ids[:target_len], kl_ids[:target_len]
-    result = FeedbackEncoding(
-        input_ids=prompt_ids + answer_ids,
-        labels=[IGNORE_INDEX] * source_len + answer_ids,
-        kl_input_ids=prompt_ids + kl_ids,
-        kl_labels=[IGNORE_INDEX] * source_len + kl_ids,
-        kto_tag=bool(conv.kto_tag),
-        full_length=full_length,
-        truncated=source_len + target_len < full_length,
-    )
-    if not answer_ids or not kl_ids:
-        result.dropped = "no answer tokens left after truncation to cutoff_len"
-    return result
+    both = _encode_two_answers(prompt_conv, (conv.messages[-1], kl_answer), template, tokenizer, data_args)
+    return FeedbackEncoding(both.first_input_ids, both.first_labels, both.second_input_ids, both.second_labels,
+                            bool(conv.kto_tag), both.full_length, both.truncated, both.dropped)
 
 
 def encode_prompt_only(conv: Conversation, template, tokenizer, data_args) -> dict[str, list[int]] | None:

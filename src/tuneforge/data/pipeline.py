@@ -21,7 +21,8 @@ from tuneforge.data.facts import augment_conversations
 from tuneforge.data.loaders import _files_of
 from tuneforge.data.packing import encoding_args, pack_split, packing_mode
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs
-from tuneforge.config.args import split_names
+from tuneforge.config.args import DataArguments, split_names
+from tuneforge.config.parser import RunConfig
 from tuneforge.config.stages import stage_record
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
@@ -39,23 +40,22 @@ class DatasetBundle:
     report: DataReport
 
 
-def build_datasets(cfg, tokenizer, template, stage: str = "sft") -> DatasetBundle:
+def build_datasets(cfg: RunConfig, tokenizer, template, stage: str = "sft") -> DatasetBundle:
     data = cfg.data
-    seed = getattr(getattr(cfg, "training", None), "seed", None)
+    seed = cfg.training.seed
     seed = 42 if seed is None else int(seed)  # HF's default seed
-    config_path = getattr(cfg, "config_path", None)
-    config_dir = Path(config_path).parent if config_path else None
-    val_size = getattr(data, "val_size", 0) or 0
+    config_dir = Path(cfg.config_path).parent if cfg.config_path else None
+    val_size = data.val_size
 
-    if getattr(data, "streaming", False):
+    if data.streaming:
         raise NotSupportedError("`streaming: true` is not supported yet; datasets are loaded and cached in full")
-    if not split_names(getattr(data, "dataset", None)):
+    if not split_names(data.dataset):
         raise ConfigError("`dataset` is not set: name at least one dataset (from dataset_info.json or a file path)")
-    if split_names(getattr(data, "eval_dataset", None)) and val_size:
+    if split_names(data.eval_dataset) and val_size:
         raise ConfigError("set either `val_size` or `eval_dataset`, not both")
-    dataset_dir = getattr(data, "dataset_dir", None) or "data"
+    dataset_dir = data.dataset_dir or "data"
     train_specs = load_dataset_specs(data.dataset, dataset_dir, config_dir)
-    eval_specs = load_dataset_specs(getattr(data, "eval_dataset", None), dataset_dir, config_dir)
+    eval_specs = load_dataset_specs(data.eval_dataset, dataset_dir, config_dir)
     check_stage(train_specs + eval_specs, stage)
 
     report = DataReport()
@@ -95,12 +95,12 @@ def check_stage(specs: list[DatasetSpec], stage: str) -> None:
 
 
 # ----------------------------------------------------------------------------- one split
-def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: DataReport):
+def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, report: DataReport):
     from datasets import Dataset
 
     data = cfg.data
     cache_dir = _cache_root() / _cache_key(specs, split, data, tokenizer, template, stage, seed, _augments(cfg, split, stage))
-    if cache_dir.is_dir() and not getattr(data, "overwrite_cache", False):
+    if cache_dir.is_dir() and not data.overwrite_cache:
         try:
             dataset = Dataset.load_from_disk(str(cache_dir / "data"))
             cached = DataReport.from_json(json.loads((cache_dir / "report.json").read_text(encoding="utf-8")))
@@ -122,7 +122,7 @@ def build_split(specs, split, cfg, tokenizer, template, stage, seed, report: Dat
     kind = stage_record(stage).data
     items = feedback_items(mixed, data) if kind == "feedback" else mixed
     columns = encode_rows(ROW_ENCODERS[kind], items, (template, tokenizer, encode_data), part, split,
-                          getattr(data, "preprocessing_num_workers", None))
+                          data.preprocessing_num_workers)
     if kind == "feedback":
         note = feedback_note(columns, split)
         if note:
@@ -184,11 +184,11 @@ NOT_IN_CACHE_KEY = frozenset({
 })
 
 
-def _augments(cfg, split: str, stage: str) -> bool:
-    return split == "train" and stage_record(stage).data == "supervised" and bool(getattr(getattr(cfg, "facts", None), "augment_facts", False))
+def _augments(cfg: RunConfig, split: str, stage: str) -> bool:
+    return split == "train" and stage_record(stage).data == "supervised" and bool(cfg.facts.augment_facts)
 
 
-def _cache_key(specs, split, data, tokenizer, template, stage, seed, augmented: bool = False) -> str:
+def _cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool = False) -> str:
     key = {
         "augment_facts": augmented,
         "version": CACHE_VERSION,

@@ -20,25 +20,17 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from tuneforge.config.args import GeneratingArguments
 from tuneforge.errors import ConfigError
 from tuneforge.infer.fast_step import LeanDecodeStep, auto_decode_weights_dtype
 from tuneforge.infer.decoding import IncrementalDecoder, StopWordFilter, decode_text, new_kv_cache, pick_next_token
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """LLaMA-Factory's generating keys (same names and defaults) plus ``default_system`` and ``seed``."""
+class GenerationSettings(GeneratingArguments):
+    """LLaMA-Factory's generating keys (config's `GeneratingArguments`, the one home of their defaults) plus
+    ``default_system`` and ``seed``."""
 
-    do_sample: bool = True
-    temperature: float = 0.95
-    top_p: float = 0.7
-    top_k: int = 50
-    num_beams: int = 1
-    max_length: int = 1024
-    max_new_tokens: int = 1024
-    repetition_penalty: float = 1.0
-    length_penalty: float = 1.0
-    skip_special_tokens: bool = True
     default_system: str | None = None
     seed: int | None = None
 

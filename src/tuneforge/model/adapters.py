@@ -21,7 +21,7 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model.adapter_check import check_adapter_fits
 from tuneforge.model.loader import looks_local
-from tuneforge.config.args import FinetuningArguments, effective_lora_alpha, split_names
+from tuneforge.config.args import FinetuningArguments, ModelArguments, effective_lora_alpha, split_names
 from tuneforge.utils.folders import finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -30,12 +30,12 @@ FINETUNING_TYPES = ("full", "freeze", "lora")
 _LAYER_PARAM = re.compile(r"\.(\d+)\.([^.]+)")
 
 
-def apply_finetuning(model, finetuning_args, model_args, *, is_trainable: bool):
+def apply_finetuning(model, finetuning_args: FinetuningArguments, model_args: ModelArguments, *, is_trainable: bool):
     """Set up the fine-tuning method; returns the model (a `PeftModel` for lora with adapters)."""
-    method = getattr(finetuning_args, "finetuning_type", "lora")
+    method = finetuning_args.finetuning_type
     if method not in FINETUNING_TYPES:
         raise ConfigError(f"finetuning_type: `{method}` is not one of {', '.join(FINETUNING_TYPES)}")
-    adapters = split_names(getattr(model_args, "adapter_name_or_path", None))
+    adapters = split_names(model_args.adapter_name_or_path)
     if adapters and method != "lora":
         raise ConfigError(
             f"adapter_name_or_path is set ({', '.join(adapters)}) but finetuning_type is `{method}`; "
@@ -50,7 +50,7 @@ def apply_finetuning(model, finetuning_args, model_args, *, is_trainable: bool):
             _setup_freeze(model, finetuning_args)
     else:
         model = _setup_lora(model, finetuning_args, model_args, adapters, is_trainable=is_trainable)
-    if is_trainable and not getattr(finetuning_args, "pure_bf16", False):
+    if is_trainable and not finetuning_args.pure_bf16:
         upcast_trainable_params(model)
     return model
 
@@ -81,10 +81,10 @@ def freeze_trainable_layer_ids(num_layers: int, trainable_layers: int) -> range:
     return range(min(-trainable_layers, num_layers))
 
 
-def _setup_freeze(model, finetuning_args) -> None:
-    layer_ids = set(freeze_trainable_layer_ids(_num_layers(model), int(getattr(finetuning_args, "freeze_trainable_layers", 2))))
-    modules = split_names(getattr(finetuning_args, "freeze_trainable_modules", "all")) or ["all"]
-    extra = split_names(getattr(finetuning_args, "freeze_extra_modules", None))
+def _setup_freeze(model, finetuning_args: FinetuningArguments) -> None:
+    layer_ids = set(freeze_trainable_layer_ids(_num_layers(model), int(finetuning_args.freeze_trainable_layers)))
+    modules = split_names(finetuning_args.freeze_trainable_modules) or ["all"]
+    extra = split_names(finetuning_args.freeze_extra_modules)
 
     layer_modules, outer_modules = set(), set()
     for name, _ in model.named_parameters():
@@ -133,8 +133,8 @@ def find_all_linear_modules(model) -> list[str]:
     return sorted(names)
 
 
-def lora_target_modules(model, finetuning_args) -> list[str]:
-    targets = list(split_names(getattr(finetuning_args, "lora_target", "all"))) or ["all"]
+def lora_target_modules(model, finetuning_args: FinetuningArguments) -> list[str]:
+    targets = list(split_names(finetuning_args.lora_target)) or ["all"]
     if targets == ["all"]:
         return find_all_linear_modules(model)
     module_names = {name.split(".")[-1] for name, _ in model.named_modules()}
@@ -167,10 +167,11 @@ def build_lora_config(model, finetuning_args: FinetuningArguments):
     )
 
 
-def _setup_lora(model, finetuning_args, model_args, adapters: list[str], *, is_trainable: bool):
+def _setup_lora(model, finetuning_args: FinetuningArguments, model_args: ModelArguments, adapters: list[str], *,
+                is_trainable: bool):
     from peft import get_peft_model
 
-    resume = is_trainable and not getattr(finetuning_args, "create_new_adapter", False)
+    resume = is_trainable and not finetuning_args.create_new_adapter
     if adapters:
         model = attach_adapters(model, adapters, model_args, merge_last=not resume, is_trainable=is_trainable)
     if is_trainable and not (adapters and resume):
@@ -198,17 +199,18 @@ def resolve_adapter_path(name: str) -> str:
     return name
 
 
-def attach_adapters(model, adapters: list[str], model_args, *, merge_last: bool, is_trainable: bool = False):
+def attach_adapters(model, adapters: list[str], model_args: ModelArguments, *, merge_last: bool,
+                    is_trainable: bool = False):
     """Merge every adapter but the last into the base; the last is merged too when `merge_last`,
     else returned attached as a `PeftModel` (trainable when `is_trainable`)."""
     from peft import PeftModel
 
-    kwargs = {"cache_dir": getattr(model_args, "cache_dir", None), "token": getattr(model_args, "hf_hub_token", None)}
+    kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.hf_hub_token}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for index, name in enumerate(adapters):
         path = resolve_adapter_path(name)
         if Path(path).is_dir():
-            check_adapter_fits(model, Path(path), getattr(model_args, "model_name_or_path", "the model"))
+            check_adapter_fits(model, Path(path), model_args.model_name_or_path)
         last = index == len(adapters) - 1
         try:
             model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable and last and not merge_last, **kwargs)

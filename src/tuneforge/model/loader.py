@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 
 logger = logging.getLogger(__name__)
@@ -143,21 +144,21 @@ def resolve_attn_implementation(flash_attn: Any = "auto", *, has_cuda: bool | No
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def _hub_kwargs(model_args) -> dict:
+def _hub_kwargs(model_args: ModelArguments) -> dict:
     return {
-        "cache_dir": getattr(model_args, "cache_dir", None),
-        "revision": getattr(model_args, "model_revision", None) or "main",
-        "token": getattr(model_args, "hf_hub_token", None),
-        "trust_remote_code": bool(getattr(model_args, "trust_remote_code", False)),
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision or "main",  # `model_revision: ""` too
+        "token": model_args.hf_hub_token,
+        "trust_remote_code": bool(model_args.trust_remote_code),
     }
 
 
-def quantization_kwargs(model_args, dtype) -> dict:
+def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
     """`quantization_config` for QLoRA (`quantization_bit` 4 or 8, bitsandbytes on CUDA).
 
     The config layer already refused QLoRA without CUDA + bitsandbytes, so this only builds the config.
     """
-    bits = getattr(model_args, "quantization_bit", None)
+    bits = model_args.quantization_bit
     if bits is None:
         return {}
     from transformers import BitsAndBytesConfig
@@ -168,12 +169,12 @@ def quantization_kwargs(model_args, dtype) -> dict:
         config = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_type=getattr(model_args, "quantization_type", "nf4"),
-            bnb_4bit_use_double_quant=bool(getattr(model_args, "double_quantization", True)),
+            bnb_4bit_quant_type=model_args.quantization_type,
+            bnb_4bit_use_double_quant=bool(model_args.double_quantization),
             bnb_4bit_quant_storage=dtype,
         )
     # LF: `quantization_device_map: auto` spreads the quantized model over the visible devices
-    device_map = "auto" if getattr(model_args, "quantization_device_map", None) == "auto" else {"": 0}
+    device_map = "auto" if model_args.quantization_device_map == "auto" else {"": 0}
     return {"quantization_config": config, "device_map": device_map}
 
 
@@ -223,7 +224,7 @@ def _gguf_location(path: str) -> tuple[str, str] | None:
     return None
 
 
-def load_tokenizer(model_args):
+def load_tokenizer(model_args: ModelArguments):
     """The tokenizer of `model_name_or_path` (right padding; fixing eos/pad is the template's job)."""
     from transformers import AutoTokenizer
 
@@ -234,7 +235,7 @@ def load_tokenizer(model_args):
         return _call_from_pretrained(AutoTokenizer.from_pretrained, gguf[0], "tokenizer", gguf_file=gguf[1], **kwargs)
     _check_model_folder(path)
     # transformers 5 has fast tokenizers only; `use_fast_tokenizer: false` cannot be honoured.
-    if getattr(model_args, "use_fast_tokenizer", True) is False:
+    if model_args.use_fast_tokenizer is False:
         logger.warning("use_fast_tokenizer: false is ignored: transformers 5 always uses the fast tokenizer")
     return _call_from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", **kwargs)
 
@@ -258,17 +259,17 @@ def load_gguf_dense(gguf_path: str | os.PathLike, **kwargs):
     return model
 
 
-def load_base_model(model_args, *, is_trainable: bool, compute_dtype=None):
+def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_dtype=None):
     """The plain `AutoModelForCausalLM` of `model_name_or_path`, no adapters."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model_args.model_name_or_path)
-    dtype = resolve_dtype(getattr(model_args, "infer_dtype", "auto"), compute_dtype, is_trainable=is_trainable)
-    attn = resolve_attn_implementation(getattr(model_args, "flash_attn", "auto"))
+    dtype = resolve_dtype(model_args.infer_dtype, compute_dtype, is_trainable=is_trainable)
+    attn = resolve_attn_implementation(model_args.flash_attn)
     kwargs = {**_hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
     gguf = _gguf_location(path)
     if gguf:
-        if getattr(model_args, "quantization_bit", None) is not None:
+        if model_args.quantization_bit is not None:
             raise NotSupportedError("QLoRA (`quantization_bit`) on a .gguf file is not supported yet; "
                                     "convert it to a Hugging Face folder first")
         model = load_gguf_dense(path, **kwargs)
@@ -287,7 +288,8 @@ def load_base_model(model_args, *, is_trainable: bool, compute_dtype=None):
     return model
 
 
-def load_model(model_args, finetuning_args, *, is_trainable: bool, compute_dtype=None):
+def load_model(model_args: ModelArguments, finetuning_args: FinetuningArguments, *, is_trainable: bool,
+               compute_dtype=None):
     """Base model + fine-tuning method (full / freeze / lora) + `adapter_name_or_path`."""
     from tuneforge.model.adapters import apply_finetuning
 

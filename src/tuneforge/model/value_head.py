@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -172,17 +173,17 @@ def load_value_head_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def default_head_dir(model_args) -> str:
+def default_head_dir(model_args: ModelArguments) -> str:
     """Where a model's value head lives: the last adapter folder, else the model folder."""
     from tuneforge.model.loader import resolve_model_path
     from tuneforge.config.args import split_names
 
-    adapters = split_names(getattr(model_args, "adapter_name_or_path", None))
+    adapters = split_names(model_args.adapter_name_or_path)
     return adapters[-1] if adapters else resolve_model_path(model_args.model_name_or_path)
 
 
-def load_value_head_model(model_args, finetuning_args, *, is_trainable: bool, compute_dtype=None,
-                          head_dir: str | Path | None = None) -> ValueHeadModel:
+def load_value_head_model(model_args: ModelArguments, finetuning_args: FinetuningArguments, *, is_trainable: bool,
+                          compute_dtype=None, head_dir: str | Path | None = None) -> ValueHeadModel:
     """`load_model(...)` wrapped in a `ValueHeadModel`, its head read from `head_dir` when there is one."""
     from tuneforge.model.loader import load_model
 

@@ -21,6 +21,7 @@ from tuneforge.data.templates.model import (
     check_alternation,
     normalize_messages,
 )
+from tuneforge.data.templates.tools import load_calls
 from tuneforge.errors import DataError
 
 # (marker in the chat template or vocabulary, built-in template, a note); the first match wins.
@@ -55,13 +56,7 @@ def _to_hf_message(role: str, content: str) -> dict[str, Any]:
     if role == OBSERVATION:
         return {"role": "tool", "content": content}
     if role == FUNCTION:  # a tool call: HF templates read message.tool_calls
-        try:
-            calls = json.loads(content)
-        except json.JSONDecodeError:
-            raise DataError(
-                f"a function message must be JSON {{'name', 'arguments'}}, found: {content[:200]!r}"
-            ) from None
-        calls = calls if isinstance(calls, list) else [calls]
+        calls = load_calls(content)
         return {"role": ASSISTANT, "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
     return {"role": role, "content": content}
 

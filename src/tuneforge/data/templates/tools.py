@@ -136,14 +136,19 @@ def format_tool_prompt(tool_format: str, tools_json: str) -> str:
         ) from None
 
 
-def _parse_calls(content: str) -> list[tuple[str, str]]:
+def load_calls(content: str) -> list:
+    """A function message's JSON: one call {'name', 'arguments'} or a list of them, as a list."""
     try:
         calls = json.loads(content)
     except json.JSONDecodeError:
         raise DataError(
             f"a function message must be JSON {{'name', 'arguments'}} (or a list), found: {content[:200]!r}"
         ) from None
-    calls = calls if isinstance(calls, list) else [calls]
+    return calls if isinstance(calls, list) else [calls]
+
+
+def _parse_calls(content: str) -> list[tuple[str, str]]:
+    calls = load_calls(content)
     try:
         return [(call["name"], json.dumps(call["arguments"], ensure_ascii=False)) for call in calls]
     except (KeyError, TypeError):
