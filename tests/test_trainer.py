@@ -52,7 +52,7 @@ def _dataset(tokenizer):
 
 
 def _args(output_dir, **overrides):
-    from transformers import Seq2SeqTrainingArguments
+    from tuneforge.config.args import TrainingArguments  # HF's Seq2SeqTrainingArguments + LF's overwrite_output_dir
 
     kwargs = dict(
         output_dir=str(output_dir),
@@ -72,7 +72,7 @@ def _args(output_dir, **overrides):
         dataloader_num_workers=0,
     )
     kwargs.update(overrides)
-    return Seq2SeqTrainingArguments(**kwargs)
+    return TrainingArguments(**kwargs)
 
 
 class StopAt:

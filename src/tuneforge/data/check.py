@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tuneforge.data.check_lengths import Lengths, measure
@@ -22,7 +22,9 @@ from tuneforge.data.formats import Conversation
 from tuneforge.data.loaders import origin_of
 from tuneforge.data.near_duplicates import describe_varies, find_clusters, skeleton
 from tuneforge.data.registry import load_dataset_specs
-from tuneforge.config.args import split_names
+from tuneforge.config.args import DataArguments, split_names
+from tuneforge.config.facts_args import FactArguments
+from tuneforge.config.parser import RunConfig
 from tuneforge.config.stages import stage_record
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
@@ -34,6 +36,7 @@ FACT_SHARE = 0.2  # fact answers in at least this share of the rows make it fact
 CLUSTERS_SHOWN, CLUSTERS_KEPT = 3, 20
 _VALUE = re.compile(r"[A-Za-z_]*\d[\w.:/-]*")  # numbers and ids
 FACT_SAMPLE = 500  # rows whose hidden values are counted
+FACT_KEYS = frozenset(f.name for f in fields(FactArguments))
 
 
 @dataclass(frozen=True)
@@ -59,32 +62,32 @@ def view(conv: Conversation, kind: str) -> RowView:
     return RowView(before[-1].content if before else "", context, answers, conv.source)
 
 
-def training_specs(cfg) -> list:
+def training_specs(cfg: RunConfig) -> list:
     """The specs of the config's training datasets (a ConfigError / DataError for a wrong name or stage)."""
     from tuneforge.data.pipeline import check_stage
 
     data = cfg.data
-    if not split_names(getattr(data, "dataset", None)):
+    if not split_names(data.dataset):
         raise ConfigError("`dataset` is not set: name at least one dataset (from dataset_info.json or a file path)")
-    config_dir = Path(cfg.config_path).parent if getattr(cfg, "config_path", None) else None
-    specs = load_dataset_specs(data.dataset, getattr(data, "dataset_dir", None) or "data", config_dir)
+    config_dir = Path(cfg.config_path).parent if cfg.config_path else None
+    specs = load_dataset_specs(data.dataset, data.dataset_dir or "data", config_dir)  # as pipeline.build_datasets
     check_stage(specs, cfg.finetuning.stage)
     return specs
 
 
-def run_check(cfg, tokenizer, template) -> CheckReport:
+def run_check(cfg: RunConfig, tokenizer, template) -> CheckReport:
     """Check the training rows of `cfg` with the run's own tokenizer and template (None for stage pt)."""
     start = time.perf_counter()
     data, stage = cfg.data, cfg.finetuning.stage
     specs = training_specs(cfg)
-    seed = getattr(cfg.training, "seed", None)
+    seed = cfg.training.seed
     data_report = DataReport()
     mixed = read_conversations(specs, "train", data, 42 if seed is None else int(seed), data_report)
     convs = [conv for _, conv in mixed]
     kind = stage_record(stage).data  # what the stage's rows look like (config/stages.py)
     views = [view(conv, kind) for conv in convs]
 
-    cutoff = int(getattr(data, "cutoff_len", None) or 2048)
+    cutoff = data.cutoff_len
     report = CheckReport(config=str(cfg.config_path or "(command line)"), stage=stage,
                          template="-" if template is None else getattr(template, "name", "auto"),
                          cutoff_len=cutoff, rows=len(convs))
@@ -93,9 +96,9 @@ def run_check(cfg, tokenizer, template) -> CheckReport:
         report.datasets.append({"name": spec.name, "origin": origin_of(spec), "read": stats.rows_read,
                                 "used": stats.rows_used, "invalid": sum(stats.dropped.values())})
     report.findings += format_errors(data_report, len(convs))
-    if getattr(data, "val_size", 0):
+    if data.val_size:
         report.notes.append(f"val_size={data.val_size}: the rows checked include those held out for evaluation")
-    if getattr(getattr(cfg, "facts", None), "augment_facts", False) and kind == "supervised":
+    if cfg.facts.augment_facts and kind == "supervised":
         report.notes.append("augment_facts: the rows checked are the dataset's own; training adds more questions "
                             "to its fact rows")
     if not convs:
@@ -237,7 +240,7 @@ def _value_dense(prompt: str, answer: str) -> bool:
     return len(values) >= 0.2 * max(words, 1)
 
 
-def fact_data(views: list[RowView], clusters, cfg, notes: list[str]) -> list[Finding]:
+def fact_data(views: list[RowView], clusters, cfg: RunConfig, notes: list[str]) -> list[Finding]:
     parsed = [parse_fact_answer(v.answers[0]) if v.answers else None for v in views]
     structured = [i for i, p in enumerate(parsed) if p is not None]
     dense = [i for i, p in enumerate(parsed) if p is None and views[i].answers
@@ -259,12 +262,11 @@ def fact_data(views: list[RowView], clusters, cfg, notes: list[str]) -> list[Fin
 
     from tuneforge.config.facts_args import MEMORIZE_FACTS  # read at run time: the lead tunes the values
 
-    raw, fact_args = getattr(cfg, "raw", {}) or {}, getattr(cfg, "facts", None)
-    missing = {k: v for k, v in MEMORIZE_FACTS.items() if getattr(fact_args, k, raw.get(k)) != v}
+    missing = {k: v for k, v in MEMORIZE_FACTS.items() if _recipe_value(cfg, k) != v}
     if not missing:
         notes.append("fact data: the fact recipe's keys are set (" + ", ".join(MEMORIZE_FACTS) + ")")
         severity = "info"
-    elif getattr(fact_args, "augment_facts", False):
+    elif cfg.facts.augment_facts:
         severity = "info"
         message += ". augment_facts is on (more phrasings per fact); the rest of the recipe is not"
     elif len(templated) >= 0.5 * len(facts):
@@ -284,14 +286,22 @@ def fact_data(views: list[RowView], clusters, cfg, notes: list[str]) -> list[Fin
                              "hidden_values_per_row": round(per_row, 2), "hidden_keys": keys})]
 
 
-def recipe(cfg, keys: dict) -> Suggestion:
+def _recipe_value(cfg: RunConfig, key: str):
+    """A fact recipe key's value: tuneforge's fact keys as typed (FactArguments), the others as the config
+    file or the command line wrote them (unset: None)."""
+    if key in FACT_KEYS:
+        return getattr(cfg.facts, key)
+    return cfg.raw.get(key)
+
+
+def recipe(cfg: RunConfig, keys: dict) -> Suggestion:
     data = cfg.data
-    names = data.dataset if isinstance(data.dataset, str) else ",".join(split_names(data.dataset))
-    output_dir = getattr(cfg.training, "output_dir", None)
+    names = ",".join(split_names(data.dataset))
+    output_dir = cfg.training.output_dir
     output_dir = f"{output_dir}-facts" if output_dir and output_dir != "trainer_output" else "saves/memorize_facts"
-    command = (f"tuneforge train {RECIPE_FILE} dataset_dir={getattr(data, 'dataset_dir', None) or 'data'} "
+    command = (f"tuneforge train {RECIPE_FILE} dataset_dir={data.dataset_dir or 'data'} "
                f"dataset={names} output_dir={output_dir}")
-    model = getattr(cfg.model, "model_name_or_path", None)
+    model = cfg.model.model_name_or_path
     if model and model != RECIPE_MODEL:
         command += f" model_name_or_path={model}"
     return Suggestion("train with tuneforge's fact recipe: it adds paraphrased questions, one question per field and "
@@ -354,8 +364,8 @@ def truncation(lengths: Lengths, views: list[RowView], cutoff: int) -> list[Find
     return findings
 
 
-def template_mismatch(template, tokenizer, data) -> list[Finding]:
-    if template is None or getattr(data, "template", None) in (None, "auto"):
+def template_mismatch(template, tokenizer, data: DataArguments) -> list[Finding]:
+    if template is None or data.template in (None, "auto"):
         return []
     from tuneforge.data.templates import check_template_matches
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tuneforge.config.args import DataArguments
 from tuneforge.data.encode import encode_sft_with_info, infer_seqlen
 from tuneforge.data.formats import Conversation, Message
 
@@ -74,9 +75,9 @@ def _turns(conv: Conversation, kind: str) -> list[Message] | None:
 class _Overheads:
     """The template's own tokens per message, for each kind of conversation (measured once per kind)."""
 
-    def __init__(self, template, tokenizer, data_args, kind: str):
+    def __init__(self, template, tokenizer, data_args: DataArguments, kind: str):
         self.template, self.tokenizer, self.kind = template, tokenizer, kind
-        self.default_system = getattr(data_args, "default_system", None) or None
+        self.default_system = data_args.default_system or None  # "" = none, as the encoders
         self.probe_len = len(tokenizer.encode(PROBE, add_special_tokens=False))
         self.cache: dict[tuple, list[int]] = {}
 
@@ -99,12 +100,12 @@ class _Overheads:
         return self.cache[key]
 
 
-def _simulate_sft(turns: list[tuple[int, int]], cutoff: int, data_args, efficient_eos: bool) -> tuple[int, int, str]:
+def _simulate_sft(turns: list[tuple[int, int]], cutoff: int, data_args: DataArguments, efficient_eos: bool) -> tuple[int, int, str]:
     """(full length, kept length, drop reason) by encode_sft_with_info's rules, on lengths only."""
     full = sum(s + t for s, t in turns) + (1 if efficient_eos else 0)
-    if getattr(data_args, "truncation", None) == "drop" and full > cutoff:
+    if data_args.truncation == "drop" and full > cutoff:
         return full, 0, f"longer than cutoff_len ({cutoff})"
-    mask_history = bool(getattr(data_args, "mask_history", False))
+    mask_history = data_args.mask_history
     order = turns[::-1] if mask_history else turns
     total, trained = (1 if efficient_eos else 0), 0
     for i, (source, target) in enumerate(order):
@@ -114,14 +115,14 @@ def _simulate_sft(turns: list[tuple[int, int]], cutoff: int, data_args, efficien
         total += new_source + new_target
         if not (mask_history and i != 0):
             trained += new_target
-    if getattr(data_args, "train_on_prompt", False):
+    if data_args.train_on_prompt:
         trained = total
     return full, total, "" if trained or efficient_eos else "no trained tokens left after truncation to cutoff_len"
 
 
-def measure(rows: list[Conversation], template, tokenizer, data_args, kind: str, margin: int | None = None) -> Lengths:
+def measure(rows: list[Conversation], template, tokenizer, data_args: DataArguments, kind: str, margin: int | None = None) -> Lengths:
     """Lengths of every row as the stage's encoder would produce them (see the module docstring)."""
-    cutoff = int(getattr(data_args, "cutoff_len", None) or 2048)
+    cutoff = data_args.cutoff_len
     margin = max(8, cutoff // 50) if margin is None else margin
     if kind == "text":
         return _measure_pt(rows, tokenizer, data_args, cutoff)
@@ -149,7 +150,7 @@ def measure(rows: list[Conversation], template, tokenizer, data_args, kind: str,
         else:
             prompt, answer = sum(sizes[:-1]) + extra[0], sizes[-1] + extra[1] + (1 if efficient_eos else 0)
             full = prompt + answer
-            if getattr(data_args, "truncation", None) == "drop" and full > cutoff:
+            if data_args.truncation == "drop" and full > cutoff:
                 kept, dropped = 0, f"longer than cutoff_len ({cutoff})"
             else:
                 kept, dropped = sum(infer_seqlen(prompt, answer, cutoff)), ""
@@ -159,7 +160,7 @@ def measure(rows: list[Conversation], template, tokenizer, data_args, kind: str,
     return result
 
 
-def _make_exact(result: Lengths, rows, template, tokenizer, data_args, cutoff: int, margin: int) -> None:
+def _make_exact(result: Lengths, rows, template, tokenizer, data_args: DataArguments, cutoff: int, margin: int) -> None:
     """Re-encode the rows near cutoff_len with the real encoder: whether they are cut is then exact."""
     near = [i for i, r in enumerate(result.rows) if r.full and abs(r.full - cutoff) <= margin]
     result.estimated_near_cutoff = max(0, len(near) - MAX_EXACT)
@@ -170,7 +171,7 @@ def _make_exact(result: Lengths, rows, template, tokenizer, data_args, cutoff: i
             result.rows[i] = exact
 
 
-def _exact(conv: Conversation, template, tokenizer, data_args) -> RowLength | None:
+def _exact(conv: Conversation, template, tokenizer, data_args: DataArguments) -> RowLength | None:
     try:
         enc = encode_sft_with_info(conv, template, tokenizer, data_args)
     except Exception:  # noqa: BLE001
@@ -179,11 +180,11 @@ def _exact(conv: Conversation, template, tokenizer, data_args) -> RowLength | No
     return RowLength(len(enc.input_ids) - answer, answer, enc.full_length, len(enc.input_ids), enc.dropped or "", True)
 
 
-def _measure_pt(rows: list[Conversation], tokenizer, data_args, cutoff: int) -> Lengths:
+def _measure_pt(rows: list[Conversation], tokenizer, data_args: DataArguments, cutoff: int) -> Lengths:
     """Stage pt: documents (+ bos / eos) are packed into cutoff_len blocks; without packing each is cut."""
     texts = [conv.messages[0].content if conv.messages else "" for conv in rows]
     special = 1 + bool(getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None)
-    packing = getattr(data_args, "packing", None) is not False
+    packing = data_args.packing is not False
     result = Lengths()
     for size in token_counts(texts, tokenizer):
         full = size + special

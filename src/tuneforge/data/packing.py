@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.config.args import DataArguments
 from tuneforge.data.collate import PackedCollator, PaddedCollator
 from tuneforge.data.report import DataReport
 from tuneforge.data.stage_encode import to_dataset
@@ -43,14 +44,14 @@ from tuneforge.data.workers import shard_bounds
 from tuneforge.errors import DataError
 
 
-def packing_mode(data) -> str:
+def packing_mode(data: DataArguments) -> str:
     """`per_batch` (unset), `padded` (`packing: false`) or `bins` (`packing: true` / `neat_packing: true`)."""
-    if getattr(data, "neat_packing", False) or getattr(data, "packing", None) is True:
+    if data.neat_packing or data.packing is True:
         return "bins"
-    return "padded" if getattr(data, "packing", None) is False else "per_batch"
+    return "padded" if data.packing is False else "per_batch"
 
 
-def encoding_args(data):
+def encoding_args(data: DataArguments) -> DataArguments:
     """The data arguments the encoders see: LF's `DataArguments.__post_init__` lowers `cutoff_len` by one
     when `packing` (or `neat_packing`) is set, for every stage."""
     if packing_mode(data) != "bins":
@@ -107,19 +108,19 @@ def batch_ranges(count: int, batch_size: int, num_proc: int | None) -> list[tupl
     return ranges
 
 
-def pack_split(dataset, data, report: DataReport, split: str):
+def pack_split(dataset, data: DataArguments, report: DataReport, split: str):
     """An encoded sft split (input_ids, labels) -> LF's packed rows (input_ids, labels, position_ids)."""
     from datasets import Features, List, Value
 
     capacity = int(encoding_args(data).cutoff_len)
-    batch_size = max(int(getattr(data, "preprocessing_batch_size", None) or 1000), 1)
+    batch_size = data.preprocessing_batch_size  # at least 1 (config/validate.py)
     input_ids, labels = dataset["input_ids"], dataset["labels"]
     columns: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
-    for start, end in batch_ranges(len(input_ids), batch_size, getattr(data, "preprocessing_num_workers", None)):
+    for start, end in batch_ranges(len(input_ids), batch_size, data.preprocessing_num_workers):
         for row in pack_batch(input_ids[start:end], labels[start:end], capacity):
             for key, values in zip(columns, row):
                 columns[key].append(values)
-    neat = bool(getattr(data, "neat_packing", False))
+    neat = data.neat_packing
     report.notes.append(
         f"{split}: packing: {len(input_ids)} sample(s) packed into {len(columns['input_ids'])} row(s) of at most "
         f"{capacity} tokens (cutoff_len - 1, as LLaMA-Factory), "
@@ -169,10 +170,10 @@ class BinCollator:
         return batch
 
 
-def sft_collator(data, pad_token_id: int):
+def sft_collator(data: DataArguments, pad_token_id: int):
     """The collator for sft's layout (see `packing_mode`)."""
     mode = packing_mode(data)
     if mode == "bins":
-        return BinCollator(pad_token_id, neat=bool(getattr(data, "neat_packing", False)))
+        return BinCollator(pad_token_id, neat=data.neat_packing)
     return PaddedCollator(pad_token_id=pad_token_id) if mode == "padded" else PackedCollator()
 

@@ -3,6 +3,7 @@ reported) -> mixed. Shared by the training pipeline (`pipeline.build_split`) and
 
 from __future__ import annotations
 
+from tuneforge.config.args import DataArguments
 from tuneforge.data.formats import Conversation, RowError, check_column_mapping, convert_row
 from tuneforge.data.loaders import load_rows, origin_of, sample_rows
 from tuneforge.data.report import DataReport
@@ -11,7 +12,7 @@ from tuneforge.errors import ConfigError, NotSupportedError
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
 
-def read_conversations(specs, split, data, seed, report: DataReport) -> list[tuple[str, Conversation]]:
+def read_conversations(specs, split, data: DataArguments, seed, report: DataReport) -> list[tuple[str, Conversation]]:
     """The rows a split trains on, as (dataset name, Conversation): read, sampled (num_samples / max_samples),
     converted (bad rows reported as dropped) and mixed. `tuneforge data check` reads the same rows."""
     conversations = []
@@ -19,7 +20,7 @@ def read_conversations(specs, split, data, seed, report: DataReport) -> list[tup
         rows = load_rows(spec)
         check_column_mapping(spec, (row.values for row in rows), origin_of(spec))
         report.read(spec.name, len(rows), split)
-        rows = sample_rows(rows, spec.num_samples, getattr(data, "max_samples", None), seed)
+        rows = sample_rows(rows, spec.num_samples, data.max_samples, seed)
         converted = []
         for row in rows:
             try:
@@ -36,10 +37,10 @@ def read_conversations(specs, split, data, seed, report: DataReport) -> list[tup
     return mixed
 
 
-def mix(conversations: list[list[Conversation]], names: list[str], data, seed: int) -> list[tuple[str, Conversation]]:
+def mix(conversations: list[list[Conversation]], names: list[str], data: DataArguments, seed: int) -> list[tuple[str, Conversation]]:
     """LF's `mix_strategy`: concat, or interleave (HF `interleave_datasets`) stopping at the first
     exhausted dataset (`interleave_under`) or when all are exhausted (`interleave_over`)."""
-    strategy = getattr(data, "mix_strategy", None) or "concat"
+    strategy = data.mix_strategy
     if strategy == "interleave_once":
         raise NotSupportedError("mix_strategy 'interleave_once' is not supported yet (use concat or interleave_*)")
     if strategy not in MIX_STRATEGIES:
@@ -49,9 +50,7 @@ def mix(conversations: list[list[Conversation]], names: list[str], data, seed: i
 
     from datasets import Dataset, interleave_datasets
 
-    probs = getattr(data, "interleave_probs", None)
-    if isinstance(probs, str):
-        probs = [float(p) for p in probs.split(",") if p.strip()]
+    probs = list(data.interleave_probs) if data.interleave_probs is not None else None  # a tuple (DataArguments)
     if probs is not None and len(probs) != len(conversations):
         raise ConfigError(f"interleave_probs has {len(probs)} value(s) but there are {len(conversations)} datasets")
     # interleave row indexes with HF's own function so the order matches LF exactly

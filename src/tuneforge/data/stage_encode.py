@@ -11,6 +11,7 @@ items: `(dataset name, Conversation)`; for kto `(name, Conversation, mismatched 
 
 from __future__ import annotations
 
+from tuneforge.config.args import DataArguments
 from tuneforge.data import encode as encoding
 from tuneforge.data.formats import Message
 from tuneforge.data.report import DataReport
@@ -89,12 +90,12 @@ def encode_pairwise_rows(items, template, tokenizer, data, report: DataReport, s
     return columns
 
 
-def feedback_items(mixed, data) -> list[tuple]:
+def feedback_items(mixed, data: DataArguments) -> list[tuple]:
     """kto rows with their mismatched (KL) answer: every row's last message, as an assistant answer, is a
     neighbour's (LF: within each preprocessing batch, see `encode.kl_answers`)."""
-    batch_size = int(getattr(data, "preprocessing_batch_size", None) or 1000)
     answers = [Message("assistant", conv.messages[-1].content if conv.messages else "") for _, conv in mixed]
-    return [(name, conv, kl) for (name, conv), kl in zip(mixed, encoding.kl_answers(answers, batch_size))]
+    kl = encoding.kl_answers(answers, data.preprocessing_batch_size)
+    return [(name, conv, kl_answer) for (name, conv), kl_answer in zip(mixed, kl)]
 
 
 def encode_feedback_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
@@ -154,8 +155,8 @@ def tokenize_pt_rows(items, template, tokenizer, data, report: DataReport, split
     return {"documents": documents}
 
 
-def pt_blocks(documents: list[list[int]], data) -> dict[str, list]:
-    blocks = encoding.pack_blocks(documents, int(data.cutoff_len), getattr(data, "packing", None) is not False)
+def pt_blocks(documents: list[list[int]], data: DataArguments) -> dict[str, list]:
+    blocks = encoding.pack_blocks(documents, data.cutoff_len, data.packing is not False)
     return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
 

@@ -15,22 +15,25 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneforge.errors import DataError
+
+if TYPE_CHECKING:
+    from tuneforge.config.parser import RunConfig
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
 
 
-def build_predict_dataset(cfg, tokenizer, template):
+def build_predict_dataset(cfg: RunConfig, tokenizer, template):
     """The eval datasets encoded prompt-only (LF's unsupervised processor) + the data report."""
     from tuneforge.data.pipeline import build_split, check_stage
     from tuneforge.data.registry import load_dataset_specs
     from tuneforge.data.report import DataReport
 
-    config_path = getattr(cfg, "config_path", None)
     specs = load_dataset_specs(cfg.data.eval_dataset, cfg.data.dataset_dir or "data",
-                               Path(config_path).parent if config_path else None)
+                               Path(cfg.config_path).parent if cfg.config_path else None)
     for spec in specs:
         if spec.ranking:
             raise DataError(f"{spec.where} is a ranking dataset (chosen/rejected answers); prediction needs "

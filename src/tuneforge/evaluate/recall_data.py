@@ -14,8 +14,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneforge.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from tuneforge.config.parser import RunConfig
 
 RESULTS_FILE = "recall_results.json"
 DRIFT_QUESTIONS_FILE = Path(__file__).resolve().parent / "drift_questions.json"  # package data
@@ -31,12 +35,12 @@ class TrainingQuestion:
     source: str = ""              # "data/x.json row 3"
 
 
-def run_seed(cfg) -> int:
-    seed = getattr(getattr(cfg, "training", None), "seed", None)
+def run_seed(cfg: RunConfig) -> int:
+    seed = cfg.training.seed
     return 42 if seed is None else int(seed)  # the data pipeline's rule
 
 
-def training_questions(cfg) -> tuple[list[TrainingQuestion], int]:
+def training_questions(cfg: RunConfig) -> tuple[list[TrainingQuestion], int]:
     """(questions, rows skipped) for the config's `dataset`; skipped = rows that are not a question
     followed by an answer (or that the converters reject: `tuneforge data preview` names them)."""
     from tuneforge.data.pipeline import check_stage
@@ -48,8 +52,7 @@ def training_questions(cfg) -> tuple[list[TrainingQuestion], int]:
     data = cfg.data
     if not split_names(data.dataset):
         raise ConfigError("eval recall asks the training questions: set `dataset` (the names trained on)")
-    config_path = getattr(cfg, "config_path", None)
-    config_dir = Path(config_path).parent if config_path else None
+    config_dir = Path(cfg.config_path).parent if cfg.config_path else None
     specs = load_dataset_specs(data.dataset, data.dataset_dir or "data", config_dir)
     check_stage(specs, "sft")  # ranking data has no single answer to recall
     report = DataReport()

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Union
 
+from tuneforge.config.args import DataArguments
 from tuneforge.data.templates.auto import JinjaTemplate, check_template_matches, suggest_builtin
 from tuneforge.data.templates.model import SpecialSlot, Template, TemplateError, template_from_dict
 from tuneforge.data.templates.tools import check_tool_format
@@ -106,15 +107,15 @@ def get_template(
     return dataclasses.replace(template, **changes) if changes else template
 
 
-def template_for(data_args: Any, tokenizer: Any) -> ChatTemplate:
+def template_for(data_args: DataArguments, tokenizer: Any) -> ChatTemplate:
     """The run's template from its data arguments: `template` with `default_system`, `enable_thinking`
     and `tool_format` applied (LLaMA-Factory's `get_template_and_fix_tokenizer`). Every path that builds
     a run's template (training, chat, reward scoring, export, evaluation) goes through here, so none of
     these keys can be dropped."""
     return get_template(
-        getattr(data_args, "template", None),
+        data_args.template,
         tokenizer,
-        default_system=getattr(data_args, "default_system", None),
-        enable_thinking=getattr(data_args, "enable_thinking", True),
-        tool_format=getattr(data_args, "tool_format", None),
+        default_system=data_args.default_system,
+        enable_thinking=data_args.enable_thinking,
+        tool_format=data_args.tool_format,
     )
