@@ -1,4 +1,8 @@
-"""Chat templates: golden renderings (checked against LLaMA-Factory 0.9.4), token ids, auto, errors."""
+"""Chat templates: golden renderings (checked against LLaMA-Factory), token ids, auto, errors.
+
+Every LLaMA-Factory template is compared with renderings made by LF's own code in test_templates_lf.py;
+the GOLDEN strings here are a readable sample of them.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ _IM_WITH_SYSTEM = (
 )
 
 # name -> (rendering with SYSTEM, rendering without a system prompt when the template has a default one)
-# bos_token="<s>", eos_token="</s>". Every string was compared with LLaMA-Factory 0.9.4's token ids.
+# bos_token="<s>", eos_token="</s>". Every string was compared with LLaMA-Factory 0.9.4's token ids; the
+# thinking families below (qwen3_5, gpt_oss, glm4_7, gemma4, seed_oss) with LF 0.9.5's (enable_thinking on).
 GOLDEN = {
     "qwen": (
         _IM_WITH_SYSTEM,
@@ -105,6 +110,40 @@ GOLDEN = {
         "detailed, and polite answers to the user's questions.USER: Hi ASSISTANT:Hello!</s>USER: What is 2+2? "
         "ASSISTANT:4</s>",
     ),
+    "qwen3_5": (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        "<think>\n\n</think>\n\nHello!<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+        "<think>\n\n</think>\n\n4<|im_end|>\n",
+        None,
+    ),
+    "gpt_oss": (  # LF 0.9.5 dropped the <|end|> after an assistant message (0.9.4 had it)
+        "<|start|>system<|message|>You are terse.<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant"
+        "<|channel|>analysis<|message|><|end|><|start|>assistant<|channel|>final<|message|>Hello!"
+        "<|start|>user<|message|>What is 2+2?<|end|><|start|>assistant<|channel|>analysis<|message|><|end|>"
+        "<|start|>assistant<|channel|>final<|message|>4",
+        "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.<|end|>"
+        "<|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>analysis<|message|><|end|><|start|>assistant"
+        "<|channel|>final<|message|>Hello!<|start|>user<|message|>What is 2+2?<|end|><|start|>assistant"
+        "<|channel|>analysis<|message|><|end|><|start|>assistant<|channel|>final<|message|>4",
+    ),
+    "glm4_7": (  # the empty thought is only the closing tag
+        "[gMASK]<sop><|system|>\nYou are terse.<|user|>\nHi<|assistant|></think>\nHello!<|user|>\nWhat is 2+2?"
+        "<|assistant|></think>\n4",
+        None,
+    ),
+    "gemma4": (
+        "<s><|turn>system\n<|think|>You are terse.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
+        "<|channel>thought\n<channel|>Hello!<turn|>\n<|turn>user\nWhat is 2+2?<turn|>\n<|turn>model\n"
+        "<|channel>thought\n<channel|>4<turn|>\n",
+        "<s><|turn>system\n<|think|>You are a helpful assistant.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
+        "<|channel>thought\n<channel|>Hello!<turn|>\n<|turn>user\nWhat is 2+2?<turn|>\n<|turn>model\n"
+        "<|channel>thought\n<channel|>4<turn|>\n",
+    ),
+    "seed_oss": (
+        "<s>system\nYou are terse.</s><s>user\nHi</s><s>assistant\n<seed:think></seed:think>Hello!</s>"
+        "<s>user\nWhat is 2+2?</s><s>assistant\n<seed:think></seed:think>4</s>",
+        None,
+    ),
     "zephyr": (
         "<|system|>\nYou are terse.</s><|user|>\nHi</s><|assistant|>\nHello!</s><|user|>\nWhat is 2+2?</s>"
         "<|assistant|>\n4</s>",
@@ -154,7 +193,8 @@ def test_generation_prompt_text():
 
 def test_all_required_templates_shipped():
     required = "qwen qwen3 qwen3_nothink llama3 llama2 mistral chatml default alpaca empty smollm smollm2 gemma glm4 deepseek3 phi4 yi vicuna zephyr"
-    assert set(required.split()) <= set(available_templates())
+    thinking = "qwen3_5 qwen3_5_nothink qwen3_6 deepseekr1 gpt_oss glm4_7 gemma4 seed_oss"
+    assert set(required.split()) | set(thinking.split()) <= set(available_templates())
 
 
 # ------------------------------------------------------------------ token ids (LF semantics)
@@ -344,10 +384,10 @@ def test_check_template_matches(tiny_tokenizer):
 
 # ------------------------------------------------------------------ errors
 def test_unknown_template_name_suggests():
-    with pytest.raises(TemplateError, match=r"unknown template 'qwen2'.*did you mean 'qwen'.*available: auto, alpaca"):
+    with pytest.raises(TemplateError, match=r"unknown template 'qwen2'.*did you mean 'qwen'.*available: auto, aeva"):
         get_template("qwen2", None)
-    with pytest.raises(NotSupportedError, match="template 'llava' .*not shipped"):
-        get_template("llava", None)
+    # multimodal LF templates are shipped for text-only conversations (as LF renders them without media)
+    assert get_template("llava", None).render_text(CONV[:2], bos_token=None, eos_token=None).endswith("Hello!")
 
 
 def test_bad_conversations():

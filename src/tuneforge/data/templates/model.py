@@ -135,6 +135,7 @@ class Template:
     format_function: Slots
     format_observation: Slots
     format_prefix: Slots = ()
+    format_tools: Slots = ()  # phi4_mini: the tools JSON goes into these slots as-is (else `tool_format` renders it)
     tool_format: str = "default"
     default_system: str = ""
     stop_words: tuple[str, ...] = ()
@@ -143,7 +144,9 @@ class Template:
     replace_eos: bool = False  # fix_tokenizer makes stop_words[0] the eos token
     system_in_first_user: bool = False  # llama2 / gemma / mistral style: system text is fused into turn 1
     reasoning: bool = False  # qwen3 style: empty thought added to responses without one
+    empty_thought_text: str | None = None  # glm4_7 style: the empty thought is this (default: both thought words)
     enable_thinking: bool | None = True
+    preserve_thinking: bool = False  # LF's `preserve_thinking`: encode_oneturn keeps the thoughts of history turns
 
     # ---------------------------------------------------------------- elements (slots) per message
     def _message_slots(
@@ -157,7 +160,7 @@ class Template:
             if i == 0:
                 slots += self.format_prefix
                 if system or tools:
-                    tool_text = format_tool_prompt(self.tool_format, tools) if tools else ""
+                    tool_text = self._tool_text(tools) if tools else ""
                     filled = fill_slots(self.format_system, content=system + tool_text)
                     if self.system_in_first_user:
                         system_text = filled[0]  # a single string slot (checked when the template is built)
@@ -179,9 +182,16 @@ class Template:
             result.append(slots)
         return result
 
+    def _tool_text(self, tools: str) -> str:
+        if self.format_tools:  # LF: a StringFormatter as format_tools; its first slot, tools JSON unparsed
+            return str(fill_slots(self.format_tools, content=tools)[0])
+        return format_tool_prompt(self.tool_format, tools)
+
     # ---------------------------------------------------------------- reasoning (thought) handling
     @property
     def empty_thought(self) -> str:
+        if self.empty_thought_text is not None:
+            return self.empty_thought_text
         return self.thought_words[0] + self.thought_words[1]
 
     def _remove_thought(self, content: str) -> str:
@@ -191,12 +201,15 @@ class Template:
     def _has_thought(self, content: str) -> bool:
         return self.thought_words[0].strip() in content or self.thought_words[1].strip() in content
 
-    def _multiturn_slots(self, msgs, system, tools) -> list[list[Slot]]:
+    def _multiturn_slots(self, msgs, system, tools, discarding_history_cot: bool = False) -> list[list[Slot]]:
         if self.reasoning and self.enable_thinking is False:  # drop every chain of thought
             msgs = [(r, self._remove_thought(c) if i % 2 else c) for i, (r, c) in enumerate(msgs)]
+        discarding_history_cot = self.reasoning and discarding_history_cot
+        if discarding_history_cot:  # history turns lose their thoughts; only the last turn gets an empty one
+            msgs = [(r, self._remove_thought(c) if i % 2 and i < len(msgs) - 2 else c) for i, (r, c) in enumerate(msgs)]
         per_message = self._message_slots(msgs, system, tools)
         if self.reasoning:
-            for i in range(0, len(msgs) - 1, 2):
+            for i in [len(msgs) - 2] if discarding_history_cot else range(0, len(msgs) - 1, 2):
                 if not self._has_thought(msgs[i + 1][1]):
                     if not self.enable_thinking:  # empty thought is part of the prompt (no loss)
                         per_message[i].append(self.empty_thought)
@@ -209,7 +222,8 @@ class Template:
             last = len(msgs) - 1
 
             def drop(i: int) -> bool:
-                return (i % 2 == 1 and i < last - 1) or (i == last and self.enable_thinking is False)
+                history = i % 2 == 1 and i < last - 1 and not self.preserve_thinking
+                return history or (i == last and self.enable_thinking is False)
 
             msgs = [(r, self._remove_thought(c) if drop(i) else c) for i, (r, c) in enumerate(msgs)]
         per_message = self._message_slots(msgs, system, tools)
@@ -223,12 +237,17 @@ class Template:
         return prompt, response
 
     # ---------------------------------------------------------------- public interface
-    def encode_multiturn(self, tokenizer, messages, system=None, tools=None) -> list[tuple[list[int], list[int]]]:
+    def encode_multiturn(
+        self, tokenizer, messages, system=None, tools=None, discarding_history_cot: bool = False
+    ) -> list[tuple[list[int], list[int]]]:
         """One ``(prompt_ids, response_ids)`` pair per turn. With ``efficient_eos`` the eos is *not* in the
-        response ids: LLaMA-Factory's encoders append one eos after the last response instead."""
+        response ids: LLaMA-Factory's encoders append one eos after the last response instead.
+
+        ``discarding_history_cot`` (reasoning templates only; LF passes ``mask_history and not
+        preserve_thinking``): thoughts of history turns are removed and only the last turn gets an empty one."""
         msgs = normalize_messages(messages)
         check_alternation(msgs, ends_with_prompt=False)
-        per_message = self._multiturn_slots(msgs, system, tools)
+        per_message = self._multiturn_slots(msgs, system, tools, discarding_history_cot)
         ids = [slots_to_ids(tokenizer, slots) for slots in per_message]
         return [(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)]
 
@@ -314,10 +333,12 @@ _SLOT_KEYS = (
     "format_function",
     "format_observation",
     "format_prefix",
+    "format_tools",
 )
 _SCALAR_KEYS = {
     "base": str, "tool_format": str, "default_system": str, "stop_words": list, "thought_words": list,
-    "efficient_eos": bool, "replace_eos": bool, "system_in_first_user": bool, "reasoning": bool, "comment": str,
+    "efficient_eos": bool, "replace_eos": bool, "system_in_first_user": bool, "reasoning": bool,
+    "empty_thought": str, "comment": str,
 }  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{[a-zA-Z_][a-zA-Z0-9_]*\}\}")
 
@@ -367,6 +388,10 @@ def template_from_dict(name: str, raw: dict[str, Any]) -> Template:
     }
     parsed = {key: _parse_slots(name, key, value) for key, value in slots.items()}
     parsed["format_prefix"] = _parse_slots(name, "format_prefix", raw.get("format_prefix", []))
+    if "format_tools" in raw:
+        parsed["format_tools"] = _parse_slots(name, "format_tools", raw["format_tools"])
+        if not isinstance(parsed["format_tools"][0], str):
+            raise TemplateError(f"template '{name}': format_tools must start with a string slot")
     system_in_first_user = raw.get("system_in_first_user", False)
     if system_in_first_user and not isinstance(parsed["format_system"][0], str):
         raise TemplateError(f"template '{name}': with system_in_first_user, format_system must start with a string")
@@ -384,4 +409,5 @@ def template_from_dict(name: str, raw: dict[str, Any]) -> Template:
         replace_eos=raw.get("replace_eos", False),
         system_in_first_user=system_in_first_user,
         reasoning=raw.get("reasoning", False),
+        empty_thought_text=raw.get("empty_thought"),
     )
