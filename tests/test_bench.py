@@ -9,7 +9,7 @@ import yaml
 
 from tuneforge.bench import flops
 from tuneforge.bench.gemm import CACHE_FILE, cache_key, gemm_peak_gflops
-from tuneforge.bench.runner import StepTimer, bench_overrides
+from tuneforge.bench.runner import StepTimer, _weights_dtype, bench_overrides
 from tuneforge.errors import NotSupportedError
 
 SHAPE = flops.ModelFlopsShape(linear_params=1000, trainable_linear_params=100, head_params=50,
@@ -42,6 +42,26 @@ def test_shape_from_lora_model_counts_base_and_adapter(tiny_llama_dir):
     assert shape.trainable_linear_params == lora
     assert shape.head_params == model.config.vocab_size * 32 and not shape.head_trainable
     assert (shape.num_layers, shape.attention_width) == (2, 32)
+
+
+def test_packed_4bit_weights_count_their_real_shape_and_not_as_the_dtype(tiny_llama_dir):
+    """A bitsandbytes 4-bit weight is a (n/2, 1) uint8 tensor with the real shape in `quant_state`:
+    the FLOPs count the real shape, and the MFU peak is the float dtype's (no uint8 GEMM on CUDA)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    before = flops.shape_from_model(model)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            shape = module.weight.shape
+            packed = torch.nn.Parameter(torch.zeros(shape.numel() // 2, 1, dtype=torch.uint8), requires_grad=False)
+            packed.quant_state = SimpleNamespace(shape=shape)
+            module.weight = packed
+    assert flops.shape_from_model(model).linear_params == before.linear_params
+    assert _weights_dtype(model) == "float32"
 
 
 def test_step_timer_measures_only_after_warmup():

@@ -15,6 +15,7 @@ MFU definitions (PaLM appendix B).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -42,9 +43,12 @@ def shape_from_model(model) -> ModelFlopsShape:
             continue
         if head_weight is not None and module.weight is head_weight:
             continue
-        linear += module.weight.numel()
+        # a bitsandbytes 4-bit weight is packed (several values an element); its quant_state has the real shape
+        quant_shape = getattr(getattr(module.weight, "quant_state", None), "shape", None)
+        count = math.prod(quant_shape) if quant_shape is not None else module.weight.numel()
+        linear += count
         if module.weight.requires_grad:
-            trainable += module.weight.numel()
+            trainable += count
     config = getattr(base.config, "text_config", None) or base.config
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)

@@ -102,12 +102,13 @@ def _current_rss_gib() -> float:
 
 
 def _weights_dtype(model) -> str:
-    """The dtype most linear weights have: the GEMM peak MFU is measured against."""
+    """The dtype most linear weights have: the GEMM peak MFU is measured against. Packed integer
+    weights (bitsandbytes 4/8-bit) are left out: they are dequantized to the compute dtype."""
     from collections import Counter
 
     counts: Counter[str] = Counter()
     for param in model.parameters():
-        if param.ndim == 2:
+        if param.ndim == 2 and param.dtype.is_floating_point:
             counts[str(param.dtype).removeprefix("torch.")] += param.numel()
     return counts.most_common(1)[0][0] if counts else "float32"
 

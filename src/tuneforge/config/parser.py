@@ -404,7 +404,8 @@ def _build(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     try:
-        training = TrainingArguments(**training_kwargs(sections["training"], finetuning.disable_shuffling))
+        training = TrainingArguments(**training_kwargs(sections["training"], finetuning.disable_shuffling,
+                                                     finetuning.finetuning_type))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
     return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts)

@@ -298,9 +298,12 @@ def _check_training(v: _View, *, require_output_dir: bool) -> None:
         )
 
 
-def training_kwargs(section: dict[str, Any], disable_shuffling: bool) -> dict[str, Any]:
+def training_kwargs(section: dict[str, Any], disable_shuffling: bool, finetuning_type: str) -> dict[str, Any]:
     """Keyword arguments for `TrainingArguments`, with tuneforge's defaults where the user gave none."""
     kwargs = dict(section)
+    if finetuning_type == "lora":
+        # as LF: every LoRA parameter gets a gradient, so DDP need not search the graph for unused ones
+        kwargs.setdefault("ddp_find_unused_parameters", False)
     kwargs.setdefault("report_to", "none")  # LF users expect no tracker unless they ask for one
     if "use_cpu" not in kwargs and not cuda_available() and not mps_available():
         # HF refuses bf16 without a GPU unless use_cpu is set; on a CPU-only machine that is what runs anyway.

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import torch
 from transformers import AttentionInterface
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 PACKED_SDPA = "tuneforge_packed_sdpa"
+# Every packed sample has its own length: cuDNN attention builds a graph per new shape (2.7 ms of CPU per
+# call on an H200, 15x the kernel; bench/RESULTS.md "GPU"), so the per-sample calls leave it out.
+_PER_SAMPLE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def packed_lengths(position_ids: torch.Tensor | None, length: int) -> list[int] | None:
@@ -52,9 +56,10 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
     outputs = []
     # split (not slicing): its backward is one concatenation instead of a zero-filled
     # full-size gradient per sample.
-    for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2)):
-        out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)
-        outputs.append(out)  # [1, n_i, heads, head_dim]
+    with sdpa_kernel(_PER_SAMPLE_BACKENDS):
+        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2)):
+            out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)
+            outputs.append(out)  # [1, n_i, heads, head_dim]
     return torch.cat(outputs, dim=1), None
 
 

@@ -125,9 +125,11 @@ class TuneforgeTrainer(Trainer):
                 self._log_fallback_once(reason)
             loss, outputs = self._plain_forward_loss(model, inputs, num_items_in_batch)
         else:
-            loss = chunked_causal_lm_loss(
-                parts, inputs, chunk_size=self.loss_chunk_size, num_items_in_batch=num_items_in_batch
-            )
+            # accelerate puts `bf16`/`fp16` autocast around model.forward(); the parts are called directly
+            with self.accelerator.autocast():
+                loss = chunked_causal_lm_loss(
+                    parts, inputs, chunk_size=self.loss_chunk_size, num_items_in_batch=num_items_in_batch
+                )
         loss = self._scale_for_devices(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
@@ -183,8 +185,9 @@ class TuneforgeTrainer(Trainer):
         unwrapped = self.accelerator.unwrap_model(model)
         parts, reason = resolve_lm_parts(unwrapped, inputs)
         if parts is not None and unwrapped is model:
-            loss, hits, keep = chunked_causal_lm_eval(parts, inputs, chunk_size=self.loss_chunk_size,
-                                                      num_items_in_batch=num_items)
+            with self.accelerator.autocast():
+                loss, hits, keep = chunked_causal_lm_eval(parts, inputs, chunk_size=self.loss_chunk_size,
+                                                          num_items_in_batch=num_items)
         else:  # the model's own forward: its logits exist anyway
             self._log_fallback_once(reason or f"the model is wrapped by {type(model).__name__}")
             loss, outputs = self._plain_forward_loss(model, inputs, num_items)

@@ -1,0 +1,47 @@
+#!/bin/bash
+# Fills .gpu/whl (wheels the lent GPU machine lacks) and .gpu/tok (the demo model's tokenizer files)
+# for bench/gpu_check.sh; run on a machine with PyPI and the demo model (`tuneforge` has run once).
+# .gpu/ is git-ignored: the device tool carries it when the run names it (carry: .gpu/whl, .gpu/tok).
+# The bitsandbytes wheel (43 MB, libraries for every CUDA/ROCm/XPU version) is cut down to its CPU
+# and CUDA 13.x libraries so that the carried total stays under the tool's 64 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+mkdir -p .gpu/whl .gpu/tok
+PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+for spec in datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0 peft==0.21.2 \
+            tokenizers==0.23.3 bitsandbytes==0.50.2; do
+  name=${spec%%==*}
+  ls .gpu/whl/"$name"-"${spec##*==}"-*.whl >/dev/null 2>&1 && continue
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
+    -d .gpu/whl "$spec"
+done
+"$PY" - <<'PY'
+import glob, os, re, zipfile
+keep = re.compile(r"libbitsandbytes_(cpu|cuda13\d)\.so$")
+for path in glob.glob(".gpu/whl/bitsandbytes-*.whl"):
+    with zipfile.ZipFile(path) as src:
+        names = src.namelist()
+        drop = {n for n in names if n.endswith(".so") and not keep.search(n)}
+        if not drop:
+            continue
+        tmp = path + ".tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+            for n in names:
+                if n in drop:
+                    continue
+                data = src.read(n)
+                if n.endswith(".dist-info/RECORD"):
+                    data = b"".join(line for line in data.splitlines(True) if line.split(b",")[0].decode() not in drop)
+                out.writestr(src.getinfo(n), data)
+    os.replace(tmp, path)
+    print(f"{path}: dropped {len(drop)} libraries, {os.path.getsize(path) / 2**20:.1f} MiB")
+PY
+demo=${TUNEFORGE_CACHE:-$HOME/.cache/tuneforge}/models/smollm2-135m-instruct
+for f in tokenizer.json tokenizer_config.json special_tokens_map.json chat_template.jinja; do
+  [ -f "$demo/$f" ] && cp "$demo/$f" .gpu/tok/
+done
+ls .gpu/tok/tokenizer.json >/dev/null
+carried=$( (git ls-files -co --exclude-standard -z | xargs -0 du -cb | tail -1 | cut -f1; du -sb .gpu/whl .gpu/tok | cut -f1) | paste -sd+ | bc)
+echo "carried: $carried bytes ($(( carried / 1048576 )) MiB of 64)"
