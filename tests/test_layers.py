@@ -14,7 +14,7 @@ LAYERS = {
     "data": 2, "model": 2,
     "estimate": 3, "infer": 3,
     "train": 4, "evaluate": 4, "export": 4,
-    "bench": 5, "webui": 5,
+    "bench": 5, "webui": 5, "dry_run": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }

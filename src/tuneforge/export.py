@@ -37,8 +37,8 @@ def run_export(cfg: RunConfig) -> Path:
     import torch
 
     margs, fargs = cfg.model, cfg.finetuning
-    export_dir = _check_export_args(margs)
-    _check_export_dir(cfg, export_dir)
+    export_dir = check_export_args(margs)
+    check_export_dir(cfg, export_dir)
     adapters = split_names(margs.adapter_name_or_path)
     if adapters and fargs.finetuning_type != "lora":
         raise ConfigError(f"adapter_name_or_path is set but finetuning_type is `{fargs.finetuning_type}`; use `finetuning_type: lora`")
@@ -61,7 +61,7 @@ def run_export(cfg: RunConfig) -> Path:
         logger.warning("the tokenizer has %d tokens but the model only %d embeddings (template stop words were added?)",
                        len(tokenizer), model.get_input_embeddings().num_embeddings)
 
-    _check_export_dir(cfg, export_dir)  # again: the folder may have changed while the model loaded
+    check_export_dir(cfg, export_dir)  # again: the folder may have changed while the model loaded
     tmp = make_staging(export_dir)
     try:
         model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
@@ -76,7 +76,7 @@ def run_export(cfg: RunConfig) -> Path:
     return export_dir
 
 
-def _check_export_args(margs: ModelArguments) -> Path:
+def check_export_args(margs: ModelArguments) -> Path:
     if not margs.export_dir:
         raise ConfigError("export_dir is not set: add `export_dir: path/to/output` to the export config")
     if margs.export_legacy_format:
@@ -91,7 +91,7 @@ def _check_export_args(margs: ModelArguments) -> Path:
     return Path(margs.export_dir).expanduser().resolve()
 
 
-def _check_export_dir(cfg: RunConfig, export_dir: Path) -> None:
+def check_export_dir(cfg: RunConfig, export_dir: Path) -> None:
     """Refuse an export_dir whose contents the export would destroy (see the module docstring)."""
     margs = cfg.model
     protected = {"current directory": Path.cwd(), "model": margs.model_name_or_path,

@@ -31,6 +31,8 @@ commands:
   version  print the tuneforge version
 
 Any config key can be given or overridden on the command line as key=value or --key value.
+Add --dry-run to train, chat, export or eval to check the config and everything it names and print the plan
+without loading weights or writing anything (exit status 0 only when the real run would start).
 `tuneforge train -h` lists every accepted key with its default. Add --debug for tracebacks.
 """
 
@@ -283,6 +285,32 @@ def cmd_version(_: list[str]) -> int:
     return 0
 
 
+DRY_RUN_COMMANDS = ("train", "chat", "export", "eval")
+_EVAL_VALUE_OPTIONS = ("--samples", "--seed", "--output", "--base", "--drift-questions", "--heldout-per-row")
+
+
+def cmd_dry_run(command: str, args: list[str]) -> int:
+    """`<command> ... --dry-run`: validate and print the plan (dry_run.py); nothing is loaded or written."""
+    from tuneforge import dry_run
+
+    args = [a for a in args if a != "--dry-run"]
+    if command == "eval":  # `eval recall x.yaml [options]`: keep the config and its overrides
+        args = [a for a in args[1:] if a not in _EVAL_FLAGS]
+        for option in _EVAL_VALUE_OPTIONS:
+            _pop_option(args, option)
+    elif command == "chat":
+        _pop_option(args, "--prompt")
+        _pop_option(args, "--answer")
+    try:
+        cfg = _load(args, require_output_dir=command == "train")
+    except TuneforgeError as err:
+        plan = dry_run.refused_plan(command, err)
+    else:
+        plan = dry_run.make_plan(command, cfg)
+    print(plan.format())
+    return 2 if plan.refused else 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "chat": cmd_chat,
@@ -316,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(logging.DEBUG if debug else logging.INFO)
     try:
+        if "--dry-run" in rest and command in DRY_RUN_COMMANDS:
+            return cmd_dry_run(command, rest)
         return COMMANDS[command](rest)
     except TuneforgeError as err:
         if debug:

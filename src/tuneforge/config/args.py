@@ -378,6 +378,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     """
 
     overwrite_output_dir: bool = _f(False, "Start over in an existing output_dir instead of resuming.")
+    # LF files write `fsdp: [full_shard, auto_wrap]` (transformers 4 took a list); read both forms
+    fsdp: str | list[str] | None = _f(None, "FSDP mode(s): full_shard, shard_grad_op, offload, auto_wrap.")
     ray_run_name: str | None = _f(None, "Ray run name.")
     ray_storage_path: str = _f("./saves", "Ray storage path.")
     ray_storage_filesystem: Literal["s3", "gs", "gcs"] | None = _f(None, "Ray storage file system.")

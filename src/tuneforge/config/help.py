@@ -15,6 +15,7 @@ _TITLES = {
     "generating": "generating",
     "training": "training (HF Seq2SeqTrainingArguments + LLaMA-Factory additions)",
     "facts": "fact data (tuneforge additions: augmentation, train until learned)",
+    "lf_extras": "LLaMA-Factory keys of features tuneforge does not have yet",
 }
 
 
@@ -46,6 +47,8 @@ def _note(name: str) -> str:
     if name in support.UNSUPPORTED_VALUES:
         accepted, _ = support.UNSUPPORTED_VALUES[name]
         return f" [supported: {', '.join(map(str, accepted))}]"
+    if support.only_with(name):
+        return f" [only with {support.only_with(name)}]"
     if name == "stage":
         return f" [supported: {', '.join(support.supported_stages())}]"
     return ""

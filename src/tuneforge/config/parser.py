@@ -22,6 +22,7 @@ from ..errors import ConfigError, NotSupportedError
 from . import support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
 from .facts_args import FactArguments
+from .lf_extra_args import LFExtraArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
 SECTIONS: tuple[tuple[str, type], ...] = (
@@ -31,6 +32,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("generating", GeneratingArguments),
     ("training", TrainingArguments),
     ("facts", FactArguments),
+    ("lf_extras", LFExtraArguments),  # LF keys of features not built yet: always at their defaults
 )
 OVERRIDE_SOURCE = "command-line override"
 
@@ -295,6 +297,11 @@ def _check_types(values: dict[str, Any], origins: dict[str, str]) -> dict[str, A
     """Unknown keys and wrongly typed values, all reported at once. Returns coerced values."""
     catalogue = key_catalogue()
     known = all_known_keys()
+    foreign = support.foreign_engine([key for key in values if key not in catalogue])
+    if foreign:
+        engine, keys = foreign
+        origin = origins.get(keys[0], "<config>")
+        raise NotSupportedError(f"{origin}: {', '.join(f'`{k}`' for k in keys)} are {engine}")
     problems: list[str] = []
     coerced: dict[str, Any] = {}
     for key, value in values.items():
@@ -315,26 +322,30 @@ def _check_types(values: dict[str, Any], origins: dict[str, str]) -> dict[str, A
 
 
 def _check_support(values: dict[str, Any], origins: dict[str, str]) -> None:
+    """Every key set to something tuneforge does not implement, all reported at once."""
     catalogue = key_catalogue()
+    problems: list[str] = []
     for key, value in values.items():
         origin = origins.get(key, "<config>")
         if key in support.UNSUPPORTED_KEYS:
             default = field_default(catalogue[key][0][1])
             if value != default:
-                raise NotSupportedError(
+                problems.append(
                     f"{origin}: `{key}` is not supported yet by tuneforge ({support.UNSUPPORTED_KEYS[key]}); "
                     f"remove it or set it to its default `{default}`"
                 )
         if key in support.UNSUPPORTED_VALUES:
             accepted, reason = support.UNSUPPORTED_VALUES[key]
             if value not in accepted:
-                raise NotSupportedError(
+                problems.append(
                     f"{origin}: `{key}: {value}` is not supported yet by tuneforge ({reason}); "
                     f"supported: {', '.join(map(str, accepted))}"
                 )
         legacy = support.LEGACY_TRAINING_KEYS.get(key)
         if legacy is not None and legacy.action == "default_only" and value != legacy.default:
-            raise NotSupportedError(f"{origin}: `{key}: {value}` is not supported by tuneforge ({legacy.reason})")
+            problems.append(f"{origin}: `{key}: {value}` is not supported by tuneforge ({legacy.reason})")
+    if problems:
+        raise NotSupportedError(_problems_error(problems).args[0])
 
 
 def _translate_legacy(values: dict[str, Any], origins: dict[str, str]) -> dict[str, Any]:

@@ -198,12 +198,30 @@ def _call_from_pretrained(fn, path: str, what: str, **kwargs):
         ) from exc
 
 
+_MULTIMODAL_CONFIG_KEYS = ("vision_config", "audio_config", "vision_tower", "mm_vision_tower")
+
+
+def multimodal_problem(config: dict, where: str) -> str | None:
+    """Why a model whose config.json is `config` cannot be loaded (a vision/audio-language model), or None."""
+    parts = [key for key in _MULTIMODAL_CONFIG_KEYS if config.get(key)]
+    if not parts:
+        return None
+    arch = ", ".join(config.get("architectures") or [str(config.get("model_type", "?"))])
+    return (f"model_name_or_path: {where} is a vision/audio-language model ({arch}; its config has "
+            f"{' and '.join(parts)}): multimodal models are not supported yet by tuneforge. Its chat template "
+            "renders text, but the model needs its multimodal class; use a text-only model.")
+
+
 def _check_model_folder(path: str) -> None:
     from tuneforge.utils.folders import finish_interrupted_save
 
     folder = Path(path)
     if folder.is_dir():
         finish_interrupted_save(folder)  # a full fine-tune's final save a crash interrupted (utils/folders.py)
+    if folder.is_dir() and (folder / "config.json").exists():
+        problem = multimodal_problem(json.loads((folder / "config.json").read_text(encoding="utf-8")), path)
+        if problem:
+            raise NotSupportedError(problem)
     if not folder.is_dir() or (folder / "config.json").exists():
         return
     adapter_config = folder / "adapter_config.json"

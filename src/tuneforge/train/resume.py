@@ -22,10 +22,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError
 from tuneforge.utils.folders import finish_interrupted_save
+
+if TYPE_CHECKING:
+    from tuneforge.config.args import TrainingArguments
+    from tuneforge.config.parser import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,30 +63,38 @@ RUN_DEFINING_KEYS = {
 }
 
 
-def prepare_output_dir(cfg) -> str | None:
+def prepare_output_dir(cfg: RunConfig) -> str | None:
     """Check and tidy `output_dir` for a training run; returns the checkpoint to resume, or None."""
     args = cfg.training
     if not args.do_train:
         return None
     output_dir = Path(args.output_dir)
+    sources = check_output_dir(cfg)
+    finish_interrupted_save(output_dir)
+    if args.overwrite_output_dir and not args.resume_from_checkpoint:
+        _remove_old_checkpoints(output_dir, {**sources, "current directory": str(Path.cwd())})
+    return detect_resume(args)
+
+
+def check_output_dir(cfg: RunConfig) -> dict[str, str]:
+    """Refuse an output_dir the run cannot use (a file, not writable, a folder it trains from), touching
+    nothing; returns the local folders the run reads ({what: path})."""
+    output_dir = Path(cfg.training.output_dir)
     _check_writable_folder(output_dir)
     sources = _training_sources(cfg)
     for what, path in sources.items():
         if Path(path).resolve() == output_dir.resolve():
             raise ConfigError(f"output_dir: {output_dir} is the {what} this run trains from; the final save would "
                               "overwrite it. Choose another output_dir.")
-    finish_interrupted_save(output_dir)
-    if getattr(args, "overwrite_output_dir", False) and not getattr(args, "resume_from_checkpoint", None):
-        _remove_old_checkpoints(output_dir, {**sources, "current directory": str(Path.cwd())})
-    return detect_resume(args)
+    return sources
 
 
-def _training_sources(cfg) -> dict[str, str]:
+def _training_sources(cfg: RunConfig) -> dict[str, str]:
     """Local model/adapter folders this run reads ({what: path})."""
     from tuneforge.config.args import split_names
 
     names = {"model": cfg.model.model_name_or_path}
-    for index, adapter in enumerate(split_names(getattr(cfg.model, "adapter_name_or_path", None))):
+    for index, adapter in enumerate(split_names(cfg.model.adapter_name_or_path)):
         names[f"adapter #{index + 1}" if index else "adapter"] = adapter
     return {what: str(Path(p).expanduser()) for what, p in names.items() if p and Path(p).expanduser().exists()}
 
@@ -149,18 +161,18 @@ def find_latest_checkpoint(output_dir: str | Path) -> tuple[Path, dict[str, Any]
     return None
 
 
-def detect_resume(training_args: Any, *, overwrite_output_dir: bool | None = None) -> str | None:
+def detect_resume(training_args: TrainingArguments, *, overwrite_output_dir: bool | None = None) -> str | None:
     """The checkpoint to pass to `trainer.train(resume_from_checkpoint=...)`, or None to start fresh.
 
     `overwrite_output_dir` defaults to `training_args.overwrite_output_dir` (tuneforge's
     TrainingArguments keep LF's key; transformers 5 dropped it).
     """
     if overwrite_output_dir is None:
-        overwrite_output_dir = bool(getattr(training_args, "overwrite_output_dir", False))
-    explicit = getattr(training_args, "resume_from_checkpoint", None)
+        overwrite_output_dir = training_args.overwrite_output_dir
+    explicit = training_args.resume_from_checkpoint
     if explicit:
         return str(explicit)
-    if not getattr(training_args, "do_train", True) or overwrite_output_dir:
+    if not training_args.do_train or overwrite_output_dir:
         return None
     output_dir = Path(training_args.output_dir)
     if not output_dir.is_dir():

@@ -1,0 +1,52 @@
+"""LLaMA-Factory 0.9.5 keys that belong to features tuneforge does not have yet.
+
+They are fields here (LF's names, defaults and meaning) so that an LF file that sets one gets
+"`key` is not supported yet (why)" from `support.UNSUPPORTED_KEYS` / `support.ONLY_WITH` instead of
+"unknown key". When a feature lands, its keys move to the section that implements them.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class LFExtraArguments:
+    # FinetuningArguments: loss variants and the HyperParallel backend
+    use_asft_loss: bool = _f(False, "Use the ASFT loss (LF).")
+    asft_alpha: float = _f(0.1, "ASFT adaptive-weight power (with use_asft_loss).")
+    use_eaft_loss: bool = _f(False, "Use the EAFT loss (LF).")
+    eaft_alpha: float = _f(1.0, "EAFT adaptive-weight power (with use_eaft_loss).")
+    use_hyper_parallel: bool = _f(False, "Train with LF's HyperParallel backend (FSDP/TP).")
+    hyper_parallel_args: str | None = _f(None, "JSON file of HyperParallel strategy arguments.")
+    # KTransformersArguments beyond use_kt
+    kt_weight_path: str | None = _f(None, "Pre-quantized INT8 expert weights (.kt) for KTransformers.")
+    kt_expert_checkpoint_path: str | None = _f(None, "Expert checkpoint for KTransformers' online conversion.")
+    kt_use_lora_experts: bool | None = _f(None, "KTransformers: GPU-side LoRA experts.")
+    kt_lora_expert_num: int | None = _f(None, "KTransformers: number of GPU-side LoRA experts.")
+    kt_lora_expert_intermediate_size: int | None = _f(None, "KTransformers: intermediate size of those experts.")
+    # RayArguments: the process-group address for Ray workers
+    master_addr: str | None = _f(None, "Address for init_process_group (Ray training).")
+    master_port: int | None = _f(None, "Port for init_process_group (Ray training).")
+    # ProfilerArguments
+    enable_torch_profiler: bool = _f(False, "Collect torch profiler traces during training.")
+    profiler_output_dir: str | None = _f(None, "Trace folder (default <output_dir>/profiler).")
+    profiler_wait_steps: int = _f(1, "Profiler schedule: steps skipped.")
+    profiler_warmup_steps: int = _f(1, "Profiler schedule: warm-up steps.")
+    profiler_active_steps: int = _f(1, "Profiler schedule: recorded steps.")
+    profiler_repeat: int = _f(1, "Profiler schedule: cycles (0 = continuous).")
+    profiler_record_shapes: bool = _f(True, "Profiler: record tensor shapes.")
+    profiler_profile_memory: bool = _f(True, "Profiler: record memory.")
+    profiler_with_stack: bool = _f(True, "Profiler: record Python stacks.")
+    profile_modules: str | None = _f(None, "Module name patterns timed with CUDA events.")
+    # EvaluationArguments (`llamafactory-cli eval`: MMLU / C-Eval / CMMLU)
+    task: str | None = _f(None, "Multiple-choice evaluation task, e.g. mmlu_test (LF `eval`).")
+    task_dir: str = _f("evaluation", "Folder of the evaluation tasks.")
+    batch_size: int = _f(4, "Evaluation batch size per device.")
+    lang: str = _f("en", "Language of the evaluation prompts: en or zh.")
+    n_shot: int = _f(5, "Few-shot examples per question.")
+    save_dir: str | None = _f(None, "Where the evaluation results are saved.")
+    download_mode: str = _f("reuse_dataset_if_exists", "Download mode of the evaluation datasets.")

@@ -1,0 +1,246 @@
+"""LLaMA-Factory v0.9.5's own example configs as a compatibility suite.
+
+tests/data/lf_examples_v0_9_5.json holds the key/value settings of every example YAML in LF's repository
+(written by tests/data/make_lf_examples.py). Each training/inference/export example is run through
+tuneforge's config loader (`load_config_dict`) exactly as written, except that
+- `model_name_or_path` points at the tiny local model (no weights are loaded: the loader never opens it),
+- LF's dataset names become local demo sets of the same kind (DATASET_MAP); LF's multimodal dataset
+  entries are registered as LF has them (MULTIMODAL_ENTRIES): today the multimodal keys are refused first,
+  and once those are accepted the data layer's own refusal of image columns is what this test sees,
+- it runs from a folder that holds LF's examples/deepspeed/*.json at their LF paths.
+
+A config that loads then has its template looked up (`template_for`) and its datasets resolved
+(`load_dataset_specs`) and checked against its stage (`check_stage`): the checks a run makes before it
+reads any data or weights.
+
+Every outcome is pinned: an example in EXPECTED_REFUSED must be refused with a message containing the
+text given there, every other example must load. A change in tuneforge that makes an example load, or
+refuse it differently, fails here and the table is updated on purpose. The hardware is fixed to a
+CPU-only machine without bitsandbytes, as in tests/test_config.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tuneforge.config import validate
+from tuneforge.errors import TuneforgeError
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = json.loads((Path(__file__).parent / "data" / "lf_examples_v0_9_5.json").read_text(encoding="utf-8"))
+TRAINING = EXAMPLES["training_configs"]
+
+# LF dataset name -> local dataset of the same kind (data/dataset_info.json).
+DATASET_MAP = {
+    "identity": "identity",  # alpaca, same file in both projects
+    "alpaca_en_demo": "demo_bilingual_alpaca",  # alpaca
+    "alpaca_zh_demo": "demo_bilingual_alpaca",  # alpaca
+    "alpaca_zh": "demo_bilingual_alpaca",  # alpaca (hub copy of the full set)
+    "dpo_en_demo": "demo_dpo_en_zh",  # ranking (LF's is sharegpt, ours alpaca; both chosen/rejected)
+    "kto_en_demo": "demo_kto",  # sharegpt with a kto_tag column
+    "c4_demo": "demo_pt_corpus",  # pretraining text (columns: prompt: text)
+    "med": "demo_bilingual_alpaca",  # the ASFT examples' own alpaca sets, not in LF's dataset_info.json
+    "math": "demo_bilingual_alpaca",
+}
+# LF's data/dataset_info.json entries for the multimodal sets the examples use, kept as they are.
+MULTIMODAL_ENTRIES = {
+    "mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                  "columns": {"messages": "messages", "images": "images"},
+                  "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                           "assistant_tag": "assistant"}},
+    "llava_1k_en": {"hf_hub_url": "BUAADreamer/llava-en-zh-2k", "subset": "en", "formatting": "sharegpt",
+                    "columns": {"messages": "messages", "images": "images"},
+                    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                             "assistant_tag": "assistant"}},
+    "llava_1k_zh": {"hf_hub_url": "BUAADreamer/llava-en-zh-2k", "subset": "zh", "formatting": "sharegpt",
+                    "columns": {"messages": "messages", "images": "images"},
+                    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                             "assistant_tag": "assistant"}},
+    "rlhf_v": {"hf_hub_url": "llamafactory/RLHF-V", "ranking": True, "formatting": "sharegpt",
+               "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected",
+                           "images": "images"}},
+}
+
+_DS = "is not supported yet by tuneforge (DeepSpeed is not integrated yet"
+_MM = "(multimodal (vision/audio) models are not supported yet)"
+_V1 = "are keys of a LLaMA-Factory v1 config"  # LF's v1-engine files (`USE_V1=1 llamafactory-cli train`)
+_MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
+_CUDA = "(QLoRA) is not supported on this machine: it needs a CUDA GPU"
+_VL_MODEL = "is a vision/audio-language model"  # chat/export of Qwen3-VL: the model, not the template
+
+# example path -> text the refusal message contains. Every example not listed here must load.
+EXPECTED_REFUSED = {
+    "examples/ascend/qwen3_5_full_sft_fsdp2.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
+    "examples/ascend/qwen3_full_sft_fsdp2.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
+    "examples/ascend/qwen3moe_full_sft_fsdp.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
+    "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/ascend/qwen3vlmoe_lora_sft_fsdp.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/extras/adam_mini/qwen2_full_sft.yaml": "`use_adam_mini` is not supported yet by tuneforge",
+    "examples/extras/apollo/llama3_full_sft.yaml": "`use_apollo` is not supported yet by tuneforge",
+    "examples/extras/asft/llama2_full_asft.yaml": "`use_asft_loss` is not supported yet by tuneforge",
+    "examples/extras/asft/qwen2_full_asft.yaml": "`use_asft_loss` is not supported yet by tuneforge",
+    "examples/extras/badam/llama3_full_sft.yaml": "`use_badam` is not supported yet by tuneforge",
+    "examples/extras/dft/qwen2_full_sft.yaml": "`use_dft_loss` is not supported yet by tuneforge",
+    "examples/extras/eaft/qwen25_05b_eaft_full.yaml": "`use_eaft_loss` is not supported yet by tuneforge",
+    "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
+    "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "is not supported yet by tuneforge (FSDP is not integrated yet)",
+    "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
+    "examples/extras/galore/llama3_full_sft.yaml": "`use_galore` is not supported yet by tuneforge",
+    "examples/extras/llama_pro/llama3_freeze_sft.yaml": "`use_llama_pro` is not supported yet by tuneforge",
+    "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge",
+    "examples/extras/muon/qwen2_full_sft.yaml": "`use_muon` is not supported yet by tuneforge",
+    "examples/extras/oft/llama3_oft_sft.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
+    "examples/extras/oft/qwen2_5vl_oft_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/extras/pissa/llama3_lora_sft.yaml": "`pissa_convert` is not supported yet by tuneforge",
+    "examples/extras/qoft/llama3_oft_sft_awq.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
+    "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
+    "examples/extras/qoft/llama3_oft_sft_gptq.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
+    "examples/ktransformers/train_lora/deepseek_v2_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
+    "examples/ktransformers/train_lora/deepseek_v3_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
+    "examples/ktransformers/train_lora/qwen3_5moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
+    "examples/ktransformers/train_lora/qwen3moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
+    "examples/inference/qwen3vl.yaml": _VL_MODEL,
+    "examples/merge_lora/qwen3vl_lora_sft.yaml": _VL_MODEL,
+    "examples/megatron/qwen2_vl_full.yaml": _MCA,
+    "examples/megatron/qwen3_moe_full.yaml": _MCA,
+    "examples/merge_lora/qwen3_gptq.yaml": "`export_quantization_bit` is not supported yet by tuneforge",
+    "examples/train_full/qwen3_full_sft.yaml": "`deepspeed` " + _DS,
+    "examples/train_full/qwen3vl_full_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/train_lora/qwen3_lora_sft_ds3.yaml": "`deepspeed` " + _DS,
+    "examples/train_lora/qwen3_lora_sft_ray.yaml": "`ray_num_workers` is not supported yet by tuneforge (Ray training",
+    "examples/train_lora/qwen3_preprocess.yaml": "`tokenized_path` is not supported yet by tuneforge",
+    "examples/train_lora/qwen3vl_lora_dpo.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/train_lora/qwen3vl_lora_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    # train_qlora/llama3_lora_sft_{aqlm,awq,gptq}.yaml load: the quantization is in the (pre-quantized)
+    # model's own config.json, which the config loader does not open
+    "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _CUDA,
+    "examples/train_qlora/qwen3_lora_sft_otfq.yaml": _CUDA,
+    **{e["path"]: _V1 for e in TRAINING if e["path"].startswith("examples/v1/")},
+}
+
+
+# --------------------------------------------------------------------------- running one example
+
+
+def map_datasets(value):
+    """`identity, alpaca_en_demo` -> `identity,demo_bilingual_alpaca`; other names stay as they are."""
+    if not isinstance(value, str):
+        return value
+    return ",".join(DATASET_MAP.get(name.strip(), name.strip()) for name in value.split(","))
+
+
+def localise(settings: dict, model_dir: Path, vl_model_dir: Path) -> dict:
+    """The example's settings with a tiny model of the same kind (text, or vision-language for `*-VL-*`
+    models) and the local datasets swapped in; nothing else changed."""
+    local = dict(settings)
+    if "model_name_or_path" in local:
+        local["model_name_or_path"] = str(vl_model_dir if "-VL" in local["model_name_or_path"] else model_dir)
+    for key in ("dataset", "eval_dataset"):
+        if key in local:
+            local[key] = map_datasets(local[key])
+    return local
+
+
+def make_workspace(root: Path) -> Path:
+    """A run folder: data/ with the local demo sets plus LF's multimodal entries, and LF's
+    examples/deepspeed/*.json where LF's examples point (`deepspeed: examples/deepspeed/ds_z3_config.json`)."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    info = json.loads((REPO / "data" / "dataset_info.json").read_text(encoding="utf-8"))
+    for name in set(DATASET_MAP.values()):
+        shutil.copy(REPO / "data" / info[name]["file_name"], data)
+    (data / "dataset_info.json").write_text(json.dumps({**info, **MULTIMODAL_ENTRIES}), encoding="utf-8")
+    for entry in EXAMPLES["deepspeed_configs"]:
+        path = root / entry["path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(entry["settings"], indent=2), encoding="utf-8")
+    return root
+
+
+def run_example(path: str, settings: dict, model_dir: Path, vl_model_dir: Path, tokenizer) -> tuple[str, str]:
+    """("loads", "") or ("refused", message): the config loader, then the model, template and dataset checks a
+    run makes before it reads data or weights. Runs in the current folder (a workspace from make_workspace)."""
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.data.pipeline import check_stage
+    from tuneforge.data.registry import load_dataset_specs
+    from tuneforge.data.templates import template_for
+    from tuneforge.errors import NotSupportedError
+    from tuneforge.model.loader import multimodal_problem
+
+    try:
+        cfg = load_config_dict(localise(settings, model_dir, vl_model_dir), source=path)
+        model_config = json.loads((Path(cfg.model.model_name_or_path) / "config.json").read_text(encoding="utf-8"))
+        if multimodal_problem(model_config, path):
+            raise NotSupportedError(multimodal_problem(model_config, path))
+        template_for(cfg.data, tokenizer)  # a named template is looked up; the tokenizer is not changed
+        stage = cfg.finetuning.stage
+        for names in (cfg.data.dataset, cfg.data.eval_dataset):
+            specs = load_dataset_specs(names, cfg.data.dataset_dir, None)
+            check_stage(specs, stage)
+    except TuneforgeError as err:
+        return "refused", str(err)
+    return "loads", ""
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """Deterministic hardware: a machine without CUDA, MPS or bitsandbytes (as tests/test_config.py)."""
+    monkeypatch.setattr(validate, "cuda_available", lambda: False)
+    monkeypatch.setattr(validate, "mps_available", lambda: False)
+    monkeypatch.setattr(validate, "bitsandbytes_available", lambda: False)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("lf_examples"))
+
+
+@pytest.fixture(scope="module")
+def tiny_vl_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    """The tiny model's folder with a vision tower declared in its config.json, as a `*-VL-*` model has."""
+    folder = tmp_path_factory.mktemp("tiny_vl")
+    shutil.copytree(tiny_llama_dir, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["vision_config"] = {"hidden_size": 16, "depth": 1}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("example", TRAINING, ids=[e["path"].removeprefix("examples/") for e in TRAINING])
+def test_example_outcome(example, workspace, tiny_llama_dir, tiny_vl_dir, tiny_tokenizer, monkeypatch):
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(workspace / "cache"))
+    outcome, message = run_example(example["path"], example["settings"], tiny_llama_dir, tiny_vl_dir, tiny_tokenizer)
+    expected = EXPECTED_REFUSED.get(example["path"])
+    if expected is None:
+        assert outcome == "loads", f"{example['path']} used to load, now refused:\n{message}"
+    else:
+        assert outcome == "refused", f"{example['path']} used to be refused ({expected!r}) and now loads"
+        assert expected in message, f"{example['path']}: refusal changed; expected {expected!r} in:\n{message}"
+
+
+def test_expectations_name_real_examples():
+    paths = {e["path"] for e in TRAINING}
+    assert not set(EXPECTED_REFUSED) - paths
+
+
+def test_example_file_is_complete():
+    """The extracted file covers LF's examples: its groups, header and the deepspeed files examples name."""
+    assert EXAMPLES["source"] == "hiyouga/LLaMA-Factory v0.9.5 examples/, key/value settings only"
+    groups = ("training_configs", "launcher_configs", "deepspeed_configs", "other_configs")
+    paths = [e["path"] for group in groups for e in EXAMPLES[group]]
+    assert len(paths) == len(set(paths))
+    assert all(isinstance(e["settings"], dict) and e["settings"] for group in groups for e in EXAMPLES[group])
+    assert all(e["path"].startswith(("examples/accelerate/", "examples/ktransformers/accelerate/"))
+               and "distributed_type" in e["settings"] for e in EXAMPLES["launcher_configs"])
+    deepspeed = {e["path"] for e in EXAMPLES["deepspeed_configs"]}
+    named = {e["settings"]["deepspeed"] for e in TRAINING if "deepspeed" in e["settings"]}
+    assert named <= deepspeed, named - deepspeed
+    assert len(TRAINING) == 71 and len(EXAMPLES["launcher_configs"]) == 10 and len(deepspeed) == 7
