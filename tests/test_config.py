@@ -243,11 +243,10 @@ def test_unsupported_values_and_stages():
         load_config_dict({**BASE, "stage": "sftt"})
     with pytest.raises(ConfigError) as err:
         load_config_dict({**BASE, "finetuning_type": "qlora"}, source="f.yaml")
-    assert str(err.value) == "f.yaml: `finetuning_type` must be one of: lora, freeze, full; got 'qlora'"
-    with pytest.raises(NotSupportedError, match="`finetuning_type: oft` is not supported yet"):
-        load_config_dict({**BASE, "finetuning_type": "oft"})
-    with pytest.raises(NotSupportedError, match=r"`deepspeed` is not supported yet by tuneforge"):
-        load_config_dict({**BASE, "deepspeed": "ds_z3_config.json"})
+    assert str(err.value) == "f.yaml: `finetuning_type` must be one of: lora, freeze, full, oft; got 'qlora'"
+    assert load_config_dict({**BASE, "finetuning_type": "oft"}).finetuning.finetuning_type == "oft"
+    with pytest.raises(NotSupportedError, match=r"`ray_num_workers` is not supported yet by tuneforge"):
+        load_config_dict({**BASE, "ray_num_workers": 4})
 
 
 def test_fp16_on_cpu_is_refused_and_bf16_is_allowed():
@@ -385,7 +384,7 @@ def test_hf_training_argument_errors_become_config_errors():
 
 def test_support_tables_only_name_known_keys():
     from tuneforge.config import support
-    from tuneforge.config.parser import field_default, key_catalogue
+    from tuneforge.config.catalogue import field_default, key_catalogue
 
     catalogue = key_catalogue()
     assert set(support.UNSUPPORTED_KEYS) <= set(catalogue)
@@ -398,7 +397,36 @@ def test_support_tables_only_name_known_keys():
 
 
 def test_predict_with_generate_rules():
-    with pytest.raises(ConfigError, match="`predict_with_generate` cannot be true while training"):
-        load_config_dict({**BASE, "do_train": True, "dataset": "a", "output_dir": "o", "predict_with_generate": True})
+    train = {**BASE, "do_train": True, "dataset": "a", "output_dir": "o", "predict_with_generate": True}
+    # LF 0.9.5: allowed while training (prediction after training generates); evaluation would generate too
+    cfg = load_config_dict({**train, "do_predict": True, "eval_dataset": "a"})
+    assert cfg.training.do_train and cfg.training.do_predict and cfg.training.predict_with_generate
+    with pytest.raises(NotSupportedError, match="`predict_with_generate` in a training run with evaluation"):
+        load_config_dict({**train, "eval_dataset": "a", "eval_strategy": "steps"})
+    with pytest.raises(ConfigError, match="`predict_with_generate` needs `stage: sft`"):
+        load_config_dict({**train, "stage": "dpo"})
     cfg = load_config_dict({**BASE, "do_predict": True, "predict_with_generate": True, "eval_dataset": "a"})
     assert cfg.training.predict_with_generate is True
+
+
+# ------------------------------------------------------------------ validation without transformers (issue 17)
+def test_training_key_snapshot_matches_the_installed_transformers():
+    """config/training_fields.json is what the installed transformers says; regenerate it after an upgrade:
+    python -m tuneforge.config.training_fields --write"""
+    import json
+
+    from tuneforge.config.training_fields import SNAPSHOT, live_snapshot
+
+    assert json.loads(SNAPSHOT.read_text(encoding="utf-8"))["fields"] == live_snapshot()
+
+
+def test_a_config_error_is_reported_without_importing_torch_or_transformers(repo_root):
+    import subprocess
+    import sys
+
+    code = ("import sys; from tuneforge.cli.main import main; "
+            "rc = main(['train', 'examples/demo_lora_sft.yaml', 'lerning_rate=1']); "
+            "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules, 'datasets' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False", "False", "False"], result.stdout + result.stderr
+    assert "unknown key `lerning_rate`; did you mean `learning_rate`?" in result.stderr

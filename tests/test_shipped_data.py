@@ -61,7 +61,7 @@ OPENAI_DEFAULT_TAGS = {
 
 # Every key the example YAMLs may use: the config layer's catalogue of LLaMA-Factory model / data /
 # finetuning / generating arguments and HF Seq2SeqTrainingArguments names.
-from tuneforge.config.parser import all_known_keys  # noqa: E402
+from tuneforge.config.catalogue import all_known_keys  # noqa: E402
 
 ALLOWED_EXAMPLE_KEYS = set(all_known_keys())
 

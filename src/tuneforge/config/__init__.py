@@ -10,12 +10,22 @@ from .args import (
     FinetuningArguments,
     GeneratingArguments,
     ModelArguments,
-    TrainingArguments,
     effective_lora_alpha,
     split_names,
 )
 from .help import format_key_help
-from .parser import RunConfig, all_known_keys, load_config, load_config_dict, parse_overrides, read_config_file
+from .catalogue import all_known_keys
+from .parser import RunConfig, load_config, load_config_dict, parse_overrides, read_config_file
+
+
+
+def __getattr__(name: str):
+    if name == "TrainingArguments":  # imports transformers: only when asked for (config/training_fields.py)
+        from .training_args import TrainingArguments
+
+        return TrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DataArguments",

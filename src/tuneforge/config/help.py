@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import fields
 
 from . import support
-from .parser import SECTIONS, field_default
+from .catalogue import SECTIONS, field_default, section_fields
 
 _TITLES = {
     "model": "model",
@@ -67,8 +66,8 @@ def format_key_help() -> str:
     ]
     for section, cls in SECTIONS:
         lines += ["", f"{_TITLES[section]}:", f"  {'key':<38} {'default':<18} help"]
-        for f in fields(cls):
-            if f.init:
+        for f in section_fields(section, cls):
+            if f.init and not f.metadata.get("derived"):  # derived fields are not keys
                 # our own help strings are already one line; HF's are paragraphs
                 help_text = f.metadata.get("help", "")
                 lines.append(_row(f.name, field_default(f), help_text, shorten=section == "training"))

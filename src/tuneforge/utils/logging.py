@@ -25,7 +25,19 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("[tuneforge] %(message)s"))
         root.addHandler(handler)
         root.propagate = False
-    root.setLevel(level)
+    from tuneforge.utils.distributed import is_main_process
+
+    # the other processes of a multi-process run say only what goes wrong; rank 0 tells the story
+    root.setLevel(level if is_main_process() else max(level, logging.WARNING))
+    if "transformers" in sys.modules or "datasets" in sys.modules:
+        quiet_libraries()
+    # peft calls a transformers method that transformers 5 deprecated; nothing for a user to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def quiet_libraries() -> None:
+    """No third-party progress bars or info chatter. Called once the heavy libraries are needed (after a
+    config validates), so that reporting a config error never waits for importing them."""
     try:
         import datasets
         import transformers
@@ -35,5 +47,3 @@ def setup_logging(level: int = logging.INFO) -> None:
         transformers.utils.logging.set_verbosity_warning()
     except ImportError:
         pass
-    # peft calls a transformers method that transformers 5 deprecated; nothing for a user to fix.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tuneforge.config import support
-from tuneforge.config.parser import key_choices
+from tuneforge.config.catalogue import key_choices
 from tuneforge.config.stages import stage_record
 from tuneforge.errors import ConfigError
 from tuneforge.webui import safety
@@ -197,7 +197,7 @@ def model_config(values: Mapping[str, Any], save_root: str | Path) -> dict[str, 
     checkpoints = [c for c in (v["checkpoints"] or []) if c]
     root = output_root(save_root, model_path, v["finetuning_type"])
     if checkpoints:
-        if v["finetuning_type"] == "lora":
+        if v["finetuning_type"] in ("lora", "oft"):  # adapter folders
             config["adapter_name_or_path"] = ",".join(str(root / c) for c in checkpoints)
         elif len(checkpoints) == 1:  # a full/freeze run is a whole model: load it instead of the base
             config["model_name_or_path"] = str(root / checkpoints[0])
