@@ -181,3 +181,43 @@ def test_shape_from_moe_config():
                                "num_local_experts": 4, "num_experts_per_tok": 2})
     assert shape.experts == 4 and shape.experts_per_token == 2
     assert shape.layer_params() == 192 + 4 * 384 + 16 + 8 * 4  # router 8 x 4
+
+
+# ------------------------------------------------------------------ several processes, offline hub shapes
+def test_sharding_divides_what_each_stage_shards():
+    from tuneforge.estimate import EstimateSpec, PUBLISHED_SHAPES, estimate_memory
+
+    base = dict(shape=PUBLISHED_SHAPES["7B"], method="full", precision="bf16", device="cuda", grad_ckpt=True)
+    one = estimate_memory(EstimateSpec(**base)).parts
+    ddp = estimate_memory(EstimateSpec(**base, world_size=8)).parts
+    zero2 = estimate_memory(EstimateSpec(**base, world_size=8, sharding="zero2")).parts
+    zero3 = estimate_memory(EstimateSpec(**base, world_size=8, sharding="zero3")).parts
+    offload = estimate_memory(EstimateSpec(**base, world_size=8, sharding="fsdp", offload=True)).parts
+    assert ddp["DDP gradient buckets"] == ddp["gradients"] == one["gradients"]
+    assert zero2["optimizer (AdamW)"] == one["optimizer (AdamW)"] / 8 and zero2["gradients"] == one["gradients"] / 8
+    assert zero2["weights"] == one["weights"]
+    assert zero3["weights"] == one["weights"] / 8 and zero3["gathered layers (2)"] > 0
+    assert offload["optimizer (AdamW)"] == 0 and offload["weights"] == 0
+
+
+def test_a_common_hub_model_is_sized_offline():
+    from tuneforge.estimate.shapes import load_shape
+
+    shape = load_shape("Qwen/Qwen2.5-7B-Instruct")  # no config.json here, no network: the shipped table
+    assert (shape.hidden, shape.layers, shape.kv_heads, shape.vocab) == (3584, 28, 4, 152064)
+    assert round(shape.total_params / 1e9, 2) == 7.62  # the published 7.62B
+    with pytest.raises(Exception, match="not one of the hub models whose shape ships with tuneforge"):
+        load_shape("someone/unknown-model")
+
+
+def test_a_config_reads_its_world_size_and_zero_stage(tmp_path):
+    from types import SimpleNamespace
+
+    from tuneforge.estimate import parallel_setup
+
+    ds = tmp_path / "ds_z3.json"
+    ds.write_text('{"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}')
+    cfg = SimpleNamespace(training=SimpleNamespace(deepspeed=str(ds), fsdp=None))
+    assert parallel_setup(cfg, {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "4", "NNODES": "2"}, "cuda") == (8, "zero3", True)
+    cfg = SimpleNamespace(training=SimpleNamespace(deepspeed=None, fsdp=["full_shard", "auto_wrap"]))
+    assert parallel_setup(cfg, {"WORLD_SIZE": "2"}, "cpu") == (2, "fsdp", False)

@@ -3,10 +3,19 @@ config that does not train).
 
     tuneforge estimate x.yaml [key=value ...]
     tuneforge estimate --model builtin:smollm2 --method lora --precision fp32 --batch 4 --cutoff 512
+    tuneforge estimate --model Qwen/Qwen2.5-7B --method full --precision bf16 --device cuda --world-size 8 --zero 3
     tuneforge estimate --table        # LLaMA-Factory's hardware table, computed
+
+Numbers are per device. A config's world size and sharding are read from the launch environment
+(WORLD_SIZE, FORCE_TORCHRUN + NPROC_PER_NODE x NNODES, visible GPUs) and its `deepspeed` JSON or `fsdp`;
+a hub id of a common model is sized from a shipped table without the network.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 from tuneforge.estimate.memory import (
     GIB,
@@ -33,10 +42,43 @@ TABLE_ROWS = (
 )
 
 
+def parallel_setup(cfg, environ, device: str) -> tuple[int, str, bool]:
+    """(processes, sharding, offload) the run would use: WORLD_SIZE under torchrun, else what `tuneforge train`
+    would launch (FORCE_TORCHRUN / NPROC_PER_NODE x NNODES, or one process per visible GPU); the ZeRO stage and
+    offload of its `deepspeed` JSON, or `fsdp`."""
+    if environ.get("WORLD_SIZE"):
+        world = int(environ["WORLD_SIZE"])
+    elif environ.get("FORCE_TORCHRUN") or environ.get("NPROC_PER_NODE"):
+        world = int(environ.get("NPROC_PER_NODE", "1")) * int(environ.get("NNODES", "1"))
+    else:
+        import torch
+
+        world = max(torch.cuda.device_count(), 1) if device == "cuda" else 1
+    sharding, offload = "none", False
+    ds = cfg.training.deepspeed
+    if ds:
+        config = ds if isinstance(ds, dict) else json.loads(Path(ds).read_text(encoding="utf-8"))
+        zero = config.get("zero_optimization", {})
+        stage = int(zero.get("stage", 0))
+        sharding = f"zero{stage}" if stage else "none"
+        offload = str(zero.get("offload_optimizer", {}).get("device", "none")) == "cpu"
+    elif cfg.training.fsdp:
+        fsdp = cfg.training.fsdp  # HF's TrainingArguments turn it into True and its options into fsdp_config
+        options = fsdp if isinstance(fsdp, str) else " ".join(fsdp) if isinstance(fsdp, (list, tuple)) else ""
+        fsdp_config = getattr(cfg.training, "fsdp_config", None)
+        fsdp_config = fsdp_config if isinstance(fsdp_config, dict) else {}
+        offload = "offload" in options or any(str(fsdp_config.get(key, "")).lower() == "true" for key in
+                                               ("cpu_offload", "offload_params", "fsdp_offload_params"))
+        sharding = "fsdp"
+    return world, sharding, offload
+
+
 def spec_from_config(cfg, device: str | None = None) -> EstimateSpec:
     """The estimate for a run config: its model, method, precision, batch and cutoff_len."""
-    bits = getattr(cfg.model, "quantization_bit", None)
+    bits = cfg.model.quantization_bit
     method = cfg.finetuning.finetuning_type
+    if method == "oft":  # a small adapter on frozen weights: estimated as LoRA
+        method = "lora"
     if bits is not None:
         method, precision = "qlora", f"int{bits}"
     elif cfg.training.bf16:
@@ -49,7 +91,9 @@ def spec_from_config(cfg, device: str | None = None) -> EstimateSpec:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    world_size, sharding, offload = parallel_setup(cfg, os.environ, device)
     return EstimateSpec(
+        world_size=world_size, sharding=sharding, offload=offload,
         shape=load_shape(cfg.model.model_name_or_path),
         method=method,
         precision=precision,
@@ -89,10 +133,10 @@ def inference_estimate(cfg) -> str:
     """A config that does not train (chat, predict): the weights plus one row's KV cache, in the
     precision inference loads (float32 unless bf16/fp16/infer_dtype say otherwise)."""
     shape = load_shape(cfg.model.model_name_or_path)
-    dtype = str(getattr(cfg.model, "infer_dtype", "auto") or "auto")
+    dtype = str(cfg.model.infer_dtype or "auto")
     precision = "bf16" if cfg.training.bf16 or dtype == "bfloat16" else "fp16" if cfg.training.fp16 or dtype == "float16" else "fp32"
     width = PRECISION_BYTES[precision]
-    tokens = int(cfg.data.cutoff_len) + int(getattr(cfg.generating, "max_new_tokens", 0) or 0)
+    tokens = int(cfg.data.cutoff_len) + int(cfg.generating.max_new_tokens or 0)
     parts = {
         "weights": shape.total_params * width,
         "KV cache, one row": 2 * shape.layers * shape.kv_width * tokens * width,

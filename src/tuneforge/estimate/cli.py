@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full-logits", action="store_true", help="plain HF forward instead of the chunked loss")
     p.add_argument("--pure-bf16", action="store_true")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--world-size", type=int, default=1, help="data-parallel processes (per-device numbers)")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0, help="DeepSpeed ZeRO stage")
+    p.add_argument("--fsdp", action="store_true", help="FSDP full sharding")
+    p.add_argument("--offload", action="store_true", help="ZeRO/FSDP CPU offload")
     p.add_argument("--table", action="store_true")
     return p
 
@@ -50,7 +54,9 @@ def main_estimate(args: list[str]) -> int:
             shape=load_shape(options.model), method=options.method, precision=precision, batch=options.batch,
             cutoff=options.cutoff, lora_rank=options.lora_rank, grad_ckpt=options.grad_ckpt,
             freeze_trainable_layers=options.freeze_layers, chunked_logits=not options.full_logits,
-            pure_bf16=options.pure_bf16, device=options.device or "cpu",
+            pure_bf16=options.pure_bf16, device=options.device or "cpu", world_size=options.world_size,
+            sharding="fsdp" if options.fsdp else (f"zero{options.zero}" if options.zero else "none"),
+            offload=options.offload,
         )
     else:
         from tuneforge.config.parser import load_config, split_config_and_overrides

@@ -23,6 +23,8 @@ from tuneforge.errors import ConfigError
 from tuneforge.estimate.shapes import DecoderShape
 
 METHODS = ("full", "freeze", "lora", "qlora")
+# How the training state is spread over the processes: DeepSpeed ZeRO stages, FSDP full sharding (= ZeRO-3).
+SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
 PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 # bitsandbytes constants per quantized weight: int8 ~ one fp32 scale per row (negligible);
 # nf4 with double quantization ~ 0.127 bits (LLM.int8 / QLoRA papers).
@@ -48,8 +50,15 @@ class EstimateSpec:
     loss_chunk: int = 1024
     pure_bf16: bool = False
     device: str = "cpu"
+    world_size: int = 1  # data-parallel processes; the estimate is per device
+    sharding: str = "none"
+    offload: bool = False  # ZeRO/FSDP offload: optimizer states (and with zero3/fsdp the weights) in CPU memory
 
     def __post_init__(self) -> None:
+        if self.sharding not in SHARDING:
+            raise ConfigError(f"sharding {self.sharding}: expected one of {', '.join(SHARDING)}")
+        if self.world_size < 1:
+            raise ConfigError(f"--world-size must be >= 1, got {self.world_size}")
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method}: expected one of {', '.join(METHODS)}")
         if self.precision not in PRECISION_BYTES:
@@ -168,7 +177,30 @@ def estimate_memory(spec: EstimateSpec) -> MemoryEstimate:
         # and optimizer state allocated later reuse those pages, so only the excess shows in RSS.
         parts["allocator slack (CPU)"] = max(0.0, CPU_ALLOCATOR_SLACK * activations - parts["gradients"] - parts["optimizer (AdamW)"])
     parts["runtime"] = RUNTIME_BYTES["cuda" if spec.device == "cuda" else "cpu"]
+    _shard(parts, spec, shape.layer_params() * (store if spec.method != "qlora" else 2.0))
     return MemoryEstimate(spec=spec, parts=parts, trainable_params=int(trainable))
+
+
+def _shard(parts: dict[str, float], spec: EstimateSpec, layer_weight_bytes: float) -> None:
+    """Per-device parts under data parallelism: ZeRO-1 splits the optimizer states over the processes, ZeRO-2
+    the gradients too, ZeRO-3 / FSDP the weights too (one layer's full weights are gathered at a time, the
+    next one prefetched); offload moves them to CPU memory. Plain DDP keeps a gradient bucket copy."""
+    world = spec.world_size
+    if spec.sharding == "none":
+        if world > 1:
+            parts["DDP gradient buckets"] = parts["gradients"]
+        return
+    shards = {"zero1": ("optimizer (AdamW)",), "zero2": ("optimizer (AdamW)", "gradients")}.get(
+        spec.sharding, ("optimizer (AdamW)", "gradients", "weights", "autocast weight copies"))
+    for name in shards:
+        if name in parts:
+            parts[name] /= world
+    if spec.sharding in ("zero3", "fsdp"):
+        parts["gathered layers (2)"] = 2 * layer_weight_bytes
+    if spec.offload:
+        parts["optimizer (AdamW)"] = 0.0
+        if spec.sharding in ("zero3", "fsdp"):
+            parts["weights"] = 0.0
 
 
 def format_estimate(estimate: MemoryEstimate) -> str:
@@ -178,7 +210,10 @@ def format_estimate(estimate: MemoryEstimate) -> str:
         f"memory estimate for {shape.name} ({shape.total_params / 1e9:.3g}B params, "
         f"{estimate.trainable_params / 1e6:,.2f}M trainable): {what}, {spec.precision}, batch {spec.batch} "
         f"x cutoff {spec.cutoff} tokens, gradient checkpointing {'on' if spec.grad_ckpt else 'off'}, "
-        f"{'chunked' if spec.chunked_logits else 'full'} logits, per device",
+        f"{'chunked' if spec.chunked_logits else 'full'} logits, per device"
+        + (f" of {spec.world_size} processes" if spec.world_size > 1 else "")
+        + (f", {'FSDP' if spec.sharding == 'fsdp' else 'ZeRO-' + spec.sharding[-1]}{' + offload' if spec.offload else ''}"
+           if spec.sharding != "none" else ""),
     ]
     for name, value in estimate.parts.items():
         lines.append(f"  {name:<24}{value / GIB:>9.2f} GiB")

@@ -112,15 +112,35 @@ def shape_from_config(config: dict[str, Any], name: str = "model") -> DecoderSha
     )
 
 
+_VARIANT_SUFFIXES = ("-instruct", "-chat", "-it", "-base")
+
+
+def known_hub_shape(model: str) -> DecoderShape | None:
+    """The shipped shape of a common hub model (`estimate/known_shapes.json`), found without the network."""
+    table = json.loads(Path(__file__).with_name("known_shapes.json").read_text(encoding="utf-8"))["shapes"]
+    key = str(model).strip().lower()
+    for suffix in _VARIANT_SUFFIXES + ("",):
+        base = key.removesuffix(suffix) if suffix else key
+        if base in table:
+            hidden, inter, layers, heads, kv, vocab, tie, head_dim, bias = table[base]
+            return DecoderShape(str(model), hidden, inter, layers, heads, kv, vocab, tie, head_dim, bias)
+    return None
+
+
 def load_shape(model: str) -> DecoderShape:
-    """`builtin:smollm2`, a model folder, or a config.json path -> its shape."""
-    from tuneforge.model.loader import resolve_model_path
+    """`builtin:smollm2`, a model folder, a config.json path, or a hub id of the shipped table -> its shape."""
+    from tuneforge.model.loader import looks_local, resolve_model_path
 
     path = Path(resolve_model_path(model)) if not str(model).endswith(".json") else Path(model)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ModelError(f"--model {model}: no config.json found at {path}; give a model folder or its config.json")
+        known = None if looks_local(str(model)) else known_hub_shape(model)
+        if known is not None:
+            return known
+        raise ModelError(f"--model {model}: no config.json found at {path}, and it is not one of the hub models whose "
+                         "shape ships with tuneforge (estimate/known_shapes.json); give a model folder or its "
+                         "config.json (a hub model's config.json is a small download)")
     try:
         config = json.loads(path.read_text())
     except ValueError as err:

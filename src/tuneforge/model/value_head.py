@@ -132,15 +132,23 @@ class ValueHeadModel(nn.Module):
     def save_pretrained(self, output_dir: str, state_dict=None, is_main_process: bool = True, **kwargs: Any) -> None:
         """The wrapped model's files (adapter or full weights) + `value_head.safetensors`.
 
-        `state_dict` (a full state dict of this wrapper, as the HF Trainer may pass) is ignored: each
+        `state_dict`: a full state dict of this wrapper (`pretrained_model.*`, `v_head.*`), as the HF Trainer passes
+        it where the parameters themselves are sharded (DeepSpeed ZeRO-3 gathers them into it); without one each
         part saves its own weights.
         """
         from safetensors.torch import save_file
 
+        head = self.head_state()
+        if state_dict is not None:
+            inner = "pretrained_model."
+            kwargs["state_dict"] = {k[len(inner):]: v for k, v in state_dict.items() if k.startswith(inner)}
+            if "v_head.weight" in state_dict:
+                head = {_WEIGHT_KEY: state_dict["v_head.weight"].detach().cpu().contiguous(),
+                        _BIAS_KEY: state_dict["v_head.bias"].detach().cpu().contiguous()}
         self.pretrained_model.save_pretrained(output_dir, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
-            save_file(self.head_state(), str(Path(output_dir) / VALUE_HEAD_FILE), metadata={"format": "pt"})
+            save_file(head, str(Path(output_dir) / VALUE_HEAD_FILE), metadata={"format": "pt"})
 
     def load_head(self, folder: str | Path) -> None:
         state = load_value_head_state(folder)

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from tuneforge.utils.distributed import any_rank
 from tuneforge.utils.runlog import RunLog
 
 
@@ -61,7 +62,9 @@ class LogCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         log = self._log(args)
         log.current_step = state.global_step
-        if not self.aborted and log.stop_requested():
+        # every rank of a multi-process run stops at the same step (or none waits forever in a collective)
+        stop = any_rank(self.aborted or log.stop_requested())
+        if stop and not self.aborted:
             self.request_abort(save_checkpoint=True)
         if self.aborted and self._save_on_stop:
             control.should_save = True  # keep this step as a checkpoint the next run resumes from

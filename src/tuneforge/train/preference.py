@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from tuneforge.data.collate import PackedCollator
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX
+from tuneforge.train.sharding import is_fsdp2
 
 _FORWARD_KEYS = ("input_ids", "position_ids")
 
@@ -79,13 +80,16 @@ def chunked_token_logps(
 
 
 def sequence_logps(
-    model: nn.Module, inputs: Mapping[str, torch.Tensor], *, prefix: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], *, prefix: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ld_alpha: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the label tokens of every packed sequence, and their token counts.
 
     `inputs` holds `{prefix}input_ids`, `{prefix}labels`, `{prefix}position_ids` ([1, T], packed).
     Returns two [N] tensors (N = sequences in the row, in order): sum of log p over labelled
-    tokens (float32) and the number of those tokens.
+    tokens (float32) and the number of those tokens. With `ld_alpha` (LD-DPO; the row must be a pairwise
+    one: N/2 chosen sequences, then their N/2 rejected ones) the sums are `length_desensitized_sums`; the
+    counts stay the plain label counts, as in LF.
     """
     input_ids, labels = inputs[f"{prefix}input_ids"], inputs[f"{prefix}labels"]
     position_ids = inputs[f"{prefix}position_ids"]
@@ -96,7 +100,8 @@ def sequence_logps(
     targets, owner = shift_labels[keep], segments[1:][keep]
 
     parts, _ = resolve_lm_parts(model)
-    if parts is not None and not hasattr(model, "module"):  # DDP-style wrappers need their own forward
+    # DDP-style wrappers and FSDP2 (which shards the model in place) need the model's own forward
+    if parts is not None and not hasattr(model, "module") and not is_fsdp2(model):
         out = parts.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         token_logps = chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
@@ -105,10 +110,36 @@ def sequence_logps(
         logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         token_logps = -F.cross_entropy(logits[0, :-1][keep].float(), targets, reduction="none")
 
+    counts = torch.zeros(num_sequences, dtype=torch.long, device=owner.device)
+    counts = counts.index_add(0, owner, torch.ones_like(owner))
+    if ld_alpha is not None:
+        # the position of the token that predicts each label: its offset in the sequence (LF's padded column)
+        positions = position_ids[0, :-1][keep]
+        return length_desensitized_sums(token_logps, owner, positions, counts, ld_alpha), counts
     sums = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
-    sums = sums.index_add(0, owner, token_logps)
-    counts = torch.zeros(num_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
-    return sums, counts
+    return sums.index_add(0, owner, token_logps), counts
+
+
+def length_desensitized_sums(token_logps: torch.Tensor, owner: torch.Tensor, positions: torch.Tensor,
+                             counts: torch.Tensor, alpha: float) -> torch.Tensor:
+    """LD-DPO (Liu et al. 2024) log-probs of pairwise sequences, as LF's `get_batch_logps(ld_alpha=...)`.
+
+    Sequences are `[chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}]`; `token_logps`, `owner` (the
+    sequence of each labelled token) and `positions` (the offset in its sequence of the token that predicts
+    it) hold one entry per labelled token, `counts` the labelled tokens per sequence. Pair i shares the length
+    l_i = min(counts[chosen_i], counts[rejected_i]); a token counts fully when its position is before the
+    sequence's first labelled position + l_i (the shared part) and `alpha` times beyond it (the verbose tail).
+    Returns the [2B] weighted sums.
+    """
+    num_sequences = counts.shape[0]
+    half = num_sequences // 2
+    shared = torch.minimum(counts[:half], counts[half:]).repeat(2)
+    first = torch.zeros(num_sequences, dtype=torch.long, device=positions.device)  # first labelled position
+    first = first.scatter_reduce(0, owner, positions.long(), reduce="amin", include_self=False)
+    front = positions < (first + shared)[owner]
+    weights = torch.where(front, torch.ones_like(token_logps), torch.full_like(token_logps, alpha))
+    sums = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
+    return sums.index_add(0, owner, token_logps * weights)
 
 
 def mean_metrics(**values: torch.Tensor) -> dict[str, float]:
@@ -157,7 +188,8 @@ def load_reference_model(cfg, *, lora_policy: bool):
 
 def reference_logps(model: nn.Module, ref_model: nn.Module | None, inputs, *, prefix: str = "",
                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sequence_logps` of the reference: `ref_model`, else `model` with its LoRA adapter disabled."""
+    """`sequence_logps` of the reference: `ref_model`, else `model` with its LoRA adapter disabled (plain
+    sums: LF applies `ld_alpha` to the policy only)."""
     with torch.no_grad():
         if ref_model is not None:
             return sequence_logps(ref_model, inputs, prefix=prefix, chunk_size=chunk_size)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError
+from tuneforge.utils.distributed import is_main_process
 from tuneforge.utils.folders import finish_interrupted_save
 
 if TYPE_CHECKING:
@@ -50,12 +51,15 @@ RUN_FILE = "tuneforge_run.json"
 # run. Keys left out (num_train_epochs, max_steps, logging/saving/evaluation, output) may change
 # between a run and its resume; the data is compared through its fingerprint.
 RUN_DEFINING_KEYS = {
-    "model": ("model_name_or_path", "adapter_name_or_path", "quantization_bit", "rope_scaling"),
+    "model": ("model_name_or_path", "adapter_name_or_path", "quantization_bit", "rope_scaling", "add_tokens",
+              "add_special_tokens", "new_special_tokens_config", "resize_vocab"),
     "data": ("packing", "neat_packing"),
     "finetuning": ("stage", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
                    "additional_target", "use_rslora", "use_dora", "pissa_init", "create_new_adapter",
                    "loraplus_lr_ratio", "freeze_trainable_layers", "freeze_trainable_modules",
-                   "freeze_extra_modules", "pref_beta", "pref_loss", "pref_ftx", "simpo_gamma",
+                   "freeze_extra_modules", "oft_rank", "oft_block_size", "oft_target", "module_dropout",
+                   "pref_beta", "pref_loss", "pref_ftx", "simpo_gamma", "pref_bco_weight",
+                   "ld_alpha",
                    "kto_chosen_weight", "kto_rejected_weight"),
     "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                  "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "optim", "adam_beta1",
@@ -70,9 +74,10 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
         return None
     output_dir = Path(args.output_dir)
     sources = check_output_dir(cfg)
-    finish_interrupted_save(output_dir)
-    if args.overwrite_output_dir and not args.resume_from_checkpoint:
-        _remove_old_checkpoints(output_dir, {**sources, "current directory": str(Path.cwd())})
+    if is_main_process():  # one process tidies the folder; the others only read it
+        finish_interrupted_save(output_dir)
+        if args.overwrite_output_dir and not args.resume_from_checkpoint:
+            _remove_old_checkpoints(output_dir, {**sources, "current directory": str(Path.cwd())})
     return detect_resume(args)
 
 
@@ -210,6 +215,8 @@ def run_fingerprint(cfg, train_dataset) -> dict[str, Any]:
             if hasattr(values, key):
                 value = getattr(values, key)
                 settings[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    if not hasattr(train_dataset, "__len__"):  # streaming: the data's identity (data/streaming.py), not its samples
+        return {"settings": settings, "train_samples": None, "data": getattr(train_dataset, "tuneforge_fingerprint", None)}
     return {"settings": settings, "train_samples": len(train_dataset), "data": dataset_fingerprint(train_dataset)}
 
 

@@ -7,8 +7,12 @@ What it changes:
 - tokens: real (non-pad) tokens and label tokens are counted; logs carry `total_tokens` and
   `throughput` (real tokens/s of this session);
 - LoRA+: with `loraplus_lr_ratio`, LoRA B matrices (and biases) train at lr * ratio (optim.py);
+- LF's own optimizers (`use_galore`, `use_apollo`, `use_badam`, `use_adam_mini`, `use_muon`): built by
+  optimizers.py; layer-wise GaLore / APOLLO get one lr schedule per parameter;
 - `compute_accuracy`: evaluation also reports `eval_accuracy` (LF's token accuracy: per sample, the share of
   label tokens the argmax of the logits predicts, averaged over samples), from the same chunked pass;
+- `dft_loss` (LF's `use_dft_loss`, sft): every label token's cross-entropy weighted by its detached label
+  probability (loss.py), in training and evaluation, on the chunked and the plain-forward path alike;
 - `torch_compile`: the decoder layers are compiled in place (model/compile.py), not the whole
   model, which the chunked loss would bypass;
 - `save_model()` of the final model writes the complete save to a staging folder, commits it with one
@@ -36,12 +40,12 @@ from transformers import Trainer
 
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_eval, chunked_causal_lm_loss,
-                                  sample_accuracies, shifted_label_count)
+                                  logits_loss, sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
+from tuneforge.train.sharding import is_fsdp2, through_wrapper
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
-
 
 
 def _compile_regionally(model, training_args):
@@ -57,6 +61,12 @@ def _compile_regionally(model, training_args):
     return training_args
 
 
+def _eval_prefix(logs: dict[str, float]) -> str:
+    """`eval_`, or `eval_<name>_` for one dataset of a dict of eval datasets (its loss is `eval_<name>_loss`)."""
+    return next((key.removesuffix("loss") for key in logs if key.startswith("eval_") and key.endswith("_loss")),
+                "eval_")
+
+
 class TuneforgeTrainer(Trainer):
     def __init__(
         self,
@@ -66,6 +76,8 @@ class TuneforgeTrainer(Trainer):
         loraplus_lr_embedding: float = 1e-6,
         objective: Any = None,
         compute_accuracy: bool = False,
+        dft_loss: bool = False,
+        finetuning_args: Any = None,
         **kwargs: Any,
     ) -> None:
         training_args = kwargs.get("args")
@@ -74,6 +86,7 @@ class TuneforgeTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.compute_accuracy = compute_accuracy and objective is None
+        self.dft_loss = dft_loss
         self._accuracy_sum = [0.0, 0]  # sum of per-sample accuracies, samples (this evaluation)
         self._objective_metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
         # Whether the model's own forward takes num_items_in_batch (HF decides from its signature).
@@ -81,6 +94,14 @@ class TuneforgeTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.loraplus_lr_ratio = loraplus_lr_ratio
         self.loraplus_lr_embedding = loraplus_lr_embedding
+        self.finetuning_args = finetuning_args  # LF's own optimizers: use_galore, use_badam, ... (optimizers.py)
+        if getattr(finetuning_args, "use_badam", False):
+            from types import MethodType
+
+            from badam import clip_grad_norm_old_version
+
+            # as LF: gradient clipping that also takes BAdam's sparse gradients (badam_mode: ratio)
+            self.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, self.accelerator)
         # Our compute_loss always takes num_items_in_batch: have the Trainer count label tokens over
         # the whole accumulated batch and treat our loss as already normalised for accumulation.
         self.model_accepts_loss_kwargs = True
@@ -97,6 +118,12 @@ class TuneforgeTrainer(Trainer):
             self.loss_is_scaled_for_ga = False  # objective losses are micro-batch means
             if self.args.remove_unused_columns:
                 self._signature_columns = list(dict.fromkeys([*self._signature_columns, *objective.input_columns]))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        from tuneforge.train.sharding import enable_fsdp_on_cpu
+
+        super().create_accelerator_and_postprocess()
+        enable_fsdp_on_cpu(self)  # accelerate applies FSDP on GPUs only; torch's FSDP2 runs on CPU processes too
 
     # ---- loss -------------------------------------------------------------------------------
     def compute_loss(
@@ -116,20 +143,20 @@ class TuneforgeTrainer(Trainer):
             raise ValueError(f"TuneforgeTrainer needs 'labels' in every batch; the batch has {sorted(inputs)}.")
         unwrapped = self.accelerator.unwrap_model(model)
         parts, reason = resolve_lm_parts(unwrapped, inputs)
-        if parts is not None and unwrapped is not model:
-            # DDP/FSDP/DeepSpeed wrappers hook into forward(); calling submodules would bypass them.
-            parts, reason = None, f"the model is wrapped by {type(model).__name__}"
         outputs = None
         if return_outputs or parts is None:
             if parts is None:
                 self._log_fallback_once(reason)
             loss, outputs = self._plain_forward_loss(model, inputs, num_items_in_batch)
         else:
-            # accelerate puts `bf16`/`fp16` autocast around model.forward(); the parts are called directly
-            with self.accelerator.autocast():
-                loss = chunked_causal_lm_loss(
-                    parts, inputs, chunk_size=self.loss_chunk_size, num_items_in_batch=num_items_in_batch
-                )
+            def chunked_loss(**batch):
+                # accelerate puts `bf16`/`fp16` autocast around model.forward(); this replaces that forward
+                with self.accelerator.autocast():
+                    return chunked_causal_lm_loss(parts, batch, chunk_size=self.loss_chunk_size,
+                                                  num_items_in_batch=num_items_in_batch, dft=self.dft_loss)
+
+            direct = unwrapped is model and not is_fsdp2(model)  # FSDP2 shards the model itself: its hooks must run
+            loss = chunked_loss(**inputs) if direct else through_wrapper(model, unwrapped, chunked_loss, inputs)
         loss = self._scale_for_devices(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
@@ -144,6 +171,10 @@ class TuneforgeTrainer(Trainer):
     def _plain_forward_loss(self, model, inputs, num_items_in_batch):
         """The model's own forward (full logits); loss normalised like the chunked path."""
         extra: dict[str, Any] = {"use_cache": False}
+        if self.dft_loss:  # the model's loss is plain CE: the DFT loss from its logits (LF's dft_loss_func)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, **extra)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            return logits_loss(logits, inputs["labels"], num_items_in_batch, dft=True), outputs
         if num_items_in_batch is not None and self._forward_takes_num_items:
             extra["num_items_in_batch"] = num_items_in_batch
         outputs = model(**inputs, **extra)
@@ -184,10 +215,10 @@ class TuneforgeTrainer(Trainer):
         """The evaluation loss, and the batch's per-sample token accuracies added to this evaluation's sum."""
         unwrapped = self.accelerator.unwrap_model(model)
         parts, reason = resolve_lm_parts(unwrapped, inputs)
-        if parts is not None and unwrapped is model:
+        if parts is not None and unwrapped is model and not is_fsdp2(model):
             with self.accelerator.autocast():
                 loss, hits, keep = chunked_causal_lm_eval(parts, inputs, chunk_size=self.loss_chunk_size,
-                                                          num_items_in_batch=num_items)
+                                                          num_items_in_batch=num_items, dft=self.dft_loss)
         else:  # the model's own forward: its logits exist anyway
             self._log_fallback_once(reason or f"the model is wrapped by {type(model).__name__}")
             loss, outputs = self._plain_forward_loss(model, inputs, num_items)
@@ -225,11 +256,21 @@ class TuneforgeTrainer(Trainer):
         if resume_from_checkpoint and self._nothing_left(resume_from_checkpoint):
             return self._load_finished_run(resume_from_checkpoint)
         result = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        session, total, _ = self._token_counts()
         runtime = result.metrics.get("train_runtime")
         if runtime:
-            result.metrics["throughput"] = round(self._session_tokens / runtime, 2)
-        result.metrics["total_tokens"] = self.total_real_tokens
+            result.metrics["throughput"] = round(session / runtime, 2)
+        result.metrics["total_tokens"] = total
         return result
+
+    def _token_counts(self) -> tuple[int, int, int]:
+        """(session tokens, total tokens, session label tokens) of the whole run: summed over the processes
+        of a multi-process run (every rank calls this at the same point: it is a collective)."""
+        counts = [self._session_tokens, self.total_real_tokens, self._session_label_tokens]
+        if self.accelerator.num_processes > 1:
+            summed = self.accelerator.reduce(torch.tensor(counts, dtype=torch.int64, device=self.args.device), "sum")
+            counts = [int(x) for x in summed.tolist()]
+        return counts[0], counts[1], counts[2]
 
     def _nothing_left(self, checkpoint: str) -> bool:
         """The checkpoint already reached the run's end (HF would train one step past it: step 5 of 4)."""
@@ -266,18 +307,26 @@ class TuneforgeTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if start_time is not None and "loss" in logs:
             elapsed = max(time.time() - start_time, 1e-9)
-            logs["throughput"] = round(self._session_tokens / elapsed, 2)
-            logs["total_tokens"] = self.total_real_tokens
-            logs["label_tokens"] = self._session_label_tokens
+            session, total, labels = self._token_counts()
+            logs["throughput"] = round(session / elapsed, 2)
+            logs["total_tokens"] = total
+            logs["label_tokens"] = labels
         split = "train" if "loss" in logs else "eval"
-        prefix = "" if split == "train" else "eval_"
+        prefix = "" if split == "train" else _eval_prefix(logs)
         for key, values in self._objective_metrics[split].items():
             logs[prefix + key] = round(sum(values) / len(values), 6)
         self._objective_metrics[split] = {}
         super().log(logs, start_time)
 
-    # ---- LoRA+ ------------------------------------------------------------------------------
+    # ---- LoRA+, LF's own optimizers ----------------------------------------------------------
     def create_optimizer(self, model=None):
+        if self.optimizer is None and self.finetuning_args is not None:
+            from tuneforge.train.optimizers import create_custom_optimizer
+
+            custom = create_custom_optimizer(self.model if model is None else model, self.args, self.finetuning_args)
+            if custom is not None:
+                self.optimizer = custom
+                return self.optimizer
         if self.loraplus_lr_ratio is None or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
@@ -294,6 +343,20 @@ class TuneforgeTrainer(Trainer):
         logger.info("LoRA+ optimizer: lr_B = %g x lr", self.loraplus_lr_ratio)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        from tuneforge.train.optimizers import LayerwiseOptimizer
+
+        inner = optimizer if optimizer is not None else self.optimizer
+        inner = getattr(inner, "optimizer", inner)  # accelerate's AcceleratedOptimizer wraps ours
+        if isinstance(inner, LayerwiseOptimizer):  # layer-wise GaLore / APOLLO: one lr schedule per parameter
+            from transformers.optimization import get_scheduler
+
+            inner.attach_schedulers(lambda opt: get_scheduler(
+                self.args.lr_scheduler_type, optimizer=opt,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs))
+        return super().create_scheduler(num_training_steps, optimizer)
+
     # ---- wrapper models (value head) ---------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         model = self.accelerator.unwrap_model(self.model)
@@ -301,7 +364,8 @@ class TuneforgeTrainer(Trainer):
         if inner is None or not hasattr(model, "save_pretrained"):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        model.save_pretrained(output_dir, is_main_process=self.args.should_save)
+        # state_dict: the parameters gathered from their shards (DeepSpeed ZeRO-3), else None
+        model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
         if self.args.should_save:
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)

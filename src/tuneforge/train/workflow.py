@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.utils.distributed import is_main_process
 
 logger = logging.getLogger("tuneforge")
 
@@ -75,7 +76,9 @@ def load_tokenizer_and_template(cfg):
 
 
 def report_data(bundle, output_dir: str) -> None:
-    """Print the preprocessing report at the start of training and keep a copy in output_dir."""
+    """Print the preprocessing report at the start of training and keep a copy in output_dir (rank 0)."""
+    if not is_main_process():
+        return
     print(bundle.report.format(), flush=True)
     bundle.report.save(output_dir)
 
@@ -85,18 +88,22 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
     from tuneforge.train.callbacks import LogCallback
     from tuneforge.train.checkpointing import training_args_with_checkpointing
     from tuneforge.train.progress import use_token_progress_bar
+    from tuneforge.train.reporting import setup_reporting
     from tuneforge.train.threads import ThreadPolicyCallback
     from tuneforge.train.trainer import TuneforgeTrainer
 
     training_args = training_args_with_checkpointing(cfg) if cfg.training.do_train else cfg.training
     if cfg.finetuning.compute_accuracy:
         extra_log_keys = (*extra_log_keys, "accuracy")  # eval_accuracy in trainer_log.jsonl and on the console
+    if bundle.eval_sets is not None:  # eval_on_each_dataset: eval_<name>_loss, eval_<name>_accuracy, ...
+        extra_log_keys = (*extra_log_keys, *(f"{name}_{key}" for name in bundle.eval_sets
+                                             for key in ("loss", *extra_log_keys)))
     log_callback = LogCallback(cfg.training.output_dir, extra_keys=extra_log_keys)
     trainer = TuneforgeTrainer(
         model=model,
         args=training_args,
         train_dataset=bundle.train,
-        eval_dataset=bundle.eval,
+        eval_dataset=bundle.trainer_eval,  # a dict with eval_on_each_dataset: one evaluation per dataset
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[log_callback, ThreadPolicyCallback()],
@@ -104,15 +111,39 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         loraplus_lr_embedding=cfg.finetuning.loraplus_lr_embedding,
         objective=objective,
         compute_accuracy=cfg.finetuning.compute_accuracy,  # eval_accuracy (LM stages; rm/dpo/kto log their own)
+        dft_loss=cfg.finetuning.use_dft_loss and objective is None,  # LF's use_dft_loss (sft only: validate.py)
+        finetuning_args=cfg.finetuning,  # use_galore / use_apollo / use_badam / use_adam_mini / use_muon
     )
+    setup_reporting(trainer.callback_handler, cfg)  # logging_dir, use_swanlab (train/reporting.py)
+    if cfg.finetuning.pissa_convert:  # LF: the PiSSA adapter also saved as a plain LoRA adapter (train/pissa.py)
+        from tuneforge.train.pissa import PissaConvertCallback
+
+        trainer.add_callback(PissaConvertCallback())
     if cfg.finetuning.compute_accuracy and bundle.eval is None:
         logger.warning("compute_accuracy: there is no evaluation set (`eval_dataset` or `val_size`), so no "
                        "eval_accuracy will be reported")
     ref_model = getattr(objective, "ref_model", None)
     if ref_model is not None:  # the Trainer places the policy; a frozen reference model goes next to it
-        ref_model.to(trainer.args.device)
+        from tuneforge.train.sharding import place_reference_model
+
+        place_reference_model(trainer, ref_model)  # (under DeepSpeed ZeRO-3: run by DeepSpeed, still sharded)
     use_token_progress_bar(trainer)
+    _say_world(trainer.args)
     return trainer, log_callback
+
+
+def _say_world(args) -> None:
+    """One line for a multi-process run: how many processes, which backend, which devices, the global batch."""
+    if args.world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    backend = dist.get_backend() if dist.is_initialized() else "none"
+    devices = f"{args.device.type} x{args.world_size}"
+    logger.info("distributed: world size %d, backend %s, devices %s; batch %d per device x %d accumulation = %d "
+                "samples per step", args.world_size, backend, devices, args.per_device_train_batch_size,
+                args.gradient_accumulation_steps,
+                args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
 
 
 def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, Any]:
@@ -145,7 +176,8 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
     trainer.save_state()
     metrics = dict(result.metrics)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-    metrics.update(_resource_metrics(trainer))
+    for key, value in _resource_metrics(trainer).items():  # the Trainer's own total_tokens is the whole run's
+        metrics.setdefault(key, value)
     if cfg.finetuning.include_effective_tokens_per_second and metrics.get("train_runtime"):
         # LF's metric: the real (non-padding) tokens trained per second of training
         metrics["effective_tokens_per_sec"] = round(metrics.get("total_tokens", 0) / metrics["train_runtime"], 2)
@@ -230,8 +262,10 @@ def _resource_metrics(trainer) -> dict[str, Any]:
 
 def chat_command(cfg) -> str:
     """The exact command that chats with what this run saved."""
+    from tuneforge.config.args import ADAPTER_METHODS
+
     parts = ["tuneforge", "chat", f"model_name_or_path={cfg.model.model_name_or_path}"]
-    if cfg.finetuning.finetuning_type == "lora":
+    if cfg.finetuning.finetuning_type in ADAPTER_METHODS:
         adapters = [*(cfg.model.adapter_name_or_path or ()), cfg.training.output_dir]
         parts.append(f"adapter_name_or_path={','.join(adapters)}")
     else:
@@ -242,8 +276,10 @@ def chat_command(cfg) -> str:
 
 
 def print_summary(cfg, metrics: dict[str, Any]) -> None:
+    if not is_main_process():
+        return
     out = Path(cfg.training.output_dir)
-    what = "LoRA adapter" if cfg.finetuning.finetuning_type == "lora" else "model weights"
+    what = {"lora": "LoRA adapter", "oft": "OFT adapter"}.get(cfg.finetuning.finetuning_type, "model weights")
     print("", flush=True)
     print(f"[tuneforge] done in {metrics.get('train_seconds', 0):.0f}s — final train loss "
           f"{metrics.get('train_loss', float('nan')):.4f}, "
