@@ -23,7 +23,14 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   quiet_pip install "$TORCH_SPEC"
 fi
 echo "[setup] installing tuneforge (editable) and its dependencies"
-quiet_pip install -e ".[dev,webui,metrics]"
+quiet_pip install -e ".[dev,webui,metrics,tensorboard,swanlab,badam,adam-mini]"
+# GaLore / APOLLO without their bitsandbytes dependency (~125 MB, only for their 8-bit variants): tuneforge
+# loads the plain optimizers without it (train/optimizers.py); `pip install 'tuneforge[galore]'` adds it.
+quiet_pip install --no-deps galore-torch apollo-torch
+# DeepSpeed without its own dependency resolution (it would fetch another torch); its few pure-python needs
+# by name. On a CPU it runs ZeRO-2/3 over gloo (tests/test_deepspeed.py); its CPU ops compile on first use.
+quiet_pip install --no-deps "deepspeed==0.19.8"
+quiet_pip install einops hjson msgpack ninja py-cpuinfo
 
 # torchvision/torchaudio from PyPI are CUDA builds that break `import transformers` on a CPU box.
 if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else

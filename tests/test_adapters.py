@@ -169,8 +169,8 @@ def test_adapter_errors(tiny_llama_dir, tmp_path):
         load_model(model_args(tiny_llama_dir, adapter_name_or_path=str(tiny_llama_dir)), ft_args(), is_trainable=False)
     with pytest.raises(ConfigError, match=r"^adapter_name_or_path is set \(x\) but finetuning_type is `freeze`"):
         load_model(model_args(tiny_llama_dir, adapter_name_or_path="x"), ft_args(finetuning_type="freeze"), is_trainable=True)
-    with pytest.raises(ConfigError, match="finetuning_type: `oft` is not one of full, freeze, lora"):
-        load_model(model_args(tiny_llama_dir), ft_args(finetuning_type="oft"), is_trainable=True)
+    with pytest.raises(ConfigError, match="finetuning_type: `boft` is not one of full, freeze, lora, oft"):
+        load_model(model_args(tiny_llama_dir), ft_args(finetuning_type="boft"), is_trainable=True)
 
 
 # ---- a wrong adapter is one clear line before peft loads it (issue 10, item 11) -------------------

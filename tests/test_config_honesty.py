@@ -60,7 +60,7 @@ def test_keys_that_only_matter_with_a_feature_point_at_a_refused_feature():
 
 
 @pytest.mark.parametrize("key, value", [
-    ("use_galore", True), ("media_dir", "images"), ("data_shared_file_system", True),
+    ("use_mca", True), ("media_dir", "images"), ("data_shared_file_system", True),
     ("low_cpu_mem_usage", False), ("use_kv_cache", False), ("infer_backend", "vllm"),
 ])
 def test_refused_keys_are_refused_when_set(key, value):
@@ -91,4 +91,5 @@ def test_the_web_ui_offers_only_what_validation_accepts():
     for booster in args.BOOSTERS:
         model_keys = args.model_config({"model_path": "m", "booster": booster}, "saves")
         assert not set(model_keys) & set(support.UNSUPPORTED_KEYS), booster
-    assert "kto_pair" not in args.PREF_LOSSES and "unsloth" not in args.BOOSTERS  # refused in support.py
+    assert "unsloth" not in args.BOOSTERS  # refused in support.py
+    assert "kto_pair" in args.PREF_LOSSES  # every LF pref_loss is implemented

@@ -14,7 +14,7 @@ from tuneforge.data import pipeline, stage_encode
 from tuneforge.data.pipeline import build_datasets
 from tuneforge.data.preview import format_preview, mark_sample
 from tuneforge.data.report import DataReport
-from tuneforge.errors import ConfigError, DataError, NotSupportedError
+from tuneforge.errors import ConfigError, DataError
 
 X = -100
 
@@ -173,8 +173,27 @@ def test_mix_strategies(workdir, tiny_tokenizer):
     assert sorted(set(probs)) == ["n0", "n1", "n2", "who"]
     with pytest.raises(ConfigError, match="interleave_probs has 1 value"):
         users("interleave_under", interleave_probs=[1.0])
-    with pytest.raises(NotSupportedError):
-        users("interleave_once")
+    assert users("interleave_once") == ["n0", "who", "n1", "n2"]  # every row once; sg's is used up first
+    assert sorted(users("interleave_once", interleave_probs="0.2,0.8")) == ["n0", "n1", "n2", "who"]
+
+
+@pytest.mark.parametrize("probs", [None, (0.4, 0.3, 0.3), (0.8, 0.1, 0.1), (0.1, 0.8, 0.1)])
+def test_interleave_once_uses_every_row_exactly_once(probs):
+    """LF's `interleave_once` = HF's stopping_strategy all_exhausted_without_replacement: no row repeated,
+    none left out, whatever the probabilities (`interleave_over` repeats the shorter dataset's rows)."""
+    from collections import Counter
+
+    from tuneforge.config.args import DataArguments
+    from tuneforge.data.rows import mix
+
+    lists = [[f"a{i}" for i in range(3)], [f"b{i}" for i in range(7)], [f"c{i}" for i in range(2)]]
+    once = mix(lists, ["a", "b", "c"], DataArguments(mix_strategy="interleave_once", interleave_probs=probs), 7)
+    assert Counter(row for _, row in once) == Counter(row for rows in lists for row in rows)
+    assert all(row.startswith(name) for name, row in once)
+    for rows in lists:  # each dataset's rows keep their order
+        assert [row for _, row in once if row in rows] == rows
+    over = mix(lists, ["a", "b", "c"], DataArguments(mix_strategy="interleave_over", interleave_probs=probs), 7)
+    assert max(Counter(row for _, row in over).values()) > 1
 
 
 def test_num_samples_oversamples(workdir, tiny_tokenizer):
@@ -265,3 +284,86 @@ def test_real_chatml_template_end_to_end(workdir, tiny_tokenizer):
     assert format_preview(bundle, tiny_tokenizer, n=1, color=False).splitlines()[2:4] == [
         "<|im_start|>user", "who<|im_end|>"]
     assert "[[me<|im_end|>" in format_preview(bundle, tiny_tokenizer, n=1, color=False)
+
+
+# ----------------------------------------------------------------------------- tokenized_path, eval_on_each_dataset
+def test_tokenized_path_saves_then_loads_without_reading_data(workdir, tiny_tokenizer, monkeypatch):
+    import shutil
+
+    from tuneforge.data import rows
+
+    cfg = make_cfg("alp", eval_dataset="nums", tokenized_path="saves/tokenized")
+    first = build_datasets(cfg, tiny_tokenizer, TokTemplate())
+    saved = workdir / "saves" / "tokenized"
+    assert sorted(p.name for p in saved.iterdir()) == ["dataset_dict.json", "train", "tuneforge_data.json", "validation"]
+    info = json.loads((saved / "tuneforge_data.json").read_text())
+    assert (info["stage"], info["report"]["train_samples"], info["report"]["eval_samples"]) == ("sft", 3, 8)
+    assert any("saved to tokenized_path" in note for note in first.report.notes)
+
+    # the data files and the content cache are gone, and reading any data fails: the saved encoding is used
+    (workdir / "data" / "alp.json").unlink()
+    (workdir / "data" / "nums.jsonl").unlink()
+    shutil.rmtree(workdir / "cache")
+    monkeypatch.setattr(rows, "load_rows", lambda *a, **k: pytest.fail("data was read"))
+    second = build_datasets(cfg, tiny_tokenizer, TokTemplate())
+    assert second.train.to_list() == first.train.to_list() and len(second.train) == 3
+    assert second.eval.to_list() == first.eval.to_list() and len(second.eval) == 8
+    assert second.eval_sets is None
+    assert second.report.stats("alp").dropped == first.report.stats("alp").dropped  # the encoding's report
+    assert any("loaded from tokenized_path" in note for note in second.report.notes)
+    assert "3 train / 8 eval sample(s)" in pipeline.tokenized_summary("saves/tokenized", "sft")  # --dry-run's line
+    assert pipeline.tokenized_summary("saves/elsewhere", "sft") is None
+    with pytest.raises(ConfigError, match="encoded for stage sft"):
+        build_datasets(cfg, tiny_tokenizer, TokTemplate(), stage="pt")
+
+
+def test_tokenized_path_refuses_a_folder_of_something_else(workdir, tiny_tokenizer):
+    (workdir / "other").mkdir()
+    (workdir / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="holds no tuneforge tokenized data"):
+        build_datasets(make_cfg("alp", tokenized_path="other"), tiny_tokenizer, TokTemplate())
+    (workdir / "empty").mkdir()  # an empty folder is filled, as in LF
+    build_datasets(make_cfg("alp", tokenized_path="empty"), tiny_tokenizer, TokTemplate())
+    assert (workdir / "empty" / "tuneforge_data.json").is_file()
+
+
+def test_eval_on_each_dataset_keeps_the_eval_datasets_apart(workdir, tiny_tokenizer):
+    cfg = make_cfg("alp", eval_dataset="nums,sg", eval_on_each_dataset=True, tokenized_path="tok")
+    bundle = build_datasets(cfg, tiny_tokenizer, TokTemplate())
+    assert list(bundle.eval_sets) == ["nums", "sg"] and bundle.trainer_eval is bundle.eval_sets
+    assert [first_user(tiny_tokenizer, s) for s in bundle.eval_sets["nums"]] == [f"n{i}" for i in range(8)]
+    assert [first_user(tiny_tokenizer, s) for s in bundle.eval_sets["sg"]] == ["who"]
+    assert len(bundle.eval) == bundle.report.eval_samples == 9
+    loaded = build_datasets(cfg, tiny_tokenizer, TokTemplate())  # from tokenized_path: validation_<name> splits
+    assert {name: split.to_list() for name, split in loaded.eval_sets.items()} == \
+        {name: split.to_list() for name, split in bundle.eval_sets.items()}
+    merged = build_datasets(make_cfg("alp", eval_dataset="nums,sg"), tiny_tokenizer, TokTemplate())
+    assert merged.eval_sets is None and merged.trainer_eval is merged.eval and len(merged.eval) == 9
+
+
+def test_eval_on_each_dataset_reports_one_loss_per_dataset(workdir, tiny_tokenizer, tiny_llama_dir):
+    """Two eval datasets -> eval_nums_loss and eval_sg_loss (HF Trainer's dict of eval datasets), each the loss of
+    that dataset alone; in trainer_log.jsonl too."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.data.collate import PackedCollator
+    from tuneforge.train.workflow import build_trainer
+
+    cfg = make_cfg("alp", eval_dataset="nums,sg", eval_on_each_dataset=True)
+    bundle = build_datasets(cfg, tiny_tokenizer, TokTemplate())
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    trainer, _ = build_trainer(cfg, model, tiny_tokenizer, bundle, PackedCollator())
+    metrics = trainer.evaluate()
+    assert {"eval_nums_loss", "eval_sg_loss"} <= metrics.keys() and "eval_loss" not in metrics
+    assert metrics["eval_nums_loss"] == pytest.approx(trainer.evaluate(bundle.eval_sets["nums"])["eval_loss"])
+    assert metrics["eval_sg_loss"] == pytest.approx(trainer.evaluate(bundle.eval_sets["sg"])["eval_loss"])
+    assert metrics["eval_nums_loss"] != pytest.approx(metrics["eval_sg_loss"])
+    logged = [json.loads(line) for line in (workdir / "unused" / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("eval_nums_loss" in row for row in logged) and any("eval_sg_loss" in row for row in logged)
+
+
+def test_stage_metrics_of_one_eval_dataset_carry_its_name():
+    from tuneforge.train.trainer import _eval_prefix
+
+    assert _eval_prefix({"eval_loss": 1.0, "epoch": 1}) == "eval_"
+    assert _eval_prefix({"eval_nums_runtime": 0.1, "eval_nums_loss": 1.0}) == "eval_nums_"  # rewards/... of dpo

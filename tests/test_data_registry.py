@@ -154,9 +154,17 @@ def test_direct_file_missing_without_dataset_dir(tmp_path, monkeypatch):
 def test_lf_keys_not_supported_yet():
     with pytest.raises(NotSupportedError, match="`cloud_file_name` is not supported yet"):
         parse_entry("x", {"cloud_file_name": "s3://b/f.json"}, None, None)
-    with pytest.raises(NotSupportedError, match="`om_hub_url` is not supported yet"):
-        parse_entry("x", {"om_hub_url": "a/b"}, None, None)
+
+
+
+def test_om_hub_precedence(monkeypatch):  # LF: OpenMind when switched on or without hf_hub_url
+    monkeypatch.delenv("USE_OPENMIND_HUB", raising=False)
+    monkeypatch.delenv("USE_MODELSCOPE_HUB", raising=False)
+    assert parse_entry("x", {"om_hub_url": "a/b"}, None, None).load_from == "om_hub"
     assert parse_entry("x", {"om_hub_url": "a/b", "hf_hub_url": "c/d"}, None, None).load_from == "hf_hub"
+    monkeypatch.setenv("USE_OPENMIND_HUB", "1")
+    assert parse_entry("x", {"om_hub_url": "a/b", "hf_hub_url": "c/d"}, None, None).load_from == "om_hub"
+    assert parse_entry("x", {"om_hub_url": "a/b", "ms_hub_url": "e/f"}, None, None).load_from == "ms_hub"
 
 
 def test_direct_file_unknown_layout(tmp_path, monkeypatch):
@@ -240,7 +248,7 @@ def test_ms_hub_without_modelscope():
         pytest.skip("modelscope installed")
     except ImportError:
         pass
-    with pytest.raises(DataError, match="needs the modelscope package"):
+    with pytest.raises(DataError, match=r"needs the `modelscope` package, which is not installed: pip install 'tuneforge\[modelscope\]'"):
         list(iter_hub_rows(spec))
 
 

@@ -16,11 +16,13 @@ reads any data or weights.
 Every outcome is pinned: an example in EXPECTED_REFUSED must be refused with a message containing the
 text given there, every other example must load. A change in tuneforge that makes an example load, or
 refuse it differently, fails here and the table is updated on purpose. The hardware is fixed to a
-CPU-only machine without bitsandbytes, as in tests/test_config.py.
+CPU-only machine without bitsandbytes, as in tests/test_config.py, with the packages of LF's own optimizers
+(galore-torch, apollo-torch, badam, adam-mini) counted as installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -65,7 +67,10 @@ MULTIMODAL_ENTRIES = {
                            "images": "images"}},
 }
 
-_DS = "is not supported yet by tuneforge (DeepSpeed is not integrated yet"
+# DeepSpeed examples load where the `deepspeed` extra is installed (tests/test_deepspeed.py runs them)
+_DS_MISSING = "`deepspeed` needs the deepspeed package, which is not installed: pip install 'tuneforge[deepspeed]'"
+_DS_REFUSED = {} if importlib.util.find_spec("deepspeed") else {
+    "examples/train_full/qwen3_full_sft.yaml": _DS_MISSING, "examples/train_lora/qwen3_lora_sft_ds3.yaml": _DS_MISSING}
 _MM = "(multimodal (vision/audio) models are not supported yet)"
 _V1 = "are keys of a LLaMA-Factory v1 config"  # LF's v1-engine files (`USE_V1=1 llamafactory-cli train`)
 _MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
@@ -79,26 +84,16 @@ EXPECTED_REFUSED = {
     "examples/ascend/qwen3moe_full_sft_fsdp.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
     "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/ascend/qwen3vlmoe_lora_sft_fsdp.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/extras/adam_mini/qwen2_full_sft.yaml": "`use_adam_mini` is not supported yet by tuneforge",
-    "examples/extras/apollo/llama3_full_sft.yaml": "`use_apollo` is not supported yet by tuneforge",
     "examples/extras/asft/llama2_full_asft.yaml": "`use_asft_loss` is not supported yet by tuneforge",
     "examples/extras/asft/qwen2_full_asft.yaml": "`use_asft_loss` is not supported yet by tuneforge",
-    "examples/extras/badam/llama3_full_sft.yaml": "`use_badam` is not supported yet by tuneforge",
-    "examples/extras/dft/qwen2_full_sft.yaml": "`use_dft_loss` is not supported yet by tuneforge",
     "examples/extras/eaft/qwen25_05b_eaft_full.yaml": "`use_eaft_loss` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
-    "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "is not supported yet by tuneforge (FSDP is not integrated yet)",
+    "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
-    "examples/extras/galore/llama3_full_sft.yaml": "`use_galore` is not supported yet by tuneforge",
     "examples/extras/llama_pro/llama3_freeze_sft.yaml": "`use_llama_pro` is not supported yet by tuneforge",
     "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge",
-    "examples/extras/muon/qwen2_full_sft.yaml": "`use_muon` is not supported yet by tuneforge",
-    "examples/extras/oft/llama3_oft_sft.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
     "examples/extras/oft/qwen2_5vl_oft_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/extras/pissa/llama3_lora_sft.yaml": "`pissa_convert` is not supported yet by tuneforge",
-    "examples/extras/qoft/llama3_oft_sft_awq.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
-    "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
-    "examples/extras/qoft/llama3_oft_sft_gptq.yaml": "`finetuning_type: oft` is not supported yet by tuneforge",
+    "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": _CUDA,  # qoft/*_{awq,gptq}.yaml load (see train_qlora)
     "examples/ktransformers/train_lora/deepseek_v2_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/deepseek_v3_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/qwen3_5moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
@@ -108,11 +103,8 @@ EXPECTED_REFUSED = {
     "examples/megatron/qwen2_vl_full.yaml": _MCA,
     "examples/megatron/qwen3_moe_full.yaml": _MCA,
     "examples/merge_lora/qwen3_gptq.yaml": "`export_quantization_bit` is not supported yet by tuneforge",
-    "examples/train_full/qwen3_full_sft.yaml": "`deepspeed` " + _DS,
     "examples/train_full/qwen3vl_full_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/train_lora/qwen3_lora_sft_ds3.yaml": "`deepspeed` " + _DS,
     "examples/train_lora/qwen3_lora_sft_ray.yaml": "`ray_num_workers` is not supported yet by tuneforge (Ray training",
-    "examples/train_lora/qwen3_preprocess.yaml": "`tokenized_path` is not supported yet by tuneforge",
     "examples/train_lora/qwen3vl_lora_dpo.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/train_lora/qwen3vl_lora_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     # train_qlora/llama3_lora_sft_{aqlm,awq,gptq}.yaml load: the quantization is in the (pre-quantized)
@@ -120,6 +112,7 @@ EXPECTED_REFUSED = {
     "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _CUDA,
     "examples/train_qlora/qwen3_lora_sft_otfq.yaml": _CUDA,
     **{e["path"]: _V1 for e in TRAINING if e["path"].startswith("examples/v1/")},
+    **_DS_REFUSED,
 }
 
 
@@ -195,6 +188,8 @@ def cpu_only(monkeypatch):
     monkeypatch.setattr(validate, "cuda_available", lambda: False)
     monkeypatch.setattr(validate, "mps_available", lambda: False)
     monkeypatch.setattr(validate, "bitsandbytes_available", lambda: False)
+    # LF's own optimizers (use_galore, use_badam, ...): their packages count as installed, as LF requires them
+    monkeypatch.setattr(validate, "optimizer_package_available", lambda module: True)
 
 
 @pytest.fixture(scope="module")

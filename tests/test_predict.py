@@ -121,13 +121,61 @@ def test_a_failing_prediction_says_so_in_the_status_file(predict_workspace, monk
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    (["predict_with_generate=false"], "`do_predict` without `predict_with_generate` (loss-only prediction) is not supported yet"),
+    (["predict_with_generate=false"], "`do_predict` with stage sft generates the answers it saves: set "
+                                      "`predict_with_generate: true` (LLaMA-Factory refuses it too"),
     (["eval_dataset=null"], "`do_predict` reads the rows to answer from `eval_dataset`"),
     (["stage=rm"], "`predict_with_generate` needs `stage: sft`"),
-    (["do_train=true"], "`do_predict` in a training run is not supported yet"),
-    (["do_train=true", "predict_with_generate=false", "dataset=qa"], "`do_predict` in a training run is not supported yet"),
+    (["stage=dpo", "predict_with_generate=false"], "`do_predict` does nothing with stage dpo"),
+    (["stage=rm", "predict_with_generate=false", "eval_dataset=null"], "`do_predict` scores the pairs of the evaluation set"),
+    (["do_train=true", "dataset=qa", "do_eval=true"], "`predict_with_generate` in a training run with evaluation"),
+    (["do_train=true", "dataset=qa", "eval_strategy=steps"], "`predict_with_generate` in a training run with evaluation"),
+    (["do_train=true", "predict_with_generate=false", "dataset=qa"], "set `predict_with_generate: true`"),
 ])
 def test_predict_config_errors_are_one_clear_line(predict_workspace, capsys, overrides, expected):
     assert main(["train", "predict.yaml", *overrides]) != 0
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+def test_trained_config_points_at_the_saved_model(tiny_llama_dir):
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.evaluate.predict import trained_config
+
+    base = {"model_name_or_path": str(tiny_llama_dir), "do_train": True, "dataset": "qa", "output_dir": "out/run",
+            "eval_dataset": "qa", "do_predict": True, "predict_with_generate": True}
+    lora = trained_config(load_config_dict({**base, "adapter_name_or_path": "earlier"}))
+    assert (lora.model.model_name_or_path, lora.model.adapter_name_or_path) == (str(tiny_llama_dir), ("earlier", "out/run"))
+    full = trained_config(load_config_dict({**base, "finetuning_type": "full"}))
+    assert (full.model.model_name_or_path, full.model.adapter_name_or_path) == ("out/run", None)
+
+
+@pytest.mark.parametrize("finetuning_type", ["lora", "full"])
+def test_train_then_predict_with_the_trained_model(predict_workspace, capsys, finetuning_type):
+    """LF's sft workflow with do_train + do_predict: train, save, then generate on eval_dataset with that model."""
+    from tuneforge.config.parser import load_config
+    from tuneforge.evaluate.predict import trained_config
+    from tuneforge.infer.engine import ChatEngine
+
+    overrides = ["do_train=true", "dataset=qa", "max_steps=3", "learning_rate=1e-2", "save_strategy=no",
+                 "logging_steps=1", "report_to=none", f"finetuning_type={finetuning_type}", "output_dir=out/train"]
+    assert main(["train", "predict.yaml", *overrides]) == 0
+    out = predict_workspace / "out" / "train"
+    weights = "adapter_model.safetensors" if finetuning_type == "lora" else "model.safetensors"
+    assert (out / weights).is_file() and (out / "train_results.json").is_file()
+    # the training log stays the training's (LF does not log prediction steps after training)
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["current_steps"] for r in log if "loss" in r] == [1, 2, 3] and log[-1]["total_steps"] == 3
+    assert json.loads((out / "running_status.json").read_text())["status"] == "finished"
+    rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["label"].strip() for row in rows] == [r["output"] for r in ROWS]
+    results = json.loads((out / "predict_results.json").read_text())
+    assert results["predict_samples"] == 3 and "predict_bleu-4" in results and "predict_rouge-l" in results
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert "train_loss" in all_results and all_results["predict_bleu-4"] == results["predict_bleu-4"]
+    # the answers are the trained model's (greedy)
+    engine = ChatEngine.from_config(trained_config(load_config("predict.yaml", overrides)))
+    for row, source in zip(rows, ROWS):
+        prompt = engine.encode_prompt([{"role": "user", "content": (source["instruction"] + "\n" + source["input"]).strip()}])
+        assert row["predict"] == engine.tokenizer.decode(engine.generate_ids(prompt), skip_special_tokens=True)
+    printed = capsys.readouterr().out
+    assert "chat with it" in printed and "predictions:" in printed

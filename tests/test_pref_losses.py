@@ -74,3 +74,25 @@ def test_pairwise_reward_loss():
 def test_kl_answers_shift_like_llama_factory():
     assert kl_answers(["a", "b", "c"]) == ["c", "a", "b"]
     assert kl_answers(list("abcde"), batch_size=2) == ["b", "a", "d", "c", "e"]
+
+
+def test_kto_pair_estimates_each_halfs_kl_from_the_other():
+    # log-ratios r_c = [1, 0], r_r = [-1, 0]; KL_c = max(mean r_c, 0) = 0.5, KL_r = max(-0.5, 0) = 0; beta 0.5
+    policy_chosen = t(-1.0, -2.0).requires_grad_()
+    losses, chosen, rejected = pl.dpo_loss(policy_chosen, t(-3.0, -2.0), t(-2.0, -2.0), t(-2.0, -2.0),
+                                           beta=0.5, loss_type="kto_pair")
+    # chosen: 1 - s(0.5 (1 - 0)), 1 - s(0.5 (0 - 0)); rejected: 1 - s(0.5 (0.5 + 1)), 1 - s(0.5 (0.5 - 0))
+    assert losses.tolist() == pytest.approx([0.3775406687981454, 0.5, 0.320821300824607, 0.43782349911420193])
+    assert chosen.tolist() == pytest.approx([0.5, 0.0]) and rejected.tolist() == pytest.approx([-0.5, 0.0])
+    # the KL terms are not detached (TRL): the rejected half's losses move with the chosen log-probs
+    losses[2:].sum().backward()
+    assert policy_chosen.grad.abs().sum() > 0
+
+
+def test_bco_loss_and_its_running_reward_baseline():
+    # rewards beta r: chosen 0.5 (1 * 0.5), rejected -0.5; delta 0.25:
+    # -log s(0.5 - 0.25) - log s(-(-0.5 - 0.25)) = log(1 + e^-0.25) + log(1 + e^-0.75)
+    loss = pl.bco_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, delta=0.25)
+    assert loss.item() == pytest.approx(0.9628104259937437)
+    baseline = pl.RewardBaseline()  # the mean of every batch's mean reward so far, the current one included
+    assert [baseline.update(torch.tensor(x)) for x in (1.0, 3.0, -1.0, 5.0)] == pytest.approx([1.0, 2.0, 1.0, 2.0])

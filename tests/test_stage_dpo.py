@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from pref_helpers import log_records, make_cfg, separate_logps, workdir  # noqa: F401 (workdir is a fixture)
 
-from tuneforge.errors import ConfigError, DataError, NotSupportedError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.train import pref_losses
 from tuneforge.train.dpo import DPOObjective
 from tuneforge.train.preference import PairwisePackedCollator, sequence_logps
@@ -142,12 +143,15 @@ def test_stage_data_and_setting_errors(workdir, tiny_llama_dir):
     with pytest.raises(DataError, match=r"dataset 'pairs' in .* is a ranking dataset .* but stage 'sft' needs"):
         run_train(make_cfg(tiny_llama_dir, "sft", "pairs", workdir / "o2"))
     # refused by config validation, before anything loads (CLI, web UI and data check alike)
-    with pytest.raises(NotSupportedError, match=r"`pref_loss: kto_pair` is not supported yet by tuneforge \(kto_pair"):
-        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="kto_pair")
     with pytest.raises(ConfigError, match=r"`dpo_label_smoothing` only applies to `pref_loss: sigmoid`"):
         make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="ipo", dpo_label_smoothing=0.1)
-    with pytest.raises(NotSupportedError, match=r"ld_alpha"):
-        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", ld_alpha=0.5)
+    with pytest.raises(ConfigError, match=r"`pref_loss: simpo` has none, so it would do nothing"):
+        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="simpo", pref_bco_weight=0.5)
+    with pytest.raises(ConfigError, match=r"`pref_bco_weight` must be >= 0"):
+        make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_bco_weight=-1.0)
+    cfg = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o3", pref_loss="kto_pair", pref_bco_weight=0.5,
+                   ld_alpha=0.5)  # implemented: accepted
+    assert (cfg.finetuning.pref_loss, cfg.finetuning.pref_bco_weight, cfg.finetuning.ld_alpha) == ("kto_pair", 0.5, 0.5)
 
 
 def test_reference_model_choice(workdir, tiny_llama_dir):
@@ -160,3 +164,96 @@ def test_reference_model_choice(workdir, tiny_llama_dir):
     assert ref is not None and not any(p.requires_grad for p in ref.parameters()) and not ref.training
     full = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o", finetuning_type="full")
     assert type(load_reference_model(full, lora_policy=False)).__name__ == "LlamaForCausalLM"
+
+
+def test_ld_alpha_weights_tokens_beyond_the_shared_length_by_hand():
+    from tuneforge.train.preference import length_desensitized_sums
+
+    # pair 0: chosen 3 answer tokens at offsets 3, 4, 5 (log-probs -1, -2, -3), rejected 2 at 3, 4 -> shared
+    # length 2: chosen = -1 - 2 + 0.5 * -3 = -4.5, rejected = -0.5 - 0.5 = -1 (all shared)
+    # pair 1: chosen 1 token at 2 (-2), rejected 3 at 2, 3, 4 (-1 each) -> shared 1: -2 and -1 + 0.5 * -2 = -2
+    token_logps = torch.tensor([-1.0, -2.0, -3.0, -2.0, -0.5, -0.5, -1.0, -1.0, -1.0])
+    owner = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 3])
+    positions = torch.tensor([3, 4, 5, 2, 3, 4, 2, 3, 4])
+    counts = torch.tensor([3, 1, 2, 3])
+    sums = length_desensitized_sums(token_logps, owner, positions, counts, 0.5)
+    assert sums.tolist() == pytest.approx([-4.5, -2.0, -1.0, -2.0])
+    assert length_desensitized_sums(token_logps, owner, positions, counts, 1.0).tolist() == pytest.approx(
+        [-6.0, -2.0, -1.0, -3.0])  # alpha 1: the plain sums
+
+
+def test_ld_alpha_packed_logps_equal_lf_padded_computation(tiny_model):
+    """LF's get_batch_logps(ld_alpha) on a right-padded batch of the same pairs, written out here."""
+    alpha = 0.3
+    batch = PairwisePackedCollator()(PAIRS)
+    with torch.no_grad():
+        sums, counts = sequence_logps(tiny_model, batch, ld_alpha=alpha)
+    sequences = _sequences(PAIRS)
+    width = max(len(ids) for ids, _ in sequences)
+    ids = torch.tensor([s + [0] * (width - len(s)) for s, _ in sequences])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in sequences])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in sequences])
+    with torch.no_grad():
+        logits = tiny_model(input_ids=ids, attention_mask=mask).logits.float()
+    shifted, logits = labels[:, 1:].clone(), logits[:, :-1]
+    loss_mask = shifted != -100
+    shifted[~loss_mask] = 0
+    per_token = torch.gather(logits.log_softmax(-1), 2, shifted.unsqueeze(2)).squeeze(2)
+    valid = loss_mask.sum(-1)
+    shared = torch.minimum(valid[:2], valid[2:]).repeat(2)
+    public = torch.argmax(loss_mask.int(), dim=1) + shared
+    front = torch.arange(width - 1).expand_as(per_token) < public.unsqueeze(1)
+    expected = (per_token * (front & loss_mask)).sum(-1) + alpha * (per_token * (~front & loss_mask)).sum(-1)
+    assert counts.tolist() == valid.tolist() == [3, 5, 2, 2]
+    torch.testing.assert_close(sums, expected, rtol=1e-5, atol=1e-5)
+    # the chosen answers are the longer ones (3 vs 2, 5 vs 2 tokens): their tails are down-weighted; the
+    # rejected answers lie within the shared length and keep their plain sums
+    plain = separate_logps(tiny_model, sequences)
+    torch.testing.assert_close(sums[2:], plain[2:], rtol=1e-5, atol=1e-5)
+    assert ((sums[:2] - plain[:2]).abs() > 1e-3).all()
+
+
+def test_ld_alpha_applies_to_the_policy_only(tiny_model):
+    batch = PairwisePackedCollator()(PAIRS)
+    loss, metrics = DPOObjective(beta=0.1, ld_alpha=0.3, ref_model=tiny_model).compute(tiny_model, batch)
+    with torch.no_grad():
+        ld, _ = sequence_logps(tiny_model, batch, ld_alpha=0.3)
+    plain = separate_logps(tiny_model, _sequences(PAIRS))
+    expected, _, _ = pref_losses.dpo_loss(ld[:2], ld[2:], plain[:2], plain[2:], beta=0.1)
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert metrics["logps/chosen"] == pytest.approx(ld[:2].mean().item(), rel=1e-5)
+
+
+def test_kto_pair_and_bco_objective_values(tiny_model):
+    batch = PairwisePackedCollator()(PAIRS)
+    # policy == reference: every log-ratio 0, KL 0 -> each of the 2 B kto_pair losses is 1 - s(0) = 0.5
+    loss, _ = DPOObjective(loss_type="kto_pair", beta=0.1, ref_model=tiny_model).compute(tiny_model, batch)
+    assert loss.item() == pytest.approx(0.5)
+    # sigmoid + BCO (weight 2): rewards 0, baseline 0 -> (log 2 + 2 * 2 log 2) / 3; + ftx's SFT term
+    objective = DPOObjective(beta=0.1, bco_weight=2.0, ftx=0.5, ref_model=tiny_model)
+    loss, metrics = objective.compute(tiny_model, batch)
+    sums = separate_logps(tiny_model, _sequences(PAIRS))
+    sft = -(sums[:2] / torch.tensor([3, 5])).mean().item()
+    assert loss.item() == pytest.approx((math.log(2) + 2 * 2 * math.log(2)) / 3 + 0.5 * sft, rel=1e-5)
+    assert metrics["bco_loss"] == pytest.approx(2 * math.log(2), rel=1e-5)
+    assert objective.reward_baseline.count == 1
+    assert not DPOObjective(loss_type="simpo", bco_weight=1.0).uses_bco  # LF: reference losses only
+
+
+@pytest.mark.parametrize("overrides,first_loss", [
+    ({"pref_loss": "kto_pair"}, 0.5),  # LoRA B = 0: policy == reference
+    ({"pref_bco_weight": 1.0}, (math.log(2) + 2 * math.log(2)) / 2),
+    ({"ld_alpha": 0.2}, None),  # the down-weighted policy log-probs differ from the reference's at once
+])
+def test_new_dpo_settings_train(workdir, tiny_llama_dir, overrides, first_loss):
+    from tuneforge.train.tuner import run_train
+
+    out = workdir / "out"
+    run_train(make_cfg(tiny_llama_dir, "dpo", "pairs", out, max_steps=4, **overrides))
+    records = log_records(out)
+    losses = [r["loss"] for r in records]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    if first_loss is not None:
+        assert losses[0] == pytest.approx(first_loss, abs=2e-3)
+    assert losses[-1] < losses[0] - 1e-3
+    assert records[-1]["rewards/margins"] > records[0]["rewards/margins"]

@@ -38,6 +38,9 @@ def test_run_train_dispatches_through_the_registry(monkeypatch):
     monkeypatch.setattr(stages, "STAGES", {**stages.STAGES, "sft2": new})
     monkeypatch.setattr(importlib.import_module("tuneforge.train.sft"), "run_sft", lambda cfg: called.setdefault("cfg", cfg))
     monkeypatch.setattr(workflow, "require_do_train", lambda cfg: None)
-    cfg = type("Cfg", (), {"finetuning": dataclasses.make_dataclass("F", [("stage", str)])("sft2")})()
+    from conftest import data_run_config
+    from tuneforge.config.args import FinetuningArguments
+
+    cfg = dataclasses.replace(data_run_config("tiny"), finetuning=FinetuningArguments(stage="sft2"))
     tuner.run_train(cfg)
-    assert called["cfg"] is cfg
+    assert called["cfg"].finetuning.stage == "sft2"

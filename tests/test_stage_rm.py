@@ -109,3 +109,34 @@ def test_rm_needs_ranking_data(workdir, tiny_llama_dir):
 
     with pytest.raises(DataError, match=r"dataset 'feedback' in .* is not a ranking dataset, but stage 'rm' needs"):
         run_train(make_cfg(tiny_llama_dir, "rm", "feedback", workdir / "o"))
+
+
+def test_rm_do_predict_scores_pairs_after_training_and_alone(workdir, tiny_llama_dir):
+    """LF's loss-only prediction (rm workflow): predict_loss / predict_accuracy + one {chosen, rejected} row per pair."""
+    import math
+
+    from tuneforge.train.tuner import run_train
+
+    out = workdir / "rm"
+    metrics = run_train(make_cfg(tiny_llama_dir, "rm", "pairs", out, max_steps=6, learning_rate=2e-2,
+                                 eval_dataset="pairs", do_predict=True, per_device_eval_batch_size=5))
+    assert (out / "adapter_model.safetensors").is_file() and (out / "train_results.json").is_file()
+    rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(set(row) == {"chosen", "rejected"} for row in rows)
+    results = json.loads((out / "predict_results.json").read_text())
+    assert {"predict_loss", "predict_accuracy", "predict_runtime", "predict_samples_per_second"} <= set(results)
+    # the loss is the mean ranking loss over the pairs (the rows are rounded to 2 decimals)
+    by_rows = sum(-math.log(1 / (1 + math.exp(-(r["chosen"] - r["rejected"])))) for r in rows) / len(rows)
+    assert results["predict_loss"] == pytest.approx(by_rows, abs=0.01)
+    assert results["predict_accuracy"] == pytest.approx(sum(r["chosen"] > r["rejected"] for r in rows) / 12, abs=1 / 12)
+    assert results["predict_accuracy"] > 0.5 and metrics["predict_loss"] == results["predict_loss"]
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert "train_loss" in all_results and all_results["predict_loss"] == results["predict_loss"]
+
+    # alone, with the trained reward model as adapter: the same scores
+    alone = workdir / "predict"
+    run_train(make_cfg(tiny_llama_dir, "rm", "pairs", alone, do_train=False, do_predict=True, eval_dataset="pairs",
+                       adapter_name_or_path=str(out), per_device_eval_batch_size=3))
+    again = json.loads((alone / "predict_results.json").read_text())
+    assert again["predict_loss"] == pytest.approx(results["predict_loss"], abs=1e-4)
+    assert [json.loads(line) for line in (alone / "generated_predictions.jsonl").read_text().splitlines()] == rows

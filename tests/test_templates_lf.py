@@ -9,6 +9,8 @@ through real tokenizers are checked as well (the conftest tokenizer, and SmolLM2
 
 from __future__ import annotations
 
+import importlib.util
+
 import copy
 import dataclasses
 import json
@@ -29,20 +31,16 @@ BUILTIN = json.loads(
 BOS, EOS = "<s>", "</s>"
 
 
-class StandInTokenizer:
-    """The generator's tokenizer: one segment per encoded string, tokens and bos/eos as markers."""
+def _generator():
+    """tests/data/make_lf_template_renderings.py, whose stand-in tokenizer made the renderings (no LF import)."""
+    path = Path(__file__).parent / "data" / "make_lf_template_renderings.py"
+    spec = importlib.util.spec_from_file_location("make_lf_template_renderings", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    bos_token, eos_token = BOS, EOS
-    bos_token_id = {"special": "bos_token"}
-    eos_token_id = {"special": "eos_token"}
-    unk_token = unk_token_id = None
 
-    def encode(self, text, add_special_tokens=False):
-        assert not add_special_tokens
-        return [text]
-
-    def convert_tokens_to_ids(self, token):
-        return {"token": token}
+StandInTokenizer = _generator().StandInTokenizer
 
 
 def cases_of(name: str) -> tuple[dict, list[dict]]:

@@ -88,17 +88,24 @@ def make_plan(command: str, cfg: RunConfig) -> Plan:
 # ----------------------------------------------------------------------------------------------
 def _plan_train(plan: Plan, cfg: RunConfig) -> None:
     f = cfg.finetuning
-    if cfg.training.do_predict:
-        plan.add("task", f"predict: generate answers to {', '.join(split_names(cfg.data.eval_dataset))} and score them")
-    else:
+    if cfg.training.do_train or not cfg.training.do_predict:
         method = f.finetuning_type
         if method == "lora":
             from tuneforge.config.args import effective_lora_alpha
 
             method += f" (rank {f.lora_rank}, alpha {effective_lora_alpha(f)}, target {','.join(split_names(f.lora_target))})"
+        elif method == "oft":
+            size = f"{f.oft_rank} blocks per layer" if f.oft_rank else f"block size {f.oft_block_size}"
+            target = split_names(f.oft_target) if split_names(f.oft_target) != ("all",) else split_names(f.lora_target)
+            method += f" ({size}, target {','.join(target)})"
         if cfg.model.quantization_bit is not None:
             method += f", {cfg.model.quantization_bit}-bit base (QLoRA)"
         plan.add("task", f"train: stage {f.stage} ({stage_record(f.stage).data} data), {method}")
+    if cfg.training.do_predict:
+        rows = ", ".join(split_names(cfg.data.eval_dataset)) or f"the val_size split ({cfg.data.val_size})"
+        what = (f"score the chosen and rejected answers of {rows} (loss, accuracy)" if f.stage == "rm"
+                else f"generate answers to {rows} and score them")
+        plan.add("task", f"predict{' with the trained model' if cfg.training.do_train else ''}: {what}")
     plan.add("launcher", _launcher())
     _plan_model(plan, cfg)
     _plan_template(plan, cfg)
@@ -216,6 +223,16 @@ def _plan_datasets(plan: Plan, cfg: RunConfig) -> None:
     if not split_names(data.dataset) and not split_names(data.eval_dataset):
         plan.refused.append("dataset: not set; name at least one dataset (from dataset_info.json or a file path)")
         return
+    if data.tokenized_path:
+        from tuneforge.data.pipeline import tokenized_summary
+
+        summary = plan.check("tokenized_path", lambda: tokenized_summary(data.tokenized_path, cfg.finetuning.stage))
+        if summary is REFUSED:
+            return
+        if summary is not None:  # as the run: the saved encoding, no dataset read
+            plan.add("data", summary)
+            return
+        plan.add("data", f"encoded as below, then saved to tokenized_path {data.tokenized_path}")
     for split, names in (("train", data.dataset), ("eval", data.eval_dataset)):
         if not split_names(names):
             continue
@@ -224,7 +241,9 @@ def _plan_datasets(plan: Plan, cfg: RunConfig) -> None:
             continue
         for spec in specs:
             if spec.load_from != "file":
-                hub = spec.hf_hub_url or spec.ms_hub_url or spec.script_url
+                from tuneforge.data.loaders import origin_of
+
+                hub = origin_of(spec)
                 plan.add(f"{split} data", f"{spec.name} ({spec.formatting}, {spec.load_from} {hub}): not contacted in a dry run")
                 continue
             report = DataReport()

@@ -11,6 +11,7 @@ existing good one (utils/folders.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.adapters import attach_adapters
-from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_path
-from tuneforge.config.args import ModelArguments, split_names
+from tuneforge.model.vocab import prepare_vocab
+from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_source
+from tuneforge.config.args import DataArguments, ModelArguments, split_names
 from tuneforge.config.parser import RunConfig
 from tuneforge.utils.folders import check_replaceable, make_staging, replace_folder, write_marker
 
@@ -37,20 +39,24 @@ def run_export(cfg: RunConfig) -> Path:
     import torch
 
     margs, fargs = cfg.model, cfg.finetuning
+    if margs.export_device == "cpu" and cfg.data.cutoff_len != DataArguments.cutoff_len:
+        # LF: a CPU export with cutoff_len set loads for that length (rope_scaling factor); else as inference
+        margs = dataclasses.replace(margs, model_max_length=cfg.data.cutoff_len)
     export_dir = check_export_args(margs)
     check_export_dir(cfg, export_dir)
     adapters = split_names(margs.adapter_name_or_path)
-    if adapters and fargs.finetuning_type != "lora":
-        raise ConfigError(f"adapter_name_or_path is set but finetuning_type is `{fargs.finetuning_type}`; use `finetuning_type: lora`")
+    if adapters and fargs.finetuning_type not in ("lora", "oft"):
+        raise ConfigError(f"adapter_name_or_path is set but finetuning_type is `{fargs.finetuning_type}`; use `finetuning_type: lora` (or oft)")
 
     tokenizer = load_tokenizer(margs)
     template = _run_template(cfg, tokenizer)
-    source = resolve_model_path(margs.model_name_or_path)
+    source = resolve_model_source(margs)  # a USE_MODELSCOPE_HUB download: its folder
     out_dtype = _export_dtype(margs, source)
     device = "cuda" if margs.export_device == "auto" and torch.cuda.is_available() else "cpu"
 
     # Merge and check in float32; cast to the export dtype only at the end.
     model = load_base_model(margs, is_trainable=False, compute_dtype=torch.float32).to(device)
+    prepare_vocab(model, margs)  # `add_tokens` / `resize_vocab`: rows for the new tokens, as when training
     if adapters:
         model = attach_adapters(model, adapters, margs, merge_last=False)
         model = merge_with_check(model, tokenizer, device)

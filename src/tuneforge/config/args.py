@@ -15,7 +15,6 @@ is constructed, as LLaMA-Factory does in `__post_init__`; after that nothing cha
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from transformers import Seq2SeqTrainingArguments
 
 # Keys whose value is a comma-separated string (or a list) of names: normalised to tuple[str, ...].
 LIST_KEYS = frozenset(
@@ -78,6 +77,10 @@ class ModelArguments:
     model_revision: str = _f("main", "Hub revision (branch, tag or commit) of the model.")
     low_cpu_mem_usage: bool = _f(True, "Load weights without a full extra copy in memory.")
     rope_scaling: Literal["linear", "dynamic", "yarn", "llama3"] | None = _f(None, "RoPE scaling method.")
+    # Not a config key (`derived`: no YAML/command-line key, no help row), as LF's init=False field: the run's
+    # `cutoff_len` in `tuneforge train` runs, None at inference; it sizes the `rope_scaling` factor (model/loader.py).
+    model_max_length: int | None = _f(None, "Longest input the model is loaded for (derived from cutoff_len).",
+                                      derived=True)
     flash_attn: Literal["auto", "disabled", "eager", "sdpa", "fa2", "fa3"] = _f(
         "auto", "Attention kernel: auto (= sdpa), sdpa, disabled/eager, fa2 or fa3 (CUDA)."
     )
@@ -100,8 +103,8 @@ class ModelArguments:
     use_v1_kernels: bool | None = _f(False, "Use LF v1 high-performance kernels.")
     infer_dtype: Literal["auto", "float16", "bfloat16", "float32"] = _f("auto", "Weight dtype at inference.")
     hf_hub_token: str | None = _f(None, "Hugging Face Hub token (or set HF_TOKEN).")
-    ms_hub_token: str | None = _f(None, "ModelScope Hub token.")
-    om_hub_token: str | None = _f(None, "Modelers Hub token.")
+    ms_hub_token: str | None = _f(None, "ModelScope Hub token (USE_MODELSCOPE_HUB=1, ms_hub_url datasets).")
+    om_hub_token: str | None = _f(None, "Modelers (OpenMind) Hub token (USE_OPENMIND_HUB=1, om_hub_url datasets).")
     print_param_status: bool = _f(False, "Print every parameter's dtype and trainability.")
     trust_remote_code: bool = _f(False, "Run model/tokenizer code shipped with the checkpoint.")
     # quantization
@@ -221,7 +224,7 @@ class FinetuningArguments:
     """Training stage and fine-tuning method (LF `FinetuningArguments`)."""
 
     stage: str = _f("sft", "Training stage: sft, pt, rm, dpo, kto, ppo.")
-    finetuning_type: str = _f("lora", "Fine-tuning method: lora, freeze or full.")
+    finetuning_type: str = _f("lora", "Fine-tuning method: lora, freeze, full or oft.")
     # freeze
     freeze_trainable_layers: int = _f(2, "Freeze: last n layers trainable (negative: first n).")
     freeze_trainable_modules: StrList = _f("all", "Freeze: trainable module names in those layers, or all.")
@@ -241,10 +244,10 @@ class FinetuningArguments:
     pissa_convert: bool = _f(False, "Convert a PiSSA adapter to a plain LoRA adapter when saving.")
     create_new_adapter: bool = _f(False, "Start a new adapter on top of loaded ones.")
     # oft
-    module_dropout: float = _f(0.0, "OFT dropout.")
-    oft_rank: int = _f(0, "OFT rank.")
-    oft_block_size: int = _f(32, "OFT block size.")
-    oft_target: StrList = _f("all", "Modules that get OFT.")
+    module_dropout: float = _f(0.0, "OFT dropout: the probability that a block of a layer's rotation is skipped.")
+    oft_rank: int = _f(0, "OFT: number of blocks per layer; set either this or oft_block_size (then 0).")
+    oft_block_size: int = _f(32, "OFT block size (0 when oft_rank is set).")
+    oft_target: StrList = _f("all", "Modules that get OFT, comma-separated; left at all, lora_target decides (as in LF).")
     # preference / RL stages
     pref_beta: float = _f(0.1, "Beta of the preference loss.")
     pref_ftx: float = _f(0.0, "SFT loss weight in DPO.")
@@ -265,17 +268,17 @@ class FinetuningArguments:
     reward_model: str | None = _f(None, "Reward model for PPO.")
     reward_model_adapters: str | None = _f(None, "Adapters of the reward model.")
     reward_model_quantization_bit: int | None = _f(None, "Quantization bits of the reward model.")
-    reward_model_type: Literal["lora", "full", "api"] = _f("lora", "Type of the PPO reward model.")
+    reward_model_type: Literal["lora", "oft", "full", "api"] = _f("lora", "Type of the PPO reward model.")
     ld_alpha: float | None = _f(None, "LD-DPO alpha.")
     # optimisers and memory-saving methods
-    use_galore: bool = _f(False, "GaLore gradient low-rank projection.")
+    use_galore: bool = _f(False, "GaLore optimizer: gradient low-rank projection (needs tuneforge[galore]).")
     galore_target: StrList = _f("all", "GaLore target modules.")
     galore_rank: int = _f(16, "GaLore rank.")
     galore_update_interval: int = _f(200, "GaLore projection update interval.")
     galore_scale: float = _f(2.0, "GaLore scale.")
     galore_proj_type: Literal["std", "reverse_std", "right", "left", "full"] = _f("std", "GaLore projection.")
     galore_layerwise: bool = _f(False, "GaLore layer-wise updates.")
-    use_apollo: bool = _f(False, "APOLLO optimizer.")
+    use_apollo: bool = _f(False, "APOLLO optimizer (needs tuneforge[apollo]).")
     apollo_target: StrList = _f("all", "APOLLO target modules.")
     apollo_rank: int = _f(16, "APOLLO rank.")
     apollo_update_interval: int = _f(200, "APOLLO projection update interval.")
@@ -285,7 +288,7 @@ class FinetuningArguments:
     apollo_scale_type: Literal["channel", "tensor"] = _f("channel", "APOLLO scaling type.")
     apollo_layerwise: bool = _f(False, "APOLLO layer-wise updates.")
     apollo_scale_front: bool = _f(False, "APOLLO norm-growth limiter before scaling.")
-    use_badam: bool = _f(False, "BAdam optimizer.")
+    use_badam: bool = _f(False, "BAdam optimizer: one block trains at a time (needs tuneforge[badam]).")
     badam_mode: Literal["layer", "ratio"] = _f("layer", "BAdam mode.")
     badam_start_block: int | None = _f(None, "BAdam first block.")
     badam_switch_mode: Literal["ascending", "descending", "random", "fixed"] | None = _f(
@@ -300,7 +303,8 @@ class FinetuningArguments:
     swanlab_project: str | None = _f("llamafactory", "SwanLab project.")
     swanlab_workspace: str | None = _f(None, "SwanLab workspace.")
     swanlab_run_name: str | None = _f(None, "SwanLab run name.")
-    swanlab_mode: Literal["cloud", "local"] = _f("cloud", "SwanLab mode.")
+    swanlab_mode: Literal["cloud", "local", "offline"] = _f(
+        "cloud", "SwanLab mode: cloud (needs a login), local (needs swanlab[dashboard]), offline (sync later).")
     swanlab_api_key: str | None = _f(None, "SwanLab API key.")
     swanlab_logdir: str | None = _f(None, "SwanLab log folder.")
     swanlab_lark_webhook_url: str | None = _f(None, "SwanLab Lark webhook URL.")
@@ -308,9 +312,9 @@ class FinetuningArguments:
     # general
     pure_bf16: bool = _f(False, "Keep trainable weights in bf16 too (no fp32 master copy).")
     use_llama_pro: bool = _f(False, "LLaMA Pro: train only expanded blocks.")
-    use_adam_mini: bool = _f(False, "Adam-mini optimizer.")
+    use_adam_mini: bool = _f(False, "Adam-mini optimizer (needs tuneforge[adam-mini]).")
     use_mca: bool = _f(False, "Megatron Core Adapter training.")
-    use_muon: bool = _f(False, "Muon optimizer.")
+    use_muon: bool = _f(False, "Muon optimizer for hidden-layer matrices, AdamW for the rest.")
     use_dft_loss: bool = _f(False, "DFT loss.")
     freeze_vision_tower: bool = _f(True, "Multimodal: freeze the vision tower.")
     freeze_multi_modal_projector: bool = _f(True, "Multimodal: freeze the projector.")
@@ -333,6 +337,11 @@ class FinetuningArguments:
 def effective_lora_alpha(finetuning: FinetuningArguments) -> int:
     """LoRA alpha actually used: `lora_alpha` when set, else 2 * `lora_rank` (LF's rule)."""
     return finetuning.lora_alpha if finetuning.lora_alpha else 2 * finetuning.lora_rank
+
+
+# Fine-tuning methods that train a peft adapter (LF's PEFT_METHODS): saved as adapter folders, loaded with
+# `adapter_name_or_path`, merged by `tuneforge export`.
+ADAPTER_METHODS = ("lora", "oft")
 
 
 @dataclass(frozen=True)
@@ -368,24 +377,11 @@ class GeneratingArguments:
         return kwargs
 
 
-@dataclass
-class TrainingArguments(Seq2SeqTrainingArguments):
-    """HF `Seq2SeqTrainingArguments` plus the training keys LLaMA-Factory adds on top.
+def __getattr__(name: str):
+    # `TrainingArguments` subclasses transformers' class: imported on first use, so reading and validating a
+    # config does not wait for transformers (config/training_fields.py)
+    if name == "TrainingArguments":
+        from .training_args import TrainingArguments
 
-    transformers 5 dropped `overwrite_output_dir`; LF kept it, and it decides whether an existing
-    output_dir is resumed from, so it lives here. The Ray keys are accepted so LF files parse, and
-    rejected by support.py when set.
-    """
-
-    overwrite_output_dir: bool = _f(False, "Start over in an existing output_dir instead of resuming.")
-    # LF files write `fsdp: [full_shard, auto_wrap]` (transformers 4 took a list); read both forms
-    fsdp: str | list[str] | None = _f(None, "FSDP mode(s): full_shard, shard_grad_op, offload, auto_wrap.")
-    ray_run_name: str | None = _f(None, "Ray run name.")
-    ray_storage_path: str = _f("./saves", "Ray storage path.")
-    ray_storage_filesystem: Literal["s3", "gs", "gcs"] | None = _f(None, "Ray storage file system.")
-    ray_num_workers: int = _f(1, "Ray workers.")
-    resources_per_worker: dict | str = field(
-        default_factory=lambda: {"GPU": 1}, metadata={"help": "Ray resources per worker."}
-    )
-    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = _f("PACK", "Ray placement.")
-    ray_init_kwargs: dict | str | None = _f(None, "Arguments for ray.init.")
+        return TrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,29 +11,23 @@ import copy
 import difflib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import ConfigError, NotSupportedError
 from . import support
-from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
+from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+
+if TYPE_CHECKING:
+    from .training_args import TrainingArguments
+from .catalogue import SECTIONS, all_known_keys, expected_type, field_default, flag_keys, key_catalogue
 from .facts_args import FactArguments
-from .lf_extra_args import LFExtraArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
-SECTIONS: tuple[tuple[str, type], ...] = (
-    ("model", ModelArguments),
-    ("data", DataArguments),
-    ("finetuning", FinetuningArguments),
-    ("generating", GeneratingArguments),
-    ("training", TrainingArguments),
-    ("facts", FactArguments),
-    ("lf_extras", LFExtraArguments),  # LF keys of features not built yet: always at their defaults
-)
 OVERRIDE_SOURCE = "command-line override"
 
 
@@ -45,7 +39,7 @@ class RunConfig:
     data: DataArguments
     finetuning: FinetuningArguments
     generating: GeneratingArguments
-    training: TrainingArguments
+    training: TrainingArguments  # config/training_args.py, imported when a config is built
     config_path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     facts: FactArguments = field(default_factory=FactArguments)  # tuneforge's fact-data keys
@@ -54,66 +48,6 @@ class RunConfig:
     def config_dir(self) -> Path | None:
         """Folder of the config file; relative paths in the config are resolved against it (or the cwd)."""
         return None if self.config_path is None else self.config_path.parent
-
-
-# --------------------------------------------------------------------------- key catalogue
-
-
-def key_catalogue() -> dict[str, list[tuple[str, Any]]]:
-    """Every accepted key -> [(section, dataclass field)]; a key may belong to several sections."""
-    catalogue: dict[str, list[tuple[str, Any]]] = {}
-    for section, cls in SECTIONS:
-        for f in fields(cls):
-            if f.init:
-                catalogue.setdefault(f.name, []).append((section, f))
-    return catalogue
-
-
-def key_choices(key: str) -> tuple:
-    """The values a choice key (a `Literal` field) accepts that tuneforge implements: what a front end may
-    offer. () for a key refused altogether (support.UNSUPPORTED_KEYS)."""
-    import typing
-
-    if key in support.UNSUPPORTED_KEYS:
-        return ()
-    values = [v for v in typing.get_args(key_catalogue()[key][0][1].type) if v is not type(None)]
-    values = [v for arg in values for v in (typing.get_args(arg) or (arg,))]  # Literal[...] | None
-    accepted = support.UNSUPPORTED_VALUES.get(key, (values, ""))[0]
-    return tuple(v for v in values if v in accepted)
-
-
-def field_default(f: Any) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
-
-
-def all_known_keys() -> list[str]:
-    return sorted(set(key_catalogue()) | set(support.LEGACY_TRAINING_KEYS))
-
-
-def expected_type(key: str, catalogue: dict[str, list[tuple[str, Any]]]) -> Any:
-    """The type a known key's value must have (a legacy key: the type of the key it stands for)."""
-    if key in support.LEGACY_TRAINING_KEYS:
-        legacy = support.LEGACY_TRAINING_KEYS[key]
-        target = catalogue[legacy.target][0][1].type if legacy.target else None
-        return target or (str | None if legacy.default is None else type(legacy.default))
-    return catalogue[key][0][1].type
-
-
-def flag_keys() -> list[str]:
-    """The true/false keys: the only ones a bare `--key` (= true) may set."""
-    catalogue = key_catalogue()
-    flags = []
-    for key in all_known_keys():
-        try:
-            if coerce(True, expected_type(key, catalogue)) is True:
-                flags.append(key)
-        except TypeMismatch:
-            continue
-    return flags
 
 
 # --------------------------------------------------------------------------- reading
@@ -415,6 +349,8 @@ def _build(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     try:
+        from .training_args import TrainingArguments
+
         training = TrainingArguments(**training_kwargs(sections["training"], finetuning.disable_shuffling,
                                                      finetuning.finetuning_type))
     except (TypeError, ValueError) as err:

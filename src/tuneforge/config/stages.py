@@ -22,7 +22,8 @@ DATA_KINDS = ("text", "supervised", "pairwise", "feedback", "prompt")
 
 
 def _check_preference(v: Any) -> None:
-    """DPO: a positive beta; label smoothing in [0, 0.5] and only for the sigmoid loss."""
+    """DPO: a positive beta; label smoothing in [0, 0.5] and only for the sigmoid loss; a BCO weight >= 0 and
+    only for the losses with a reference model."""
     _positive(v, "pref_beta")
     smoothing = v["dpo_label_smoothing"]
     if not 0 <= smoothing <= 0.5:
@@ -30,6 +31,13 @@ def _check_preference(v: Any) -> None:
     if smoothing and v["pref_loss"] != "sigmoid":
         raise ConfigError(f"{v.where('dpo_label_smoothing')}: `dpo_label_smoothing` only applies to "
                           f"`pref_loss: sigmoid` (found pref_loss: {v['pref_loss']})")
+    bco = v["pref_bco_weight"]
+    if bco < 0:
+        raise ConfigError(f"{v.where('pref_bco_weight')}: `pref_bco_weight` must be >= 0 (0: no BCO loss), got {bco}")
+    if bco > 1e-6 and v["pref_loss"] in ("orpo", "simpo"):  # LF silently leaves the BCO term out for these
+        raise ConfigError(f"{v.where('pref_bco_weight')}: `pref_bco_weight` adds a BCO loss against the reference "
+                          f"model; `pref_loss: {v['pref_loss']}` has none, so it would do nothing (LLaMA-Factory "
+                          "ignores it there); remove it or use sigmoid / hinge / ipo / kto_pair")
 
 
 def _check_kto(v: Any) -> None:
@@ -48,6 +56,12 @@ def _check_ppo(v: Any) -> None:
     if v["compute_accuracy"]:
         raise NotSupportedError(f"{v.where('compute_accuracy')}: `compute_accuracy`: PPO has no evaluation to "
                                 "compute it in; remove it")
+    kind, method = v["reward_model_type"], v["finetuning_type"]
+    # LF: the reward adapter is a second adapter of the policy, of its kind (a lora one with a full policy: at load)
+    if (kind == "oft" and method != "oft") or (kind == "lora" and method == "oft" and v["reward_model"]):
+        raise ConfigError(f"{v.where('reward_model_type', 'finetuning_type')}: `reward_model_type: {kind}` loads the "
+                          f"reward model as a second adapter of the policy, so it needs `finetuning_type: {kind}` "
+                          f"(got `{method}`); use `reward_model_type: full` with a full reward model")
 
 
 def _check_pt(v: Any) -> None:

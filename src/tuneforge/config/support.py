@@ -7,7 +7,7 @@
   and what tuneforge does with them.
 
 Keys listed nowhere here are implemented (or have no effect outside an unsupported feature, e.g. the
-`galore_*` settings without `use_galore`). Everything read-only.
+`vllm_*` settings without `infer_backend: vllm`). Everything read-only.
 """
 
 from dataclasses import dataclass
@@ -22,20 +22,14 @@ _MCQ_EVAL = "a key of `llamafactory-cli eval`: multiple-choice evaluation (MMLU 
 
 STAGES = MappingProxyType({name: stage.unsupported for name, stage in _STAGE_RECORDS.items()})  # name -> why not
 
-FINETUNING_TYPES = ("lora", "freeze", "full")
-UNSUPPORTED_FINETUNING_TYPES = MappingProxyType({"oft": "OFT adapters are not implemented yet"})
+FINETUNING_TYPES = ("lora", "freeze", "full", "oft")
+UNSUPPORTED_FINETUNING_TYPES = MappingProxyType({})  # type -> why not (none left)
 
 UNSUPPORTED_KEYS = MappingProxyType(
     {
         # model loading
         "adapter_folder": "load adapters with `adapter_name_or_path` instead",
-        "resize_vocab": "vocabulary resizing is not implemented yet",
         "split_special_tokens": "slow-tokenizer options are not implemented",
-        "add_tokens": "adding tokens to the tokenizer is not implemented yet",
-        "add_special_tokens": "adding tokens to the tokenizer is not implemented yet",
-        "new_special_tokens_config": "adding tokens to the tokenizer is not implemented yet",
-        "init_special_tokens": "adding tokens to the tokenizer is not implemented yet",
-        "rope_scaling": "RoPE scaling is not implemented yet",
         "shift_attn": "LongLoRA shift attention is not implemented",
         "mixture_of_depths": "mixture-of-depths is not implemented",
         "use_unsloth": "unsloth is not integrated; tuneforge has its own padding-free, chunked-loss path",
@@ -48,8 +42,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "train_from_scratch": "random initialisation is not implemented yet",
         "offload_folder": "weight offloading is not implemented",
         "use_v1_kernels": "LF v1 kernels are not integrated",
-        "ms_hub_token": "only local folders and the Hugging Face Hub are supported",
-        "om_hub_token": "only local folders and the Hugging Face Hub are supported",
         "print_param_status": "not implemented; tuneforge logs the trainable-parameter count",
         "fp8": "FP8 training is not implemented yet",
         "fp8_backend": "FP8 training is not implemented yet",
@@ -75,41 +67,18 @@ UNSUPPORTED_KEYS = MappingProxyType(
         # data
         "media_dir": _MULTIMODAL,
         "data_shared_file_system": "multi-node training is not implemented yet",
-        "streaming": "dataset streaming is not implemented yet",
-        "tokenized_path": "saving/loading tokenized datasets is not implemented yet",
-        "eval_on_each_dataset": "per-dataset evaluation is not implemented yet",
         "eval_num_beams": "generation during evaluation is not implemented yet",
         "ignore_pad_token_for_loss": "pad tokens are always excluded from the loss",
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
         "preserve_thinking": "thinking-mode switches for reasoning templates are not implemented yet",
         # methods and optimisers
-        "pissa_convert": "converting a PiSSA adapter back to a plain LoRA adapter at save time is not implemented yet",
-        "use_galore": "GaLore is not implemented yet",
-        "use_apollo": "APOLLO is not implemented yet",
-        "use_badam": "BAdam is not implemented yet",
         "use_llama_pro": "LLaMA Pro block expansion is not implemented yet",
-        "use_adam_mini": "Adam-mini is not implemented yet",
         "use_mca": "Megatron Core training is not implemented",
-        "use_muon": "the Muon optimizer is not implemented yet",
-        "use_dft_loss": "the DFT loss is not implemented yet",
         "early_stopping_steps": "early stopping is not implemented yet",
-        "use_swanlab": "SwanLab logging is not integrated; use `report_to`",
-        "pref_bco_weight": "the BCO loss is not implemented yet",
-        "ld_alpha": "LD-DPO is not implemented yet",
         "ref_model_quantization_bit": "quantizing the reference model is not implemented yet",
         # distributed training
-        "deepspeed": "DeepSpeed is not integrated yet (`pip install tuneforge[deepspeed]` reserves the extra)",
-        "fsdp": "FSDP is not integrated yet",
-        "fsdp_config": "FSDP is not integrated yet",
-        "ray_run_name": "Ray training is not implemented",
-        "ray_storage_path": "Ray training is not implemented",
-        "ray_storage_filesystem": "Ray training is not implemented",
-        "ray_num_workers": "Ray training is not implemented",
-        "resources_per_worker": "Ray training is not implemented",
-        "placement_strategy": "Ray training is not implemented",
-        "ray_init_kwargs": "Ray training is not implemented",
-        "master_addr": "Ray training is not implemented",
-        "master_port": "Ray training is not implemented",
+        "master_addr": "Ray Train (USE_RAY=1) picks the process-group address and port itself (the first worker's node)",
+        "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself (the first worker's node)",
         # LLaMA-Factory 0.9.5 keys of features not built yet (config/lf_extra_args.py)
         "use_asft_loss": "the ASFT loss is not implemented yet",
         "use_eaft_loss": "the EAFT loss is not implemented yet",
@@ -126,14 +95,8 @@ UNSUPPORTED_VALUES = MappingProxyType(
         "infer_backend": (("huggingface",), _ENGINE),
         "quantization_method": (("bnb",), "only bitsandbytes on-the-fly quantization is implemented"),
         "packing_strategy": (("length",), "semantic-aware packing is not implemented yet"),
-        "pref_loss": (("sigmoid", "hinge", "ipo", "orpo", "simpo"),
-                      "kto_pair is not implemented yet; use `stage: kto` with a kto_tag dataset"),
         "low_cpu_mem_usage": ((True,), "transformers 5 always loads weights without an extra copy in memory"),
         "use_kv_cache": ((True,), "tuneforge's decoding always uses the KV cache"),
-        "mix_strategy": (
-            ("concat", "interleave_under", "interleave_over"),
-            "`interleave_once` mixing is not implemented yet",
-        ),
     }
 )
 
@@ -142,11 +105,9 @@ UNSUPPORTED_VALUES = MappingProxyType(
 # other key is read by code outside config/ or refused.
 ONLY_WITH = MappingProxyType(
     {
-        "galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
-        "oft_": "finetuning_type: oft", "module_dropout": "finetuning_type: oft",
         "vllm_": "infer_backend: vllm", "sglang_": "infer_backend: sglang",
         "kt_": "use_kt", "cpu_infer": "use_kt", "mode": "use_kt",
-        "export_quantization_": "export_quantization_bit", "buffer_size": "streaming",
+        "export_quantization_": "export_quantization_bit",
         "packing_similarity_threshold": "packing_strategy: semantic_aware",
         "packing_embedding_model": "packing_strategy: semantic_aware",
         "asft_alpha": "use_asft_loss", "eaft_alpha": "use_eaft_loss", "hyper_parallel_args": "use_hyper_parallel",
@@ -217,13 +178,8 @@ LEGACY_TRAINING_KEYS = MappingProxyType(
         ),
         "fsdp_transformer_layer_cls_to_wrap": LegacyKey(
             "default_only", None, "Decoder layer class FSDP wraps (transformers 4; now in fsdp_config).",
-            reason="FSDP is not integrated yet",
-        ),
-        "logging_dir": LegacyKey(
-            "default_only",
-            None,
-            "TensorBoard log folder (transformers 4).",
-            reason="removed in transformers 5; set the TENSORBOARD_LOGGING_DIR environment variable instead",
+            reason="transformers 5 reads it from `fsdp_config: {transformer_layer_cls_to_wrap: [...]}`; without it FSDP "
+                   "wraps the model's own decoder layers",
         ),
     }
 )

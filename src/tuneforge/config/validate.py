@@ -7,13 +7,17 @@ can name the file (or the command-line override) that set the key.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
 from . import support
 from .stages import STAGES
-from .args import split_names
+from .args import ADAPTER_METHODS, split_names
+from .validate_data import check_data, check_facts, check_predict
+from .validate_optimizers import check_optimizers
+from .validate_parallel import check_ray, check_sharding
 
 
 def cuda_available() -> bool:
@@ -32,18 +36,19 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def dataset_dir_candidates(dataset_dir: str, config_dir: str | Path | None) -> list[Path]:
-    """Where a relative `dataset_dir` is looked for: the working directory, then the config file's folder."""
-    if Path(dataset_dir).is_absolute():
-        return [Path(dataset_dir)]
-    return [Path.cwd() / dataset_dir] + ([Path(config_dir) / dataset_dir] if config_dir is not None else [])
+def deepspeed_available() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def ray_available() -> bool:
+    return importlib.util.find_spec("ray") is not None
 
 
 class _View:
     """Read a key from the user's values, falling back to the field default; name where it came from."""
 
     def __init__(self, values: dict[str, Any], origins: dict[str, str], config_dir: Path | None = None):
-        from .parser import field_default, key_catalogue
+        from .catalogue import field_default, key_catalogue
 
         self.values = values
         self.origins = origins
@@ -72,13 +77,36 @@ def check_consistency(
     _check_model(v)
     _check_method(v)
     _check_hardware(v)
-    _check_data(v)
-    _check_facts(v)
+    check_sharding(v, deepspeed_available, cuda_available)  # validate_parallel.py; the probes as tests patch them
+    check_ray(v, os.environ, ray_available, cuda_available)
+    check_optimizers(v, optimizer_package_available)  # validate_optimizers.py
+    check_data(v)  # validate_data.py
+    check_facts(v)
     stage = STAGES.get(v["stage"])
     if stage is not None and stage.check is not None:
         stage.check(v)  # the stage's own checks (config/stages.py)
-    _check_predict(v)
+    check_predict(v)
     _check_training(v, require_output_dir=require_output_dir)
+    if v["do_train"]:
+        _check_reporting(v)
+
+
+def _check_reporting(v: _View) -> None:
+    """The trackers a training run reports to have their packages (train/reporting.py)."""
+    report_to = v["report_to"]
+    trackers = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "tensorboard" in trackers and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
+        raise NotSupportedError(f"{v.where('report_to')}: `report_to: tensorboard` needs the tensorboard package, "
+                                "which is not installed: pip install 'tuneforge[tensorboard]'")
+    if not v["use_swanlab"]:
+        return
+    if importlib.util.find_spec("swanlab") is None:
+        raise NotSupportedError(f"{v.where('use_swanlab')}: `use_swanlab: true` needs the swanlab package, which is "
+                                "not installed: pip install 'tuneforge[swanlab]'")
+    if v["swanlab_mode"] == "local" and importlib.util.find_spec("swanboard") is None:
+        raise NotSupportedError(f"{v.where('swanlab_mode', 'use_swanlab')}: `swanlab_mode: local` needs SwanLab's "
+                                "dashboard: pip install 'swanlab[dashboard]' (or `swanlab_mode: offline`: log files "
+                                "only, `swanlab sync` uploads them later)")
 
 
 def _check_model(v: _View) -> None:
@@ -108,17 +136,57 @@ def _check_method(v: _View) -> None:
             f"{', '.join(support.FINETUNING_TYPES)}; got {method!r}"
         )
     if method != "lora":
-        for key in ("loraplus_lr_ratio", "use_rslora", "use_dora", "pissa_init", "adapter_name_or_path"):
+        for key in ("loraplus_lr_ratio", "use_rslora", "use_dora", "pissa_init", "pissa_convert"):
             if v.given(key) and v[key] not in (None, False):
                 raise ConfigError(
                     f"{v.where(key)}: `{key}` only applies to `finetuning_type: lora` (got `{method}`)"
                 )
+    if method not in ADAPTER_METHODS and v.given("adapter_name_or_path") and v["adapter_name_or_path"]:
+        raise ConfigError(f"{v.where('adapter_name_or_path')}: `adapter_name_or_path` only applies to "
+                          f"`finetuning_type: {' or '.join(ADAPTER_METHODS)}` (got `{method}`)")
+    _check_oft_and_pissa(v)
     if v["lora_rank"] < 1:
         raise ConfigError(f"{v.where('lora_rank')}: `lora_rank` must be at least 1, got {v['lora_rank']}")
     if v["lora_alpha"] is not None and v["lora_alpha"] <= 0:
         raise ConfigError(f"{v.where('lora_alpha')}: `lora_alpha` must be positive, got {v['lora_alpha']}")
     if not 0.0 <= v["lora_dropout"] < 1.0:
         raise ConfigError(f"{v.where('lora_dropout')}: `lora_dropout` must be in [0, 1), got {v['lora_dropout']}")
+
+
+def _check_oft_and_pissa(v: _View) -> None:
+    """OFT's size keys (peft takes either a block count or a block size) and LF's PiSSA limits."""
+    if v["finetuning_type"] == "oft":
+        rank, block = v["oft_rank"], v["oft_block_size"]
+        if rank < 0 or block < 0:
+            key = "oft_rank" if rank < 0 else "oft_block_size"
+            raise ConfigError(f"{v.where(key)}: `{key}` must be >= 0, got {v[key]}")
+        if (rank == 0) == (block == 0):
+            raise ConfigError(
+                f"{v.where('oft_rank', 'oft_block_size')}: set exactly one of `oft_rank` (blocks per layer) and "
+                f"`oft_block_size` (their size), the other 0: got oft_rank {rank}, oft_block_size {block}"
+                + ("; with oft_rank set, add `oft_block_size: 0`" if rank else ""))
+        if not 0.0 <= v["module_dropout"] < 1.0:
+            raise ConfigError(f"{v.where('module_dropout')}: `module_dropout` must be in [0, 1), got {v['module_dropout']}")
+    if v["pissa_convert"] and not v["pissa_init"]:
+        raise ConfigError(f"{v.where('pissa_convert')}: `pissa_convert` converts a PiSSA adapter to a plain LoRA "
+                          "adapter at the end of training; it needs `pissa_init: true`")
+    if v["pissa_init"]:
+        # LF: the reference model of these stages is the policy with its adapter off, which PiSSA changed
+        reference = v["stage"] in ("ppo", "kto") or (v["stage"] == "dpo" and v["pref_loss"] not in ("orpo", "simpo"))
+        if reference:
+            raise ConfigError(f"{v.where('pissa_init', 'stage')}: `pissa_init` cannot be used with stage "
+                              f"`{v['stage']}`{'' if v['stage'] != 'dpo' else ' (pref_loss ' + str(v['pref_loss']) + ')'}: "
+                              "PiSSA moves the principal part of the weights into the adapter, so the base model "
+                              "is no longer the reference (as in LLaMA-Factory)")
+        if v["quantization_bit"] is not None:
+            raise ConfigError(f"{v.where('pissa_init', 'quantization_bit')}: `pissa_init` cannot initialise an "
+                              "adapter on a quantized model (QLoRA); LLaMA-Factory's scripts/pissa_init.py does "
+                              "that ahead of training")
+
+
+def optimizer_package_available(module: str) -> bool:
+    """Whether an optimizer's package (galore_torch, apollo_torch, badam, adam_mini) is installed."""
+    return importlib.util.find_spec(module) is not None
 
 
 def _check_hardware(v: _View) -> None:
@@ -135,8 +203,8 @@ def _check_hardware(v: _View) -> None:
     if bits is None:
         return
     where = v.where("quantization_bit")
-    if v["finetuning_type"] != "lora":
-        raise ConfigError(f"{where}: `quantization_bit` (QLoRA) only works with `finetuning_type: lora`")
+    if v["finetuning_type"] not in ADAPTER_METHODS:  # LF: lora or oft on a quantized model
+        raise ConfigError(f"{where}: `quantization_bit` (QLoRA) only works with `finetuning_type: lora` (or oft)")
     if not cuda_available():
         raise NotSupportedError(
             f"{where}: `quantization_bit: {bits}` (QLoRA) is not supported on this machine: it needs a CUDA GPU "
@@ -146,109 +214,6 @@ def _check_hardware(v: _View) -> None:
         raise NotSupportedError(
             f"{where}: `quantization_bit: {bits}` (QLoRA) needs bitsandbytes, which is not installed: "
             "pip install tuneforge[qlora]"
-        )
-
-
-def _check_data(v: _View) -> None:
-    if v["cutoff_len"] < 1:
-        raise ConfigError(f"{v.where('cutoff_len')}: `cutoff_len` must be at least 1, got {v['cutoff_len']}")
-    if v["mask_history"] and v["train_on_prompt"]:
-        raise ConfigError(
-            f"{v.where('mask_history', 'train_on_prompt')}: `mask_history` and `train_on_prompt` "
-            "cannot both be true"
-        )
-    datasets, eval_datasets = split_names(v["dataset"]), split_names(v["eval_dataset"])
-    val_size = v["val_size"]
-    if val_size < 0:
-        raise ConfigError(f"{v.where('val_size')}: `val_size` must be >= 0, got {val_size}")
-    if val_size > 1e-6 and not datasets:
-        raise ConfigError(f"{v.where('val_size')}: `val_size` needs `dataset` to split from")
-    if val_size > 1e-6 and eval_datasets:
-        raise ConfigError(
-            f"{v.where('val_size', 'eval_dataset')}: set either `val_size` or `eval_dataset`, not both"
-        )
-    probs = v["interleave_probs"]
-    if probs is not None:
-        where = v.where("interleave_probs")
-        if v["mix_strategy"] == "concat":
-            raise ConfigError(f"{where}: `interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`")
-        try:
-            numbers = [float(p) for p in (probs.split(",") if isinstance(probs, str) else probs)]
-        except ValueError:
-            raise ConfigError(f"{where}: `interleave_probs` must be numbers, got {probs!r}") from None
-        for names, key in ((datasets, "dataset"), (eval_datasets, "eval_dataset")):
-            if names and len(names) != len(numbers):
-                raise ConfigError(
-                    f"{where}: `interleave_probs` has {len(numbers)} values but `{key}` names {len(names)} datasets"
-                )
-    if v["neat_packing"] and v["packing"] is False:
-        raise ConfigError(f"{v.where('neat_packing')}: `neat_packing: true` needs packing; remove `packing: false`")
-    if v["neat_packing"] and v["stage"] not in ("sft", "pt"):  # LF refuses it too (pt: config/stages.py)
-        raise ConfigError(f"{v.where('neat_packing')}: `neat_packing` packs sft samples; stage is `{v['stage']}`")
-    workers = v["preprocessing_num_workers"]
-    if workers is not None and workers < 0:
-        raise ConfigError(f"{v.where('preprocessing_num_workers')}: `preprocessing_num_workers` must be >= 0 "
-                          f"(0 or 1: encode in this process), got {workers}")
-    if v["preprocessing_batch_size"] < 1:
-        raise ConfigError(f"{v.where('preprocessing_batch_size')}: `preprocessing_batch_size` must be at least 1, "
-                          f"got {v['preprocessing_batch_size']}")
-    if v["max_samples"] is not None and v["max_samples"] < 1:
-        raise ConfigError(
-            f"{v.where('max_samples')}: `max_samples` must be at least 1 (leave it unset to use every row), "
-            f"got {v['max_samples']}"
-        )
-    _check_dataset_dir(v)
-
-
-def _check_predict(v: _View) -> None:
-    """What prediction needs (LF's `*_predict.yaml` shape)."""
-    if not v["do_predict"]:
-        return
-    if v["do_train"]:
-        raise NotSupportedError(f"{v.where('do_predict')}: `do_predict` in a training run is not supported yet: train "
-                                "first, then predict with a config of its own (do_predict: true, predict_with_generate: "
-                                "true, eval_dataset: ..., adapter_name_or_path: <the trained output_dir>)")
-    if not v["predict_with_generate"]:
-        raise NotSupportedError(f"{v.where('do_predict')}: `do_predict` without `predict_with_generate` (loss-only "
-                                "prediction) is not supported yet; set `predict_with_generate: true` to generate answers "
-                                "and score them, or use `do_eval` for the loss")
-    if not v["eval_dataset"]:
-        raise ConfigError(f"{v.where('do_predict')}: `do_predict` reads the rows to answer from `eval_dataset` (as "
-                          "LLaMA-Factory does): set `eval_dataset: <names from dataset_info.json>`")
-
-
-def _check_facts(v: _View) -> None:
-    """tuneforge's fact-data keys (config/facts_args.py)."""
-    if v["augment_facts"]:
-        if v["stage"] != "sft":
-            raise ConfigError(f"{v.where('augment_facts')}: `augment_facts` adds questions for sft data; "
-                              f"stage is `{v['stage']}`")
-        if v["val_size"] > 1e-6:
-            raise ConfigError(f"{v.where('augment_facts', 'val_size')}: `augment_facts` with `val_size` would put "
-                              "paraphrases of training rows into the validation split; use `eval_dataset` instead")
-    target = v["recall_target"]
-    if target is not None:
-        if not 0 < target <= 1:
-            raise ConfigError(f"{v.where('recall_target')}: `recall_target` is a fraction in (0, 1], got {target}")
-        if v["stage"] != "sft" or not v["do_train"]:
-            raise ConfigError(f"{v.where('recall_target')}: `recall_target` stops an sft training run; "
-                              f"this config has stage `{v['stage']}`, do_train {v['do_train']}")
-        if v["recall_check_epochs"] <= 0 or v["recall_check_samples"] < 1:
-            raise ConfigError(f"{v.where('recall_check_epochs', 'recall_check_samples')}: `recall_check_epochs` must "
-                              "be positive and `recall_check_samples` at least 1")
-
-
-def _check_dataset_dir(v: _View) -> None:
-    """A `dataset_dir` naming a file (often dataset_info.json itself) where a folder is expected."""
-    dataset_dir = v["dataset_dir"]
-    if not dataset_dir or dataset_dir == "ONLINE" or dataset_dir.startswith("REMOTE:"):
-        return
-    candidates = dataset_dir_candidates(dataset_dir, v.config_dir)
-    files = [path for path in candidates if path.is_file()]
-    if files and not any(path.is_dir() for path in candidates):
-        raise ConfigError(
-            f"{v.where('dataset_dir')}: `dataset_dir` must be a folder (the one that holds dataset_info.json), "
-            f"got the file '{dataset_dir}'; set `dataset_dir: {Path(dataset_dir).parent.as_posix()}`"
         )
 
 
@@ -277,11 +242,17 @@ def _check_optimisation(v: _View) -> None:
 
 def _check_training(v: _View, *, require_output_dir: bool) -> None:
     _check_optimisation(v)
-    if v["predict_with_generate"]:
-        if v["do_train"]:
-            raise ConfigError(f"{v.where('predict_with_generate')}: `predict_with_generate` cannot be true while training")
-        if v["stage"] != "sft":
-            raise ConfigError(f"{v.where('predict_with_generate')}: `predict_with_generate` needs `stage: sft`")
+    if v["predict_with_generate"] and v["stage"] != "sft":
+        raise ConfigError(f"{v.where('predict_with_generate')}: `predict_with_generate` needs `stage: sft` "
+                          "(LLaMA-Factory: \"cannot be set as True except SFT\")")
+    if v["do_train"] and v["predict_with_generate"] and (v["do_eval"] or v["eval_strategy"] != "no"):
+        raise NotSupportedError(f"{v.where('predict_with_generate', 'do_eval', 'eval_strategy')}: "
+                                "`predict_with_generate` in a training run with evaluation makes LLaMA-Factory "
+                                "evaluate by generating (BLEU / ROUGE instead of the loss), which is not implemented "
+                                "yet; evaluate the loss without `predict_with_generate`, or predict after training "
+                                "(do_predict) without do_eval / eval_strategy")
+    if v["use_dft_loss"] and v["stage"] != "sft":  # LF reads it in its sft trainer only
+        raise ConfigError(f"{v.where('use_dft_loss')}: `use_dft_loss` is a loss of `stage: sft`; stage is `{v['stage']}`")
     if not v["do_train"]:
         return
     if not split_names(v["dataset"]):

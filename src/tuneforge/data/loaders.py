@@ -172,18 +172,18 @@ def _rows_of(dataset, label: str) -> Iterator[RawRow]:
 
 
 def iter_hub_rows(spec: DatasetSpec) -> Iterator[RawRow]:
-    if spec.load_from == "ms_hub":
+    if spec.load_from in ("ms_hub", "om_hub"):  # the optional clients (utils/other_hubs.py)
+        from tuneforge.utils.other_hubs import HUBS, load_hub_dataset
+
+        url = spec.ms_hub_url if spec.load_from == "ms_hub" else spec.om_hub_url
+        hub = HUBS["modelscope" if spec.load_from == "ms_hub" else "openmind"][3]
         try:
-            from modelscope import MsDataset  # optional dependency
-        except ImportError:
-            raise DataError(f"dataset {spec.name} uses ms_hub_url '{spec.ms_hub_url}', which needs the modelscope "
-                            "package (pip install modelscope), or set `hf_hub_url` / `file_name` instead") from None
-        try:
-            dataset = MsDataset.load(dataset_name=spec.ms_hub_url, subset_name=spec.subset, data_dir=spec.folder,
-                                     split=spec.split).to_hf_dataset()
+            dataset = load_hub_dataset(spec)
+        except DataError:  # the client is not installed
+            raise
         except Exception as err:
-            raise _hub_error(spec, "ModelScope Hub", spec.ms_hub_url, err) from err
-        yield from _rows_of(dataset, f"{spec.ms_hub_url} ({spec.split})")
+            raise _hub_error(spec, hub, url, err) from err
+        yield from _rows_of(dataset, f"{url} ({spec.split})")
         return
 
     import datasets
@@ -208,7 +208,8 @@ def origin_of(spec: DatasetSpec) -> str:
     """Where a dataset's rows come from, for messages: its file or folder, or its hub id."""
     if spec.load_from == "file":
         return display_path(spec.local_path)
-    return str({"hf_hub": spec.hf_hub_url, "ms_hub": spec.ms_hub_url}.get(spec.load_from) or spec.script_url)
+    return str({"hf_hub": spec.hf_hub_url, "ms_hub": spec.ms_hub_url, "om_hub": spec.om_hub_url}.get(spec.load_from)
+               or spec.script_url)
 
 
 def load_rows(spec: DatasetSpec) -> list[RawRow]:

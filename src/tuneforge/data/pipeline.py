@@ -3,6 +3,20 @@
     specs (registry) -> rows (loaders, num_samples/max_samples) -> Conversations (formats, bad rows
     reported) -> mix (concat / interleave) -> encode (data/stage_encode.py, in `preprocessing_num_workers`
     processes: data/workers.py; cached on disk) -> val_size split -> sft `packing: true`: LF's bins (data/packing.py)
+
+`eval_on_each_dataset: true` (LF): every eval dataset is encoded on its own (`DatasetBundle.eval_sets`) and
+evaluated on its own (metrics `eval_<name>_loss`, ...; the Trainer's dict of eval datasets).
+
+`tokenized_path` (LF): when that folder exists and is not empty, the encoded datasets are loaded from it and no
+data is read (the other data keys are ignored, as in LF); otherwise the run encodes its data as usual, saves the
+result there, and goes on. The folder's layout:
+
+    <tokenized_path>/dataset_dict.json, train/, validation/        datasets' `DatasetDict.save_to_disk`, as LF:
+                                                                    the final train and eval splits (packed when
+                                                                    `packing: true`); with eval_on_each_dataset
+                                                                    one `validation_<name>/` per eval dataset
+    <tokenized_path>/tuneforge_data.json                            {"format", "stage", "eval_names",
+                                                                    "report": the data report of the encoding}
 """
 
 from __future__ import annotations
@@ -28,27 +42,55 @@ from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
 from tuneforge.data.stage_encode import ROW_ENCODERS, feedback_items, feedback_note, features, pt_blocks, to_dataset
 from tuneforge.data.workers import encode_rows
-from tuneforge.errors import ConfigError, DataError, NotSupportedError
+from tuneforge.errors import ConfigError, DataError
 
 CACHE_VERSION = "tuneforge-data-1"
+TOKENIZED_FORMAT = "tuneforge-tokenized-1"
+TOKENIZED_INFO = "tuneforge_data.json"
 
 
 @dataclass
 class DatasetBundle:
     train: Any  # datasets.Dataset with the stage's columns (stage_encode.KIND_COLUMNS; + position_ids when packed)
-    eval: Any  # datasets.Dataset or None
+    eval: Any  # datasets.Dataset or None (with eval_sets: all of them, concatenated)
     report: DataReport
+    eval_sets: dict[str, Any] | None = None  # eval_on_each_dataset: eval dataset name -> its own Dataset
+
+    @property
+    def trainer_eval(self) -> Any:
+        """What the Trainer evaluates: one Dataset, or a dict (one evaluation per dataset, `eval_<name>_...`)."""
+        return self.eval_sets if self.eval_sets is not None else self.eval
 
 
 def build_datasets(cfg: RunConfig, tokenizer, template, stage: str = "sft") -> DatasetBundle:
+    """The run's encoded splits. In a multi-process run each node's first process encodes (and caches)
+    first and the others then read its cache, as LF does: one encoding, and no rank waits on a
+    collective timeout while the others tokenize."""
+    with cfg.training.main_process_first(local=True, desc="encoding the datasets"):
+        return _build_datasets(cfg, tokenizer, template, stage)
+
+
+def _build_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> DatasetBundle:
+    data = cfg.data
+    if data.streaming:  # IterableDatasets encoded while training (data/streaming.py)
+        from tuneforge.data.streaming import build_streaming_datasets
+
+        return build_streaming_datasets(cfg, tokenizer, template, stage)
+    if data.tokenized_path and _has_tokenized_data(data.tokenized_path):
+        return load_tokenized(data.tokenized_path, stage)
+    bundle = _encode_datasets(cfg, tokenizer, template, stage)
+    if data.tokenized_path and cfg.training.should_save:  # LF: the main process saves
+        save_tokenized(data.tokenized_path, bundle, stage)
+    return bundle
+
+
+def _encode_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> DatasetBundle:
     data = cfg.data
     seed = cfg.training.seed
     seed = 42 if seed is None else int(seed)  # HF's default seed
     config_dir = Path(cfg.config_path).parent if cfg.config_path else None
     val_size = data.val_size
 
-    if data.streaming:
-        raise NotSupportedError("`streaming: true` is not supported yet; datasets are loaded and cached in full")
     if not split_names(data.dataset):
         raise ConfigError("`dataset` is not set: name at least one dataset (from dataset_info.json or a file path)")
     if split_names(data.eval_dataset) and val_size:
@@ -60,7 +102,18 @@ def build_datasets(cfg: RunConfig, tokenizer, template, stage: str = "sft") -> D
 
     report = DataReport()
     train = build_split(train_specs, "train", cfg, tokenizer, template, stage, seed, report)
-    evaluation = build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report) if eval_specs else None
+    eval_sets = None
+    if eval_specs and data.eval_on_each_dataset:  # LF: each eval dataset on its own, not mixed
+        names = [spec.name for spec in eval_specs]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"eval_on_each_dataset: `eval_dataset` names a dataset twice ({', '.join(names)})")
+        eval_sets = {spec.name: build_split([spec], "eval", cfg, tokenizer, template, stage, seed, report)
+                     for spec in eval_specs}
+        evaluation = _concatenate(list(eval_sets.values()))
+    else:
+        evaluation = build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report) if eval_specs else None
+    if data.eval_on_each_dataset and not eval_specs:
+        report.notes.append("eval_on_each_dataset has no effect without `eval_dataset` (as in LLaMA-Factory)")
     if val_size and len(train) > 0:
         test_size = int(val_size) if val_size > 1 else float(val_size)
         try:
@@ -70,14 +123,102 @@ def build_datasets(cfg: RunConfig, tokenizer, template, stage: str = "sft") -> D
         train, evaluation = parts["train"], parts["test"]
     if stage_record(stage).data == "supervised" and packing_mode(data) == "bins":  # LF's packing: after the split, as LF does
         train = pack_split(train, data, report, "train")
-        evaluation = pack_split(evaluation, data, report, "eval") if evaluation is not None else None
+        if eval_sets is not None:
+            eval_sets = {name: pack_split(split, data, report, f"eval ({name})") for name, split in eval_sets.items()}
+            evaluation = _concatenate(list(eval_sets.values()))
+        else:
+            evaluation = pack_split(evaluation, data, report, "eval") if evaluation is not None else None
 
     report.train_samples = len(train)
     report.eval_samples = len(evaluation) if evaluation is not None else 0
     report.check_not_empty("train", len(train))
     if eval_specs:
         report.check_not_empty("eval", report.eval_samples)
-    return DatasetBundle(train, evaluation, report)
+    for name, split in (eval_sets or {}).items():
+        if len(split) == 0:
+            raise DataError(f"eval_on_each_dataset: eval dataset {name} has no samples left (see the data report)")
+    return DatasetBundle(train, evaluation, report, eval_sets)
+
+
+def _concatenate(splits):
+    from datasets import concatenate_datasets
+
+    return splits[0] if len(splits) == 1 else concatenate_datasets(splits)
+
+
+# ----------------------------------------------------------------------------- tokenized_path
+def _has_tokenized_data(path: str) -> bool:
+    """LF's `has_tokenized_data`: a folder that exists and is not empty."""
+    return os.path.isdir(path) and len(os.listdir(path)) > 0
+
+
+def tokenized_summary(path: str, stage: str) -> str | None:
+    """What a run would load from `tokenized_path` (None: nothing there yet, the run encodes and saves); --dry-run."""
+    if not _has_tokenized_data(path):
+        return None
+    report = _tokenized_info(path, stage)["report"]
+    return (f"loaded from tokenized_path {path}: {report.get('train_samples', 0)} train / "
+            f"{report.get('eval_samples', 0)} eval sample(s), encoded for stage {stage}; the datasets are not read")
+
+
+def _tokenized_info(path: str, stage: str) -> dict[str, Any]:
+    """tokenized_path's tuneforge_data.json, checked: a tuneforge encoding for this stage."""
+    info_file = Path(path) / TOKENIZED_INFO
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"tokenized_path: {path} is not empty but holds no tuneforge tokenized data ({info_file}: "
+                        f"{err}); point tokenized_path at a new folder to encode and save the data there") from None
+    if info.get("format") != TOKENIZED_FORMAT:
+        raise DataError(f"tokenized_path: {info_file} has format {info.get('format')!r}, expected {TOKENIZED_FORMAT!r}")
+    if info.get("stage") != stage:
+        raise ConfigError(f"tokenized_path: {path} holds data encoded for stage {info.get('stage')}, "
+                          f"not for stage {stage}")
+    return info
+
+
+def load_tokenized(path: str, stage: str) -> DatasetBundle:
+    """The bundle `save_tokenized` wrote to `path` (the module docstring has the layout); no data is read."""
+    from datasets import load_from_disk
+
+    info = _tokenized_info(path, stage)
+    splits = _quietly(load_from_disk, str(path))
+    report = DataReport.from_json(info.get("report", {}))
+    report.notes.append(f"tokenized data loaded from tokenized_path {path}; the other data keys are not read "
+                        "(as in LLaMA-Factory)")
+    eval_names = info.get("eval_names")
+    eval_sets = {name: splits[f"validation_{name}"] for name in eval_names} if eval_names else None
+    evaluation = _concatenate(list(eval_sets.values())) if eval_sets else splits.get("validation")
+    return DatasetBundle(splits["train"], evaluation, report, eval_sets)
+
+
+def save_tokenized(path: str, bundle: DatasetBundle, stage: str) -> None:
+    """LF's save of the encoded splits (`train`, `validation` or `validation_<name>`), and tuneforge's report next
+    to them; written to a staging folder first and put in place with one rename."""
+    from datasets import DatasetDict
+
+    splits = {"train": bundle.train}
+    if bundle.eval_sets is not None:
+        splits.update({f"validation_{name}": split for name, split in bundle.eval_sets.items()})
+    elif bundle.eval is not None:
+        splits["validation"] = bundle.eval
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        _quietly(DatasetDict(splits).save_to_disk, str(staging))
+        info = {"format": TOKENIZED_FORMAT, "stage": stage,
+                "eval_names": list(bundle.eval_sets) if bundle.eval_sets is not None else None,
+                "report": bundle.report.to_json()}
+        (staging / TOKENIZED_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if target.is_dir():
+            target.rmdir()  # empty (a folder with files is loaded instead)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    bundle.report.notes.append(f"tokenized data saved to tokenized_path {path}: later runs with this "
+                               "tokenized_path load it instead of reading the data")
 
 
 def check_stage(specs: list[DatasetSpec], stage: str) -> None:
@@ -179,8 +320,10 @@ def _template_fingerprint(template) -> Any:
 NOT_IN_CACHE_KEY = frozenset({
     "dataset", "eval_dataset", "dataset_dir",  # the specs (with their files' fingerprints) stand for them
     "overwrite_cache", "preprocessing_num_workers",  # the same samples either way (tested)
-    "val_size", "eval_on_each_dataset",  # applied after the split is encoded
-    "streaming", "buffer_size", "tokenized_path", "data_shared_file_system", "media_dir",  # refused when set
+    "val_size", "eval_on_each_dataset",  # applied after the split is encoded (eval_on_each: one spec per split)
+    "tokenized_path",  # where the result is also saved; the same samples either way
+    "streaming", "buffer_size",  # a streamed run has no cache (data/streaming.py)
+    "data_shared_file_system", "media_dir",  # refused when set
 })
 
 

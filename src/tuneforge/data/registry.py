@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tuneforge.config.args import split_names
-from tuneforge.config.validate import dataset_dir_candidates
+from tuneforge.config.validate_data import dataset_dir_candidates
 from tuneforge.errors import DataError, NotSupportedError
 
 DATASET_INFO = "dataset_info.json"
@@ -28,7 +28,8 @@ ENTRY_KEYS = (
     "file_name", "hf_hub_url", "ms_hub_url", "script_url", "formatting", "ranking", "subset", "split",
     "folder", "num_samples", "columns", "tags",
     "file_sha1", "revision",  # accepted LF keys: a checksum nobody verifies, a hub revision
-    "om_hub_url", "cloud_file_name",  # LF keys for the OpenMind hub and s3/gcs files: not supported yet
+    "om_hub_url",  # the Modelers (OpenMind) hub: with USE_OPENMIND_HUB=1 or without hf_hub_url (utils/other_hubs.py)
+    "cloud_file_name",  # LF's s3/gcs files: not supported yet
 )
 
 
@@ -72,11 +73,12 @@ OPENAI_TAGS = Tags("role", "content", "user", "assistant", "tool", "function_cal
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    load_from: str = "file"  # file | hf_hub | ms_hub | script
+    load_from: str = "file"  # file | hf_hub | ms_hub | om_hub | script
     file_name: str | None = None
     hf_hub_url: str | None = None
     ms_hub_url: str | None = None
     script_url: str | None = None
+    om_hub_url: str | None = None
     formatting: str = "alpaca"
     ranking: bool = False
     subset: str | None = None
@@ -169,13 +171,19 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path | None, info_file: Path
     if not isinstance(ranking, bool):
         raise DataError(f"{where}: ranking must be true or false, found {ranking!r}")
 
-    if "cloud_file_name" in entry or ("om_hub_url" in entry and "hf_hub_url" not in entry):
-        key = "cloud_file_name" if "cloud_file_name" in entry else "om_hub_url"
-        raise NotSupportedError(f"{where}: `{key}` is not supported yet; use file_name or hf_hub_url")
-    # LF's precedence: a hub url wins over script_url, which wins over file_name.
+    if "cloud_file_name" in entry:
+        raise NotSupportedError(f"{where}: `cloud_file_name` is not supported yet; use file_name or hf_hub_url")
+    # LF's precedence: a hub url wins over script_url, which wins over file_name; ModelScope, then OpenMind, when
+    # switched on (USE_MODELSCOPE_HUB / USE_OPENMIND_HUB) or the entry has no hf_hub_url.
     use_ms = os.environ.get("USE_MODELSCOPE_HUB", "0").lower() in ("1", "true")
-    if "hf_hub_url" in entry or "ms_hub_url" in entry:
-        load_from = "ms_hub" if ("ms_hub_url" in entry and (use_ms or "hf_hub_url" not in entry)) else "hf_hub"
+    use_om = os.environ.get("USE_OPENMIND_HUB", "0").lower() in ("1", "true")
+    if "hf_hub_url" in entry or "ms_hub_url" in entry or "om_hub_url" in entry:
+        if "ms_hub_url" in entry and (use_ms or "hf_hub_url" not in entry):
+            load_from = "ms_hub"
+        elif "om_hub_url" in entry and (use_om or "hf_hub_url" not in entry):
+            load_from = "om_hub"
+        else:
+            load_from = "hf_hub"
     elif "script_url" in entry:
         load_from = "script"
     elif "file_name" in entry:
@@ -198,6 +206,7 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path | None, info_file: Path
         hf_hub_url=entry.get("hf_hub_url"),
         ms_hub_url=entry.get("ms_hub_url"),
         script_url=entry.get("script_url"),
+        om_hub_url=entry.get("om_hub_url"),
         formatting=formatting,
         ranking=ranking,
         subset=entry.get("subset"),

@@ -7,9 +7,12 @@ from tuneforge.config.args import DataArguments
 from tuneforge.data.formats import Conversation, RowError, check_column_mapping, convert_row
 from tuneforge.data.loaders import load_rows, origin_of, sample_rows
 from tuneforge.data.report import DataReport
-from tuneforge.errors import ConfigError, NotSupportedError
+from tuneforge.errors import ConfigError
 
-MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over", "interleave_once")
+# LF's mix_strategy -> HF `interleave_datasets` stopping_strategy
+_STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted",
+             "interleave_once": "all_exhausted_without_replacement"}
 
 
 def read_conversations(specs, split, data: DataArguments, seed, report: DataReport) -> list[tuple[str, Conversation]]:
@@ -39,10 +42,10 @@ def read_conversations(specs, split, data: DataArguments, seed, report: DataRepo
 
 def mix(conversations: list[list[Conversation]], names: list[str], data: DataArguments, seed: int) -> list[tuple[str, Conversation]]:
     """LF's `mix_strategy`: concat, or interleave (HF `interleave_datasets`) stopping at the first
-    exhausted dataset (`interleave_under`) or when all are exhausted (`interleave_over`)."""
+    exhausted dataset (`interleave_under`), when all are exhausted with the exhausted ones restarted
+    (`interleave_over`), or when all are exhausted without reusing any row (`interleave_once`: every row
+    exactly once, exhausted datasets are skipped)."""
     strategy = data.mix_strategy
-    if strategy == "interleave_once":
-        raise NotSupportedError("mix_strategy 'interleave_once' is not supported yet (use concat or interleave_*)")
     if strategy not in MIX_STRATEGIES:
         raise ConfigError(f"mix_strategy '{strategy}' is not one of {', '.join(MIX_STRATEGIES)}")
     if strategy == "concat" or len(conversations) < 2:
@@ -55,6 +58,5 @@ def mix(conversations: list[list[Conversation]], names: list[str], data: DataArg
         raise ConfigError(f"interleave_probs has {len(probs)} value(s) but there are {len(conversations)} datasets")
     # interleave row indexes with HF's own function so the order matches LF exactly
     index_sets = [Dataset.from_dict({"d": [i] * len(c), "r": list(range(len(c)))}) for i, c in enumerate(conversations)]
-    stopping = "first_exhausted" if strategy == "interleave_under" else "all_exhausted"
-    mixed = interleave_datasets(index_sets, probabilities=probs, seed=seed, stopping_strategy=stopping)
+    mixed = interleave_datasets(index_sets, probabilities=probs, seed=seed, stopping_strategy=_STOPPING[strategy])
     return [(names[d], conversations[d][r]) for d, r in zip(mixed["d"], mixed["r"])]

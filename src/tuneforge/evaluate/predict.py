@@ -8,10 +8,17 @@
 Progress goes to `trainer_log.jsonl` / `running_status.json` like a training run, so the web UI
 follows a prediction job the same way, and `STOP_REQUESTED` stops it (the rows done so far are
 kept and scored).
+
+In a training run (`do_train` + `do_predict`, LF's sft workflow: predict after training with the trained
+model) the command line trains first, then calls `run_predict(trained_config(cfg), after_training=True)`:
+the LoRA adapter just saved in output_dir on top of the base model (and its earlier adapters), or the full /
+freeze weights saved in output_dir. The training's `trainer_log.jsonl` is kept (LF does not log prediction
+steps after training either); `running_status.json` follows the prediction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -47,19 +54,42 @@ def build_predict_dataset(cfg: RunConfig, tokenizer, template):
     return dataset, report
 
 
-class _Progress:
-    """The run log (utils/runlog.py: trainer_log.jsonl, running_status.json, STOP_REQUESTED) of a prediction."""
+def trained_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the model a training run just saved in output_dir: for LoRA its adapter after any
+    `adapter_name_or_path` it trained on top of, for full / freeze the weights in output_dir themselves."""
+    output_dir = str(cfg.training.output_dir)
+    if cfg.finetuning.finetuning_type in ("lora", "oft"):  # config/args.py ADAPTER_METHODS
+        adapters = (*(cfg.model.adapter_name_or_path or ()), output_dir)
+        model = dataclasses.replace(cfg.model, adapter_name_or_path=adapters)
+    else:  # adapters given to a full / freeze run are merged into the weights it saved
+        model = dataclasses.replace(cfg.model, model_name_or_path=output_dir, adapter_name_or_path=None)
+    return dataclasses.replace(cfg, model=model)
 
-    def __init__(self, output_dir: str, total: int):
-        from tuneforge.utils.runlog import RunLog
+
+class _Progress:
+    """The run log (utils/runlog.py: trainer_log.jsonl, running_status.json, STOP_REQUESTED) of a prediction.
+    `keep_log`: after training, leave the training's trainer_log.jsonl as it is (status and stop only)."""
+
+    def __init__(self, output_dir: str, total: int, *, keep_log: bool = False):
+        from tuneforge.utils.runlog import STOP_FILE, RunLog
 
         self.log = RunLog(output_dir)
-        self.log.begin(0, total)
+        self.keep_log = keep_log
+        if keep_log:
+            self.log.max_steps = total
+            (self.log.output_dir / STOP_FILE).unlink(missing_ok=True)
+            self.log.status("running")
+        else:
+            self.log.begin(0, total)
         self.stopped = False
 
     def row_done(self, done: int) -> bool:
         """Log progress (every row, as LF's prediction steps); True when a stop was requested."""
-        self.log.record(done, {})
+        if self.keep_log:
+            self.log.current_step = done
+            self.log.status("running")
+        else:
+            self.log.record(done, {})
         self.stopped = self.stopped or self.log.stop_requested()
         return self.stopped
 
@@ -67,23 +97,34 @@ class _Progress:
         self.log.end(aborted=self.stopped)
 
 
-def run_predict(cfg) -> dict:
+def run_predict(cfg, *, after_training: bool = False) -> dict:
+    """Generate, save and score; `after_training`: `cfg` is `trained_config` of the run that just trained in
+    output_dir, whose data report and log files stay."""
     from tuneforge.evaluate.metrics import similarity_scores
     from tuneforge.infer.engine import ChatEngine
 
     output_dir = Path(cfg.training.output_dir)  # the config layer checked what prediction needs
     output_dir.mkdir(parents=True, exist_ok=True)
+    if after_training:  # the training's model and optimizer state are unreachable now: free them first
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # model first: the dataset is encoded with its tokenizer and template
     engine = ChatEngine.from_config(cfg)
     dataset, report = build_predict_dataset(cfg, engine.tokenizer, engine.template)
     print(report.format(), flush=True)
-    report.save(output_dir)
+    if not after_training:  # the training's own report stays
+        report.save(output_dir)
 
     seed = engine.settings.seed if engine.settings.seed is not None else cfg.training.seed
     settings = {"seed": seed}
     total = len(dataset)
-    progress = _Progress(str(output_dir), total)
+    progress = _Progress(str(output_dir), total, keep_log=after_training)
     start = time.perf_counter()
     print(f"[tuneforge] predicting {total} rows -> {output_dir / PREDICTIONS_FILE}", flush=True)
     try:
@@ -100,11 +141,24 @@ def run_predict(cfg) -> dict:
         "predict_samples_per_second": round(len(predictions) / seconds, 3) if seconds > 0 else 0.0,
         "predict_tokens_per_second": round(generated_tokens / seconds, 3) if seconds > 0 else 0.0,
     })
-    for name in (RESULTS_FILE, "all_results.json"):
-        (output_dir / name).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output_dir / RESULTS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _update_all_results(output_dir, metrics, replace=not after_training)
     progress.finish()
     _print_metrics(metrics, output_dir, stopped)
     return metrics
+
+
+def _update_all_results(output_dir: Path, metrics: dict, *, replace: bool) -> None:
+    """all_results.json as HF's `save_metrics` keeps it: after training, the train (and eval) results + these."""
+    path = output_dir / "all_results.json"
+    combined = {}
+    if not replace and path.is_file():
+        try:
+            combined = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            combined = {}
+    combined.update(metrics)
+    path.write_text(json.dumps(combined, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _predict_rows(engine, dataset, output_dir: Path, progress: _Progress, settings: dict):

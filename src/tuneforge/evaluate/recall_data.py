@@ -145,7 +145,7 @@ def resolve_targets(cfg, base_model: str | None = None) -> EvalTargets:
     output_dir = Path(cfg.training.output_dir) if cfg.raw.get("output_dir") else None
     notes = []
     base_args = None
-    if method == "lora":
+    if method in ("lora", "oft"):  # config/args.py ADAPTER_METHODS
         adapters = split_names(model_args.adapter_name_or_path)
         if not adapters and output_dir is not None and _holds_adapter(output_dir):
             adapters = [str(output_dir)]

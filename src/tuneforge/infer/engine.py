@@ -139,9 +139,9 @@ class ChatEngine:
         template.fix_tokenizer(tokenizer)
         model = load_model(cfg.model, cfg.finetuning, is_trainable=False)
         settings = GenerationSettings.from_any(cfg.generating)
-        if settings.default_system is None and getattr(cfg.data, "default_system", None):
+        if settings.default_system is None and cfg.data.default_system:
             settings = settings.with_overrides(default_system=cfg.data.default_system)
-        decode_dtype = auto_decode_weights_dtype(model, getattr(cfg.model, "infer_dtype", "auto"))
+        decode_dtype = auto_decode_weights_dtype(model, cfg.model.infer_dtype)
         return cls(model, tokenizer, template, settings, description=describe_config(cfg, template),
                    decode_weights_dtype=decode_dtype)
 
@@ -290,10 +290,10 @@ def _vocab_size(model, tokenizer) -> int:
 def describe_config(cfg, template=None) -> str:
     """One line for headers: model, adapter(s), template."""
     model_args = cfg.model
-    adapter = getattr(model_args, "adapter_name_or_path", None) or "none"
+    adapter = model_args.adapter_name_or_path or "none"
     if isinstance(adapter, (list, tuple)):
         adapter = ",".join(adapter)
-    template_name = getattr(template, "name", None) or getattr(cfg.data, "template", None) or "auto"
+    template_name = getattr(template, "name", None) or cfg.data.template or "auto"
     return f"model: {model_args.model_name_or_path} | adapter: {adapter} | template: {template_name}"
 
 

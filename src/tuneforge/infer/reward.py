@@ -46,8 +46,8 @@ class RewardScorer:
         template = template_for(cfg.data, tokenizer)
         template.fix_tokenizer(tokenizer)
         model = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=False)
-        return cls(model, tokenizer, template, system=getattr(cfg.data, "default_system", None),
-                   cutoff_len=getattr(cfg.data, "cutoff_len", None))
+        return cls(model, tokenizer, template, system=cfg.data.default_system,
+                   cutoff_len=cfg.data.cutoff_len)
 
     def encode(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None) -> list[int]:
         """Token ids of a conversation that ends with the answer to score."""

@@ -7,13 +7,18 @@
 * lora:   `lora_target: all` = every linear layer except the LM head. `adapter_name_or_path` is a
           list: when training, all but the last are merged into the base and the last is resumed
           (unless `create_new_adapter`, which merges all and starts a fresh one); for inference all
-          are merged.
+          are merged. A vocabulary grown for new tokens (model/vocab.py, run first) adds the embeddings
+          and the LM head to `additional_target` (peft `modules_to_save`), as in LLaMA-Factory.
+* oft:    peft's orthogonal fine-tuning (`OFTConfig`: `oft_rank` blocks per layer or `oft_block_size`,
+          `module_dropout`, `additional_target`), on `oft_target` when it is not `all`, else on `lora_target`
+          (LLaMA-Factory 0.9.5 reads `lora_target` for OFT); adapters load, resume and merge as LoRA's do.
 Trainable parameters are kept in float32 even when the frozen base is bf16/fp16 (unless
-`pure_bf16`), because optimizer updates on half-precision weights lose small steps.
+`pure_bf16` or `use_badam`), because optimizer updates on half-precision weights lose small steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -21,12 +26,14 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model.adapter_check import check_adapter_fits
 from tuneforge.model.loader import looks_local
-from tuneforge.config.args import FinetuningArguments, ModelArguments, effective_lora_alpha, split_names
+from tuneforge.model.vocab import embedding_module_names, fit_embeddings_to_adapter, prepare_vocab, ties_embeddings
+from tuneforge.config.args import (ADAPTER_METHODS, FinetuningArguments, ModelArguments, effective_lora_alpha,
+                                   split_names)
 from tuneforge.utils.folders import finish_interrupted_save
 
 logger = logging.getLogger(__name__)
 
-FINETUNING_TYPES = ("full", "freeze", "lora")
+FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 _LAYER_PARAM = re.compile(r"\.(\d+)\.([^.]+)")
 
 
@@ -36,12 +43,18 @@ def apply_finetuning(model, finetuning_args: FinetuningArguments, model_args: Mo
     if method not in FINETUNING_TYPES:
         raise ConfigError(f"finetuning_type: `{method}` is not one of {', '.join(FINETUNING_TYPES)}")
     adapters = split_names(model_args.adapter_name_or_path)
-    if adapters and method != "lora":
+    if adapters and method not in ADAPTER_METHODS:
         raise ConfigError(
             f"adapter_name_or_path is set ({', '.join(adapters)}) but finetuning_type is `{method}`; "
-            f"adapters are LoRA weights: use `finetuning_type: lora`, or pass a full fine-tune's "
+            f"adapters are LoRA / OFT weights: use `finetuning_type: lora` (or oft), or pass a full fine-tune's "
             f"output folder as model_name_or_path"
         )
+    if prepare_vocab(model, model_args) and method in ADAPTER_METHODS and not finetuning_args.additional_target:
+        # LF: a resized vocabulary trains (and saves with the adapter) the embeddings and the LM head in full
+        targets = embedding_module_names(model)
+        finetuning_args = dataclasses.replace(finetuning_args, additional_target=targets)
+        if is_trainable:
+            logger.warning("vocabulary resized: %s train in full and are saved with the adapter", ",".join(targets))
     if method == "full":
         if is_trainable:
             model.requires_grad_(True)
@@ -50,8 +63,8 @@ def apply_finetuning(model, finetuning_args: FinetuningArguments, model_args: Mo
             _setup_freeze(model, finetuning_args)
     else:
         model = _setup_lora(model, finetuning_args, model_args, adapters, is_trainable=is_trainable)
-    if is_trainable and not finetuning_args.pure_bf16:
-        upcast_trainable_params(model)
+    if is_trainable and not finetuning_args.pure_bf16 and not finetuning_args.use_badam:
+        upcast_trainable_params(model)  # BAdam keeps fp32 copies of the block it trains itself (as in LF)
     return model
 
 
@@ -151,6 +164,10 @@ def build_lora_config(model, finetuning_args: FinetuningArguments):
     from peft import LoraConfig, TaskType
 
     init = True
+    modules_to_save = list(split_names(finetuning_args.additional_target))
+    # tied input/output embeddings that both train in full (a resized vocabulary) stay one matrix (peft >= 0.18)
+    tie = ties_embeddings(model) and set(embedding_module_names(model)) <= set(modules_to_save)
+    tying = {"ensure_weight_tying": True} if tie else {}
     if finetuning_args.pissa_init:
         init = "pissa" if finetuning_args.pissa_iter == -1 else f"pissa_niter_{finetuning_args.pissa_iter}"
     return LoraConfig(
@@ -160,24 +177,64 @@ def build_lora_config(model, finetuning_args: FinetuningArguments):
         lora_alpha=effective_lora_alpha(finetuning_args),  # LF: unset (or 0) -> 2 * rank
         lora_dropout=finetuning_args.lora_dropout,
         target_modules=lora_target_modules(model, finetuning_args),
-        modules_to_save=list(split_names(finetuning_args.additional_target)) or None,
+        modules_to_save=modules_to_save or None,
         use_rslora=finetuning_args.use_rslora,
         use_dora=finetuning_args.use_dora,
         init_lora_weights=init,
+        **tying,
     )
+
+
+def oft_target_modules(model, finetuning_args: FinetuningArguments) -> list[str]:
+    """`oft_target` when set to other modules than `all`, else `lora_target` (what LF 0.9.5 reads for OFT)."""
+    oft, lora = split_names(finetuning_args.oft_target) or ("all",), split_names(finetuning_args.lora_target) or ("all",)
+    if oft == ("all",):
+        return lora_target_modules(model, finetuning_args)
+    if lora != ("all",) and set(lora) != set(oft):
+        logger.warning("OFT on oft_target %s; LLaMA-Factory 0.9.5 would use lora_target %s", ",".join(oft),
+                       ",".join(lora))
+    try:
+        return lora_target_modules(model, dataclasses.replace(finetuning_args, lora_target=oft))
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("lora_target:", "oft_target:", 1)) from None
+
+
+def build_oft_config(model, finetuning_args: FinetuningArguments):
+    """LF's OFT settings: `oft_rank` (blocks per layer) or `oft_block_size`, `module_dropout`, `additional_target`;
+    peft's defaults for the rest (Cayley-Neumann parametrisation)."""
+    from peft import OFTConfig, TaskType
+
+    try:
+        return OFTConfig(
+            task_type=TaskType.CAUSAL_LM,
+            inference_mode=False,
+            r=finetuning_args.oft_rank,
+            oft_block_size=finetuning_args.oft_block_size,
+            target_modules=oft_target_modules(model, finetuning_args),
+            module_dropout=finetuning_args.module_dropout,
+            modules_to_save=list(split_names(finetuning_args.additional_target)) or None,
+        )
+    except ValueError as err:  # oft_rank and oft_block_size both set, or both 0 (config/validate.py says so first)
+        raise ConfigError(f"finetuning_type: oft: {err}") from None
 
 
 def _setup_lora(model, finetuning_args: FinetuningArguments, model_args: ModelArguments, adapters: list[str], *,
                 is_trainable: bool):
+    """lora and oft: attach / resume `adapters`, or a new adapter of the method when training."""
     from peft import get_peft_model
 
+    oft = finetuning_args.finetuning_type == "oft"
     resume = is_trainable and not finetuning_args.create_new_adapter
     if adapters:
         model = attach_adapters(model, adapters, model_args, merge_last=not resume, is_trainable=is_trainable)
     if is_trainable and not (adapters and resume):
-        model = get_peft_model(model, build_lora_config(model, finetuning_args))
-        logger.info("LoRA on %s", ",".join(sorted(model.peft_config["default"].target_modules)))
-    if is_trainable:
+        config = build_oft_config(model, finetuning_args) if oft else build_lora_config(model, finetuning_args)
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as err:  # e.g. a module type peft cannot adapt
+            raise ConfigError(f"finetuning_type: {finetuning_args.finetuning_type}: {str(err).splitlines()[0]}") from None
+        logger.info("%s on %s", "OFT" if oft else "LoRA", ",".join(sorted(model.peft_config["default"].target_modules)))
+    if is_trainable and not oft:
         from tuneforge.model.fast_lora import enable_fast_lora
 
         fused = enable_fast_lora(model)
@@ -210,6 +267,7 @@ def attach_adapters(model, adapters: list[str], model_args: ModelArguments, *, m
     for index, name in enumerate(adapters):
         path = resolve_adapter_path(name)
         if Path(path).is_dir():
+            fit_embeddings_to_adapter(model, Path(path))  # an adapter trained with new tokens
             check_adapter_fits(model, Path(path), model_args.model_name_or_path)
         last = index == len(adapters) - 1
         try:

@@ -67,6 +67,18 @@ def resolve_model_path(name_or_path: str, config_path: str | os.PathLike | None 
     return name
 
 
+def resolve_model_source(model_args: ModelArguments) -> str:
+    """`resolve_model_path(model_name_or_path)`, and with `USE_MODELSCOPE_HUB=1` / `USE_OPENMIND_HUB=1` a hub id
+    downloaded from that hub first (utils/other_hubs.py)."""
+    from tuneforge.utils import other_hubs
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    other_hubs.remember_run(model_args)  # its tokens and cache_dir, for ms_hub_url / om_hub_url datasets too
+    if other_hubs.other_hub() is None or Path(path).exists() or looks_local(path):
+        return path
+    return other_hubs.download_model(path, model_args)
+
+
 # ----------------------------------------------------------------------------------------------
 # dtype and attention
 # ----------------------------------------------------------------------------------------------
@@ -243,10 +255,21 @@ def _gguf_location(path: str) -> tuple[str, str] | None:
 
 
 def load_tokenizer(model_args: ModelArguments):
-    """The tokenizer of `model_name_or_path` (right padding; fixing eos/pad is the template's job)."""
+    """The tokenizer of `model_name_or_path` (right padding; fixing eos/pad is the template's job), with the
+    config's `add_tokens` / `add_special_tokens` / `new_special_tokens_config` added (model/vocab.py)."""
+    from tuneforge.model.vocab import add_new_tokens
+
+    tokenizer = tokenizer_from_files(model_args)
+    add_new_tokens(tokenizer, model_args)
+    return tokenizer
+
+
+def tokenizer_from_files(model_args: ModelArguments):
+    """The saved tokenizer, nothing added: `model_name_or_path`'s, or the last adapter folder's own when that
+    one has tokens the model's lacks (an adapter trained with new tokens: see model/vocab.py)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(model_args.model_name_or_path)
+    path = resolve_model_source(model_args)
     kwargs = {**_hub_kwargs(model_args), "padding_side": "right"}
     gguf = _gguf_location(path)
     if gguf:
@@ -255,7 +278,32 @@ def load_tokenizer(model_args: ModelArguments):
     # transformers 5 has fast tokenizers only; `use_fast_tokenizer: false` cannot be honoured.
     if model_args.use_fast_tokenizer is False:
         logger.warning("use_fast_tokenizer: false is ignored: transformers 5 always uses the fast tokenizer")
-    return _call_from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", **kwargs)
+    tokenizer = _call_from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", **kwargs)
+    return _adapter_tokenizer(model_args, tokenizer) or tokenizer
+
+
+def _adapter_tokenizer(model_args: ModelArguments, base_tokenizer):
+    """The last adapter folder's tokenizer when it has more tokens than `base_tokenizer`, else None."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.config.args import split_names
+
+    adapters = split_names(model_args.adapter_name_or_path)
+    folder = Path(adapters[-1]).expanduser() if adapters else None
+    if folder is None or not (folder / "tokenizer_config.json").is_file():
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="right",
+                                                  trust_remote_code=bool(model_args.trust_remote_code))
+    except (OSError, ValueError) as exc:
+        logger.warning("adapter %s has a tokenizer that does not load (%s); using the model's", folder,
+                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    if len(tokenizer) <= len(base_tokenizer):
+        return None
+    added = tokenizer.convert_ids_to_tokens(list(range(len(base_tokenizer), len(tokenizer))))
+    logger.info("using the tokenizer saved with adapter %s: it adds %s", folder, ", ".join(added))
+    return tokenizer
 
 
 def load_gguf_dense(gguf_path: str | os.PathLike, **kwargs):
@@ -278,10 +326,11 @@ def load_gguf_dense(gguf_path: str | os.PathLike, **kwargs):
 
 
 def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_dtype=None):
-    """The plain `AutoModelForCausalLM` of `model_name_or_path`, no adapters."""
+    """The plain `AutoModelForCausalLM` of `model_name_or_path`, no adapters (its config RoPE-scaled first
+    when `rope_scaling` is set: `configure_rope`)."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(model_args.model_name_or_path)
+    path = resolve_model_source(model_args)
     dtype = resolve_dtype(model_args.infer_dtype, compute_dtype, is_trainable=is_trainable)
     attn = resolve_attn_implementation(model_args.flash_attn)
     kwargs = {**_hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
@@ -290,9 +339,13 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
         if model_args.quantization_bit is not None:
             raise NotSupportedError("QLoRA (`quantization_bit`) on a .gguf file is not supported yet; "
                                     "convert it to a Hugging Face folder first")
+        if model_args.rope_scaling is not None:
+            kwargs["config"] = _rope_scaled_config(model_args, gguf[0], gguf_file=gguf[1])
         model = load_gguf_dense(path, **kwargs)
     else:
         _check_model_folder(path)
+        if model_args.rope_scaling is not None:
+            kwargs["config"] = _rope_scaled_config(model_args, path)
         kwargs.update(quantization_kwargs(model_args, dtype))
         model = _call_from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
         if "quantization_config" in kwargs and is_trainable:
@@ -323,10 +376,23 @@ def load_model(model_args: ModelArguments, finetuning_args: FinetuningArguments,
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts; tied weights are counted once."""
+    """(trainable, total) parameter counts; tied weights are counted once. A parameter DeepSpeed ZeRO-3 partitioned
+    is empty in this process: its whole size is `ds_numel`."""
     trainable = total = 0
     for param in model.parameters():
-        total += param.numel()
+        size = getattr(param, "ds_numel", None) or param.numel()
+        total += size
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += size
     return trainable, total
+
+
+def _rope_scaled_config(model_args: ModelArguments, path: str, **extra):
+    """The model's config with `rope_scaling` applied (`configure_rope`), for `from_pretrained(config=...)`."""
+    from transformers import AutoConfig
+
+    config = _call_from_pretrained(AutoConfig.from_pretrained, path, "model config", **_hub_kwargs(model_args), **extra)
+    from tuneforge.model.rope import configure_rope
+
+    configure_rope(config, model_args.rope_scaling, model_args.model_max_length)
+    return config

@@ -11,6 +11,10 @@ or logit soft-capping takes autograd per chunk under activation checkpointing.
 The math is HF's `ForCausalLMLoss`: fp32 cross-entropy, summed, divided by `num_items_in_batch`
 when the Trainer passes it (correct normalisation across gradient accumulation), else by the
 number of label tokens.
+
+`dft=True` is LLaMA-Factory's `use_dft_loss` (Dynamic Fine-Tuning, LF's `dft_loss_func`): each token's
+cross-entropy is weighted by the probability the model gives its label, detached from the graph
+(`CE_i * exp(-CE_i).detach()`), then summed and normalised the same way.
 """
 
 from __future__ import annotations
@@ -27,13 +31,22 @@ from tuneforge.model.lm_parts import DECODER_INPUT_KEYS, LMParts
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024
 
+def token_losses_sum(logits: torch.Tensor, targets: torch.Tensor, dft: bool = False) -> torch.Tensor:
+    """Sum over rows of the fp32 cross-entropy of `logits` [N, V] at `targets` [N]; with `dft`, each row's
+    loss is weighted by the (detached) probability of its target: LF's `_dft_cross_entropy` before dividing."""
+    if not dft:
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    return (losses * torch.exp(-losses.detach())).sum()
+
+
 def _chunk_cross_entropy_sum(
-    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None, dft: bool = False
 ) -> torch.Tensor:
     logits = head(hidden)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    return token_losses_sum(logits, targets, dft)
 
 
 class LinearCrossEntropySum(torch.autograd.Function):
@@ -42,11 +55,12 @@ class LinearCrossEntropySum(torch.autograd.Function):
     Per chunk: logits, their log-sum-exp and the loss; then the logits buffer becomes the
     gradient in place (softmax - one-hot) and is multiplied straight into d hidden (and d W, d b
     when they train). Only d hidden [N, H] outlives the chunk: no [N, V] log-softmax is saved for
-    backward and nothing is recomputed. Backward only scales the stored gradients.
+    backward and nothing is recomputed. Backward only scales the stored gradients. With `dft`, row i's
+    loss and gradient are scaled by p_i = exp(-CE_i), a constant for autograd (the DFT loss).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size: int):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, dft: bool = False):
         rows = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
@@ -56,9 +70,13 @@ class LinearCrossEntropySum(torch.autograd.Function):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = F.linear(h, weight, bias).float()
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            losses = lse - logits.gather(1, t[:, None]).squeeze(1)
+            weights = torch.exp(-losses) if dft else None  # p(label), a constant: no gradient through it
+            total += (losses * weights).sum() if dft else losses.sum()
             grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             grad_logits[torch.arange(len(t), device=t.device), t] -= 1.0
+            if dft:
+                grad_logits.mul_(weights[:, None])
             grad_logits = grad_logits.to(h.dtype)
             if grad_hidden is not None:
                 torch.mm(grad_logits, weight, out=grad_hidden[start : start + chunk_size])
@@ -79,6 +97,7 @@ class LinearCrossEntropySum(torch.autograd.Function):
             grad_bias * scale if grad_bias is not None else None,
             None,
             None,
+            None,
         )
 
 
@@ -89,8 +108,10 @@ def chunked_cross_entropy_sum(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     final_logit_softcapping: float | None = None,
+    dft: bool = False,
 ) -> torch.Tensor:
-    """Sum of CE(head(hidden[i]), targets[i]) over rows, `chunk_size` rows of logits at a time.
+    """Sum of CE(head(hidden[i]), targets[i]) over rows, `chunk_size` rows of logits at a time
+    (with `dft`, each term weighted by its detached label probability).
 
     `hidden` is [N, H] (only rows that have a target), `targets` is [N].
     """
@@ -99,7 +120,7 @@ def chunked_cross_entropy_sum(
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected so backward() still works
     if type(head) is nn.Linear and final_logit_softcapping is None and torch.is_grad_enabled():
-        return LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_size)
+        return LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_size, dft)
     # One chunk: recomputing its logits in backward would save nothing (backward needs them all
     # at once anyway) and cost a second head GEMM.
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
@@ -108,11 +129,21 @@ def chunked_cross_entropy_sum(
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         if use_checkpoint:
             # Recompute this chunk's logits in backward instead of keeping them.
-            part = checkpoint(_chunk_cross_entropy_sum, h, t, head, final_logit_softcapping, use_reentrant=False)
+            part = checkpoint(_chunk_cross_entropy_sum, h, t, head, final_logit_softcapping, dft, use_reentrant=False)
         else:
-            part = _chunk_cross_entropy_sum(h, t, head, final_logit_softcapping)
+            part = _chunk_cross_entropy_sum(h, t, head, final_logit_softcapping, dft)
         total = part if total is None else total + part
     return total
+
+
+def logits_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None, *, dft: bool = False
+) -> torch.Tensor:
+    """The loss of full logits [B, T, V] against unshifted `labels` [B, T] (the model's own forward), normalised
+    as the chunked path: the plain forward's DFT loss, equal to LF's `dft_loss_func`."""
+    shift_labels = labels[:, 1:].to(logits.device)
+    keep = shift_labels != IGNORE_INDEX
+    return _normalise(token_losses_sum(logits[:, :-1][keep], shift_labels[keep], dft), keep, num_items_in_batch)
 
 
 def shifted_label_count(labels: torch.Tensor) -> int:
@@ -126,11 +157,14 @@ def chunked_causal_lm_loss(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     num_items_in_batch: torch.Tensor | int | None = None,
+    dft: bool = False,
 ) -> torch.Tensor:
-    """Mean next-token loss over label tokens (or sum / num_items_in_batch), like HF's default."""
+    """Mean next-token loss over label tokens (or sum / num_items_in_batch), like HF's default; `dft`: the
+    DFT loss (see the module docstring)."""
     hidden, targets, keep = _label_positions(parts, inputs)
     loss_sum = chunked_cross_entropy_sum(
-        hidden, targets, parts.head, chunk_size=chunk_size, final_logit_softcapping=parts.final_logit_softcapping
+        hidden, targets, parts.head, chunk_size=chunk_size, final_logit_softcapping=parts.final_logit_softcapping,
+        dft=dft,
     )
     return _normalise(loss_sum, keep, num_items_in_batch)
 
@@ -142,6 +176,7 @@ def chunked_causal_lm_eval(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     num_items_in_batch: torch.Tensor | int | None = None,
+    dft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Evaluation: (the loss of `chunked_causal_lm_loss`, hits, keep). `hits[i]`: the argmax of the logits
     equals the i-th label token (labels in `keep` order); `keep` [B, T-1] marks the shifted label positions.
@@ -154,7 +189,7 @@ def chunked_causal_lm_eval(
         if parts.final_logit_softcapping is not None:
             logits = torch.tanh(logits / parts.final_logit_softcapping) * parts.final_logit_softcapping
         t = targets[start : start + chunk_size]
-        loss_sum += F.cross_entropy(logits.float(), t, reduction="sum")
+        loss_sum += token_losses_sum(logits, t, dft)
         hits[start : start + chunk_size] = logits.argmax(dim=-1) == t
     return _normalise(loss_sum, keep, num_items_in_batch), hits, keep
 

@@ -37,6 +37,7 @@ from tuneforge.train.optim import create_optimizer, create_scheduler
 from tuneforge.train.ppo_batch import PackedResponses, neftune_noise, output_head, response_forward
 from tuneforge.train.ppo_core import (AdaptiveKLController, FixedKLController, PPOHyperparams, RunningMoments,
                                       compute_gae, masked_mean, masked_whiten, ppo_loss, shape_rewards)
+from tuneforge.train.reporting import setup_reporting
 from tuneforge.train.threads import ThreadPolicy
 
 logger = logging.getLogger("tuneforge")
@@ -107,7 +108,7 @@ def load_reference(cfg, dtype):
     from tuneforge.model.value_head import ValueHeadModel
 
     finetuning = cfg.finetuning
-    if finetuning.ref_model is None and finetuning.finetuning_type == "lora":
+    if finetuning.ref_model is None and finetuning.finetuning_type in ("lora", "oft"):
         return None
     adapters = split_names(finetuning.ref_model_adapters) if finetuning.ref_model else []
     model_args = cfg.model
@@ -145,6 +146,7 @@ class PPOLoop:
         self.state, self.control = TrainerState(), TrainerControl()
         self.log_callback = LogCallback(self.args.output_dir, extra_keys=PPO_LOG_KEYS)
         self.callbacks = loop_callbacks(self.args, self.log_callback, policy, tokenizer)  # + `report_to`
+        setup_reporting(self.callbacks, cfg)  # logging_dir, use_swanlab (train/reporting.py)
         self.threads = ThreadPolicy()  # the cores other processes leave free, checked after each piece of work
         self.tokens_seen = 0
 

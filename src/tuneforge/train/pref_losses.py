@@ -1,8 +1,8 @@
 """Preference losses as pure functions on per-sequence log-probabilities (or reward scores).
 
 Inputs are 1-D tensors with one entry per sequence: summed log-probs of the answer tokens (DPO
-sigmoid/hinge, KTO), or their per-token average (IPO, ORPO, SimPO: LLaMA-Factory divides by the
-answer length for these). Every function returns per-example losses (callers take the mean) and
+sigmoid/hinge/kto_pair, BCO, KTO), or their per-token average (IPO, ORPO, SimPO: LLaMA-Factory divides
+by the answer length for these). Every function returns per-example losses (callers take the mean) and
 detached rewards where the method defines them. Semantics follow LLaMA-Factory / TRL.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DPO_LOSSES = ("sigmoid", "hinge", "ipo")
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair")
 REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 AVERAGED_LOGP_LOSSES = ("ipo", "orpo", "simpo")  # use log-probs averaged over answer tokens
 
@@ -36,6 +36,11 @@ def dpo_loss(
     h = (pi_c - pi_r) - (ref_c - ref_r)
     sigmoid (DPO, cDPO with label_smoothing e): -(1-e) log s(beta h) - e log s(-beta h)
     hinge (SLiC): relu(1 - beta h);  ipo: (h - 1 / (2 beta))^2
+    kto_pair (HALOs eq. 7, TRL's pairwise KTO that LF's `pref_loss: kto_pair` names): with the log-ratios
+      r_c = pi_c - ref_c, r_r = pi_r - ref_r and KL_c = max(mean(r_c), 0), KL_r = max(mean(r_r), 0) over the
+      batch (not detached, as in TRL), `losses` = [1 - s(beta (r_c - KL_r)) for each pair] followed by
+      [1 - s(beta (KL_c - r_r)) for each pair]: 2 B entries, the chosen half's KL estimated from the rejected
+      answers and the other way round.
     rewards = beta * (policy - reference), detached.
     """
     logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)
@@ -45,11 +50,60 @@ def dpo_loss(
         losses = torch.relu(1 - beta * logits)
     elif loss_type == "ipo":
         losses = (logits - 1 / (2 * beta)) ** 2
+    elif loss_type == "kto_pair":
+        chosen_logratios = policy_chosen - reference_chosen
+        rejected_logratios = policy_rejected - reference_rejected
+        chosen_kl = chosen_logratios.mean().clamp(min=0)
+        rejected_kl = rejected_logratios.mean().clamp(min=0)
+        losses = torch.cat((1 - torch.sigmoid(beta * (chosen_logratios - rejected_kl)),
+                            1 - torch.sigmoid(beta * (chosen_kl - rejected_logratios))), 0)
     else:
         raise ValueError(f"unknown DPO loss type {loss_type!r}; expected one of {', '.join(DPO_LOSSES)}")
     chosen_rewards = beta * (policy_chosen - reference_chosen).detach()
     rejected_rewards = beta * (policy_rejected - reference_rejected).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def bco_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    *,
+    beta: float,
+    delta: float,
+) -> torch.Tensor:
+    """BCO (Jung et al. 2024) on a pair, as LF's DPO trainer adds it with `pref_bco_weight`: per-pair losses
+
+    -log s(beta r_c - delta) - log s(-(beta r_r - delta)),  r = policy - reference log-ratio,
+
+    `delta` the reward baseline (`RewardBaseline.update`: the running mean of the batches' mean reward).
+    """
+    chosen_rewards = beta * (policy_chosen - reference_chosen)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)
+    return -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
+
+
+class RewardBaseline:
+    """BCO's reward baseline: the running mean of one scalar per update (TRL's `RunningMoments.mean` as LF feeds
+    it: each batch's mean reward over its chosen and rejected answers). Under torch.distributed every process
+    contributes its batch's value, as TRL gathers them."""
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, batch_mean_reward: torch.Tensor) -> float:
+        """Add this batch's mean reward; returns the new running mean (the batch included)."""
+        total, count = batch_mean_reward.detach().float().reshape(()), 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            both = torch.stack([total, torch.ones_like(total)])
+            torch.distributed.all_reduce(both)
+            total, count = both[0], int(both[1].item())
+        self.count += count
+        self.mean += (float(total) / count - self.mean) * count / self.count
+        return self.mean
 
 
 def orpo_loss(

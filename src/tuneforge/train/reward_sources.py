@@ -167,7 +167,7 @@ def build_reward_source(cfg, policy, tokenizer, compute_dtype=None) -> RewardSou
             raise ConfigError(f"reward_model: `{location}` is not an http(s) URL, which `reward_model_type: api` expects")
         logger.info("reward: scores from the API at %s", location)
         return ApiReward(str(location), tokenizer)
-    if kind == "lora":
+    if kind in ("lora", "oft"):  # an adapter of the policy's kind (config/stages.py)
         if getattr(finetuning, "reward_model_adapters", None):
             raise ConfigError("reward_model_adapters is for `reward_model_type: full`; with `lora` the adapter "
                               "itself is `reward_model`")
@@ -175,7 +175,7 @@ def build_reward_source(cfg, policy, tokenizer, compute_dtype=None) -> RewardSou
         return LoraAdapterReward(policy, str(location))
     if kind == "full":
         return ValueHeadReward(_load_full_reward_model(cfg, str(location), compute_dtype))
-    raise ConfigError(f"reward_model_type: `{kind}` is not one of lora, full, api")
+    raise ConfigError(f"reward_model_type: `{kind}` is not one of lora, oft, full, api")
 
 
 def _load_full_reward_model(cfg, location: str, compute_dtype):

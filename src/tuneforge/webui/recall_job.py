@@ -65,7 +65,7 @@ def recall_options(model_values: Mapping[str, Any], eval_values: Mapping[str, An
         options.append("--no-heldout")
     if not v["recall_drift"]:
         options.append("--no-drift")
-    elif m["finetuning_type"] != "lora" and [c for c in (m["checkpoints"] or []) if c]:
+    elif m["finetuning_type"] not in ("lora", "oft") and [c for c in (m["checkpoints"] or []) if c]:
         # the checkpoint is loaded as the model: its base is the model chosen in the model bar
         options += ["--base", str(m["model_path"]).strip()]
     return options

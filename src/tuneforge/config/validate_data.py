@@ -1,0 +1,147 @@
+"""Config checks of the data keys, prediction and the fact-data keys (part of `validate.check_consistency`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError, NotSupportedError
+from .args import split_names
+
+
+def dataset_dir_candidates(dataset_dir: str, config_dir: str | Path | None) -> list[Path]:
+    """Where a relative `dataset_dir` is looked for: the working directory, then the config file's folder."""
+    if Path(dataset_dir).is_absolute():
+        return [Path(dataset_dir)]
+    return [Path.cwd() / dataset_dir] + ([Path(config_dir) / dataset_dir] if config_dir is not None else [])
+
+
+def check_data(v) -> None:
+    if v["cutoff_len"] < 1:
+        raise ConfigError(f"{v.where('cutoff_len')}: `cutoff_len` must be at least 1, got {v['cutoff_len']}")
+    if v["mask_history"] and v["train_on_prompt"]:
+        raise ConfigError(
+            f"{v.where('mask_history', 'train_on_prompt')}: `mask_history` and `train_on_prompt` "
+            "cannot both be true"
+        )
+    datasets, eval_datasets = split_names(v["dataset"]), split_names(v["eval_dataset"])
+    val_size = v["val_size"]
+    if val_size < 0:
+        raise ConfigError(f"{v.where('val_size')}: `val_size` must be >= 0, got {val_size}")
+    if val_size > 1e-6 and not datasets:
+        raise ConfigError(f"{v.where('val_size')}: `val_size` needs `dataset` to split from")
+    if val_size > 1e-6 and eval_datasets:
+        raise ConfigError(
+            f"{v.where('val_size', 'eval_dataset')}: set either `val_size` or `eval_dataset`, not both"
+        )
+    probs = v["interleave_probs"]
+    if probs is not None:
+        where = v.where("interleave_probs")
+        if v["mix_strategy"] == "concat":
+            raise ConfigError(f"{where}: `interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`")
+        try:
+            numbers = [float(p) for p in (probs.split(",") if isinstance(probs, str) else probs)]
+        except ValueError:
+            raise ConfigError(f"{where}: `interleave_probs` must be numbers, got {probs!r}") from None
+        for names, key in ((datasets, "dataset"), (eval_datasets, "eval_dataset")):
+            if names and len(names) != len(numbers):
+                raise ConfigError(
+                    f"{where}: `interleave_probs` has {len(numbers)} values but `{key}` names {len(names)} datasets"
+                )
+    if v["neat_packing"] and v["packing"] is False:
+        raise ConfigError(f"{v.where('neat_packing')}: `neat_packing: true` needs packing; remove `packing: false`")
+    if v["neat_packing"] and v["stage"] not in ("sft", "pt"):  # LF refuses it too (pt: config/stages.py)
+        raise ConfigError(f"{v.where('neat_packing')}: `neat_packing` packs sft samples; stage is `{v['stage']}`")
+    workers = v["preprocessing_num_workers"]
+    if workers is not None and workers < 0:
+        raise ConfigError(f"{v.where('preprocessing_num_workers')}: `preprocessing_num_workers` must be >= 0 "
+                          f"(0 or 1: encode in this process), got {workers}")
+    if v["preprocessing_batch_size"] < 1:
+        raise ConfigError(f"{v.where('preprocessing_batch_size')}: `preprocessing_batch_size` must be at least 1, "
+                          f"got {v['preprocessing_batch_size']}")
+    if v["max_samples"] is not None and v["max_samples"] < 1:
+        raise ConfigError(
+            f"{v.where('max_samples')}: `max_samples` must be at least 1 (leave it unset to use every row), "
+            f"got {v['max_samples']}"
+        )
+    _check_streaming(v)
+    _check_dataset_dir(v)
+
+
+def _check_streaming(v) -> None:
+    """LF's limits of `streaming: true` (data/streaming.py): an iterable dataset has no length."""
+    if not v["streaming"]:
+        return
+    where = v.where("streaming")
+    if v["do_train"] and (v["max_steps"] is None or v["max_steps"] <= 0):
+        raise ConfigError(f"{v.where('max_steps', 'streaming')}: `streaming: true` needs `max_steps` (a streamed "
+                          "dataset has no length to count epochs by); set max_steps, or remove streaming")
+    if v["max_samples"] is not None:
+        raise ConfigError(f"{v.where('max_samples', 'streaming')}: `max_samples` cannot be used with `streaming: true` "
+                          "(as in LLaMA-Factory)")
+    if 0 < v["val_size"] < 1:
+        raise ConfigError(f"{v.where('val_size', 'streaming')}: with `streaming: true`, `val_size` must be a number "
+                          f"of samples (an integer), got {v['val_size']}")
+    if v["buffer_size"] < 1:
+        raise ConfigError(f"{v.where('buffer_size')}: `buffer_size` must be at least 1, got {v['buffer_size']}")
+    if v["stage"] == "ppo":
+        raise NotSupportedError(f"{where}: `streaming: true` is not supported for stage ppo (it reads all its "
+                                "prompts before training); remove streaming")
+
+
+def check_predict(v) -> None:
+    """What prediction needs, by stage, as in LLaMA-Factory 0.9.5: sft generates (`predict_with_generate`), rm
+    scores the chosen/rejected answers (loss and accuracy); the other stages' workflows have no prediction."""
+    if not v["do_predict"]:
+        return
+    stage = v["stage"]
+    if stage not in ("sft", "rm"):
+        raise ConfigError(f"{v.where('do_predict')}: `do_predict` does nothing with stage {stage} (LLaMA-Factory's "
+                          f"{stage} workflow has no prediction step either; only sft and rm predict); remove it, or "
+                          "use `do_eval` for the evaluation loss")
+    if stage == "sft" and not v["predict_with_generate"]:
+        raise ConfigError(f"{v.where('do_predict', 'predict_with_generate')}: `do_predict` with stage sft generates "
+                          "the answers it saves: set `predict_with_generate: true` (LLaMA-Factory refuses it too: "
+                          "\"Please enable `predict_with_generate` to save model predictions\"); for the loss on "
+                          "a dataset use `do_eval` with `eval_dataset`")
+    if stage == "sft" and not v["eval_dataset"]:
+        raise ConfigError(f"{v.where('do_predict')}: `do_predict` reads the rows to answer from `eval_dataset`: set "
+                          "`eval_dataset: <names from dataset_info.json>` (LLaMA-Factory also takes the `val_size` "
+                          "split, which tuneforge does not predict on yet)")
+    if stage == "rm" and not v["eval_dataset"] and v["val_size"] <= 1e-6:
+        raise ConfigError(f"{v.where('do_predict')}: `do_predict` scores the pairs of the evaluation set: set "
+                          "`eval_dataset: <names from dataset_info.json>` or `val_size`")
+
+
+def check_facts(v) -> None:
+    """tuneforge's fact-data keys (config/facts_args.py)."""
+    if v["augment_facts"]:
+        if v["stage"] != "sft":
+            raise ConfigError(f"{v.where('augment_facts')}: `augment_facts` adds questions for sft data; "
+                              f"stage is `{v['stage']}`")
+        if v["val_size"] > 1e-6:
+            raise ConfigError(f"{v.where('augment_facts', 'val_size')}: `augment_facts` with `val_size` would put "
+                              "paraphrases of training rows into the validation split; use `eval_dataset` instead")
+    target = v["recall_target"]
+    if target is not None:
+        if not 0 < target <= 1:
+            raise ConfigError(f"{v.where('recall_target')}: `recall_target` is a fraction in (0, 1], got {target}")
+        if v["stage"] != "sft" or not v["do_train"]:
+            raise ConfigError(f"{v.where('recall_target')}: `recall_target` stops an sft training run; "
+                              f"this config has stage `{v['stage']}`, do_train {v['do_train']}")
+        if v["recall_check_epochs"] <= 0 or v["recall_check_samples"] < 1:
+            raise ConfigError(f"{v.where('recall_check_epochs', 'recall_check_samples')}: `recall_check_epochs` must "
+                              "be positive and `recall_check_samples` at least 1")
+
+
+def _check_dataset_dir(v) -> None:
+    """A `dataset_dir` naming a file (often dataset_info.json itself) where a folder is expected."""
+    dataset_dir = v["dataset_dir"]
+    if not dataset_dir or dataset_dir == "ONLINE" or dataset_dir.startswith("REMOTE:"):
+        return
+    candidates = dataset_dir_candidates(dataset_dir, v.config_dir)
+    files = [path for path in candidates if path.is_file()]
+    if files and not any(path.is_dir() for path in candidates):
+        raise ConfigError(
+            f"{v.where('dataset_dir')}: `dataset_dir` must be a folder (the one that holds dataset_info.json), "
+            f"got the file '{dataset_dir}'; set `dataset_dir: {Path(dataset_dir).parent.as_posix()}`"
+        )
