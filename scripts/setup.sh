@@ -31,6 +31,8 @@ quiet_pip install --no-deps galore-torch apollo-torch
 # by name. On a CPU it runs ZeRO-2/3 over gloo (tests/test_deepspeed.py); its CPU ops compile on first use.
 quiet_pip install --no-deps "deepspeed==0.19.8"
 quiet_pip install einops hjson msgpack ninja py-cpuinfo
+# Ray Train for `USE_RAY=1` / `ray_num_workers` (tests/test_ray.py runs 2 CPU workers)
+quiet_pip install "ray[train]>=2.40"
 
 # torchvision/torchaudio from PyPI are CUDA builds that break `import transformers` on a CPU box.
 if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else

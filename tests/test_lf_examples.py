@@ -104,7 +104,10 @@ EXPECTED_REFUSED = {
     "examples/megatron/qwen3_moe_full.yaml": _MCA,
     "examples/merge_lora/qwen3_gptq.yaml": "`export_quantization_bit` is not supported yet by tuneforge",
     "examples/train_full/qwen3vl_full_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/train_lora/qwen3_lora_sft_ray.yaml": "`ray_num_workers` is not supported yet by tuneforge (Ray training",
+    # LF's default `resources_per_worker: {"GPU": 1}` on this CPU-only machine; with {"CPU": 1} it is
+    # `dataset_dir: REMOTE:llamafactory/demo_data` that is refused (test_ray_example_on_cpu_workers)
+    "examples/train_lora/qwen3_lora_sft_ray.yaml": '`resources_per_worker: {"GPU": 1}` (LF\'s default) gives each Ray '
+                                                   "worker a GPU, and this machine has none",
     "examples/train_lora/qwen3vl_lora_dpo.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/train_lora/qwen3vl_lora_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     # train_qlora/llama3_lora_sft_{aqlm,awq,gptq}.yaml load: the quantization is in the (pre-quantized)
@@ -190,6 +193,10 @@ def cpu_only(monkeypatch):
     monkeypatch.setattr(validate, "bitsandbytes_available", lambda: False)
     # LF's own optimizers (use_galore, use_badam, ...): their packages count as installed, as LF requires them
     monkeypatch.setattr(validate, "optimizer_package_available", lambda module: True)
+    # Ray (qwen3_lora_sft_ray.yaml) counts as installed, on a machine that starts its own Ray cluster
+    monkeypatch.setattr(validate, "ray_available", lambda: True)
+    for name in ("USE_RAY", "FORCE_TORCHRUN", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +246,16 @@ def test_example_file_is_complete():
     named = {e["settings"]["deepspeed"] for e in TRAINING if "deepspeed" in e["settings"]}
     assert named <= deepspeed, named - deepspeed
     assert len(TRAINING) == 71 and len(EXAMPLES["launcher_configs"]) == 10 and len(deepspeed) == 7
+
+
+def test_ray_example_on_cpu_workers(workspace, tiny_llama_dir, tiny_vl_dir, tiny_tokenizer, monkeypatch):
+    """LF's Ray example with CPU workers passes the Ray checks; its hub dataset folder is what is refused."""
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(workspace / "cache"))
+    path = "examples/train_lora/qwen3_lora_sft_ray.yaml"
+    settings = next(e["settings"] for e in TRAINING if e["path"] == path)
+    assert settings["dataset_dir"] == "REMOTE:llamafactory/demo_data"
+    outcome, message = run_example(path, {**settings, "resources_per_worker": {"CPU": 1}}, tiny_llama_dir,
+                                   tiny_vl_dir, tiny_tokenizer)
+    assert outcome == "refused" and "dataset_dir 'REMOTE:<repo>' (dataset_info.json on the Hub) is not supported" \
+        in message, message

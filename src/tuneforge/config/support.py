@@ -77,8 +77,8 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "early_stopping_steps": "early stopping is not implemented yet",
         "ref_model_quantization_bit": "quantizing the reference model is not implemented yet",
         # distributed training
-        "master_addr": "Ray Train (USE_RAY=1) picks the process-group address and port itself (the first worker's node)",
-        "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself (the first worker's node)",
+        "master_addr": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
+        "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
         # LLaMA-Factory 0.9.5 keys of features not built yet (config/lf_extra_args.py)
         "use_asft_loss": "the ASFT loss is not implemented yet",
         "use_eaft_loss": "the EAFT loss is not implemented yet",

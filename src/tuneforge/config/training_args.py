@@ -28,12 +28,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     fsdp: str | list[str] | None = _f(None, "FSDP mode(s): full_shard, shard_grad_op, offload, auto_wrap.")
     ray_run_name: str | None = _f(None, "Ray run name: Ray's results go to <ray_storage_path>/<ray_run_name>.")
     ray_storage_path: str = _f("./saves", "Where Ray Train keeps its results and checkpoints.")
-    ray_storage_filesystem: Literal["s3", "gs", "gcs"] | None = _f(None, "Ray storage file system for a bucket ray_storage_path.")
+    ray_storage_filesystem: Literal["s3", "gs", "gcs"] | None = _f(None, "Ray storage file system (bucket paths).")
     ray_num_workers: int = _f(1, "Ray training workers (> 1, or USE_RAY=1, trains under Ray).")
     resources_per_worker: dict | str = field(
         default_factory=lambda: {"GPU": 1}, metadata={"help": "Ray resources each worker reserves, e.g. {\"CPU\": 1}."}
     )
-    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = _f("PACK", "Ray placement of the workers.")
+    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = _f("PACK", "Ray worker placement.")
     ray_init_kwargs: dict | str | None = _f(None, "Keyword arguments of ray.init (a mapping or JSON).")
 
     def __post_init__(self) -> None:

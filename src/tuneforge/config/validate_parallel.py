@@ -119,7 +119,8 @@ RAY_PLACEMENT = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 
 def ray_requested(num_workers: Any, environ: Mapping[str, str]) -> bool:
     """LF's `USE_RAY=1`, or `ray_num_workers` above 1: `tuneforge train` runs as a Ray Train TorchTrainer."""
-    return environ.get("USE_RAY", "").lower() in _TRUE or (isinstance(num_workers, int) and num_workers > 1)
+    use_ray = environ.get("USE_RAY", "").lower() in _TRUE
+    return use_ray or (isinstance(num_workers, int) and num_workers > 1)
 
 
 def read_mapping(value: Any, key: str, where: str) -> dict:
