@@ -119,7 +119,7 @@ def _train_loop(config: dict) -> None:
         os.chdir(config["cwd"])
     ray, Checkpoint, *_ = _import_ray()
 
-    from tuneforge.cli.main import _load, train_here
+    from tuneforge.cli.train_cmd import load_run_config as _load, train_here
     from tuneforge.utils.logging import setup_logging
 
     setup_logging(config["log_level"])  # as `tuneforge train` sets it up (cli/main.py main)
