@@ -160,3 +160,17 @@ def test_interrupted_demo_conversion_leaves_no_model_folder(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         demo.ensure_demo_model()
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_qlora_places_each_process_on_its_own_gpu(monkeypatch):
+    """Under torchrun every process loads its quantized copy onto GPU LOCAL_RANK (issue 14: not all onto GPU 0)."""
+    from tuneforge.config.args import ModelArguments
+    from tuneforge.model.loader import quantization_kwargs
+
+    args = ModelArguments(model_name_or_path="m", quantization_bit=4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert quantization_kwargs(args, None)["device_map"] == {"": 0}
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert quantization_kwargs(args, None)["device_map"] == {"": 3}
+    auto = ModelArguments(model_name_or_path="m", quantization_bit=4, quantization_device_map="auto")
+    assert quantization_kwargs(auto, None)["device_map"] == "auto"

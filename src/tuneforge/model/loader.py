@@ -185,8 +185,10 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
             bnb_4bit_use_double_quant=bool(model_args.double_quantization),
             bnb_4bit_quant_storage=dtype,
         )
-    # LF: `quantization_device_map: auto` spreads the quantized model over the visible devices
-    device_map = "auto" if model_args.quantization_device_map == "auto" else {"": 0}
+    # LF: `quantization_device_map: auto` spreads the quantized model over the visible devices; otherwise each
+    # process of a multi-process run puts its copy on its own GPU (LOCAL_RANK), not all of them on GPU 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    device_map = "auto" if model_args.quantization_device_map == "auto" else {"": local_rank}
     return {"quantization_config": config, "device_map": device_map}
 
 
