@@ -97,3 +97,10 @@ def test_chat_and_eval_plans(workspace, capsys):
     assert main(["eval", "recall", "train.yaml", "--samples", "3", "--no-drift", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "recall of the training facts" in out and "17 rows, 16 used" in out
+
+
+def test_the_plan_names_the_launch(workspace, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    assert main(["train", "train.yaml", "--dry-run"]) == 0
+    assert "launcher    torchrun: 2 processes, device cpu (FORCE_TORCHRUN / several GPUs)" in capsys.readouterr().out

@@ -106,7 +106,7 @@ def _plan_train(plan: Plan, cfg: RunConfig) -> None:
         what = (f"score the chosen and rejected answers of {rows} (loss, accuracy)" if f.stage == "rm"
                 else f"generate answers to {rows} and score them")
         plan.add("task", f"predict{' with the trained model' if cfg.training.do_train else ''}: {what}")
-    plan.add("launcher", _launcher())
+    plan.add("launcher", _launcher(cfg))
     _plan_model(plan, cfg)
     _plan_template(plan, cfg)
     _plan_datasets(plan, cfg)
@@ -114,14 +114,22 @@ def _plan_train(plan: Plan, cfg: RunConfig) -> None:
         _plan_output_dir(plan, cfg)
 
 
-def _launcher() -> str:
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+def _launcher(cfg: RunConfig) -> str:
+    """How `tuneforge train` would run this config: the processes it starts (LF's launch variables) and the engine."""
     import torch
 
-    device = f"cuda ({torch.cuda.device_count()} visible)" if torch.cuda.is_available() else "cpu"
-    if world > 1:
-        return f"torchrun: world size {world}, this is rank {os.environ.get('RANK', '?')}, device {device}"
-    return f"one process, device {device}"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda ({gpus} visible)" if gpus else "cpu"
+    args, env = cfg.training, os.environ
+    engine = " with DeepSpeed" if args.deepspeed else (" with FSDP" if args.fsdp else "")
+    if env.get("USE_RAY", "").lower() in ("1", "true", "y", "yes") or args.ray_num_workers > 1:
+        return f"Ray Train: {args.ray_num_workers} workers{engine}, {args.resources_per_worker} each"
+    if env.get("WORLD_SIZE"):
+        return f"torchrun: world size {env['WORLD_SIZE']}, this is rank {env.get('RANK', '?')}{engine}, device {device}"
+    if env.get("FORCE_TORCHRUN", "").lower() in ("1", "true", "y", "yes") or gpus > 1:
+        processes = int(env.get("NPROC_PER_NODE") or max(gpus, 1)) * int(env.get("NNODES") or 1)
+        return f"torchrun: {processes} processes{engine}, device {device} (FORCE_TORCHRUN / several GPUs)"
+    return f"one process{engine}, device {device}"
 
 
 def _plan_model(plan: Plan, cfg: RunConfig) -> None:
