@@ -27,10 +27,7 @@ def check_sharding(v, deepspeed_available, cuda_available) -> None:
     if v["fsdp"] or v["fsdp_config"]:
         raise ConfigError(f"{v.where('fsdp', 'fsdp_config', 'deepspeed')}: `deepspeed` and `fsdp` both shard the "
                           "model across processes; set one of them")
-    if v["stage"] == "ppo":
-        raise NotSupportedError(f"{v.where('deepspeed', 'stage')}: `deepspeed` with `stage: ppo` is not supported yet: "
-                                "tuneforge's PPO runs its own training loop (train/ppo.py), not the HF Trainer that "
-                                "DeepSpeed is integrated through; remove `deepspeed`")
+    _refuse_ppo(v, "deepspeed", "DeepSpeed")
     if not deepspeed_available():
         raise NotSupportedError(f"{where}: `deepspeed` needs the deepspeed package, which is not installed: "
                                 "pip install 'tuneforge[deepspeed]'")
@@ -42,6 +39,13 @@ def check_sharding(v, deepspeed_available, cuda_available) -> None:
                           "LLaMA-Factory's examples/deepspeed/ds_z3_config.json does)")
 
 
+def _refuse_ppo(v, key: str, engine: str) -> None:
+    if v["stage"] == "ppo":
+        raise NotSupportedError(f"{v.where(key, 'stage')}: `{key}` with `stage: ppo` is not supported yet: tuneforge's "
+                                f"PPO runs its own training loop (train/ppo.py), not the HF Trainer that {engine} is "
+                                f"integrated through; remove `{key}`")
+
+
 def _check_fsdp(v, cuda_available) -> None:
     """`fsdp` (LF's `full_shard auto_wrap`, or true) + `fsdp_config` (a dict or a JSON file, as HF reads it): FSDP2
     runs on CPU processes too (train/sharding.py), FSDP1 only on GPUs."""
@@ -49,10 +53,7 @@ def _check_fsdp(v, cuda_available) -> None:
     if not v["fsdp"]:
         raise ConfigError(f"{v.where('fsdp_config')}: `fsdp_config` does nothing without `fsdp`; set "
                           "`fsdp: full_shard auto_wrap` (LLaMA-Factory's value) or remove `fsdp_config`")
-    if v["stage"] == "ppo":
-        raise NotSupportedError(f"{v.where('fsdp', 'stage')}: `fsdp` with `stage: ppo` is not supported yet: "
-                                "tuneforge's PPO runs its own training loop (train/ppo.py), not the HF Trainer that "
-                                "FSDP is integrated through; remove `fsdp`")
+    _refuse_ppo(v, "fsdp", "FSDP")
     config = v["fsdp_config"] or {}
     if isinstance(config, str):
         import json
