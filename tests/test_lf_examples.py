@@ -259,3 +259,51 @@ def test_ray_example_on_cpu_workers(workspace, tiny_llama_dir, tiny_vl_dir, tiny
                                    tiny_vl_dir, tiny_tokenizer)
     assert outcome == "refused" and "dataset_dir 'REMOTE:<repo>' (dataset_info.json on the Hub) is not supported" \
         in message, message
+
+
+# --------------------------------------------------------------------------- the loading examples train
+# The training examples that load, run for one step on a tiny Llama whose tokenizer also has the special tokens of
+# the examples' templates (qwen / qwen3 / llama3), with `max_steps: 1` and a fresh output_dir as the only other
+# changes. DeepSpeed's examples are left to tests/test_deepspeed.py (2 processes, the same engine).
+TEMPLATE_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<think>",
+                   "</think>"]
+TRAINING_THAT_LOADS = [e for e in TRAINING if e["path"] not in EXPECTED_REFUSED and e["settings"].get("do_train")
+                       and not e["settings"].get("deepspeed")]
+
+
+@pytest.fixture(scope="module")
+def tiny_template_model(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from conftest import _tiny_config_kwargs
+
+    folder = tmp_path_factory.mktemp("tiny_template_model")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": TEMPLATE_TOKENS})
+    tokenizer.save_pretrained(folder)
+    AutoModelForCausalLM.from_config(LlamaConfig(**_tiny_config_kwargs(tokenizer))).save_pretrained(folder)
+    return folder
+
+
+def test_the_example_list_that_trains():
+    assert len(TRAINING_THAT_LOADS) == 20  # of the 28 that load: 5 chat/export configs, 1 predict, 2 DeepSpeed
+
+
+@pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])
+def test_loading_training_example_runs_a_step(example, workspace, tiny_template_model, tiny_vl_dir, monkeypatch,
+                                              tmp_path, capsys):
+    import yaml
+
+    from tuneforge.cli.main import main
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    settings = {**localise(example["settings"], tiny_template_model, tiny_vl_dir), "max_steps": 1,
+                "output_dir": str(tmp_path / "out")}
+    if "tokenized_path" in settings:
+        settings["tokenized_path"] = str(tmp_path / "tokenized")
+    config = tmp_path / "example.yaml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    assert main(["train", str(config)]) == 0, capsys.readouterr().err[-2000:]
+    log = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    assert any(row.get("current_steps") == 1 for row in log)
