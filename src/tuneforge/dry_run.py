@@ -17,6 +17,8 @@ from tuneforge.config.args import split_names
 from tuneforge.config.parser import RunConfig
 from tuneforge.config.stages import stage_record
 from tuneforge.errors import TuneforgeError
+from tuneforge.config.validate_parallel import ray_requested
+from tuneforge.utils.env import env_enabled
 
 REFUSED = object()  # what Plan.check returns for a step that was refused
 
@@ -122,11 +124,11 @@ def _launcher(cfg: RunConfig) -> str:
     device = f"cuda ({gpus} visible)" if gpus else "cpu"
     args, env = cfg.training, os.environ
     engine = " with DeepSpeed" if args.deepspeed else (" with FSDP" if args.fsdp else "")
-    if env.get("USE_RAY", "").lower() in ("1", "true", "y", "yes") or args.ray_num_workers > 1:
+    if ray_requested(args.ray_num_workers, env):
         return f"Ray Train: {args.ray_num_workers} workers{engine}, {args.resources_per_worker} each"
     if env.get("WORLD_SIZE"):
         return f"torchrun: world size {env['WORLD_SIZE']}, this is rank {env.get('RANK', '?')}{engine}, device {device}"
-    if env.get("FORCE_TORCHRUN", "").lower() in ("1", "true", "y", "yes") or gpus > 1:
+    if env_enabled("FORCE_TORCHRUN", env) or gpus > 1:
         processes = int(env.get("NPROC_PER_NODE") or max(gpus, 1)) * int(env.get("NNODES") or 1)
         return f"torchrun: {processes} processes{engine}, device {device} (FORCE_TORCHRUN / several GPUs)"
     return f"one process{engine}, device {device}"

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 from tuneforge.errors import ConfigError
 from tuneforge.utils.distributed import free_port
+from tuneforge.utils.env import env_enabled
 
-_TRUE = ("1", "true", "y", "yes")
 
 
 def _positive(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -30,7 +30,7 @@ def torchrun_command(train_args: Sequence[str], environ: Mapping[str, str], devi
     """The torchrun command line that runs `tuneforge train <train_args>`, or None to run in this process."""
     if "LOCAL_RANK" in environ:  # already one of torchrun's processes
         return None
-    forced = environ.get("FORCE_TORCHRUN", "").lower() in _TRUE
+    forced = env_enabled("FORCE_TORCHRUN", environ)
     if not forced and device_count <= 1:
         return None
     nnodes = _positive(environ, "NNODES", "1")

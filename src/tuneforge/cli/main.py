@@ -128,6 +128,7 @@ its output_dir is evaluated. Writes recall_results.json into output_dir (or --ou
   --drift-questions FILE  your own general questions (default: the shipped set)"""
 
 _EVAL_FLAGS = ("--no-heldout", "--no-drift", "--json")
+_EVAL_VALUE_OPTIONS = ("--samples", "--seed", "--output", "--base", "--drift-questions", "--heldout-per-row")
 
 
 def _int_option(args: list[str], name: str) -> int | None:
@@ -146,7 +147,6 @@ def cmd_eval(args: list[str]) -> int:
         print(EVAL_USAGE)
         return 0 if wants_help else 2
     import functools
-    import json
 
     from tuneforge.evaluate.recall import HELDOUT_PER_ROW, RecallOptions, run_recall
     from tuneforge.evaluate.recall_report import format_recall_report
@@ -165,8 +165,7 @@ def cmd_eval(args: list[str]) -> int:
                             drift=not flags["--no-drift"], output=_pop_option(rest, "--output"),
                             base_model=_pop_option(rest, "--base"),
                             drift_questions=_pop_option(rest, "--drift-questions"))
-    stray = [a for a in rest if a in ("--samples", "--seed", "--output", "--base", "--drift-questions",
-                                      "--heldout-per-row")]
+    stray = [a for a in rest if a in _EVAL_VALUE_OPTIONS]
     if stray:
         raise ConfigError(f"tuneforge eval recall: {stray[0]} needs a value; see `tuneforge eval -h`")
     as_json = flags["--json"]
@@ -261,7 +260,6 @@ def cmd_version(_: list[str]) -> int:
 
 
 DRY_RUN_COMMANDS = ("train", "chat", "export", "eval")
-_EVAL_VALUE_OPTIONS = ("--samples", "--seed", "--output", "--base", "--drift-questions", "--heldout-per-row")
 
 
 def cmd_dry_run(command: str, args: list[str]) -> int:

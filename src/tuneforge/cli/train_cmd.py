@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tuneforge.utils.distributed import is_main_process
+
 
 def load_run_config(args: Sequence[str], **kwargs):
     from tuneforge.config.parser import load_config, split_config_and_overrides
@@ -58,7 +60,7 @@ def train_here(cfg) -> tuple[int, dict]:
         metrics = run_train(cfg)
     if generate and "interrupted" in metrics:  # stopped (web UI abort / Ctrl-C): no model to predict with
         print("[tuneforge] training stopped early: prediction (do_predict) skipped", flush=True)
-    elif generate and os.environ.get("RANK", "0") != "0":  # under torchrun the first process alone predicts
+    elif generate and not is_main_process():  # under torchrun the first process alone predicts
         pass
     elif generate:
         from tuneforge.evaluate.predict import run_predict, trained_config

@@ -6,16 +6,16 @@ Part of `validate.check_consistency`; the package probe is passed in from valida
 from __future__ import annotations
 
 from ..errors import ConfigError, NotSupportedError
+from .optimizer_facts import APOLLO_OPTIMS, GALORE_OPTIMS, OPTIMIZER_KEYS, PACKAGES, missing_package_message
 
 
 def check_optimizers(v, package_available) -> None:
     """LF's own optimizers (train/optimizers.py): one at a time, the combinations LF refuses, their packages."""
-    chosen = [key for key in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon") if v[key]]
+    chosen = [key for key in OPTIMIZER_KEYS if v[key]]
     if not chosen:
         return
     import torch
 
-    from .optimizer_facts import APOLLO_OPTIMS, GALORE_OPTIMS, PACKAGES, missing_package_message
 
     projection = [key for key in chosen if key in ("use_galore", "use_apollo", "use_badam")]
     if projection and v["finetuning_type"] == "lora":

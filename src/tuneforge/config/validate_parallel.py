@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
+from ..utils.env import env_enabled
 
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -114,13 +115,12 @@ def read_deepspeed_config(value: str | dict, where: str = "<config>") -> dict:
 
 
 # ------------------------------------------------------------------ Ray (cli/ray_launch.py)
-_TRUE = ("1", "true", "y", "yes")
 RAY_PLACEMENT = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 
 
 def ray_requested(num_workers: Any, environ: Mapping[str, str]) -> bool:
     """LF's `USE_RAY=1`, or `ray_num_workers` above 1: `tuneforge train` runs as a Ray Train TorchTrainer."""
-    use_ray = environ.get("USE_RAY", "").lower() in _TRUE
+    use_ray = env_enabled("USE_RAY", environ)
     return use_ray or (isinstance(num_workers, int) and num_workers > 1)
 
 
@@ -162,7 +162,7 @@ def check_ray(v, environ: Mapping[str, str], ray_available, cuda_available) -> N
     if not ray_requested(workers, environ) or not v["do_train"]:
         return
     where = v.where("ray_num_workers", "resources_per_worker")
-    if environ.get("FORCE_TORCHRUN", "").lower() in _TRUE:
+    if env_enabled("FORCE_TORCHRUN", environ):
         raise ConfigError(f"{where}: Ray (USE_RAY=1 or `ray_num_workers: {workers}`) and FORCE_TORCHRUN=1 both launch "
                           "the training processes; use one of them (unset FORCE_TORCHRUN for Ray, or unset USE_RAY "
                           "and `ray_num_workers` for torchrun)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 from tuneforge.config.args import split_names
 from tuneforge.config.validate_data import dataset_dir_candidates
 from tuneforge.errors import DataError, NotSupportedError
+from tuneforge.utils.env import env_enabled
 
 DATASET_INFO = "dataset_info.json"
 FORMATS = ("alpaca", "sharegpt", "openai")
@@ -175,8 +175,7 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path | None, info_file: Path
         raise NotSupportedError(f"{where}: `cloud_file_name` is not supported yet; use file_name or hf_hub_url")
     # LF's precedence: a hub url wins over script_url, which wins over file_name; ModelScope, then OpenMind, when
     # switched on (USE_MODELSCOPE_HUB / USE_OPENMIND_HUB) or the entry has no hf_hub_url.
-    use_ms = os.environ.get("USE_MODELSCOPE_HUB", "0").lower() in ("1", "true")
-    use_om = os.environ.get("USE_OPENMIND_HUB", "0").lower() in ("1", "true")
+    use_ms, use_om = env_enabled("USE_MODELSCOPE_HUB"), env_enabled("USE_OPENMIND_HUB")
     if "hf_hub_url" in entry or "ms_hub_url" in entry or "om_hub_url" in entry:
         if "ms_hub_url" in entry and (use_ms or "hf_hub_url" not in entry):
             load_from = "ms_hub"

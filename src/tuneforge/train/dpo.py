@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from tuneforge.config.args import ADAPTER_METHODS
 from tuneforge.train import pref_losses, workflow
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE
 from tuneforge.train.preference import mean_metrics, reference_logps, sequence_logps
@@ -108,7 +109,7 @@ def run_dpo(cfg) -> dict:
                              label_smoothing=finetuning.dpo_label_smoothing, simpo_gamma=finetuning.simpo_gamma,
                              bco_weight=finetuning.pref_bco_weight, ld_alpha=finetuning.ld_alpha)
     if objective.uses_reference:
-        objective.ref_model = load_reference_model(cfg, lora_policy=finetuning.finetuning_type in ("lora", "oft"))
+        objective.ref_model = load_reference_model(cfg, lora_policy=finetuning.finetuning_type in ADAPTER_METHODS)
 
     # trainer: chosen and rejected answers of a batch in one padding-free row
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, PairwisePackedCollator(), objective)

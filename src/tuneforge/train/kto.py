@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from tuneforge.config.args import ADAPTER_METHODS
 from tuneforge.train import workflow
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE
 from tuneforge.train.pref_losses import kto_loss
@@ -81,7 +82,7 @@ def run_kto(cfg) -> dict:
                        compute_dtype=workflow.compute_dtype(cfg))
     objective = KTOObjective(beta=finetuning.pref_beta, desirable_weight=finetuning.kto_chosen_weight,
                              undesirable_weight=finetuning.kto_rejected_weight, ftx=finetuning.pref_ftx)
-    objective.ref_model = load_reference_model(cfg, lora_policy=finetuning.finetuning_type in ("lora", "oft"))
+    objective.ref_model = load_reference_model(cfg, lora_policy=finetuning.finetuning_type in ADAPTER_METHODS)
 
     # trainer: rated answers in one padding-free row, KL answers in another
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, FeedbackPackedCollator(), objective)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.config.args import ADAPTER_METHODS
 from tuneforge.errors import ConfigError, NotSupportedError
 from tuneforge.train import workflow
 from tuneforge.train.callbacks import LogCallback
@@ -108,7 +109,7 @@ def load_reference(cfg, dtype):
     from tuneforge.model.value_head import ValueHeadModel
 
     finetuning = cfg.finetuning
-    if finetuning.ref_model is None and finetuning.finetuning_type in ("lora", "oft"):
+    if finetuning.ref_model is None and finetuning.finetuning_type in ADAPTER_METHODS:
         return None
     adapters = split_names(finetuning.ref_model_adapters) if finetuning.ref_model else []
     model_args = cfg.model

@@ -176,8 +176,7 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
     trainer.save_state()
     metrics = dict(result.metrics)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-    for key, value in _resource_metrics(trainer).items():  # the Trainer's own total_tokens is the whole run's
-        metrics.setdefault(key, value)
+    metrics.update(_resource_metrics(trainer))
     if cfg.finetuning.include_effective_tokens_per_second and metrics.get("train_runtime"):
         # LF's metric: the real (non-padding) tokens trained per second of training
         metrics["effective_tokens_per_sec"] = round(metrics.get("total_tokens", 0) / metrics["train_runtime"], 2)
@@ -254,9 +253,6 @@ def _resource_metrics(trainer) -> dict[str, Any]:
         out["peak_rss_gib"] = round(psutil.Process().memory_info().rss / 2**30, 3)
     if torch.cuda.is_available():
         out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    tokens = getattr(trainer, "total_real_tokens", None)
-    if tokens:
-        out["total_tokens"] = int(tokens)
     return out
 
 

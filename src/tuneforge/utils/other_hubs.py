@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 
 from tuneforge.errors import DataError, ModelError
+from tuneforge.utils.env import env_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,9 @@ _downloaded: dict[tuple, str] = {}  # (hub, name, revision, cache_dir) -> local 
 _run_settings: dict[str, str | None] = {"ms_hub_token": None, "om_hub_token": None, "cache_dir": None}
 
 
-def _enabled(variable: str) -> bool:
-    return os.environ.get(variable, "0").strip().lower() in ("1", "true", "y", "yes")
-
-
 def other_hub() -> str | None:
     """`modelscope` or `openmind` when its environment switch is on (ModelScope first, as LF), else None."""
-    return next((hub for hub, (variable, *_) in HUBS.items() if _enabled(variable)), None)
+    return next((hub for hub, (variable, *_) in HUBS.items() if env_enabled(variable)), None)
 
 
 def import_client(hub: str, what: str, error=ModelError):
@@ -46,7 +42,7 @@ def import_client(hub: str, what: str, error=ModelError):
     try:
         return importlib.import_module(package)
     except ImportError:
-        switched = f" ({variable}=1)" if _enabled(variable) else ""
+        switched = f" ({variable}=1)" if env_enabled(variable) else ""
         instead = f"unset {variable} to use the Hugging Face Hub, or use a local copy" if switched else "use a local copy"
         raise error(f"{what} from the {name}{switched} needs the `{package}` package, which is not installed: "
                     f"pip install 'tuneforge[{extra}]' (or {instead})") from None
