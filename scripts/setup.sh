@@ -23,7 +23,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   quiet_pip install "$TORCH_SPEC"
 fi
 echo "[setup] installing tuneforge (editable) and its dependencies"
-quiet_pip install -e ".[dev,webui,metrics,tensorboard,swanlab,badam,adam-mini]"
+quiet_pip install -e ".[dev,webui,api,metrics,tensorboard,swanlab,badam,adam-mini]"
 # GaLore / APOLLO without their bitsandbytes dependency (~125 MB, only for their 8-bit variants): tuneforge
 # loads the plain optimizers without it (train/optimizers.py); `pip install 'tuneforge[galore]'` adds it.
 quiet_pip install --no-deps galore-torch apollo-torch

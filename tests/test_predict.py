@@ -43,11 +43,12 @@ def predict_workspace(tmp_path, tiny_llama_dir, monkeypatch):
     return write_workspace(tmp_path, monkeypatch, ROWS, "qa", config, "predict.yaml")
 
 
-def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, capsys):
+@pytest.mark.parametrize("batching", [[], ["per_device_eval_batch_size=2", "infer_dtype=float32"]])
+def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, capsys, batching):
     from tuneforge.config.parser import load_config
     from tuneforge.infer.engine import ChatEngine
 
-    assert main(["train", "predict.yaml"]) == 0
+    assert main(["train", "predict.yaml", *batching]) == 0
     out = predict_workspace / "out" / "predict"
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [set(row) for row in rows] == [{"prompt", "predict", "label"}] * 3
@@ -55,7 +56,7 @@ def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, cap
     assert [row["label"].strip() for row in rows] == [r["output"] for r in ROWS]
     assert rows[1]["prompt"].endswith("<|im_start|>user\nAdd the numbers.\n2 and 3<|im_end|>\n<|im_start|>assistant\n")
     # greedy: the same answers as the chat engine gives for the same prompts
-    engine = ChatEngine.from_config(load_config("predict.yaml"))
+    engine = ChatEngine.from_config(load_config("predict.yaml", batching))
     for row, source in zip(rows, ROWS):
         prompt = engine.encode_prompt([{"role": "user", "content": (source["instruction"] + "\n" + source["input"]).strip()}])
         assert row["predict"] == engine.tokenizer.decode(engine.generate_ids(prompt), skip_special_tokens=True)
@@ -74,16 +75,16 @@ def test_predict_writes_lf_files_with_the_engines_answers(predict_workspace, cap
 
 
 def test_predict_stops_when_asked_and_keeps_the_rows_done(predict_workspace, monkeypatch):
-    from tuneforge.infer.engine import ChatEngine
+    from tuneforge.infer.batching import BatchDecoder
     from tuneforge.utils.runlog import STOP_FILE
 
-    original = ChatEngine.generate_ids
+    original = BatchDecoder.step
 
-    def generate_then_request_stop(self, prompt_ids, **kwargs):
+    def step_then_request_stop(self):
         (predict_workspace / "out" / "predict" / STOP_FILE).touch()  # what the web UI's Abort does
-        return original(self, prompt_ids, **kwargs)
+        return original(self)
 
-    monkeypatch.setattr(ChatEngine, "generate_ids", generate_then_request_stop)
+    monkeypatch.setattr(BatchDecoder, "step", step_then_request_stop)
     assert main(["train", "predict.yaml"]) == 0
     out = predict_workspace / "out" / "predict"
     assert len((out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 1
@@ -108,12 +109,12 @@ def test_rows_without_an_answer_and_ranking_datasets(predict_workspace, capsys):
 
 
 def test_a_failing_prediction_says_so_in_the_status_file(predict_workspace, monkeypatch):
-    from tuneforge.infer.engine import ChatEngine
+    from tuneforge.infer.batching import BatchDecoder
 
-    def fail(self, prompt_ids, **kwargs):
+    def fail(self):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(ChatEngine, "generate_ids", fail)
+    monkeypatch.setattr(BatchDecoder, "step", fail)
     with pytest.raises(RuntimeError, match="out of memory"):  # not a user error: the CLI shows the traceback
         main(["train", "predict.yaml"])
     status = json.loads((predict_workspace / "out" / "predict" / "running_status.json").read_text())

@@ -240,7 +240,13 @@ def test_recall_of_a_model_that_knows_everything(recall_workspace, monkeypatch, 
     answers = {row["instruction"]: row["output"] for row in ROWS}
     for row in ROWS:
         answers.update({question: value for question, _, value in held(row["instruction"], row["output"])})
-    monkeypatch.setattr(ChatEngine, "chat", lambda self, messages, **kw: answers[messages[-1]["content"]])
+    def chat_batch(self, conversations, max_batch=8, on_done=None, **kw):
+        texts = [answers[c["messages"][-1]["content"]] for c in conversations]
+        for index in reversed(range(len(texts))):  # any finishing order
+            on_done(index, texts[index])
+        return texts
+
+    monkeypatch.setattr(ChatEngine, "chat_batch", chat_batch)
 
     assert main(["eval", "recall", "train.yaml", "--no-drift", "--json", "--output", "out/r.json",
                  "--heldout-per-row", "0"]) == 0

@@ -6,9 +6,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from tuneforge import __version__
+from tuneforge.cli.options import parse_webui_args, pop_option as _pop_option
+from tuneforge.cli.serve_cmd import cmd_api, cmd_webchat
 from tuneforge.cli.train_cmd import cmd_train, load_run_config as _load
 from tuneforge.errors import ConfigError, TuneforgeError
 
@@ -25,6 +27,8 @@ commands:
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
            check the rows a config trains on              tuneforge data check examples/demo_lora_sft.yaml [--json]
   eval     did it learn? recall of the training facts    tuneforge eval recall train.yaml [--samples 50]
+  api      serve a model: OpenAI-compatible API          tuneforge api examples/demo_chat.yaml [--port 8000]
+  webchat  one model's chat page in the browser         tuneforge webchat examples/demo_chat.yaml [--port 7860]
   webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh] [--auth U:P]
   bench    time training steps: tokens/s, memory, MFU   tuneforge bench examples/demo_lora_sft.yaml --steps 20
   estimate predict training memory before a run          tuneforge estimate examples/demo_lora_sft.yaml
@@ -36,19 +40,6 @@ Add --dry-run to train, chat, export or eval to check the config and everything 
 without loading weights or writing anything (exit status 0 only when the real run would start).
 `tuneforge train -h` lists every accepted key with its default. Add --debug for tracebacks.
 """
-
-
-def _pop_option(args: list[str], name: str) -> str | None:
-    """Remove `--name value` / `--name=value` from args (a command option, not a config key)."""
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            value = args[i + 1]
-            del args[i : i + 2]
-            return value
-        if arg.startswith(name + "="):
-            del args[i]
-            return arg.split("=", 1)[1]
-    return None
 
 
 def cmd_chat(args: list[str]) -> int:
@@ -187,25 +178,6 @@ Serves the web UI (needs the `webui` extra: pip install -e '.[webui]').
                         when --auth is not given)"""
 
 
-def parse_webui_args(args: Sequence[str], environ: Mapping[str, str]) -> dict:
-    """`tuneforge webui` options -> launch()'s arguments (host, port, share, lang, auth)."""
-    from tuneforge.webui.safety import resolve_auth
-
-    args = list(args)
-    share = "--share" in args
-    args = [a for a in args if a != "--share"]
-    host = _pop_option(args, "--host") or "127.0.0.1"
-    port_text = _pop_option(args, "--port") or "7860"
-    lang = _pop_option(args, "--lang") or "en"
-    auth_text = _pop_option(args, "--auth")
-    if args:
-        raise ConfigError(f"tuneforge webui: unexpected argument(s) {' '.join(args)}; see `tuneforge webui -h`")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"tuneforge webui: --port expects a number between 1 and 65535, got {port_text!r}")
-    return {"host": host, "port": int(port_text), "share": share, "lang": lang,
-            "auth": resolve_auth(auth_text, environ)}
-
-
 def cmd_webui(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(WEBUI_USAGE)
@@ -292,6 +264,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": cmd_eval,
     "bench": cmd_bench,
     "estimate": cmd_estimate,
+    "api": cmd_api,
+    "webchat": cmd_webchat,
     "webui": cmd_webui,
     "env": cmd_env,
     "version": cmd_version,

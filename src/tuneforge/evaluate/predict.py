@@ -128,7 +128,8 @@ def run_predict(cfg, *, after_training: bool = False) -> dict:
     start = time.perf_counter()
     print(f"[tuneforge] predicting {total} rows -> {output_dir / PREDICTIONS_FILE}", flush=True)
     try:
-        predictions, references, generated_tokens, stopped = _predict_rows(engine, dataset, output_dir, progress, settings)
+        predictions, references, generated_tokens, stopped = _predict_rows(
+            engine, dataset, output_dir, progress, settings, cfg.training.per_device_eval_batch_size)
     except BaseException as err:  # the status file must not stay at `running` (the web UI reads it)
         progress.log.status("failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -161,27 +162,38 @@ def _update_all_results(output_dir: Path, metrics: dict, *, replace: bool) -> No
     path.write_text(json.dumps(combined, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _predict_rows(engine, dataset, output_dir: Path, progress: _Progress, settings: dict):
-    """Generate, write and log row by row; returns (predictions, references, generated tokens, stopped)."""
+def _predict_rows(engine, dataset, output_dir: Path, progress: _Progress, settings: dict, batch_size: int):
+    """Generate `batch_size` rows at a time (continuous batching, infer/batching.py), write them in dataset
+    order as they complete, log progress; returns (predictions, references, generated tokens, stopped)."""
+    from tuneforge.infer.batching import BatchDecoder
+
     tokenizer, skip_special, total = engine.tokenizer, engine.settings.skip_special_tokens, len(dataset)
+    rows = list(dataset)
+    generation = engine.settings.with_overrides(**settings)
+    decoder = BatchDecoder(engine, max_batch=batch_size)
+    requests = [decoder.add(row["input_ids"], generation) for row in rows]
     predictions, references = [], []
     generated_tokens = 0
     with open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as out:
-        for index, row in enumerate(dataset):
-            answer_ids = engine.generate_ids(row["input_ids"], **settings)
-            generated_tokens += len(answer_ids)
-            record = {
-                "prompt": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
-                "predict": tokenizer.decode(answer_ids, skip_special_tokens=skip_special),
-                "label": tokenizer.decode(row["labels"], skip_special_tokens=skip_special),
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            predictions.append(record["predict"])
-            references.append(record["label"])
-            if progress.row_done(index + 1):
-                print(f"[tuneforge] stop requested: {index + 1} of {total} rows predicted", flush=True)
-                return predictions, references, generated_tokens, True
+        while len(predictions) < total:
+            if requests[len(predictions)].done:
+                index = len(predictions)
+                answer_ids, row = requests[index].generated, rows[index]
+                generated_tokens += len(answer_ids)
+                record = {
+                    "prompt": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
+                    "predict": tokenizer.decode(answer_ids, skip_special_tokens=skip_special),
+                    "label": tokenizer.decode(row["labels"], skip_special_tokens=skip_special),
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                predictions.append(record["predict"])
+                references.append(record["label"])
+                if progress.row_done(index + 1) and index + 1 < total:
+                    print(f"[tuneforge] stop requested: {index + 1} of {total} rows predicted", flush=True)
+                    return predictions, references, generated_tokens, True
+            else:
+                decoder.step()
     return predictions, references, generated_tokens, False
 
 

@@ -33,6 +33,7 @@ RECALL_EXTRA_TOKENS = 8     # room to see what follows the expected answer (an e
 HELDOUT_EXTRA_TOKENS = 24   # room for "key:value" or a short sentence, and to catch a recited record
 DRIFT_MAX_NEW_TOKENS = 32   # the first 32 tokens of each answer are compared
 WORST_EXAMPLES = 5
+ASK_BATCH = 8               # questions decoded together (infer/batching.py)
 HELDOUT_PER_ROW = 2         # held-out questions per training row, fields rotating across rows
 
 
@@ -52,12 +53,24 @@ def answer_budget(engine, expected: str, extra: int) -> int:
     return len(engine.tokenizer.encode(expected, add_special_tokens=False)) + extra
 
 
-def ask(engine, question: str, *, max_new_tokens: int, history: Sequence[dict] = (), system: str | None = None,
-        tools: str | None = None) -> str:
-    """One greedy answer."""
-    messages = [*history, {"role": "user", "content": question}]
-    return engine.chat(messages, system=system or None, tools=tools or None, do_sample=False,
-                       max_new_tokens=max_new_tokens)
+def question(text: str, *, max_new_tokens: int, history: Sequence[dict] = (), system: str | None = None,
+             tools: str | None = None) -> dict:
+    """One conversation for `ask_all`."""
+    return {"messages": [*history, {"role": "user", "content": text}], "system": system or None,
+            "tools": tools or None, "max_new_tokens": max_new_tokens}
+
+
+def ask_all(engine, questions: Sequence[dict], progress: "_Progress", on_answer=None) -> list[str]:
+    """Greedy answers, decoded several at a time (the batch decoder); `on_answer(index, answer)` as each ends."""
+    done = 0
+
+    def finished(index: int, answer: str) -> None:
+        nonlocal done
+        done += 1
+        extra = on_answer(index, answer) if on_answer is not None else ""
+        progress.step(done, extra or "")
+
+    return engine.chat_batch(questions, max_batch=ASK_BATCH, on_done=finished, do_sample=False)
 
 
 class _Progress:
@@ -143,11 +156,17 @@ def _describe_args(model_args) -> str | None:
 
 
 def _recall_section(engine, asked, emit) -> dict:
-    progress = _Progress(emit, "recall", len(asked))
+    exact = [False] * len(asked)
+
+    def check(index: int, answer: str) -> str:
+        exact[index] = metrics.exact_match(answer, asked[index].expected)
+        return f"exact so far {sum(exact)}"
+
+    answers = ask_all(engine, [question(item.question, history=item.history, system=item.system, tools=item.tools,
+                                        max_new_tokens=answer_budget(engine, item.expected, RECALL_EXTRA_TOKENS))
+                               for item in asked], _Progress(emit, "recall", len(asked)), check)
     rows, field_lists = [], []
-    for index, item in enumerate(asked, 1):
-        answer = ask(engine, item.question, history=item.history, system=item.system, tools=item.tools,
-                     max_new_tokens=answer_budget(engine, item.expected, RECALL_EXTRA_TOKENS))
+    for item, answer in zip(asked, answers):
         fields = metrics.field_results(item.expected, answer)
         field_lists.append(fields)
         rows.append({
@@ -156,7 +175,6 @@ def _recall_section(engine, asked, emit) -> dict:
             "similarity": round(metrics.char_similarity(answer, item.expected), 4),
             "fields": None if fields is None else [dataclasses.asdict(f) for f in fields],
         })
-        progress.step(index, f"exact so far {sum(r['exact'] for r in rows)}/{index}")
     accuracy = metrics.field_accuracy(field_lists)
     exact = sum(r["exact"] for r in rows)
     return {
@@ -185,17 +203,16 @@ def _heldout_section(engine, asked, per_row, emit) -> dict:
              for held in pick_heldout(heldout_questions(item.question, item.expected), index, per_row)]
     if not items:
         return {"skipped": "no training answer is a `key:value` list with a field the question does not name"}
-    progress = _Progress(emit, "held-out", len(items))
+    answers = ask_all(engine, [question(q, history=item.history, system=item.system, tools=item.tools,
+                                        max_new_tokens=answer_budget(engine, value, HELDOUT_EXTRA_TOKENS))
+                               for item, (q, _, value) in items], _Progress(emit, "held-out", len(items)))
     rows = []
-    for index, (item, (question, field, value)) in enumerate(items, 1):
-        answer = ask(engine, question, history=item.history, system=item.system, tools=item.tools,
-                     max_new_tokens=answer_budget(engine, value, HELDOUT_EXTRA_TOKENS))
+    for (item, (text, field, value)), answer in zip(items, answers):
         rows.append({
-            "question": question, "field": field, "expected": value, "answer": answer,
+            "question": text, "field": field, "expected": value, "answer": answer,
             "correct": metrics.heldout_correct(answer, field, value, question_subject(item.question)),
             "recited_record": metrics.recites_record(answer), "training_question": item.question,
         })
-        progress.step(index, f"correct so far {sum(r['correct'] for r in rows)}/{index}")
     accuracy = metrics.field_accuracy(
         [metrics.FieldResult(r["field"], r["expected"], r["answer"], r["correct"])] for r in rows)
     return {
@@ -205,11 +222,7 @@ def _heldout_section(engine, asked, per_row, emit) -> dict:
 
 
 def _answer_drift(engine, items, progress: _Progress) -> list[str]:
-    answers = []
-    for index, item in enumerate(items, 1):
-        answers.append(ask(engine, item["question"], max_new_tokens=DRIFT_MAX_NEW_TOKENS))
-        progress.step(index)
-    return answers
+    return ask_all(engine, [question(item["question"], max_new_tokens=DRIFT_MAX_NEW_TOKENS) for item in items], progress)
 
 
 def _drift_section(items, before: list[str], after: list[str]) -> dict:

@@ -203,3 +203,25 @@ class StopWordFilter:
     def flush(self) -> str:
         out, self._pending = self._pending, ""
         return out
+
+
+class TextAssembler:
+    """Token ids in, safe text out: an ``IncrementalDecoder`` followed by a ``StopWordFilter``.
+
+    ``push(token_id) -> (text, stopped)``; after the last token (no stop word reached) ``finish()`` returns
+    what was held back."""
+
+    def __init__(self, tokenizer, *, skip_special_tokens: bool = True, stop_words=()):
+        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
+        self.stop_filter = StopWordFilter(stop_words)
+        self.stopped = False
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        text, self.stopped = self.stop_filter.push(self.decoder.push(token_id))
+        return text, self.stopped
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        tail, _ = self.stop_filter.push(self.decoder.flush())
+        return tail + self.stop_filter.flush()

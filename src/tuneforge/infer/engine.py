@@ -22,8 +22,8 @@ import torch
 
 from tuneforge.config.args import GeneratingArguments
 from tuneforge.errors import ConfigError
-from tuneforge.infer.fast_step import LeanDecodeStep, auto_decode_weights_dtype
-from tuneforge.infer.decoding import IncrementalDecoder, StopWordFilter, decode_text, new_kv_cache, pick_next_token
+from tuneforge.infer.fast_step import LeanDecodeStep, auto_batch_weights_dtype, auto_decode_weights_dtype
+from tuneforge.infer.decoding import StopWordFilter, TextAssembler, decode_text, new_kv_cache, pick_next_token
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class ChatEngine:
     """Model + tokenizer + template + generation settings. Not thread-safe: one generation at a time."""
 
     def __init__(self, model, tokenizer, template, generating_args: Any = None, *, description: str = "",
-                 fast_decode: bool = True, decode_weights_dtype=None):
+                 fast_decode: bool = True, decode_weights_dtype=None, batch_weights_dtype=None):
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
@@ -123,8 +123,10 @@ class ChatEngine:
         self.description = description or type(model).__name__
         self.last_stats: GenerationStats | None = None
         # The lean per-token step for plain Llama-style models; None = the model's own forward.
-        self.fast_step = LeanDecodeStep.try_create(model, weights_dtype=decode_weights_dtype) if fast_decode else None
+        self.fast_step = LeanDecodeStep.try_create(model, weights_dtype=decode_weights_dtype,
+                                                   batch_weights_dtype=batch_weights_dtype) if fast_decode else None
         self.stop_ids = _stop_token_ids(template, tokenizer)
+        self.stop_id_set = frozenset(self.stop_ids)
         # Text stop words that are not a single stop token (e.g. "Observation:") are matched on the text.
         self.stop_words = tuple(w for w in getattr(template, "stop_words", ()) if w and _single_token_id(tokenizer, w) not in self.stop_ids)
 
@@ -141,9 +143,10 @@ class ChatEngine:
         settings = GenerationSettings.from_any(cfg.generating)
         if settings.default_system is None and cfg.data.default_system:
             settings = settings.with_overrides(default_system=cfg.data.default_system)
-        decode_dtype = auto_decode_weights_dtype(model, cfg.model.infer_dtype)
+        infer_dtype = cfg.model.infer_dtype
         return cls(model, tokenizer, template, settings, description=describe_config(cfg, template),
-                   decode_weights_dtype=decode_dtype)
+                   decode_weights_dtype=auto_decode_weights_dtype(model, infer_dtype),
+                   batch_weights_dtype=auto_batch_weights_dtype(model, infer_dtype))
 
     # ---- public API -------------------------------------------------------------------------
     def chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None, **gen_overrides) -> str:
@@ -158,22 +161,31 @@ class ChatEngine:
             text = decode_text(self.tokenizer, self._beam_search(prompt_ids, settings), settings.skip_special_tokens)
             yield StopWordFilter(self.stop_words).cut(text)
             return
-        decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=settings.skip_special_tokens)
-        stop_filter = StopWordFilter(self.stop_words)
         ids = self._decode_ids(prompt_ids, settings)
         try:
-            for token_id in ids:
-                delta, stopped = stop_filter.push(decoder.push(token_id))
-                if delta:
-                    yield delta
-                if stopped:
-                    return
-            tail, _ = stop_filter.push(decoder.flush())
-            tail += stop_filter.flush()
-            if tail:
-                yield tail
+            yield from self.text_deltas(ids, settings)
         finally:
             ids.close()  # records last_stats even when the caller stops early
+
+    def text_deltas(self, token_ids: Iterable[int], settings: GenerationSettings | None = None,
+                    stop_words: Sequence[str] = ()) -> Iterator[str]:
+        """New token ids -> text deltas: never a split UTF-8 character, never (part of) a stop word (the
+        template's and ``stop_words``); returns at a stop word (the caller then stops decoding)."""
+        assembler = self.text_assembler(settings, stop_words)
+        for token_id in token_ids:
+            delta, stopped = assembler.push(token_id)
+            if delta:
+                yield delta
+            if stopped:
+                return
+        tail = assembler.finish()
+        if tail:
+            yield tail
+
+    def text_assembler(self, settings: GenerationSettings | None = None, stop_words: Sequence[str] = ()) -> TextAssembler:
+        settings = settings or self.settings
+        return TextAssembler(self.tokenizer, skip_special_tokens=settings.skip_special_tokens,
+                             stop_words=(*self.stop_words, *stop_words))
 
     def generate_ids(self, prompt_ids: Sequence[int], **gen_overrides) -> list[int]:
         """New token ids for a ready prompt (stop token excluded); the raw decode loop."""
@@ -181,6 +193,63 @@ class ChatEngine:
         if settings.num_beams > 1:
             return self._beam_search(list(prompt_ids), settings)
         return list(self._decode_ids(list(prompt_ids), settings))
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_batch: int = 8, on_done=None,
+                       **gen_overrides) -> list[list[int]]:
+        """``generate_ids`` for many prompts, decoded ``max_batch`` at a time (infer/batching.py);
+        ``on_done(index, ids)`` as each finishes."""
+        from tuneforge.infer.batching import BatchDecoder
+
+        settings = self.settings.with_overrides(**gen_overrides)
+        done = None if on_done is None else (lambda index, request: on_done(index, request.generated))
+        return BatchDecoder(self, max_batch).generate(prompts, settings, done)
+
+    def chat_batch(self, conversations: Sequence[Mapping[str, Any]], max_batch: int = 8, on_done=None,
+                   **gen_overrides) -> list[str]:
+        """``chat`` for many conversations decoded together. Each item: ``messages`` (+ ``system``, ``tools``)
+        and any generation overrides of its own (e.g. ``max_new_tokens``); ``on_done(index, text)`` as each
+        finishes."""
+        from tuneforge.infer.batching import BatchDecoder
+
+        decoder = BatchDecoder(self, max_batch)
+        requests = []
+        for conversation in conversations:
+            own = {k: v for k, v in conversation.items() if k not in ("messages", "system", "tools")}
+            settings = self.settings.with_overrides(**{**gen_overrides, **own})
+            prompt = self.encode_prompt(conversation["messages"], conversation.get("system"),
+                                        conversation.get("tools"), settings)
+            requests.append(decoder.add(prompt, settings))
+        index = {id(request): i for i, request in enumerate(requests)}
+        answers: list[str] = [""] * len(requests)
+        while not decoder.idle:
+            for request in decoder.step():
+                i = index[id(request)]
+                answers[i] = "".join(self.text_deltas(request.generated, request.settings))
+                if on_done is not None:
+                    on_done(i, answers[i])
+        return answers
+
+    def parse_tool_calls(self, text: str) -> list[tuple[str, str]] | None:
+        """[(name, arguments JSON)] when ``text`` is a function call in the template's tool format (the
+        tokenizer's own template: Qwen's ``<tool_call>``, then Llama 3's JSON), else None."""
+        from tuneforge.data.templates.tools import extract_function_calls
+
+        own = getattr(self.template, "tool_format", None)
+        for tool_format in [own] if own else ["qwen", "llama3"]:
+            calls = extract_function_calls(tool_format, text)
+            if calls:
+                return calls
+        return None
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window in tokens (``max_position_embeddings``), None when it does not say."""
+        value = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def vocab_size(self) -> int:
+        return _vocab_size(self.model, self.tokenizer)
 
     def encode_prompt(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None,
                       settings: GenerationSettings | None = None) -> list[int]:
@@ -203,7 +272,7 @@ class ChatEngine:
         stop_ids = set(self.stop_ids)
         seen = None
         if settings.repetition_penalty != 1.0:
-            seen = torch.zeros(_vocab_size(self.model, self.tokenizer), dtype=torch.bool, device=device)
+            seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
             seen[torch.tensor(prompt_ids, device=device)] = True
         cache = new_kv_cache(self.model)
         generated = 0

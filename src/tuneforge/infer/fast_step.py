@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.infer.decoding import GrowableLayer
+from tuneforge.infer.slot_cache import SlotKVCache
 from tuneforge.model.attention import PACKED_SDPA
 
 _SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
@@ -61,7 +62,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LeanDecodeStep:
     """``step(token_id_tensor[1,1], cache, position) -> logits[vocab]`` for one new token."""
 
-    def __init__(self, model, *, weights_dtype: torch.dtype | None = None):
+    def __init__(self, model, *, weights_dtype: torch.dtype | None = None, batch_weights_dtype: torch.dtype | None = None):
         config = model.config
         self.model = model
         self.rotary = model.model.rotary_emb
@@ -72,14 +73,23 @@ class LeanDecodeStep:
         # linear weights and runs only the matrix-vector products in it; the residual stream,
         # norms, RoPE and attention stay in the model's dtype (prefill uses the model itself).
         self.weights_dtype = weights_dtype if weights_dtype not in (None, self.embed.dtype) else None
-        self.lm_head = self._weights(model.lm_head)
+        self.lm_head = self._weights(model.lm_head, dtype=self.weights_dtype)
         self.eps = float(config.rms_norm_eps)
         first = model.model.layers[0].self_attn
         self.head_dim = first.head_dim
         self.scaling = float(first.scaling)
         self.gqa = config.num_attention_heads != config.num_key_value_heads
         self.qkv_widths = [first.q_proj.out_features, first.k_proj.out_features, first.v_proj.out_features]
-        self.layers = [self._layer(layer) for layer in model.model.layers[: config.num_hidden_layers]]
+        decoder_layers = model.model.layers[: config.num_hidden_layers]
+        self.layers = [self._layer(layer, self.weights_dtype) for layer in decoder_layers]
+        # Several sequences at once (`step_batch`) are matrix products, not matrix-vector ones, still bound by
+        # reading the weights: with `batch_weights_dtype` (bf16 under `auto` on a CPU: oneDNN has bf16 matrix
+        # products, fp16 ones are slow on AVX2) they read half-size copies, made at the first batch; without,
+        # the model's own weights (float32: batched greedy answers are those of float32).
+        self.batch_weights_dtype = batch_weights_dtype if batch_weights_dtype not in (None, self.embed.dtype) else None
+        self._decoder_layers = decoder_layers
+        self._batch_weights: tuple | None = None
+        self.kv_heads = config.num_key_value_heads
         self._position = torch.zeros((1, 1), dtype=torch.long, device=self.embed.device)
         # On a CPU, SDPA in bf16/fp16 is 4-6x slower than in float32 (no native half kernels on
         # AVX2): for long answers it would cost more than the weights. There the KV cache is kept in
@@ -87,24 +97,28 @@ class LeanDecodeStep:
         half_on_cpu = self.embed.device.type == "cpu" and self.embed.dtype in (torch.bfloat16, torch.float16)
         self.attn_dtype = torch.float32 if half_on_cpu else self.embed.dtype
 
-    def _weights(self, *linears):
-        """(weight, bias) of a linear layer; with `weights_dtype`, one half-size copy of several
+    @staticmethod
+    def _weights(*linears, dtype: torch.dtype | None):
+        """(weight, bias) of a linear layer; with `dtype`, one half-size copy of several
         layers that read the same input stacked (q|k|v, gate|up: one matrix-vector product)."""
-        if self.weights_dtype is None:
+        if dtype is None:
             return linears[0].weight, linears[0].bias
         weights = [lin.weight.detach() for lin in linears]
-        weight = (torch.cat(weights) if len(weights) > 1 else weights[0]).to(self.weights_dtype)
+        weight = (torch.cat(weights) if len(weights) > 1 else weights[0]).to(dtype)
         biases = [lin.bias for lin in linears]
         if all(b is None for b in biases):
             return weight, None
         bias = torch.cat([b.detach() if b is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
                           device=lin.weight.device) for b, lin in zip(biases, linears)])
-        return weight, bias.to(self.weights_dtype)
+        return weight, bias.to(dtype)
 
-    def _layer(self, layer) -> _Layer:
+    def _layer(self, layer, dtype: torch.dtype | None) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
-        wb = self._weights
-        if self.weights_dtype is None:
+
+        def wb(*linears):
+            return self._weights(*linears, dtype=dtype)
+
+        if dtype is None:
             return _Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                           wb(attn.q_proj), wb(attn.k_proj), wb(attn.v_proj), wb(attn.o_proj),
                           wb(mlp.gate_proj), wb(mlp.up_proj), wb(mlp.down_proj))
@@ -119,7 +133,8 @@ class LeanDecodeStep:
         return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
     @classmethod
-    def try_create(cls, model, *, weights_dtype: torch.dtype | None = None) -> "LeanDecodeStep | None":
+    def try_create(cls, model, *, weights_dtype: torch.dtype | None = None,
+                   batch_weights_dtype: torch.dtype | None = None) -> "LeanDecodeStep | None":
         """The lean step when ``model`` is a plain supported architecture, else None."""
         if type(model).__name__ not in _SUPPORTED or model.training:
             return None
@@ -150,7 +165,7 @@ class LeanDecodeStep:
                 return None
             if {n for n, _ in attn.named_children()} != {"q_proj", "k_proj", "v_proj", "o_proj"}:
                 return None
-        return cls(model, weights_dtype=weights_dtype)
+        return cls(model, weights_dtype=weights_dtype, batch_weights_dtype=batch_weights_dtype)
 
     def prepare_cache(self, cache) -> bool:
         """After the prefill: True when ``cache`` can be used (cast to the attention dtype if needed)."""
@@ -163,31 +178,65 @@ class LeanDecodeStep:
     def step(self, token: torch.Tensor, cache, position: int) -> torch.Tensor:
         """Logits ``[vocab]`` for ``token`` at ``position``; appends its keys/values to ``cache``."""
         self._position.fill_(position)
-        hidden = F.embedding(token, self.embed)
-        cos, sin = self.rotary(hidden, self._position)
+        linear = self._linear if self.weights_dtype is not None else _plain_linear
+
+        def attend(index, q, k, v):
+            keys, values = cache.layers[index].update(k, v)
+            return q, keys, values, None
+
+        return self._forward(token, self._position, self.layers, self.lm_head, linear, attend)[0, -1]
+
+    def step_batch(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+        """Logits ``[n, vocab]`` for the next token ``tokens[i]`` of each of the n sequences of ``cache``
+        (a ``SlotKVCache``, slot i), each at its own position; appends their keys/values."""
+        positions, mask = cache.begin_step()
+        alone = cache.count == 1  # one sequence: the matrix-vector step of `step` (its weights, no mask)
+
+        def attend(index, q, k, v):
+            keys, values = cache.write(index, k, v)
+            return q, keys, values, None if alone else mask
+
+        if alone and self.weights_dtype is not None:
+            layers, lm_head, linear = self.layers, self.lm_head, self._linear
+        else:
+            if self._batch_weights is None:
+                dtype = self.batch_weights_dtype
+                self._batch_weights = ([self._layer(layer, dtype) for layer in self._decoder_layers],
+                                       self._weights(self.model.lm_head, dtype=dtype))
+            layers, lm_head = self._batch_weights
+            linear = self._linear if self.batch_weights_dtype is not None else _plain_linear
+        logits = self._forward(tokens.view(-1, 1), positions.view(-1, 1), layers, lm_head, linear, attend)
+        cache.end_step()
+        return logits[:, -1]
+
+    def _forward(self, tokens, positions, layers, lm_head, linear, attend) -> torch.Tensor:
+        """The decoder on ``tokens [n, 1]``; ``attend(layer index, q, k, v)`` stores k/v in the cache and returns
+        what attention reads: (q, keys, values, mask or None)."""
+        hidden = F.embedding(tokens, self.embed)
+        n = hidden.shape[0]
+        cos, sin = self.rotary(hidden, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         eps, head_dim = self.eps, self.head_dim
         sdpa_kwargs = {"enable_gqa": True} if self.gqa else {}
         attn_dtype = self.attn_dtype
         cast = attn_dtype != hidden.dtype
-        linear = self._linear if self.weights_dtype is not None else _plain_linear
-        for layer, kv in zip(self.layers, cache.layers):
+        for index, layer in enumerate(layers):
             x = _rms_norm(hidden, layer.in_norm, eps)
             if layer.k is None:
                 q, k, v = linear(x, layer.q).split(self.qkv_widths, dim=-1)
             else:
                 q, k, v = linear(x, layer.q), linear(x, layer.k), linear(x, layer.v)
-            q = q.view(1, 1, -1, head_dim).transpose(1, 2)
-            k = k.view(1, 1, -1, head_dim).transpose(1, 2)
-            v = v.view(1, 1, -1, head_dim).transpose(1, 2)
+            q = q.view(n, 1, -1, head_dim).transpose(1, 2)
+            k = k.view(n, 1, -1, head_dim).transpose(1, 2)
+            v = v.view(n, 1, -1, head_dim).transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             if cast:
                 q, k, v = q.to(attn_dtype), k.to(attn_dtype), v.to(attn_dtype)
-            keys, values = kv.update(k, v)
-            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=None, dropout_p=0.0,
+            q, keys, values, mask = attend(index, q, k, v)
+            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=0.0,
                                                   scale=self.scaling, is_causal=False, **sdpa_kwargs)
-            attn = attn.transpose(1, 2).contiguous().reshape(1, 1, -1)
+            attn = attn.transpose(1, 2).contiguous().reshape(n, 1, -1)
             if cast:
                 attn = attn.to(hidden.dtype)
             hidden = hidden + linear(attn, layer.o)
@@ -198,7 +247,19 @@ class LeanDecodeStep:
                 gate, up = linear(x, layer.gate), linear(x, layer.up)
             hidden = hidden + linear(F.silu(gate) * up, layer.down)
         hidden = _rms_norm(hidden, self.final_norm, eps)
-        return linear(hidden, self.lm_head)[0, -1]
+        return linear(hidden, lm_head)
+
+    def new_slot_cache(self) -> SlotKVCache:
+        return SlotKVCache(len(self.layers), self.kv_heads, self.head_dim, self.attn_dtype, self.embed.device)
+
+
+def auto_batch_weights_dtype(model, infer_dtype: str | None = "auto") -> torch.dtype | None:
+    """bfloat16 weights for batched decode steps of a float32 model on a CPU under `infer_dtype: auto` (when
+    copies fit, as for `auto_decode_weights_dtype`), else None. Measured on the demo model, 8 streams: 83 tokens/s
+    with float32 weights, 116 with bfloat16 copies (bench/bench_batch_decode.py)."""
+    if auto_decode_weights_dtype(model, infer_dtype) is None or not torch.backends.mkldnn.is_available():
+        return None
+    return torch.bfloat16
 
 
 def auto_decode_weights_dtype(model, infer_dtype: str | None = "auto") -> torch.dtype | None:

@@ -185,3 +185,34 @@ def format_function_calls(tool_format: str, content: str, thought_words: tuple[s
         objs = [{"name": n, "parameters": json.loads(a)} for n, a in calls]
         text = json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
     return (thought.group(0) + text) if thought else text
+
+
+_QWEN_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_DEFAULT_CALL = re.compile(r"Action:\s*(.+?)\s*Action Input:\s*(.*?)\s*(?=Action:|\Z)", re.DOTALL)
+
+
+def extract_function_calls(tool_format: str, text: str) -> list[tuple[str, str]] | None:
+    """The calls in a generated answer, the inverse of `format_function_calls`: [(name, arguments JSON)], or
+    None when the text is not a well-formed call in this format (then it is a plain answer)."""
+    check_tool_format(tool_format)
+    text = text.strip()
+    try:
+        if tool_format == "default":
+            found = [(name.strip(), json.loads(args)) for name, args in _DEFAULT_CALL.findall(text)]
+        elif tool_format == "qwen":
+            objs = [json.loads(body) for body in _QWEN_CALL.findall(text)]
+            found = [(obj["name"], obj["arguments"]) for obj in objs]
+        elif tool_format == "glm4":
+            name, _, args = text.partition("\n")
+            found = [(name.strip(), json.loads(args))] if args and name.strip() and " " not in name.strip() else []
+        else:  # mistral: a JSON list (after an optional [TOOL_CALLS] marker); llama3: an object or a list
+            body = text[min((i for i in (text.find("["), text.find("{")) if i >= 0), default=0):]
+            objs = json.loads(body)
+            objs = objs if isinstance(objs, list) else [objs]
+            key = "arguments" if tool_format == "mistral" else "parameters"
+            found = [(obj["name"], obj[key]) for obj in objs]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    if not found or not all(isinstance(name, str) and isinstance(args, dict) for name, args in found):
+        return None
+    return [(name, json.dumps(args, ensure_ascii=False)) for name, args in found]
