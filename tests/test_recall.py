@@ -259,7 +259,7 @@ def test_recall_of_a_model_that_knows_everything(recall_workspace, monkeypatch, 
 
 
 def test_eval_cli_errors_are_one_line(recall_workspace, capsys):
-    assert main(["eval"]) == 2 and "usage: tuneforge eval recall" in capsys.readouterr().out
+    assert main(["eval"]) == 2 and "tuneforge eval recall [config.yaml]" in capsys.readouterr().out
     assert main(["eval", "-h"]) == 0
     assert main(["eval", "recall", "train.yaml", "--samples", "many"]) == 2
     expected = "error: tuneforge eval recall: --samples expects a whole number, got 'many'"

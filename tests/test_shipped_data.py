@@ -289,7 +289,7 @@ def test_example_parses_and_uses_known_keys(path):
     assert not unknown, f"{path.name}: keys not in the LLaMA-Factory list: {sorted(unknown)}"
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     runs = config.get("do_train") or config.get("do_predict")
-    command = "train" if runs else ("export" if "export_dir" in config else "chat")
+    command = "train" if runs else ("export" if "export_dir" in config else "eval" if "task" in config else "chat")
     assert first_line == f"# tuneforge {command} examples/{path.name}"
     dataset_names = [name for key in ("dataset", "eval_dataset") if key in config for name in str(config[key]).split(",")]
     for name in dataset_names:

@@ -100,7 +100,10 @@ def cmd_data(args: list[str]) -> int:
 
 
 EVAL_USAGE = """\
-usage: tuneforge eval recall [config.yaml] [key=value ...] [--samples N] [--seed S] [--no-heldout] [--no-drift]
+usage: tuneforge eval [config.yaml] [key=value ...]        multiple choice (LLaMA-Factory's `eval`): MMLU / C-Eval /
+                                                          CMMLU-layout tasks, keys task, task_dir, n_shot, lang,
+                                                          batch_size, save_dir, seed (examples/demo_mcq_eval.yaml)
+       tuneforge eval recall [config.yaml] [key=value ...] [--samples N] [--seed S] [--no-heldout] [--no-drift]
                              [--json] [--output FILE.json|DIR] [--base MODEL] [--drift-questions FILE]
                              [--heldout-per-row N]
 Did it learn? Asks the fine-tuned model its training questions (the config's `dataset`) greedily and reports
@@ -134,9 +137,11 @@ def _int_option(args: list[str], name: str) -> int | None:
 
 def cmd_eval(args: list[str]) -> int:
     wants_help = any(a in ("-h", "--help") for a in args)
-    if wants_help or not args or args[0] != "recall":
+    if wants_help or not args:
         print(EVAL_USAGE)
         return 0 if wants_help else 2
+    if args[0] != "recall":
+        return _eval_multiple_choice(args)
     import functools
 
     from tuneforge.evaluate.recall import HELDOUT_PER_ROW, RecallOptions, run_recall
@@ -167,6 +172,17 @@ def cmd_eval(args: list[str]) -> int:
     else:
         print(format_recall_report(results))
         print(f"[tuneforge] all numbers and answers: {results['results_file']}", flush=True)
+    return 0
+
+
+def _eval_multiple_choice(args: list[str]) -> int:
+    cfg = _load(args, require_output_dir=False)
+    if not cfg.evaluation.task:
+        raise ConfigError("tuneforge eval: set `task` (e.g. task: mmlu_test, with its folder under task_dir) for "
+                          "multiple-choice evaluation, or run `tuneforge eval recall x.yaml` for recall of training facts")
+    from tuneforge.evaluate.mcq import run_mcq_eval
+
+    run_mcq_eval(cfg)
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
 from .lf_extra_args import LFExtraArguments
 from .typecheck import TypeMismatch, coerce
@@ -18,6 +19,7 @@ SECTIONS: tuple[tuple[str, type | None], ...] = (
     ("generating", GeneratingArguments),
     ("training", None),  # HF's training arguments + LF's: read from training_fields.json (no transformers import)
     ("facts", FactArguments),
+    ("evaluation", EvaluationArguments),
     ("lf_extras", LFExtraArguments),  # LF keys of features not built yet: always at their defaults
 )
 

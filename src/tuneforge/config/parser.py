@@ -25,6 +25,7 @@ from .args import DataArguments, FinetuningArguments, GeneratingArguments, Model
 if TYPE_CHECKING:
     from .training_args import TrainingArguments
 from .catalogue import SECTIONS, all_known_keys, expected_type, field_default, flag_keys, key_catalogue
+from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
@@ -43,6 +44,7 @@ class RunConfig:
     config_path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     facts: FactArguments = field(default_factory=FactArguments)  # tuneforge's fact-data keys
+    evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)  # multiple-choice evaluation
 
     @property
     def config_dir(self) -> Path | None:
@@ -346,6 +348,7 @@ def _build(
         finetuning = FinetuningArguments(**sections["finetuning"])
         generating = GeneratingArguments(**sections["generating"])
         facts = FactArguments(**sections["facts"])
+        evaluation = EvaluationArguments(**sections["evaluation"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     try:
@@ -355,4 +358,4 @@ def _build(
                                                      finetuning.finetuning_type))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts)
+    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation)

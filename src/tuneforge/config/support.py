@@ -18,7 +18,6 @@ from .stages import STAGES as _STAGE_RECORDS
 
 _MULTIMODAL = "multimodal (vision/audio) models are not supported yet"
 _ENGINE = "only the huggingface inference backend is implemented"
-_MCQ_EVAL = "a key of `llamafactory-cli eval`: multiple-choice evaluation (MMLU / C-Eval / CMMLU) is not implemented yet"
 
 STAGES = MappingProxyType({name: stage.unsupported for name, stage in _STAGE_RECORDS.items()})  # name -> why not
 
@@ -85,7 +84,7 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "use_hyper_parallel": "LF's HyperParallel backend is not integrated",
         "enable_torch_profiler": "the torch profiler is not integrated yet",
         "profile_modules": "module timing with CUDA events is not implemented yet",
-        **{key: _MCQ_EVAL for key in ("task", "task_dir", "batch_size", "lang", "n_shot", "save_dir", "download_mode")},
+        "download_mode": "evaluation tasks are read from local folders (task_dir); nothing is downloaded",
     }
 )
 

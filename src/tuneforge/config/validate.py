@@ -15,7 +15,7 @@ from ..errors import ConfigError, NotSupportedError
 from . import support
 from .stages import STAGES
 from .args import ADAPTER_METHODS, split_names
-from .validate_data import check_data, check_facts, check_predict
+from .validate_data import check_data, check_evaluation, check_facts, check_predict
 from .validate_optimizers import check_optimizers
 from .validate_parallel import check_ray, check_sharding
 
@@ -82,6 +82,7 @@ def check_consistency(
     check_optimizers(v, optimizer_package_available)  # validate_optimizers.py
     check_data(v)  # validate_data.py
     check_facts(v)
+    check_evaluation(v)
     stage = STAGES.get(v["stage"])
     if stage is not None and stage.check is not None:
         stage.check(v)  # the stage's own checks (config/stages.py)

@@ -133,6 +133,14 @@ def check_facts(v) -> None:
                               "be positive and `recall_check_samples` at least 1")
 
 
+def check_evaluation(v) -> None:
+    """LF's evaluation keys (config/eval_args.py; the task folder itself is read by evaluate/mcq_data.py)."""
+    if v["lang"] not in ("en", "zh"):
+        raise ConfigError(f"{v.where('lang')}: `lang` is {v['lang']!r}; expected en or zh (the prompt language)")
+    if v["n_shot"] < 0 or v["batch_size"] < 1:
+        raise ConfigError(f"{v.where('n_shot', 'batch_size')}: `n_shot` must be >= 0 and `batch_size` >= 1")
+
+
 def _check_dataset_dir(v) -> None:
     """A `dataset_dir` naming a file (often dataset_info.json itself) where a folder is expected."""
     dataset_dir = v["dataset_dir"]
