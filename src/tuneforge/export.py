@@ -61,7 +61,9 @@ def run_export(cfg: RunConfig) -> Path:
         model = attach_adapters(model, adapters, margs, merge_last=False)
         model = merge_with_check(model, tokenizer, device)
     model.requires_grad_(False)
-    model = model.to(out_dtype)
+    gguf = margs.export_format == "gguf"
+    if not gguf:  # GGUF is written from the float32 weights in its own `gguf_type`
+        model = model.to(out_dtype)
     _update_generation_config(model, tokenizer, template)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         logger.warning("the tokenizer has %d tokens but the model only %d embeddings (template stop words were added?)",
@@ -70,9 +72,17 @@ def run_export(cfg: RunConfig) -> Path:
     check_export_dir(cfg, export_dir)  # again: the folder may have changed while the model loaded
     tmp = make_staging(export_dir)
     try:
-        model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
-        tokenizer.save_pretrained(tmp)
-        (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer), encoding="utf-8")
+        if gguf:
+            from tuneforge.export_gguf import gguf_file_name, write_gguf
+
+            name = gguf_file_name(margs.model_name_or_path, margs.gguf_type)
+            write_gguf(model, tokenizer, tmp / name, margs.gguf_type, name=name.removesuffix(".gguf"),
+                       chat_template=tokenizer.chat_template)
+            (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer, f"./{name}"), encoding="utf-8")
+        else:
+            model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
+            tokenizer.save_pretrained(tmp)
+            (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer), encoding="utf-8")
         write_marker(tmp, EXPORT_KIND, model=str(margs.model_name_or_path), adapters=adapters)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -233,9 +243,10 @@ def _renders_like(template, tokenizer, jinja: str) -> bool:
     return True
 
 
-def ollama_modelfile(template, tokenizer) -> str:
-    """An Ollama Modelfile for the export (`ollama create NAME -f Modelfile` inside the folder)."""
-    lines = ["FROM ."]
+def ollama_modelfile(template, tokenizer, source: str = ".") -> str:
+    """An Ollama Modelfile for the export (`ollama create NAME -f Modelfile` inside the folder); `source`: the
+    weights (the folder, or the .gguf file next to it)."""
+    lines = [f"FROM {source}"]
     go = _ollama_template(template, tokenizer)
     if go:
         lines.append(f'TEMPLATE """{go}"""')

@@ -138,6 +138,9 @@ class ModelArguments:
     export_quantization_nsamples: int = _f(128, "Calibration samples for export quantization.")
     export_quantization_maxlen: int = _f(1024, "Calibration sequence length for export quantization.")
     export_legacy_format: bool = _f(False, "Save .bin files instead of .safetensors.")
+    export_format: Literal["safetensors", "gguf"] = _f("safetensors", "safetensors: a Hugging Face model folder; gguf: one "
+                                                       ".gguf file for llama.cpp / Ollama (tuneforge).")
+    gguf_type: Literal["f16", "bf16", "q8_0", "f32"] = _f("f16", "Weight type of a GGUF export (tuneforge).")
     export_hub_model_id: str | None = _f(None, "Push the exported model to this hub repository.")
     # other inference engines (only read with infer_backend other than huggingface)
     vllm_maxlen: int = _f(4096, "vLLM maximum sequence length.")
