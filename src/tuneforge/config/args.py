@@ -319,6 +319,8 @@ class FinetuningArguments:
     use_mca: bool = _f(False, "Megatron Core Adapter training.")
     use_muon: bool = _f(False, "Muon optimizer for hidden-layer matrices, AdamW for the rest.")
     use_dft_loss: bool = _f(False, "DFT loss.")
+    use_eaft_loss: bool = _f(False, "EAFT loss: each token's cross-entropy times (top-20 entropy / 3) ** eaft_alpha.")
+    eaft_alpha: float = _f(1.0, "EAFT adaptive-weight power (with use_eaft_loss).")
     freeze_vision_tower: bool = _f(True, "Multimodal: freeze the vision tower.")
     freeze_multi_modal_projector: bool = _f(True, "Multimodal: freeze the projector.")
     freeze_language_model: bool = _f(False, "Multimodal: freeze the language model.")

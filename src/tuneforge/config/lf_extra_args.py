@@ -18,8 +18,6 @@ class LFExtraArguments:
     # FinetuningArguments: loss variants and the HyperParallel backend
     use_asft_loss: bool = _f(False, "Use the ASFT loss (LF).")
     asft_alpha: float = _f(0.1, "ASFT adaptive-weight power (with use_asft_loss).")
-    use_eaft_loss: bool = _f(False, "Use the EAFT loss (LF).")
-    eaft_alpha: float = _f(1.0, "EAFT adaptive-weight power (with use_eaft_loss).")
     use_hyper_parallel: bool = _f(False, "Train with LF's HyperParallel backend (FSDP/TP).")
     hyper_parallel_args: str | None = _f(None, "JSON file of HyperParallel strategy arguments.")
     # KTransformersArguments beyond use_kt

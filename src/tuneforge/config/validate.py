@@ -252,8 +252,12 @@ def _check_training(v: _View, *, require_output_dir: bool) -> None:
                                 "evaluate by generating (BLEU / ROUGE instead of the loss), which is not implemented "
                                 "yet; evaluate the loss without `predict_with_generate`, or predict after training "
                                 "(do_predict) without do_eval / eval_strategy")
-    if v["use_dft_loss"] and v["stage"] != "sft":  # LF reads it in its sft trainer only
-        raise ConfigError(f"{v.where('use_dft_loss')}: `use_dft_loss` is a loss of `stage: sft`; stage is `{v['stage']}`")
+    for key in ("use_dft_loss", "use_eaft_loss"):
+        if v[key] and v["stage"] != "sft":  # LF reads them in its sft trainer only
+            raise ConfigError(f"{v.where(key)}: `{key}` is a loss of `stage: sft`; stage is `{v['stage']}`")
+    if v["use_dft_loss"] and v["use_eaft_loss"]:  # LF would silently take DFT
+        raise ConfigError(f"{v.where('use_dft_loss', 'use_eaft_loss')}: `use_dft_loss` and `use_eaft_loss` are two "
+                          "different losses; set one of them")
     if not v["do_train"]:
         return
     if not split_names(v["dataset"]):

@@ -12,13 +12,16 @@ The math is HF's `ForCausalLMLoss`: fp32 cross-entropy, summed, divided by `num_
 when the Trainer passes it (correct normalisation across gradient accumulation), else by the
 number of label tokens.
 
-`dft=True` is LLaMA-Factory's `use_dft_loss` (Dynamic Fine-Tuning, LF's `dft_loss_func`): each token's
-cross-entropy is weighted by the probability the model gives its label, detached from the graph
-(`CE_i * exp(-CE_i).detach()`), then summed and normalised the same way.
+`weighting` multiplies each token's cross-entropy by a weight detached from the graph, then sums and
+normalises the same way (`TokenWeighting`): LLaMA-Factory's `use_dft_loss` (Dynamic Fine-Tuning, LF's
+`dft_loss_func`: the probability the model gives the label, `CE_i * exp(-CE_i).detach()`) or `use_eaft_loss`
+(LF's `eaft_loss_func`: the entropy of the softmax over the 20 largest logits, divided by 3, to the power
+`eaft_alpha`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,22 +34,50 @@ from tuneforge.model.lm_parts import DECODER_INPUT_KEYS, LMParts
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024
 
-def token_losses_sum(logits: torch.Tensor, targets: torch.Tensor, dft: bool = False) -> torch.Tensor:
-    """Sum over rows of the fp32 cross-entropy of `logits` [N, V] at `targets` [N]; with `dft`, each row's
-    loss is weighted by the (detached) probability of its target: LF's `_dft_cross_entropy` before dividing."""
-    if not dft:
+EAFT_TOP_K = 20  # LF's EAFT: entropy over the 20 largest logits, divided by 3
+EAFT_ENTROPY_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class TokenWeighting:
+    """A detached weight per label token: `dft` (LF's use_dft_loss) or `eaft` (use_eaft_loss, `alpha` = eaft_alpha)."""
+
+    kind: str
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("dft", "eaft"):
+            raise ValueError(f"token weighting must be dft or eaft, got {self.kind!r}")
+
+    @torch.no_grad()
+    def weights(self, logits: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """Weights [N] for fp32 `logits` [N, V] and their cross-entropies `losses` [N]."""
+        if self.kind == "dft":
+            return torch.exp(-losses.detach())
+        top = torch.topk(logits.detach(), k=min(EAFT_TOP_K, logits.shape[-1]), dim=-1).values
+        log_probs = top - torch.logsumexp(top, dim=-1, keepdim=True)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        return torch.pow(entropy / EAFT_ENTROPY_SCALE, self.alpha)
+
+
+def token_losses_sum(logits: torch.Tensor, targets: torch.Tensor, weighting: TokenWeighting | None = None) -> torch.Tensor:
+    """Sum over rows of the fp32 cross-entropy of `logits` [N, V] at `targets` [N]; with `weighting`, each row's
+    loss times its detached weight (LF's `_dft_cross_entropy` / `_eaft_cross_entropy` before dividing)."""
+    if weighting is None:
         return F.cross_entropy(logits.float(), targets, reduction="sum")
-    losses = F.cross_entropy(logits.float(), targets, reduction="none")
-    return (losses * torch.exp(-losses.detach())).sum()
+    logits = logits.float()
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return (losses * weighting.weights(logits, losses)).sum()
 
 
 def _chunk_cross_entropy_sum(
-    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None, dft: bool = False
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None,
+    weighting: TokenWeighting | None = None,
 ) -> torch.Tensor:
     logits = head(hidden)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    return token_losses_sum(logits, targets, dft)
+    return token_losses_sum(logits, targets, weighting)
 
 
 class LinearCrossEntropySum(torch.autograd.Function):
@@ -55,12 +86,12 @@ class LinearCrossEntropySum(torch.autograd.Function):
     Per chunk: logits, their log-sum-exp and the loss; then the logits buffer becomes the
     gradient in place (softmax - one-hot) and is multiplied straight into d hidden (and d W, d b
     when they train). Only d hidden [N, H] outlives the chunk: no [N, V] log-softmax is saved for
-    backward and nothing is recomputed. Backward only scales the stored gradients. With `dft`, row i's
-    loss and gradient are scaled by p_i = exp(-CE_i), a constant for autograd (the DFT loss).
+    backward and nothing is recomputed. Backward only scales the stored gradients. With `weighting`, row i's
+    loss and gradient are scaled by its weight, a constant for autograd (the DFT / EAFT losses).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, dft: bool = False):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, weighting: TokenWeighting | None = None):
         rows = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
@@ -71,11 +102,11 @@ class LinearCrossEntropySum(torch.autograd.Function):
             logits = F.linear(h, weight, bias).float()
             lse = torch.logsumexp(logits, dim=-1)
             losses = lse - logits.gather(1, t[:, None]).squeeze(1)
-            weights = torch.exp(-losses) if dft else None  # p(label), a constant: no gradient through it
-            total += (losses * weights).sum() if dft else losses.sum()
+            weights = weighting.weights(logits, losses) if weighting is not None else None  # constants
+            total += (losses * weights).sum() if weights is not None else losses.sum()
             grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
             grad_logits[torch.arange(len(t), device=t.device), t] -= 1.0
-            if dft:
+            if weights is not None:
                 grad_logits.mul_(weights[:, None])
             grad_logits = grad_logits.to(h.dtype)
             if grad_hidden is not None:
@@ -108,10 +139,10 @@ def chunked_cross_entropy_sum(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     final_logit_softcapping: float | None = None,
-    dft: bool = False,
+    weighting: TokenWeighting | None = None,
 ) -> torch.Tensor:
     """Sum of CE(head(hidden[i]), targets[i]) over rows, `chunk_size` rows of logits at a time
-    (with `dft`, each term weighted by its detached label probability).
+    (with `weighting`, each term times its detached weight).
 
     `hidden` is [N, H] (only rows that have a target), `targets` is [N].
     """
@@ -120,7 +151,7 @@ def chunked_cross_entropy_sum(
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected so backward() still works
     if type(head) is nn.Linear and final_logit_softcapping is None and torch.is_grad_enabled():
-        return LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_size, dft)
+        return LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_size, weighting)
     # One chunk: recomputing its logits in backward would save nothing (backward needs them all
     # at once anyway) and cost a second head GEMM.
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
@@ -129,21 +160,22 @@ def chunked_cross_entropy_sum(
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         if use_checkpoint:
             # Recompute this chunk's logits in backward instead of keeping them.
-            part = checkpoint(_chunk_cross_entropy_sum, h, t, head, final_logit_softcapping, dft, use_reentrant=False)
+            part = checkpoint(_chunk_cross_entropy_sum, h, t, head, final_logit_softcapping, weighting,
+                              use_reentrant=False)
         else:
-            part = _chunk_cross_entropy_sum(h, t, head, final_logit_softcapping, dft)
+            part = _chunk_cross_entropy_sum(h, t, head, final_logit_softcapping, weighting)
         total = part if total is None else total + part
     return total
 
 
 def logits_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None, *, dft: bool = False
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None, *, weighting: TokenWeighting | None = None
 ) -> torch.Tensor:
     """The loss of full logits [B, T, V] against unshifted `labels` [B, T] (the model's own forward), normalised
-    as the chunked path: the plain forward's DFT loss, equal to LF's `dft_loss_func`."""
+    as the chunked path: the plain forward's DFT / EAFT loss, equal to LF's `dft_loss_func` / `eaft_loss_func`."""
     shift_labels = labels[:, 1:].to(logits.device)
     keep = shift_labels != IGNORE_INDEX
-    return _normalise(token_losses_sum(logits[:, :-1][keep], shift_labels[keep], dft), keep, num_items_in_batch)
+    return _normalise(token_losses_sum(logits[:, :-1][keep], shift_labels[keep], weighting), keep, num_items_in_batch)
 
 
 def shifted_label_count(labels: torch.Tensor) -> int:
@@ -157,14 +189,14 @@ def chunked_causal_lm_loss(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     num_items_in_batch: torch.Tensor | int | None = None,
-    dft: bool = False,
+    weighting: TokenWeighting | None = None,
 ) -> torch.Tensor:
-    """Mean next-token loss over label tokens (or sum / num_items_in_batch), like HF's default; `dft`: the
-    DFT loss (see the module docstring)."""
+    """Mean next-token loss over label tokens (or sum / num_items_in_batch), like HF's default; `weighting`: the
+    DFT / EAFT loss (see the module docstring)."""
     hidden, targets, keep = _label_positions(parts, inputs)
     loss_sum = chunked_cross_entropy_sum(
         hidden, targets, parts.head, chunk_size=chunk_size, final_logit_softcapping=parts.final_logit_softcapping,
-        dft=dft,
+        weighting=weighting,
     )
     return _normalise(loss_sum, keep, num_items_in_batch)
 
@@ -176,7 +208,7 @@ def chunked_causal_lm_eval(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     num_items_in_batch: torch.Tensor | int | None = None,
-    dft: bool = False,
+    weighting: TokenWeighting | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Evaluation: (the loss of `chunked_causal_lm_loss`, hits, keep). `hits[i]`: the argmax of the logits
     equals the i-th label token (labels in `keep` order); `keep` [B, T-1] marks the shifted label positions.
@@ -189,7 +221,7 @@ def chunked_causal_lm_eval(
         if parts.final_logit_softcapping is not None:
             logits = torch.tanh(logits / parts.final_logit_softcapping) * parts.final_logit_softcapping
         t = targets[start : start + chunk_size]
-        loss_sum += token_losses_sum(logits, t, dft)
+        loss_sum += token_losses_sum(logits, t, weighting)
         hits[start : start + chunk_size] = logits.argmax(dim=-1) == t
     return _normalise(loss_sum, keep, num_items_in_batch), hits, keep
 

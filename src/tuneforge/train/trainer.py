@@ -11,8 +11,8 @@ What it changes:
   optimizers.py; layer-wise GaLore / APOLLO get one lr schedule per parameter;
 - `compute_accuracy`: evaluation also reports `eval_accuracy` (LF's token accuracy: per sample, the share of
   label tokens the argmax of the logits predicts, averaged over samples), from the same chunked pass;
-- `dft_loss` (LF's `use_dft_loss`, sft): every label token's cross-entropy weighted by its detached label
-  probability (loss.py), in training and evaluation, on the chunked and the plain-forward path alike;
+- `token_weighting` (LF's `use_dft_loss` / `use_eaft_loss`, sft): every label token's cross-entropy times a
+  detached weight (loss.py), in training and evaluation, on the chunked and the plain-forward path alike;
 - `torch_compile`: the decoder layers are compiled in place (model/compile.py), not the whole
   model, which the chunked loss would bypass;
 - `save_model()` of the final model writes the complete save to a staging folder, commits it with one
@@ -39,8 +39,8 @@ from torch import nn
 from transformers import Trainer
 
 from tuneforge.model.lm_parts import resolve_lm_parts
-from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_eval, chunked_causal_lm_loss,
-                                  logits_loss, sample_accuracies, shifted_label_count)
+from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighting, chunked_causal_lm_eval,
+                                  chunked_causal_lm_loss, logits_loss, sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
 from tuneforge.train.sharding import is_fsdp2, through_wrapper
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
@@ -76,7 +76,7 @@ class TuneforgeTrainer(Trainer):
         loraplus_lr_embedding: float = 1e-6,
         objective: Any = None,
         compute_accuracy: bool = False,
-        dft_loss: bool = False,
+        token_weighting: TokenWeighting | None = None,
         finetuning_args: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -86,7 +86,7 @@ class TuneforgeTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.compute_accuracy = compute_accuracy and objective is None
-        self.dft_loss = dft_loss
+        self.token_weighting = token_weighting
         self._accuracy_sum = [0.0, 0]  # sum of per-sample accuracies, samples (this evaluation)
         self._objective_metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
         # Whether the model's own forward takes num_items_in_batch (HF decides from its signature).
@@ -153,7 +153,7 @@ class TuneforgeTrainer(Trainer):
                 # accelerate puts `bf16`/`fp16` autocast around model.forward(); this replaces that forward
                 with self.accelerator.autocast():
                     return chunked_causal_lm_loss(parts, batch, chunk_size=self.loss_chunk_size,
-                                                  num_items_in_batch=num_items_in_batch, dft=self.dft_loss)
+                                                  num_items_in_batch=num_items_in_batch, weighting=self.token_weighting)
 
             direct = unwrapped is model and not is_fsdp2(model)  # FSDP2 shards the model itself: its hooks must run
             loss = chunked_loss(**inputs) if direct else through_wrapper(model, unwrapped, chunked_loss, inputs)
@@ -171,10 +171,10 @@ class TuneforgeTrainer(Trainer):
     def _plain_forward_loss(self, model, inputs, num_items_in_batch):
         """The model's own forward (full logits); loss normalised like the chunked path."""
         extra: dict[str, Any] = {"use_cache": False}
-        if self.dft_loss:  # the model's loss is plain CE: the DFT loss from its logits (LF's dft_loss_func)
+        if self.token_weighting is not None:  # the model's loss is plain CE: DFT / EAFT from its logits (as LF)
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, **extra)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            return logits_loss(logits, inputs["labels"], num_items_in_batch, dft=True), outputs
+            return logits_loss(logits, inputs["labels"], num_items_in_batch, weighting=self.token_weighting), outputs
         if num_items_in_batch is not None and self._forward_takes_num_items:
             extra["num_items_in_batch"] = num_items_in_batch
         outputs = model(**inputs, **extra)
@@ -218,7 +218,7 @@ class TuneforgeTrainer(Trainer):
         if parts is not None and unwrapped is model and not is_fsdp2(model):
             with self.accelerator.autocast():
                 loss, hits, keep = chunked_causal_lm_eval(parts, inputs, chunk_size=self.loss_chunk_size,
-                                                          num_items_in_batch=num_items, dft=self.dft_loss)
+                                                          num_items_in_batch=num_items, weighting=self.token_weighting)
         else:  # the model's own forward: its logits exist anyway
             self._log_fallback_once(reason or f"the model is wrapped by {type(model).__name__}")
             loss, outputs = self._plain_forward_loss(model, inputs, num_items)

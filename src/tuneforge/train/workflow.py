@@ -111,7 +111,7 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         loraplus_lr_embedding=cfg.finetuning.loraplus_lr_embedding,
         objective=objective,
         compute_accuracy=cfg.finetuning.compute_accuracy,  # eval_accuracy (LM stages; rm/dpo/kto log their own)
-        dft_loss=cfg.finetuning.use_dft_loss and objective is None,  # LF's use_dft_loss (sft only: validate.py)
+        token_weighting=token_weighting(cfg.finetuning) if objective is None else None,  # sft only: validate.py
         finetuning_args=cfg.finetuning,  # use_galore / use_apollo / use_badam / use_adam_mini / use_muon
     )
     setup_reporting(trainer.callback_handler, cfg)  # logging_dir, use_swanlab (train/reporting.py)
@@ -288,3 +288,15 @@ def print_summary(cfg, metrics: dict[str, Any]) -> None:
 def require_do_train(cfg) -> None:
     if not cfg.training.do_train and not cfg.training.do_eval and not cfg.training.do_predict:
         raise TuneforgeError("nothing to do: set `do_train: true` (or do_eval / do_predict) in the config")
+
+
+def token_weighting(finetuning):
+    """LF's `use_dft_loss` / `use_eaft_loss` (+ `eaft_alpha`) as the loss's per-token weighting, or None."""
+    from tuneforge.train.loss import TokenWeighting
+
+    if finetuning.use_dft_loss:
+        return TokenWeighting("dft")
+    if finetuning.use_eaft_loss:
+        return TokenWeighting("eaft", finetuning.eaft_alpha)
+    return None
+
