@@ -192,6 +192,6 @@ def test_use_eaft_loss_config(monkeypatch):
     assert token_weighting(load_config_dict(base).finetuning) is None
     with pytest.raises(ConfigError, match="`use_eaft_loss` is a loss of `stage: sft`"):
         load_config_dict({**base, "stage": "dpo", "use_eaft_loss": True})
-    with pytest.raises(ConfigError, match="two different losses"):
+    with pytest.raises(ConfigError, match="are different losses"):
         load_config_dict({**base, "use_dft_loss": True, "use_eaft_loss": True})
 

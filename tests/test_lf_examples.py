@@ -84,8 +84,6 @@ EXPECTED_REFUSED = {
     "examples/ascend/qwen3moe_full_sft_fsdp.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
     "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/ascend/qwen3vlmoe_lora_sft_fsdp.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/extras/asft/llama2_full_asft.yaml": "`use_asft_loss` is not supported yet by tuneforge",
-    "examples/extras/asft/qwen2_full_asft.yaml": "`use_asft_loss` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
@@ -285,7 +283,7 @@ def tiny_template_model(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
 
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 21  # of the 29 that load: 5 chat/export configs, 1 predict, 2 DeepSpeed
+    assert len(TRAINING_THAT_LOADS) == 21  # of the 31 that load: 5 chat/export configs, 1 predict, 4 DeepSpeed
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])

@@ -321,6 +321,8 @@ class FinetuningArguments:
     use_dft_loss: bool = _f(False, "DFT loss.")
     use_eaft_loss: bool = _f(False, "EAFT loss: each token's cross-entropy times (top-20 entropy / 3) ** eaft_alpha.")
     eaft_alpha: float = _f(1.0, "EAFT adaptive-weight power (with use_eaft_loss).")
+    use_asft_loss: bool = _f(False, "ASFT loss: the DFT loss + asft_alpha x KL(reference || policy) per label token.")
+    asft_alpha: float = _f(0.1, "Weight of the KL term of the ASFT loss (with use_asft_loss).")
     freeze_vision_tower: bool = _f(True, "Multimodal: freeze the vision tower.")
     freeze_multi_modal_projector: bool = _f(True, "Multimodal: freeze the projector.")
     freeze_language_model: bool = _f(False, "Multimodal: freeze the language model.")

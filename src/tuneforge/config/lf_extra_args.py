@@ -16,8 +16,6 @@ def _f(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class LFExtraArguments:
     # FinetuningArguments: loss variants and the HyperParallel backend
-    use_asft_loss: bool = _f(False, "Use the ASFT loss (LF).")
-    asft_alpha: float = _f(0.1, "ASFT adaptive-weight power (with use_asft_loss).")
     use_hyper_parallel: bool = _f(False, "Train with LF's HyperParallel backend (FSDP/TP).")
     hyper_parallel_args: str | None = _f(None, "JSON file of HyperParallel strategy arguments.")
     # KTransformersArguments beyond use_kt

@@ -79,7 +79,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "master_addr": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
         "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
         # LLaMA-Factory 0.9.5 keys of features not built yet (config/lf_extra_args.py)
-        "use_asft_loss": "the ASFT loss is not implemented yet",
         "use_hyper_parallel": "LF's HyperParallel backend is not integrated",
         "enable_torch_profiler": "the torch profiler is not integrated yet",
         "profile_modules": "module timing with CUDA events is not implemented yet",
@@ -108,7 +107,7 @@ ONLY_WITH = MappingProxyType(
         "export_quantization_": "export_quantization_bit",
         "packing_similarity_threshold": "packing_strategy: semantic_aware",
         "packing_embedding_model": "packing_strategy: semantic_aware",
-        "asft_alpha": "use_asft_loss", "hyper_parallel_args": "use_hyper_parallel",
+        "hyper_parallel_args": "use_hyper_parallel",
         "profiler_": "enable_torch_profiler",
     }
 )

@@ -252,12 +252,13 @@ def _check_training(v: _View, *, require_output_dir: bool) -> None:
                                 "evaluate by generating (BLEU / ROUGE instead of the loss), which is not implemented "
                                 "yet; evaluate the loss without `predict_with_generate`, or predict after training "
                                 "(do_predict) without do_eval / eval_strategy")
-    for key in ("use_dft_loss", "use_eaft_loss"):
-        if v[key] and v["stage"] != "sft":  # LF reads them in its sft trainer only
+    losses = [key for key in ("use_dft_loss", "use_eaft_loss", "use_asft_loss") if v[key]]
+    for key in losses:
+        if v["stage"] != "sft":  # LF reads them in its sft trainer only
             raise ConfigError(f"{v.where(key)}: `{key}` is a loss of `stage: sft`; stage is `{v['stage']}`")
-    if v["use_dft_loss"] and v["use_eaft_loss"]:  # LF would silently take DFT
-        raise ConfigError(f"{v.where('use_dft_loss', 'use_eaft_loss')}: `use_dft_loss` and `use_eaft_loss` are two "
-                          "different losses; set one of them")
+    if len(losses) > 1:  # LF would silently take the first of DFT, EAFT, ASFT
+        raise ConfigError(f"{v.where(*losses)}: {' and '.join(f'`{k}`' for k in losses)} are different losses; "
+                          "set one of them")
     if not v["do_train"]:
         return
     if not split_names(v["dataset"]):

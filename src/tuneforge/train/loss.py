@@ -193,7 +193,7 @@ def chunked_causal_lm_loss(
 ) -> torch.Tensor:
     """Mean next-token loss over label tokens (or sum / num_items_in_batch), like HF's default; `weighting`: the
     DFT / EAFT loss (see the module docstring)."""
-    hidden, targets, keep = _label_positions(parts, inputs)
+    hidden, targets, keep = label_positions(parts, inputs)
     loss_sum = chunked_cross_entropy_sum(
         hidden, targets, parts.head, chunk_size=chunk_size, final_logit_softcapping=parts.final_logit_softcapping,
         weighting=weighting,
@@ -213,7 +213,7 @@ def chunked_causal_lm_eval(
     """Evaluation: (the loss of `chunked_causal_lm_loss`, hits, keep). `hits[i]`: the argmax of the logits
     equals the i-th label token (labels in `keep` order); `keep` [B, T-1] marks the shifted label positions.
     Logits exist one chunk at a time, as for the loss."""
-    hidden, targets, keep = _label_positions(parts, inputs)
+    hidden, targets, keep = label_positions(parts, inputs)
     loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     hits = torch.zeros(targets.shape, dtype=torch.bool, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
@@ -226,7 +226,7 @@ def chunked_causal_lm_eval(
     return _normalise(loss_sum, keep, num_items_in_batch), hits, keep
 
 
-def _label_positions(parts: LMParts, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def label_positions(parts: LMParts, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoder once; (hidden states that predict a label [N, H], those labels [N], keep mask [B, T-1])."""
     labels = inputs["labels"]
     decoder_inputs = {k: v for k, v in inputs.items() if k in DECODER_INPUT_KEYS}

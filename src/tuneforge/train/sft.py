@@ -32,7 +32,16 @@ def run_sft(cfg) -> dict:
 
     # trainer
     collator = sft_collator(cfg.data, tokenizer.pad_token_id)  # per-batch padding-free / padded / LF bins
-    trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
+    objective, log_keys = None, ()
+    if cfg.finetuning.use_asft_loss:  # LF's ASFT: DFT + asft_alpha x KL to a reference model (train/asft.py)
+        from tuneforge.config.args import ADAPTER_METHODS
+        from tuneforge.train.asft import ASFT_LOG_KEYS, ASFTObjective
+        from tuneforge.train.preference import load_reference_model
+
+        reference = load_reference_model(cfg, lora_policy=cfg.finetuning.finetuning_type in ADAPTER_METHODS)
+        objective, log_keys = ASFTObjective(cfg.finetuning.asft_alpha, reference), ASFT_LOG_KEYS
+    trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator, objective=objective,
+                                                   extra_log_keys=log_keys)
     recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
 
     # train + save
