@@ -75,7 +75,7 @@ def run_export(cfg: RunConfig) -> Path:
         if gguf:
             from tuneforge.export_gguf import gguf_file_name, write_gguf
 
-            name = gguf_file_name(margs.model_name_or_path, margs.gguf_type)
+            name = gguf_file_name(source, margs.gguf_type)  # the model folder's name (builtin: its cache folder)
             write_gguf(model, tokenizer, tmp / name, margs.gguf_type, name=name.removesuffix(".gguf"),
                        chat_template=tokenizer.chat_template)
             (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer, f"./{name}"), encoding="utf-8")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,10 @@ _GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm
                    "lm_head.weight": "output.weight"}
 
 
-def gguf_file_name(model_name: str, gguf_type: str) -> str:
-    return f"{Path(str(model_name).rstrip('/')).name or 'model'}-{gguf_type}.gguf"
+def gguf_file_name(model_source: str, gguf_type: str) -> str:
+    """`<model folder name>-<gguf_type>.gguf`, with only letters, digits, `.`, `_` and `-` in it."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model_source).rstrip("/")).name).strip("-.") or "model"
+    return f"{stem}-{gguf_type}.gguf"
 
 
 def check_gguf_support(config, tokenizer) -> str:
