@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuneforge.data.collate import PackedCollator
+from test_dft_loss import _batch  # the same two packed samples
+
 from tuneforge.train.asft import ASFTObjective, asft_sums
 
 
@@ -31,15 +32,6 @@ def test_sums_by_hand():
     assert kl == pytest.approx(0.25 * torch.log(torch.tensor(0.5)).item() + 0.75 * torch.log(torch.tensor(1.5)).item(),
                                rel=1e-5)
     assert asft_sums(ref, ref, torch.tensor([1]))[1].item() == pytest.approx(0.0, abs=1e-7)  # policy == reference
-
-
-def _batch(vocab_size):
-    gen = torch.Generator().manual_seed(3)
-    samples = []
-    for length, prompt in ((7, 3), (11, 2)):
-        ids = torch.randint(5, vocab_size, (length,), generator=gen).tolist()
-        samples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    return PackedCollator()(samples)
 
 
 def test_full_finetuning_objective_equals_llamafactorys(tiny_llama_dir):

@@ -27,6 +27,7 @@ commands:
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml
            check the rows a config trains on              tuneforge data check examples/demo_lora_sft.yaml [--json]
   eval     did it learn? recall of the training facts    tuneforge eval recall train.yaml [--samples 50]
+           multiple choice (MMLU / C-Eval / CMMLU layout) tuneforge eval examples/demo_mcq_eval.yaml
   api      serve a model: OpenAI-compatible API          tuneforge api examples/demo_chat.yaml [--port 8000]
   webchat  one model's chat page in the browser         tuneforge webchat examples/demo_chat.yaml [--port 7860]
   webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh] [--auth U:P]
