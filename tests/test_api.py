@@ -166,6 +166,7 @@ def test_api_key(llama_engine):
     ({"messages": [{"role": "user", "content": "word " * 600}]}, "tokens too many"),
     ({"messages": USER, "max_tokens": 100000}, "exceed the model's context of 512 tokens by"),
     ({"messages": USER, "stream": True, "n": 2}, "`stream` with `n` > 1 is not supported yet"),
+    ({"messages": USER, "tool_choice": "required"}, "tool_choice: Input should be 'auto' or 'none'"),
 ])
 def test_bad_requests_are_400_with_a_message(served, request_body, message):
     import httpx

@@ -59,7 +59,7 @@ class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessage]
     tools: list[Tool] | None = None
-    tool_choice: str | None = None  # "auto" / "none"
+    tool_choice: Literal["auto", "none"] | None = None  # "required" / a named function: not supported yet (400)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
