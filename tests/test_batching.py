@@ -110,3 +110,21 @@ def test_slot_cache_keeps_sequences_compact():
     keys, _ = cache.write(0, torch.full((2, 1, 1, 2), 9.0), torch.zeros(2, 1, 1, 2))
     cache.end_step()
     assert cache.lengths == [6, 2] and keys[0, 0, 5].tolist() == [9.0, 9.0] and keys[1, 0, 1].tolist() == [9.0, 9.0]
+
+
+def test_beam_search_and_cancelled_waiting_requests_go_through_the_batch(tiny_llama_dir):
+    from tuneforge.infer.batching import BatchDecoder
+
+    engine = _engine(tiny_llama_dir)
+    prompts = _prompts(engine, 3)
+    beams = engine.settings.with_overrides(num_beams=2, max_new_tokens=6)
+    decoder = BatchDecoder(engine, max_batch=1)
+    beam = decoder.add(prompts[0], beams)
+    greedy = decoder.add(prompts[1], engine.settings.with_overrides(max_new_tokens=4))
+    dropped = decoder.add(prompts[2], engine.settings.with_overrides(max_new_tokens=4))
+    dropped.cancelled = True  # still waiting: it never gets a slot
+    while not decoder.idle:
+        decoder.step()
+    assert beam.generated == engine.generate_ids(prompts[0], num_beams=2, max_new_tokens=6)
+    assert greedy.generated == engine.generate_ids(prompts[1], max_new_tokens=4) and greedy.finish_reason == "length"
+    assert dropped.finish_reason == "cancelled" and dropped.generated == []

@@ -93,9 +93,10 @@ class BatchDecoder:
         self.finished_at_admission = []
         with torch.inference_mode():
             self._admit()
-            finished = self.finished_at_admission + self._pick_tokens()
-            for request in finished:
+            decoded = self._pick_tokens()
+            for request in decoded:
                 self._leave(request)
+            finished = self.finished_at_admission + decoded  # those never admitted hold no slot
             if self.active:
                 self._decode()
         self.steps += 1
