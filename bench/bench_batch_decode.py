@@ -40,10 +40,9 @@ def load_engine(dtype: str):
 def bench_streams(engine, counts: list[int], tokens: int) -> list[dict]:
     from tuneforge.infer.batching import BatchDecoder
 
-    saved, engine.stop_id_set = engine.stop_id_set, frozenset()  # exactly `tokens` tokens per stream
+    saved, engine.stop_ids = engine.stop_ids, ()  # exactly `tokens` tokens per stream
     prompts = [engine.encode_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
     settings = engine.settings.with_overrides(do_sample=False, max_new_tokens=tokens)
-    engine.stop_ids = ()
     started = time.perf_counter()
     engine.generate_ids(prompts[0], do_sample=False, max_new_tokens=tokens)
     single = tokens / (time.perf_counter() - started)
@@ -60,7 +59,7 @@ def bench_streams(engine, counts: list[int], tokens: int) -> list[dict]:
                      "per_stream": round(rate / count, 1), "x_today": round(rate / single, 2)})
         print(f"{count:>2} streams: {total} tokens in {seconds:.1f}s = {rate:.1f} tokens/s "
               f"({rate / count:.1f} per stream, {rate / single:.2f}x one stream today)", flush=True)
-    engine.stop_id_set = saved
+    engine.stop_ids = saved
     return rows
 
 

@@ -45,8 +45,9 @@ def gguf_file_name(model_source: str, gguf_type: str) -> str:
     return f"{stem}-{gguf_type}.gguf"
 
 
-def check_gguf_support(config, tokenizer) -> str:
-    """The GGUF architecture name, or NotSupportedError naming what is missing."""
+def check_gguf_support(config, tokenizer, bpe_model: dict | None = None) -> str:
+    """The GGUF architecture name, or NotSupportedError naming what is missing (`bpe_model`: `tokenizer_model`,
+    when the caller has it already)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _ARCHITECTURES:
         raise NotSupportedError(f"GGUF export supports the Llama, Qwen2 and Qwen3 architectures; this model is "
@@ -57,13 +58,19 @@ def check_gguf_support(config, tokenizer) -> str:
     if kind not in (None, "default", "linear"):
         raise NotSupportedError(f"GGUF export of a model with rope_scaling type `{kind}` is not supported yet "
                                 "(linear scaling is); convert with llama.cpp's convert_hf_to_gguf.py")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    model = json.loads(backend.to_str())["model"] if backend is not None else {}
-    byte_level = "Ġ" in tokenizer.get_vocab() or "Ġthe" in tokenizer.get_vocab()  # GPT-2's byte alphabet
-    if model.get("type") != "BPE" or not byte_level:
+    vocab = tokenizer.get_vocab()
+    byte_level = "Ġ" in vocab or "Ġthe" in vocab  # GPT-2's byte alphabet
+    bpe_model = tokenizer_model(tokenizer) if bpe_model is None else bpe_model
+    if bpe_model.get("type") != "BPE" or not byte_level:
         raise NotSupportedError("GGUF export supports byte-level BPE tokenizers (Qwen, SmolLM, Llama 3); this "
                                 "tokenizer is not one (SentencePiece?); convert with llama.cpp's convert_hf_to_gguf.py")
     return _ARCHITECTURES[model_type]
+
+
+def tokenizer_model(tokenizer) -> dict:
+    """The `model` part of a fast tokenizer's tokenizer.json (type, vocab, merges); {} for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str())["model"] if backend is not None else {}
 
 
 def _pre_tokenizer(model_type: str, vocab_size: int) -> str:
@@ -97,7 +104,8 @@ def _tensor_names(state: dict, tied: bool):
             raise NotSupportedError(f"GGUF export: no llama.cpp name for tensor `{name}`")
 
 
-def _add_tokenizer(writer, tokenizer, model_type: str, vocab_size: int, chat_template: str | None) -> None:
+def _add_tokenizer(writer, tokenizer, model_type: str, vocab_size: int, chat_template: str | None,
+                   merges: list) -> None:
     import gguf
 
     vocab = tokenizer.get_vocab()
@@ -114,7 +122,6 @@ def _add_tokenizer(writer, tokenizer, model_type: str, vocab_size: int, chat_tem
             spec = added.get(token)
             types.append(gguf.TokenType.NORMAL if spec is None else
                          gguf.TokenType.CONTROL if spec.special else gguf.TokenType.USER_DEFINED)
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"].get("merges", [])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer(model_type, len(vocab)))
     writer.add_token_list(tokens)
@@ -137,7 +144,8 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str, *, name: str, chat_
     import torch
 
     config = model.config
-    arch = check_gguf_support(config, tokenizer)
+    bpe_model = tokenizer_model(tokenizer)  # tokenizer.json parsed once (megabytes for a 150k vocabulary)
+    arch = check_gguf_support(config, tokenizer, bpe_model)
     kinds = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -165,7 +173,8 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str, *, name: str, chat_
     vocab_size = model.get_input_embeddings().weight.shape[0]
     writer.add_vocab_size(int(vocab_size))
     writer.add_file_type(file_types[gguf_type])
-    _add_tokenizer(writer, tokenizer, config.model_type, vocab_size, chat_template)
+    _add_tokenizer(writer, tokenizer, config.model_type, vocab_size, chat_template,
+                   bpe_model.get("merges", []))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     state = model.state_dict()

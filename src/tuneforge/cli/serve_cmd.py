@@ -45,7 +45,9 @@ def cmd_api(args: list[str]) -> int:
     from tuneforge.api import build_service, create_app
 
     api_key = os.environ.get("API_KEY") or None
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    from tuneforge.webui.safety import is_loopback  # the web UI's rule for "only this machine"
+
+    if not is_loopback(host) and not api_key:
         print(f"[tuneforge] warning: serving on {host} without API_KEY: anyone who can reach this machine can use "
               "the model", file=sys.stderr)
     service = build_service(cfg, max_batch=max_batch, max_waiting=max_waiting)

@@ -14,7 +14,6 @@ speed-up). ``BatchWorker`` (infer/batch_worker.py) runs this loop in a thread fo
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -34,7 +33,6 @@ class DecodeRequest:
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" (a stop token), "length" (the budget), "cancelled"
     cancelled: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
     # decode state
     budget: int = 0
     generator: torch.Generator | None = None
@@ -60,8 +58,6 @@ class BatchDecoder:
         self.pooled: list[DecodeRequest] = []  # those in `slots` (the lean step), in slot order
         self.lean = engine.fast_step
         self.slots = None
-        self.steps = 0
-        self.finished_at_admission: list[DecodeRequest] = []
 
     # ---- public ------------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], settings=None, on_token=None) -> DecodeRequest:
@@ -80,44 +76,47 @@ class BatchDecoder:
         """New token ids for every prompt (stop token excluded), decoded ``max_batch`` at a time;
         ``on_done(index, request)`` as each finishes (in finishing order)."""
         requests = [self.add(p, settings) for p in prompts]
+        self.drain(requests, on_done)
+        return [r.generated for r in requests]
+
+    def drain(self, requests: Sequence[DecodeRequest],
+              on_done: Callable[[int, DecodeRequest], None] | None = None) -> None:
+        """Step until nothing is left; ``on_done(index in requests, request)`` as each of them finishes."""
         index = {id(r): i for i, r in enumerate(requests)}
         while not self.idle:
             for request in self.step():
-                if on_done is not None:
+                if on_done is not None and id(request) in index:
                     on_done(index[id(request)], request)
-        return [r.generated for r in requests]
 
     def step(self) -> list[DecodeRequest]:
         """Admit, pick one token for each active sequence, run one decode step; returns the requests that
         finished in this step."""
-        self.finished_at_admission = []
         with torch.inference_mode():
-            self._admit()
+            never_admitted = self._admit()  # cancelled while waiting, or beam searches: they hold no slot
             decoded = self._pick_tokens()
             for request in decoded:
                 self._leave(request)
-            finished = self.finished_at_admission + decoded  # those never admitted hold no slot
             if self.active:
                 self._decode()
-        self.steps += 1
         if self.idle:
             self.slots = None  # free the buffers between bursts
-        return finished
+        return never_admitted + decoded
 
     # ---- steps -------------------------------------------------------------------------------
-    def _admit(self) -> None:
-        engine = self.engine
+    def _admit(self) -> list[DecodeRequest]:
+        """Prefill waiting requests while there is room; returns those that finished without a slot."""
+        engine, finished = self.engine, []
         while self.waiting and len(self.active) < self.max_batch:
             request = self.waiting.popleft()
             if request.cancelled:
                 request.finish_reason = "cancelled"
-                self.finished_at_admission.append(request)
+                finished.append(request)
                 continue
             settings, device = request.settings, engine.device
             if settings.num_beams > 1:  # beam search knows its answer only at the end: model.generate, alone
-                request.generated = engine.generate_ids(request.prompt_ids, **_fields(settings))
+                request.generated = engine.beam_search(request.prompt_ids, settings)
                 request.finish_reason = "length" if len(request.generated) >= request.budget else "stop"
-                self.finished_at_admission.append(request)
+                finished.append(request)
                 continue
             if settings.seed is not None and not settings.greedy:
                 request.generator = torch.Generator(device=device).manual_seed(int(settings.seed))
@@ -136,6 +135,7 @@ class BatchDecoder:
             else:
                 request.cache = cache
             self.active.append(request)
+        return finished
 
     def _pick_tokens(self) -> list[DecodeRequest]:
         finished = []
@@ -185,8 +185,3 @@ class BatchDecoder:
                 out = engine.model(input_ids=token, past_key_values=request.cache, use_cache=True)
                 request.logits = out.logits[0, -1]
 
-
-def _fields(settings) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}

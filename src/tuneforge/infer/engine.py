@@ -126,7 +126,6 @@ class ChatEngine:
         self.fast_step = LeanDecodeStep.try_create(model, weights_dtype=decode_weights_dtype,
                                                    batch_weights_dtype=batch_weights_dtype) if fast_decode else None
         self.stop_ids = _stop_token_ids(template, tokenizer)
-        self.stop_id_set = frozenset(self.stop_ids)
         # Text stop words that are not a single stop token (e.g. "Observation:") are matched on the text.
         self.stop_words = tuple(w for w in getattr(template, "stop_words", ()) if w and _single_token_id(tokenizer, w) not in self.stop_ids)
 
@@ -158,7 +157,7 @@ class ChatEngine:
         settings = self.settings.with_overrides(**gen_overrides)
         prompt_ids = self.encode_prompt(messages, system, tools, settings)
         if settings.num_beams > 1:  # beams only know the answer at the end
-            text = decode_text(self.tokenizer, self._beam_search(prompt_ids, settings), settings.skip_special_tokens)
+            text = decode_text(self.tokenizer, self.beam_search(prompt_ids, settings), settings.skip_special_tokens)
             yield StopWordFilter(self.stop_words).cut(text)
             return
         ids = self._decode_ids(prompt_ids, settings)
@@ -191,7 +190,7 @@ class ChatEngine:
         """New token ids for a ready prompt (stop token excluded); the raw decode loop."""
         settings = self.settings.with_overrides(**gen_overrides)
         if settings.num_beams > 1:
-            return self._beam_search(list(prompt_ids), settings)
+            return self.beam_search(list(prompt_ids), settings)
         return list(self._decode_ids(list(prompt_ids), settings))
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_batch: int = 8, on_done=None,
@@ -219,14 +218,14 @@ class ChatEngine:
             prompt = self.encode_prompt(conversation["messages"], conversation.get("system"),
                                         conversation.get("tools"), settings)
             requests.append(decoder.add(prompt, settings))
-        index = {id(request): i for i, request in enumerate(requests)}
         answers: list[str] = [""] * len(requests)
-        while not decoder.idle:
-            for request in decoder.step():
-                i = index[id(request)]
-                answers[i] = "".join(self.text_deltas(request.generated, request.settings))
-                if on_done is not None:
-                    on_done(i, answers[i])
+
+        def finished(index: int, request) -> None:
+            answers[index] = "".join(self.text_deltas(request.generated, request.settings))
+            if on_done is not None:
+                on_done(index, answers[index])
+
+        decoder.drain(requests, finished)
         return answers
 
     def parse_tool_calls(self, text: str) -> list[tuple[str, str]] | None:
@@ -246,6 +245,11 @@ class ChatEngine:
         """The model's context window in tokens (``max_position_embeddings``), None when it does not say."""
         value = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         return int(value) if isinstance(value, int) else None
+
+    @property
+    def stop_id_set(self) -> frozenset[int]:
+        """`stop_ids` for membership tests (derived: callers may replace `stop_ids`)."""
+        return frozenset(self.stop_ids)
 
     @property
     def vocab_size(self) -> int:
@@ -269,7 +273,7 @@ class ChatEngine:
         generator = None
         if settings.seed is not None and not settings.greedy:
             generator = torch.Generator(device=device).manual_seed(int(settings.seed))
-        stop_ids = set(self.stop_ids)
+        stop_ids = self.stop_id_set
         seen = None
         if settings.repetition_penalty != 1.0:
             seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
@@ -311,7 +315,7 @@ class ChatEngine:
         finally:
             self.last_stats = GenerationStats(len(prompt_ids), generated, time.perf_counter() - start, prefill_seconds)
 
-    def _beam_search(self, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:
+    def beam_search(self, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:
         start = time.perf_counter()
         kwargs = dict(
             num_beams=settings.num_beams, length_penalty=settings.length_penalty, do_sample=not settings.greedy,

@@ -78,12 +78,14 @@ class SlotKVCache:
             self._grow(0, _doubled(self.capacity, longest))
         positions = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
         mask = torch.arange(longest, device=self.device).unsqueeze(0) <= positions.unsqueeze(1)
+        # the same for every layer of this step: made once here, not in `write`
+        self._step_rows = torch.arange(self.count, device=self.device)
         self._step_positions, self._step_longest = positions, longest
         return positions, mask[:, None, None, :]
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's ``[n, kv_heads, 1, head_dim]`` key/value of every slot; returns the views to attend."""
-        n, rows = self.count, torch.arange(self.count, device=self.device)
+        n, rows = self.count, self._step_rows
         keys, values = self.keys[layer], self.values[layer]
         keys[rows, :, self._step_positions] = key[:, :, 0].to(self.dtype)
         values[rows, :, self._step_positions] = value[:, :, 0].to(self.dtype)

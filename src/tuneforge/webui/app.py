@@ -65,6 +65,12 @@ def build_app(ctx: AppContext, lang: str = "en"):
     return demo
 
 
+def local_url(host: str, port: int) -> str:
+    """The address to open on this machine for a server bound to `host` (all interfaces: 127.0.0.1)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
 def check_port_free(host: str, port: int) -> None:
     """A clear error before gradio's own ("Cannot find empty port") when the port is taken."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -91,10 +97,9 @@ def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = Fal
     check_port_free(host, port)
     ctx = AppContext(jobs=JobManager(webui_home(), workdir=Path.cwd()), chat=ChatSession(), save_root=save_root)
     demo = build_app(ctx, lang)
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     if warning:
         print(warning, flush=True)
-    print(f"[tuneforge] web UI: http://{shown_host}:{port}  (Ctrl-C to stop)", flush=True)
+    print(f"[tuneforge] web UI: {local_url(host, port)}  (Ctrl-C to stop)", flush=True)
     demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, quiet=True,
                                                    auth=tuple(auth) if auth else None,
                                                    prevent_thread_lock=not block, show_error=True)

@@ -10,7 +10,7 @@ import os
 
 import gradio as gr
 
-from tuneforge.webui.app import check_port_free
+from tuneforge.webui.app import check_port_free, local_url
 from tuneforge.webui.safety import exposure_warning
 
 
@@ -74,8 +74,7 @@ def launch_webchat(cfg, host: str, port: int, share: bool, auth, *, max_batch: i
     demo = build_webchat(engine, BatchWorker(engine, max_batch=max_batch), engine.description)
     if warning:
         print(warning, flush=True)
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"[tuneforge] webchat: http://{shown_host}:{port}  (Ctrl-C to stop)", flush=True)
+    print(f"[tuneforge] webchat: {local_url(host, port)}  (Ctrl-C to stop)", flush=True)
     demo.queue(default_concurrency_limit=max_batch).launch(
         server_name=host, server_port=port, share=share, quiet=True, auth=tuple(auth) if auth else None,
         prevent_thread_lock=not block, show_error=True)
