@@ -2,13 +2,16 @@
 # One-command GPU check (issue 14): LoRA, QLoRA and full SFT speed and memory on a random-weight
 # Qwen2-0.5B shape (bench/make_qwen2_model.py), bf16, cutoff 1024, the shipped bilingual demo data,
 # each through `tuneforge bench` (tokens/s, s/step, peak CUDA memory); then the LoRA case under
-# torchrun on all visible GPUs, the same under DeepSpeed ZeRO-2, and whether the LLaMA-Factory side by side can run.
+# torchrun on all visible GPUs, under DeepSpeed ZeRO-2, full under ZeRO-3, LoRA under FSDP1 and FSDP2;
+# short ZeRO-3 (LoRA) and FSDP1 (full, LF's accelerate config) trainings whose saves are loaded back with plain
+# transformers/peft (bench/gpu_check_load.py); and whether the LLaMA-Factory side by side can run.
 #
 #   bash bench/gpu_check.sh                 # on the GPU machine (device tool: carry .gpu/whl, .gpu/tok)
-#   GPU_CHECK_TINY=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh   # logic check on a CPU (~2 min)
+#   GPU_CHECK_TINY=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh   # logic check on a CPU (~2 min;
+#                                          move .gpu/whl aside first: its wheels are for the GPU box's Python 3.12)
 #
 # Every part runs under its own `timeout` and inside one overall budget (GPU_CHECK_BUDGET s, default
-# 330); a failed or skipped part is reported and the next one runs. The table at the end and
+# 480); a failed or skipped part is reported and the next one runs. The table at the end and
 # $OUT/gpu_check.json (bench/results/ when $OUT is unset) hold each case's status and bench result;
 # the logs go to $OUT/gpu_check_logs/.
 # The machine has no internet: wheels it lacks are installed from .gpu/whl (bench/gpu_check_prepare.sh
@@ -23,7 +26,7 @@ TINY=${GPU_CHECK_TINY:-0}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 SITE=${GPU_CHECK_SITE:-/tmp/site}
 TOK=${GPU_CHECK_TOKENIZER:-.gpu/tok}
-BUDGET=${GPU_CHECK_BUDGET:-330}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 RESULTS=${OUT:-$REPO/bench/results}
 if [ "$TINY" = 1 ]; then
   STEPS=${GPU_CHECK_STEPS:-2}; WARMUP=${GPU_CHECK_WARMUP:-1}
@@ -88,7 +91,8 @@ else
 fi
 
 # ---- 1. the environment ----
-timeout 90 "$PY" - > "$WORK/env.json" 2> "$WORK/env.log" <<'PY'
+# (the JSON is the probe's last line: importing deepspeed prints a warning on stdout)
+timeout 90 "$PY" - > "$WORK/env.raw" 2> "$WORK/env.log" <<'PY'
 import importlib, json, platform, os
 info = {"python": platform.python_version(), "cores": os.cpu_count()}
 for name in ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes",
@@ -111,6 +115,7 @@ except Exception as exc:  # noqa: BLE001
     info["torch_error"] = str(exc)[:200]
 print(json.dumps(info))
 PY
+tail -n 1 "$WORK/env.raw" > "$WORK/env.json"
 if [ -s "$WORK/env.json" ]; then say "env: $(cat "$WORK/env.json")"; else say "env: probe failed: $(tail -3 "$WORK/env.log")"; fi
 envget() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ''))" "$WORK/env.json" "$1" 2>/dev/null; }
 NGPU=$(envget gpus); NGPU=${NGPU:-0}
@@ -169,7 +174,38 @@ else
     deepspeed=examples/deepspeed/ds_z2_config.json --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/deepspeed.json"
 fi
 
-# ---- 6. LLaMA-Factory side by side ----
+# ---- 6. ZeRO-3 and FSDP: bench cases, then short trainings whose saves are loaded without the engine ----
+# (issue 14: "a loadable result"); FSDP1 is GPU-only in accelerate, FSDP2 also runs on the CPU tests.
+if [ $MODEL_OK != 0 ]; then
+  for name in zero3 fsdp1 fsdp2 save_zero3 save_fsdp1; do status "$name" skipped "no model"; done
+else
+  DIST=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m tuneforge)
+  if "$PY" -c "import deepspeed" > /dev/null 2>&1; then
+    run zero3 120 "${DIST[@]}" bench bench/configs/gpu_full.yaml "model_name_or_path=$MODEL" "${EXTRA[@]}" \
+      deepspeed=examples/deepspeed/ds_z3_config.json --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/zero3.json"
+    run save_zero3 150 bash -c "${DIST[*]} train bench/configs/gpu_lora.yaml model_name_or_path=$MODEL ${EXTRA[*]} \
+      deepspeed=examples/deepspeed/ds_z3_config.json max_steps=4 save_strategy=no output_dir=$WORK/out_zero3 \
+      && $PY bench/gpu_check_load.py $MODEL $WORK/out_zero3"
+  else
+    status zero3 skipped "deepspeed does not import"; status save_zero3 skipped "deepspeed does not import"
+  fi
+  if [ "$TINY" = 1 ] && [ "$NGPU" = 0 ]; then
+    status fsdp1 skipped "tiny CPU mode (accelerate's FSDP1 needs a GPU)"
+    status save_fsdp1 skipped "tiny CPU mode (accelerate's FSDP1 needs a GPU)"
+  else
+    run fsdp1 120 "${DIST[@]}" bench bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" "${EXTRA[@]}" \
+      "fsdp=full_shard auto_wrap" --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/fsdp1.json"
+    # LF's documented launch: accelerate with examples/accelerate/fsdp_config.yaml (FSDP1), a full fine-tune
+    run save_fsdp1 150 bash -c "$PY -m accelerate.commands.launch --config_file examples/accelerate/fsdp_config.yaml \
+      --num_processes $NPROC -m tuneforge train bench/configs/gpu_full.yaml model_name_or_path=$MODEL ${EXTRA[*]} \
+      max_steps=4 save_strategy=no output_dir=$WORK/out_fsdp1 && $PY bench/gpu_check_load.py $MODEL $WORK/out_fsdp1"
+  fi
+  echo '{"fsdp_version": 2}' > "$WORK/fsdp2_config.json"
+  run fsdp2 120 "${DIST[@]}" bench bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" "${EXTRA[@]}" \
+    "fsdp=full_shard auto_wrap" "fsdp_config=$WORK/fsdp2_config.json" --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/fsdp2.json"
+fi
+
+# ---- 7. LLaMA-Factory side by side ----
 LF=$(envget llamafactory)
 case "$LF" in
   missing*|"") status llamafactory skipped "LLaMA-Factory is not installed here and cannot be (no internet; not carried): run bench/compare_llamafactory.py where PyPI is reachable" ;;
@@ -190,6 +226,9 @@ except Exception:  # noqa: BLE001
 cases = []
 for name, label in (("model", "build Qwen2-0.5B (random)"), ("lora", "LoRA SFT"), ("qlora", "QLoRA SFT (4-bit)"),
                     ("full", "full SFT"), ("ddp", "DDP: LoRA under torchrun"), ("deepspeed", "DeepSpeed ZeRO-2: LoRA, torchrun"),
+                    ("zero3", "DeepSpeed ZeRO-3: full"), ("fsdp1", "FSDP1: LoRA, torchrun"),
+                    ("fsdp2", "FSDP2: LoRA, torchrun"), ("save_zero3", "ZeRO-3 LoRA: save, load w/o DS"),
+                    ("save_fsdp1", "FSDP1 full (accelerate): save, load"),
                     ("llamafactory", "LLaMA-Factory side by side")):
     status_file = work / "status" / name
     state, reason = (status_file.read_text().rstrip("\n").split("\t", 1) + [""])[:2] if status_file.exists() else ("not run", "")
@@ -217,18 +256,22 @@ print(f"GPU check: {', '.join(env.get('gpu') or ['no GPU'])} | torch {env.get('t
       f"transformers {env.get('transformers')} | peft {env.get('peft')} | bitsandbytes {str(env.get('bitsandbytes'))[:40]}")
 print(f"{os.environ['WARMUP']} warm-up + {os.environ['STEPS']} measured steps per case"
       f"{' (TINY: 2-layer model, float32, CPU-sized batch)' if report['tiny'] else ''}; {report['elapsed_seconds']} s in all")
-header = f"{'case':<30} {'tokens/s':>10} {'s/step':>8} {'peak CUDA GiB':>13} {'peak RSS GiB':>12} {'MFU %':>6} {'batch':>5} {'ckpt':>4}  status"
+header = f"{'case':<36} {'tokens/s':>10} {'s/step':>8} {'peak CUDA GiB':>13} {'peak RSS GiB':>12} {'MFU %':>6} {'batch':>5} {'ckpt':>4}  status"
 print(header)
 print("-" * len(header))
 for row in cases:
     r = row.get("result", {})
     mfu = r.get("mfu")
     status = row["status"] + (f" ({row['wall_seconds']} s)" if "wall_seconds" in row and row["status"] == "ok" else "")
-    print(f"{row['label']:<30} {num(r.get('real_tokens_per_s'), '10.0f')} {num(r.get('seconds_per_step'), '8.3f')} "
+    print(f"{row['label']:<36} {num(r.get('real_tokens_per_s'), '10.0f')} {num(r.get('seconds_per_step'), '8.3f')} "
           f"{num(r.get('peak_cuda_gib'), '13.2f')} {num(r.get('peak_rss_gib'), '12.2f')} "
           f"{num(100 * mfu if mfu is not None else None, '6.1f')} {num(r.get('batch_size'), '5d')} "
           f"{('on' if r.get('gradient_checkpointing') else 'off') if r else '-':>4}  {status}")
     if row["reason"]:
-        print(f"{'':<32}{row['reason'][:200]}")
+        print(f"{'':<38}{row['reason'][:200]}")
 print(f"saved {os.environ['OUTFILE']}")
 PY
+# the device tool brings back at most 8 files: the logs travel as one archive
+if [ -n "${OUT:-}" ]; then
+  tar czf "$RESULTS/gpu_check_logs.tar.gz" -C "$RESULTS" gpu_check_logs && rm -rf "$RESULTS/gpu_check_logs"
+fi

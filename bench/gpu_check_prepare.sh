@@ -1,6 +1,7 @@
 #!/bin/bash
 # Fills .gpu/whl (wheels the lent GPU machine lacks) and .gpu/tok (the demo model's tokenizer files)
-# for bench/gpu_check.sh; run on a machine with PyPI and the demo model (`tuneforge` has run once).
+# for bench/gpu_check.sh (DeepSpeed and the dependencies the image lacks included); run on a machine with
+# PyPI and the demo model (`tuneforge` has run once).
 # .gpu/ is git-ignored: the device tool carries it when the run names it (carry: .gpu/whl, .gpu/tok).
 # The bitsandbytes wheel (43 MB, libraries for every CUDA/ROCm/XPU version) is cut down to its CPU
 # and CUDA 13.x libraries so that the carried total stays under the tool's 64 MiB.
@@ -11,12 +12,16 @@ mkdir -p .gpu/whl .gpu/tok
 PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 for spec in datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0 peft==0.21.2 \
-            tokenizers==0.23.3 bitsandbytes==0.50.2; do
-  name=${spec%%==*}
+            tokenizers==0.23.3 bitsandbytes==0.50.2 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+            annotated-types==0.8.0 typing-inspection==0.4.5; do
+  name=${spec%%==*}; name=${name//-/_}
   ls .gpu/whl/"$name"-"${spec##*==}"-*.whl >/dev/null 2>&1 && continue
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
     -d .gpu/whl "$spec"
 done
+# DeepSpeed is published as a source archive only: build its pure-Python wheel here (no ops compiled)
+ls .gpu/whl/deepspeed-0.19.8-*.whl >/dev/null 2>&1 ||
+  DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl deepspeed==0.19.8
 "$PY" - <<'PY'
 import glob, os, re, zipfile
 keep = re.compile(r"libbitsandbytes_(cpu|cuda13\d)\.so$")
