@@ -17,7 +17,8 @@
 # The machine has no internet: wheels it lacks are installed from .gpu/whl (bench/gpu_check_prepare.sh
 # fills it, and .gpu/tok with the demo model's tokenizer files) into $GPU_CHECK_SITE (default /tmp/site).
 # Knobs: PYTHON (python3), GPU_CHECK_TINY (0), GPU_CHECK_STEPS / GPU_CHECK_WARMUP (10 / 3),
-# GPU_CHECK_BATCH (the configs' 32), GPU_CHECK_TOKENIZER (.gpu/tok), GPU_CHECK_WORK (/tmp/gpu_check).
+# GPU_CHECK_BATCH (the configs' 32), GPU_CHECK_TOKENIZER (.gpu/tok), GPU_CHECK_WORK (/tmp/gpu_check),
+# GPU_CHECK_ONLY (case names to run, e.g. "fsdp1 fsdp2"; default all).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
@@ -59,6 +60,9 @@ why() { { grep -E "Error|error:|Killed|out of memory" "$1" | tail -1; tail -1 "$
 # run NAME LIMIT CMD...: output to $WORK/NAME.log; status ok / failed / timeout / skipped (budget)
 run() {
   local name=$1 limit; limit=$(allowance "$2"); shift 2
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$name" != model ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    status "$name" skipped "not in GPU_CHECK_ONLY"; return 2
+  fi
   if [ "$limit" = 0 ]; then status "$name" skipped "out of the ${BUDGET}s budget"; return 2; fi
   say "$name: start (limit ${limit}s)"
   local t0=$(date +%s) rc
@@ -193,8 +197,9 @@ else
     status fsdp1 skipped "tiny CPU mode (accelerate's FSDP1 needs a GPU)"
     status save_fsdp1 skipped "tiny CPU mode (accelerate's FSDP1 needs a GPU)"
   else
+    echo '{"fsdp_version": 1}' > "$WORK/fsdp1_config.json"  # transformers 5 makes FSDP2 the default
     run fsdp1 120 "${DIST[@]}" bench bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" "${EXTRA[@]}" \
-      "fsdp=full_shard auto_wrap" --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/fsdp1.json"
+      "fsdp=full_shard auto_wrap" "fsdp_config=$WORK/fsdp1_config.json" --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/fsdp1.json"
     # LF's documented launch: accelerate with examples/accelerate/fsdp_config.yaml (FSDP1), a full fine-tune
     run save_fsdp1 150 bash -c "$PY -m accelerate.commands.launch --config_file examples/accelerate/fsdp_config.yaml \
       --num_processes $NPROC -m tuneforge train bench/configs/gpu_full.yaml model_name_or_path=$MODEL ${EXTRA[*]} \

@@ -113,3 +113,20 @@ def test_accelerate_launch_with_lf_fsdp2_config(workspace, tiny_llama_dir):
     assert output.count("[tuneforge] done in") == 1
     assert len(losses(workspace / "acc")) == 4
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), workspace / "acc")
+
+
+def test_fsdp_on_cuda_runs_the_models_own_loss():
+    """On an H100 the chunked loss failed for LoRA under FSDP1 and FSDP2 (bench/RESULTS.md, GPU): there the model's
+    own forward runs; on CPU processes FSDP2 keeps the chunked loss (the parity tests above)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tuneforge.train.sharding import chunked_loss_blocked
+
+    def trainer(fsdp: bool, device: str):
+        return SimpleNamespace(is_fsdp_enabled=fsdp, args=SimpleNamespace(device=torch.device(device)))
+
+    assert "FSDP on CUDA" in chunked_loss_blocked(trainer(True, "cuda"))
+    assert chunked_loss_blocked(trainer(True, "cpu")) is None
+    assert chunked_loss_blocked(trainer(False, "cuda")) is None

@@ -159,6 +159,16 @@ def is_fsdp2(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def chunked_loss_blocked(trainer) -> str | None:
+    """Why the chunked label-only loss must not run under this trainer's sharding, or None. FSDP on CUDA: on an
+    H100 (torch 2.11) it failed for LoRA under FSDP2 (the head's recomputed chunk met a sharded weight) and FSDP1
+    (an assertion in FSDP's resharding); there the model's own forward runs, as in LF. On CPU processes FSDP2
+    trains with it exactly as one process does (tests/test_fsdp.py)."""
+    if getattr(trainer, "is_fsdp_enabled", False) and trainer.args.device.type == "cuda":
+        return "FSDP on CUDA: the label-only loss is verified under FSDP on CPU processes only"
+    return None
+
+
 def through_wrapper(wrapper, inner, forward, inputs: dict):
     """`forward(**inputs)` run as `inner`'s forward, called through `wrapper` (DDP, FSDP, DeepSpeed): the
     wrapper's own pre/post-forward work (gradient-sync bookkeeping, parameter gathering) happens as for a

@@ -42,7 +42,7 @@ from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighting, chunked_causal_lm_eval,
                                   chunked_causal_lm_loss, logits_loss, sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
-from tuneforge.train.sharding import is_fsdp2, through_wrapper
+from tuneforge.train.sharding import chunked_loss_blocked, is_fsdp2, through_wrapper
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ class TuneforgeTrainer(Trainer):
             raise ValueError(f"TuneforgeTrainer needs 'labels' in every batch; the batch has {sorted(inputs)}.")
         unwrapped = self.accelerator.unwrap_model(model)
         parts, reason = resolve_lm_parts(unwrapped, inputs)
+        if parts is not None and (blocked := chunked_loss_blocked(self)):
+            parts, reason = None, blocked
         outputs = None
         if return_outputs or parts is None:
             if parts is None:
