@@ -82,6 +82,7 @@ def test_kl_term_is_zero_when_policy_equals_reference():
     ("答案：１２", "12"),
     ("The answer is 3/4.", "3/4"),
     ("I have 3 apples and 5 pears, 8 fruits in all", "8"),
+    ("11 pencils, 12 cards. The answer is   ", "12"),  # a stated answer with nothing after it: the last number
 ])
 def test_answers_are_extracted(text, answer):
     assert extract_answer(text) == answer
@@ -104,13 +105,14 @@ def test_builtin_rewards():
 def test_user_reward_function_by_path_and_errors(tmp_path):
     (tmp_path / "my_rewards.py").write_text(
         "def short(prompts, completions, references):\n    return [1.0 if len(c) < 5 else 0.0 for c in completions]\n"
-        "def broken(prompts, completions, references):\n    raise KeyError('answer')\n"
+        "def broken(prompts, completions, references):\n    return [1 / (len(c) - 1) for c in completions]\n"
         "def text(prompts, completions, references):\n    return ['good' for c in completions]\n"
         "def too_few(prompts, completions, references):\n    return [1.0]\n")
     functions = [load_reward_function("my_rewards.py:short", tmp_path), load_reward_function("accuracy", tmp_path)]
     totals, each = compute_rewards(functions, [0.5, 2.0], ["q", "q"], ["8", "a long answer: 7"], ["8", "8"])
     assert each == {"my_rewards.py:short": [1.0, 0.0], "accuracy": [1.0, 0.0]} and totals == [2.5, 0.0]
-    for spec, message in [("broken", "raised KeyError: 'answer' (first completion: '8')"),
+    for spec, message in [("broken", "raised ZeroDivisionError: division by zero (sample 0: prompt 'q', completion "
+                                     "'8', reference None)"),  # the completion it fails on, found alone
                           ("text", "returned 'good' for completion 0 ('8'); expected a finite number"),
                           ("too_few", "returned 1 values for 2 completions")]:
         with pytest.raises(RewardError, match=f"`my_rewards.py:{spec}` " + message.replace("(", r"\(").replace(")", r"\)")):

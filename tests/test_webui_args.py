@@ -116,6 +116,11 @@ def test_model_bar_values_map_to_keys(tmp_path):
     assert (freeze["freeze_trainable_layers"], freeze["freeze_trainable_modules"]) == (1, "all")
     dpo = args.build_train_config({**UI_VALUES, "stage": "dpo", "pref_beta": 0.2}, "s")
     assert (dpo["pref_beta"], dpo["pref_ftx"], dpo["pref_loss"]) == (0.2, 0.0, "sigmoid")
+    assert "num_generations" not in dpo  # GRPO's keys only with stage grpo (refused elsewhere)
+    grpo = args.build_train_config({**UI_VALUES, "stage": "grpo", "num_generations": 4.0, "reward_funcs": "accuracy,format"}, "s")
+    assert (grpo["num_generations"], grpo["reward_funcs"], grpo["beta"], grpo["loss_type"]) == (4, "accuracy,format", 0.0, "dapo")
+    assert "grpo" in args.STAGES and "dr_grpo" in args.GRPO_LOSSES
+    args.validate(grpo)  # what the Train tab starts is a config the CLI accepts
 
 
 def test_values_round_trip(tmp_path):

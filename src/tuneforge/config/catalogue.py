@@ -9,6 +9,7 @@ from . import support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
 from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
+from .grpo_args import GRPOArguments
 from .lf_extra_args import LFExtraArguments
 from .typecheck import TypeMismatch, coerce
 
@@ -19,6 +20,7 @@ SECTIONS: tuple[tuple[str, type | None], ...] = (
     ("generating", GeneratingArguments),
     ("training", None),  # HF's training arguments + LF's: read from training_fields.json (no transformers import)
     ("facts", FactArguments),
+    ("grpo", GRPOArguments),
     ("evaluation", EvaluationArguments),
     ("lf_extras", LFExtraArguments),  # LF keys of features not built yet: always at their defaults
 )

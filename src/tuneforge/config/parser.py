@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 from .catalogue import SECTIONS, all_known_keys, expected_type, field_default, flag_keys, key_catalogue
 from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
+from .grpo_args import GRPOArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
 OVERRIDE_SOURCE = "command-line override"
@@ -45,6 +46,7 @@ class RunConfig:
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     facts: FactArguments = field(default_factory=FactArguments)  # tuneforge's fact-data keys
     evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)  # multiple-choice evaluation
+    grpo: GRPOArguments = field(default_factory=GRPOArguments)  # stage grpo's keys
 
     @property
     def config_dir(self) -> Path | None:
@@ -349,6 +351,7 @@ def _build(
         generating = GeneratingArguments(**sections["generating"])
         facts = FactArguments(**sections["facts"])
         evaluation = EvaluationArguments(**sections["evaluation"])
+        grpo = GRPOArguments(**sections["grpo"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     try:
@@ -358,4 +361,4 @@ def _build(
                                                      finetuning.finetuning_type))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation)
+    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo)

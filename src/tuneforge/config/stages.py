@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
+from .grpo_args import GRPO_KEYS
 
 # data kinds: text (raw documents, blocks), supervised (prompt -> answer), pairwise (prompt -> chosen /
 # rejected), feedback (prompt -> answer + kto_tag), prompt (prompt only, the answer kept as a reference)
@@ -64,6 +65,53 @@ def _check_ppo(v: Any) -> None:
                           f"(got `{method}`); use `reward_model_type: full` with a full reward model")
 
 
+def _check_grpo(v: Any) -> None:
+    """GRPO samples groups of completions (so it must sample), trains in one process through the HF Trainer, and
+    has no evaluation; its own keys are in range (config/grpo_args.py)."""
+    if v["num_generations"] < 2:
+        raise ConfigError(f"{v.where('num_generations')}: `num_generations` must be at least 2 (advantages compare "
+                          f"the completions of one prompt), got {v['num_generations']}")
+    if not v["do_sample"] or v["num_beams"] != 1 or v["temperature"] <= 0:
+        raise ConfigError(f"{v.where('do_sample', 'num_beams', 'temperature')}: GRPO samples its completions: "
+                          "expected do_sample: true, num_beams: 1 and a temperature above 0 (else every completion "
+                          "of a prompt is the same and nothing is learned)")
+    for key in ("epsilon", "num_iterations"):
+        _positive(v, key)
+    if v["epsilon_high"] is not None and v["epsilon_high"] <= 0:
+        raise ConfigError(f"{v.where('epsilon_high')}: `epsilon_high` must be positive, got {v['epsilon_high']}")
+    if v["beta"] < 0:
+        raise ConfigError(f"{v.where('beta')}: `beta` must be >= 0 (0: no KL penalty), got {v['beta']}")
+    funcs, weights = _names(v["reward_funcs"]), _names(v["reward_weights"])
+    if not funcs:
+        raise ConfigError(f"{v.where('reward_funcs')}: `reward_funcs` is empty; name at least one (accuracy, format, "
+                          "length, file.py:function)")
+    if weights and len(weights) != len(funcs):
+        raise ConfigError(f"{v.where('reward_weights')}: {len(weights)} `reward_weights` for {len(funcs)} "
+                          f"`reward_funcs` ({', '.join(funcs)}); give one weight per function")
+    for key in ("deepspeed", "fsdp"):
+        if v[key]:
+            raise NotSupportedError(f"{v.where(key)}: `{key}` with `stage: grpo` is not supported yet (GRPO runs in "
+                                    f"one process); remove `{key}`")
+    if v["do_eval"] or v["val_size"] or v["eval_dataset"]:
+        raise NotSupportedError(f"{v.where('do_eval', 'val_size', 'eval_dataset')}: evaluation during GRPO is not "
+                                "supported yet; measure before and after with `tuneforge eval recall` or predict")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    from .args import split_names
+
+    return split_names(value)
+
+
+def check_stage_keys(v: Any) -> None:
+    """A stage's own keys set in a config of another stage would do nothing: refused."""
+    for stage in STAGES.values():
+        given = [key for key in stage.own_keys if v.given(key)]
+        if given and v["stage"] != stage.name:
+            raise ConfigError(f"{v.where(*given)}: only `stage: {stage.name}` reads {', '.join(f'`{k}`' for k in given)} "
+                              f"(this config has stage `{v['stage']}`); remove them")
+
+
 def _check_pt(v: Any) -> None:
     if v["neat_packing"]:
         raise NotSupportedError(f"{v.where('neat_packing')}: `neat_packing` for stage pt is not supported yet; "
@@ -84,6 +132,7 @@ class Stage:
     ui_keys: tuple[str, ...] = ()  # stage keys the web UI's Train tab shows
     check: Callable[[Any], None] | None = None  # the stage's own config checks (a key view)
     unsupported: str | None = None  # why it cannot run yet; None: it can
+    own_keys: tuple[str, ...] = ()  # keys only this stage reads (refused with another stage)
 
     @property
     def ranking(self) -> bool:
@@ -98,6 +147,8 @@ STAGES = MappingProxyType({stage.name: stage for stage in (
     Stage("dpo", "pairwise", "dpo:run_dpo", "DPO", ("pref_beta", "pref_ftx", "pref_loss"), _check_preference),
     Stage("kto", "feedback", "kto:run_kto", "KTO", ("pref_beta", "pref_ftx"), _check_kto),
     Stage("ppo", "prompt", "ppo:run_ppo", "PPO", check=_check_ppo),
+    Stage("grpo", "prompt", "grpo:run_grpo", "GRPO", ("num_generations", "reward_funcs", "beta", "loss_type"),
+          _check_grpo, own_keys=GRPO_KEYS),
 )})
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
 from . import support
-from .stages import STAGES
+from .stages import STAGES, check_stage_keys
 from .args import ADAPTER_METHODS, split_names
 from .validate_data import check_data, check_evaluation, check_facts, check_predict
 from .validate_optimizers import check_optimizers
@@ -83,6 +83,7 @@ def check_consistency(
     check_data(v)  # validate_data.py
     check_facts(v)
     check_evaluation(v)
+    check_stage_keys(v)
     stage = STAGES.get(v["stage"])
     if stage is not None and stage.check is not None:
         stage.check(v)  # the stage's own checks (config/stages.py)
@@ -173,7 +174,8 @@ def _check_oft_and_pissa(v: _View) -> None:
                           "adapter at the end of training; it needs `pissa_init: true`")
     if v["pissa_init"]:
         # LF: the reference model of these stages is the policy with its adapter off, which PiSSA changed
-        reference = v["stage"] in ("ppo", "kto") or (v["stage"] == "dpo" and v["pref_loss"] not in ("orpo", "simpo"))
+        reference = (v["stage"] in ("ppo", "kto") or (v["stage"] == "dpo" and v["pref_loss"] not in ("orpo", "simpo"))
+                     or (v["stage"] == "grpo" and v["beta"] > 0))
         if reference:
             raise ConfigError(f"{v.where('pissa_init', 'stage')}: `pissa_init` cannot be used with stage "
                               f"`{v['stage']}`{'' if v['stage'] != 'dpo' else ' (pref_loss ' + str(v['pref_loss']) + ')'}: "

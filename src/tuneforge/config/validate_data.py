@@ -83,8 +83,8 @@ def _check_streaming(v) -> None:
                           f"of samples (an integer), got {v['val_size']}")
     if v["buffer_size"] < 1:
         raise ConfigError(f"{v.where('buffer_size')}: `buffer_size` must be at least 1, got {v['buffer_size']}")
-    if v["stage"] == "ppo":
-        raise NotSupportedError(f"{where}: `streaming: true` is not supported for stage ppo (it reads all its "
+    if v["stage"] in ("ppo", "grpo"):
+        raise NotSupportedError(f"{where}: `streaming: true` is not supported for stage {v['stage']} (it reads all its "
                                 "prompts before training); remove streaming")
 
 

@@ -92,13 +92,16 @@ def spec_from_config(cfg, device: str | None = None) -> EstimateSpec:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world_size, sharding, offload = parallel_setup(cfg, os.environ, device)
+    batch, cutoff = int(cfg.training.per_device_train_batch_size), int(cfg.data.cutoff_len)
+    if cfg.finetuning.stage == "grpo":  # a micro-batch trains num_generations prompt + completion sequences per prompt
+        batch, cutoff = batch * cfg.grpo.num_generations, cutoff + max(int(cfg.generating.max_new_tokens), 0)
     return EstimateSpec(
         world_size=world_size, sharding=sharding, offload=offload,
         shape=load_shape(cfg.model.model_name_or_path),
         method=method,
         precision=precision,
-        batch=int(cfg.training.per_device_train_batch_size),
-        cutoff=int(cfg.data.cutoff_len),
+        batch=batch,
+        cutoff=cutoff,
         lora_rank=int(cfg.finetuning.lora_rank),
         grad_ckpt=bool(cfg.training.gradient_checkpointing),
         freeze_trainable_layers=int(cfg.finetuning.freeze_trainable_layers),

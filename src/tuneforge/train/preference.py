@@ -79,6 +79,27 @@ def chunked_token_logps(
     return torch.cat(parts)
 
 
+def label_token_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor, *,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p of every label token of a packed row ([1, T] tensors, position_ids restarting at 0 per sequence):
+    (log-probs [N] in row order, the sequence each belongs to [N], the mask [T-1] of predicting positions)."""
+    segments = segment_ids(position_ids)
+    shift_labels = labels[0, 1:]
+    keep = shift_labels != IGNORE_INDEX
+    targets, owner = shift_labels[keep], segments[1:][keep]
+    parts, _ = resolve_lm_parts(model)
+    # DDP-style wrappers and FSDP2 (which shards the model in place) need the model's own forward
+    if parts is not None and not hasattr(model, "module") and not is_fsdp2(model):
+        out = parts.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        token_logps = chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
+                                          final_logit_softcapping=parts.final_logit_softcapping)
+    else:  # the model's own forward: full logits (models outside the chunked-path list)
+        logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        token_logps = -F.cross_entropy(logits[0, :-1][keep].float(), targets, reduction="none")
+    return token_logps, owner, keep
+
+
 def sequence_logps(
     model: nn.Module, inputs: Mapping[str, torch.Tensor], *, prefix: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE,
     ld_alpha: float | None = None,
@@ -91,25 +112,10 @@ def sequence_logps(
     one: N/2 chosen sequences, then their N/2 rejected ones) the sums are `length_desensitized_sums`; the
     counts stay the plain label counts, as in LF.
     """
-    input_ids, labels = inputs[f"{prefix}input_ids"], inputs[f"{prefix}labels"]
     position_ids = inputs[f"{prefix}position_ids"]
-    segments = segment_ids(position_ids)
-    num_sequences = int(segments[-1]) + 1
-    shift_labels = labels[0, 1:]
-    keep = shift_labels != IGNORE_INDEX
-    targets, owner = shift_labels[keep], segments[1:][keep]
-
-    parts, _ = resolve_lm_parts(model)
-    # DDP-style wrappers and FSDP2 (which shards the model in place) need the model's own forward
-    if parts is not None and not hasattr(model, "module") and not is_fsdp2(model):
-        out = parts.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        token_logps = chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
-                                          final_logit_softcapping=parts.final_logit_softcapping)
-    else:  # the model's own forward: full logits (models outside the chunked-path list)
-        logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-        token_logps = -F.cross_entropy(logits[0, :-1][keep].float(), targets, reduction="none")
-
+    token_logps, owner, keep = label_token_logps(model, inputs[f"{prefix}input_ids"], inputs[f"{prefix}labels"],
+                                                 position_ids, chunk_size=chunk_size)
+    num_sequences = int(segment_ids(position_ids)[-1]) + 1
     counts = torch.zeros(num_sequences, dtype=torch.long, device=owner.device)
     counts = counts.index_add(0, owner, torch.ones_like(owner))
     if ld_alpha is not None:

@@ -63,9 +63,9 @@ def extract_answer(text: str) -> str:
     tagged = _ANSWER_TAG.findall(text)
     if tagged:
         return tagged[-1].strip()
-    stated = _ANSWER_IS.findall(text)
+    stated = [part.strip() for part in _ANSWER_IS.findall(text) if part.strip()]  # "answer is   " states nothing
     if stated:
-        return stated[-1].strip().splitlines()[0].strip(_EDGES)
+        return stated[-1].splitlines()[0].strip(_EDGES)
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else text.strip()
 
@@ -142,9 +142,11 @@ def compute_rewards(functions: Sequence[tuple[str, RewardFn]], weights: Sequence
     for name, function in functions:
         try:
             values = list(function(prompts=list(prompts), completions=list(completions), references=list(references)))
-        except Exception as err:  # noqa: BLE001 -- a user's function: stop with its name and a sample
-            raise RewardError(f"reward function `{name}` raised {type(err).__name__}: {err} (first completion: "
-                              f"{completions[0][:200]!r})") from None
+        except Exception as err:  # noqa: BLE001 -- a user's function: stop with its name and the sample
+            i = _failing_sample(function, prompts, completions, references)
+            sample = (f"sample {i}: prompt {prompts[i][-200:]!r}, completion {completions[i][:200]!r}, reference "
+                      f"{references[i]!r}") if i is not None else f"first completion: {completions[0][:200]!r}"
+            raise RewardError(f"reward function `{name}` raised {type(err).__name__}: {err} ({sample})") from None
         if len(values) != len(completions):
             raise RewardError(f"reward function `{name}` returned {len(values)} values for {len(completions)} completions")
         for i, value in enumerate(values):
@@ -154,3 +156,13 @@ def compute_rewards(functions: Sequence[tuple[str, RewardFn]], weights: Sequence
         per_function[name] = [float(v) for v in values]
     totals = [sum(w * per_function[name][i] for (name, _), w in zip(functions, weights)) for i in range(len(completions))]
     return totals, per_function
+
+
+def _failing_sample(function: RewardFn, prompts, completions, references) -> int | None:
+    """The first completion the function fails on when called on it alone (None: it fails only in a batch)."""
+    for i in range(len(completions)):
+        try:
+            function(prompts=[prompts[i]], completions=[completions[i]], references=[references[i]])
+        except Exception:  # noqa: BLE001
+            return i
+    return None

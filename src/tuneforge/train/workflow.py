@@ -83,8 +83,8 @@ def report_data(bundle, output_dir: str) -> None:
     bundle.report.save(output_dir)
 
 
-def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=()):
-    """The run's `TuneforgeTrainer`: the LM loss by default, or a stage `objective` (rm, dpo, kto)."""
+def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=(), trainer_class=None):
+    """The run's `TuneforgeTrainer` (or the stage's subclass): the LM loss by default, or a stage `objective`."""
     from tuneforge.train.callbacks import LogCallback
     from tuneforge.train.checkpointing import training_args_with_checkpointing
     from tuneforge.train.progress import use_token_progress_bar
@@ -99,7 +99,7 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         extra_log_keys = (*extra_log_keys, *(f"{name}_{key}" for name in bundle.eval_sets
                                              for key in ("loss", *extra_log_keys)))
     log_callback = LogCallback(cfg.training.output_dir, extra_keys=extra_log_keys)
-    trainer = TuneforgeTrainer(
+    trainer = (trainer_class or TuneforgeTrainer)(
         model=model,
         args=training_args,
         train_dataset=bundle.train,
@@ -146,7 +146,8 @@ def _say_world(args) -> None:
                 args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
 
 
-def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, Any]:
+def train_and_save(cfg, trainer, log_callback, resume: str | None,
+                   plot_keys: tuple[str, ...] = ("loss", "eval_loss")) -> dict[str, Any]:
     """Train (resuming if asked), save weights + state atomically, plot, evaluate. Returns metrics.
 
     The first Ctrl-C stops after the current step with a checkpoint (and the final save); a second
@@ -191,7 +192,7 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None) -> dict[str, 
         metrics["interrupted"] = interrupted[0]
         _say_how_to_resume(cfg, trainer.state)
     if cfg.finetuning.plot_loss:
-        for path in plot_loss(args.output_dir):
+        for path in plot_loss(args.output_dir, keys=plot_keys):
             logger.info("loss curve: %s", path)
     if args.do_eval and trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate()

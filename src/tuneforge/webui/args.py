@@ -51,7 +51,9 @@ BOOSTERS = ("auto", *(b for b, key in BOOSTER_KEYS.items() if key not in support
 COMPUTE_TYPES = ("fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 PREF_LOSSES = key_choices("pref_loss")
-CHOICE_KEYS = ("pref_loss",)  # stage keys that are a choice, not a number
+GRPO_LOSSES = key_choices("loss_type")
+CHOICE_KEYS = ("pref_loss", "loss_type", "reward_funcs")  # stage keys that are a choice or a text, not a number
+INT_KEYS = ("num_generations",)
 SOURCE = "web UI"
 
 # The values a fresh UI starts with (LLaMA-Factory's web UI defaults where it has one).
@@ -64,7 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "lr_scheduler_type": "cosine", "logging_steps": 5, "save_steps": 100, "warmup_steps": 0,
     "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target": "all", "use_rslora": False,
     "use_dora": False, "freeze_trainable_layers": 2, "freeze_trainable_modules": "all", "pref_beta": 0.1,
-    "pref_ftx": 0.0, "pref_loss": "sigmoid", "output_dir": "", "extra_args": "{}",
+    "pref_ftx": 0.0, "pref_loss": "sigmoid", "num_generations": 8, "reward_funcs": "accuracy", "beta": 0.0,
+    "loss_type": "dapo", "output_dir": "", "extra_args": "{}",
 }
 INT_KEYS = ("max_steps", "max_samples", "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps",
             "logging_steps", "save_steps", "warmup_steps", "lora_rank", "lora_alpha", "freeze_trainable_layers")
@@ -244,7 +247,7 @@ def build_train_config(values: Mapping[str, Any], save_root: str | Path = "saves
         config.update(freeze_trainable_layers=_number(v, "freeze_trainable_layers", int),
                       freeze_trainable_modules=str(v["freeze_trainable_modules"] or "all").strip())
     for key in stage_record(stage).ui_keys:  # the stage's own keys (config/stages.py)
-        config[key] = v[key] if key in CHOICE_KEYS else _number(v, key)
+        config[key] = v[key] if key in CHOICE_KEYS else _number(v, key, int if key in INT_KEYS else float)
     config.update(dataset=",".join(datasets), dataset_dir=str(v["dataset_dir"] or "data"),
                   cutoff_len=_number(v, "cutoff_len", int))
     if _number(v, "max_samples", int) > 0:

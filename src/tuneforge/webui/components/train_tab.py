@@ -83,6 +83,15 @@ def create_train_tab(ui: UI, ctx) -> None:
                 field("pref_ftx", gr.Number(value=d["pref_ftx"], label=ui.label("pref_ftx")))
                 field("pref_loss", gr.Dropdown(choices=list(args.PREF_LOSSES), value=d["pref_loss"],
                                                label=ui.label("pref_loss")))
+        with gr.Accordion(ui.label("grpo_section"), open=False) as grpo_box:
+            ui.add("grpo_section", grpo_box)
+            with gr.Row():
+                field("num_generations", gr.Number(value=d["num_generations"], precision=0,
+                                                   label=ui.label("num_generations")))
+                field("reward_funcs", gr.Textbox(value=d["reward_funcs"], label=ui.label("reward_funcs")))
+                field("beta", gr.Number(value=d["beta"], label=ui.label("beta")))
+                field("loss_type", gr.Dropdown(choices=list(args.GRPO_LOSSES), value=d["loss_type"],
+                                               label=ui.label("loss_type")))
         with gr.Accordion(ui.label("extra_section"), open=False) as extra_box:
             ui.add("extra_section", extra_box)
             field("extra_args", gr.Textbox(value=d["extra_args"], lines=3, label=ui.label("extra_args"),
