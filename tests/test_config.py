@@ -397,7 +397,7 @@ def test_support_tables_only_name_known_keys():
     for legacy in support.LEGACY_TRAINING_KEYS.values():
         assert legacy.target is None or legacy.target in catalogue
     assert not set(support.LEGACY_TRAINING_KEYS) & set(catalogue)
-    assert support.supported_stages() == ("sft", "pt", "rm", "dpo", "kto", "ppo")
+    assert support.supported_stages() == ("sft", "pt", "rm", "dpo", "kto", "ppo", "grpo")
 
 
 def test_predict_with_generate_rules():

@@ -36,6 +36,8 @@ EXPECTED_ROWS = {
     "demo_kto": 60,
     "demo_pt_corpus": 80,
     "school_records_zh50": 50,
+    "arithmetic_train": 240,
+    "arithmetic_heldout": 60,
 }
 
 # LLaMA-Factory's dataset_info.json vocabulary.

@@ -213,3 +213,47 @@ def test_memory_estimate_counts_the_completions_of_a_micro_batch():
                             "per_device_train_batch_size": 4, "cutoff_len": 256, "max_new_tokens": 32})
     spec = spec_from_config(cfg, device="cpu")
     assert (spec.batch, spec.cutoff) == (32, 288)  # 4 prompts x 8 completions, prompt + completion tokens
+
+
+def test_reward_model_as_one_more_reward_source(tiny_tokenizer):
+    """`reward_funcs: accuracy, reward_model` with `reward_model_type: api`: the server's score of prompt +
+    completion (LF's protocol) is one more weighted reward."""
+    from test_stage_ppo import _ScoreServer
+
+    from tuneforge.train.grpo import build_reward_functions
+    from tuneforge.train.rewards import compute_rewards
+
+    prompts, completions = [tiny_tokenizer.encode("Hello")] * 2, [tiny_tokenizer.encode("8"), tiny_tokenizer.encode("99")]
+    with _ScoreServer() as server:  # scores: the length of each decoded prompt + completion
+        cfg = load_config_dict({**BASE, "stage": "grpo", "reward_funcs": "accuracy, reward_model",
+                                "reward_weights": "1, 0.5", "reward_model": server.url, "reward_model_type": "api"})
+        functions, weights, model_reward = build_reward_functions(cfg, None, tiny_tokenizer)
+        model_reward.ids = (prompts, completions)
+        totals, each = compute_rewards(functions, weights, ["Hello"] * 2, ["8", "99"], ["8", "8"])
+    assert [name for name, _ in functions] == ["accuracy", "reward_model"] and weights == [1.0, 0.5]
+    assert each["reward_model"] == [float(len("Hello8")), float(len("Hello99"))]
+    assert totals == [1.0 + 0.5 * 6, 0.5 * 7]
+
+
+def test_freeze_with_a_kl_penalty_to_a_frozen_copy(tmp_path, tiny_llama_dir, monkeypatch):
+    """Freeze (and full) fine-tuning with beta > 0: the reference is a frozen copy of the starting model; the KL to
+    it is 0 on the first step and grows once the policy has moved (loss grpo, scale_rewards batch)."""
+    from tuneforge.train.grpo import run_grpo
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "toy.json").write_text(json.dumps([{"instruction": f"q{i}", "output": "1"} for i in range(4)]))
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"toy": {"file_name": "toy.json"}}))
+    (tmp_path / "lengths.py").write_text("def score(prompts, completions, references):\n"
+                                         "    return [float(len(c)) for c in completions]\n")
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    run_grpo(load_config_dict({
+        "model_name_or_path": str(tiny_llama_dir), "stage": "grpo", "do_train": True, "finetuning_type": "freeze",
+        "freeze_trainable_layers": 1, "dataset": "toy", "template": "qwen", "output_dir": str(tmp_path / "out"),
+        "report_to": "none", "per_device_train_batch_size": 4, "num_generations": 4, "max_steps": 3,
+        "learning_rate": 5e-2, "logging_steps": 1, "save_strategy": "no", "max_new_tokens": 6, "seed": 0, "top_k": 0,
+        "top_p": 1.0, "temperature": 1.0, "reward_funcs": "lengths.py:score", "beta": 0.1, "loss_type": "grpo",
+        "scale_rewards": "batch"}, config_path=tmp_path / "grpo.yaml"))
+    kl = [json.loads(line)["kl"] for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()
+          if "kl" in json.loads(line)]
+    assert kl[0] == 0.0 and kl[-1] > 0.0

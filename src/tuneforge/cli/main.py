@@ -21,7 +21,7 @@ tuneforge {version} — fine-tune open LLMs with LLaMA-Factory-compatible config
 usage: tuneforge [--debug] <command> [config.yaml] [key=value ...]
 
 commands:
-  train    fine-tune: stages sft pt rm dpo kto ppo      tuneforge train examples/demo_lora_sft.yaml
+  train    fine-tune: sft pt rm dpo kto ppo grpo         tuneforge train examples/demo_lora_sft.yaml
   chat     chat with a model / adapter in the terminal   tuneforge chat examples/demo_chat.yaml
   export   merge adapters and save a standalone model    tuneforge export examples/demo_merge.yaml
   data     preview how a dataset is rendered and masked  tuneforge data preview examples/demo_lora_sft.yaml

@@ -226,7 +226,7 @@ class DataArguments:
 class FinetuningArguments:
     """Training stage and fine-tuning method (LF `FinetuningArguments`)."""
 
-    stage: str = _f("sft", "Training stage: sft, pt, rm, dpo, kto, ppo.")
+    stage: str = _f("sft", "Training stage: sft, pt, rm, dpo, kto, ppo, grpo.")
     finetuning_type: str = _f("lora", "Fine-tuning method: lora, freeze, full or oft.")
     # freeze
     freeze_trainable_layers: int = _f(2, "Freeze: last n layers trainable (negative: first n).")
