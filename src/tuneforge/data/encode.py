@@ -42,17 +42,38 @@ class SftEncoding:
 
 def encode_sft_with_info(conv: Conversation, template, tokenizer, data_args: DataArguments) -> SftEncoding:
     """Encode one SFT conversation like LF's SupervisedDatasetProcessor and say what happened."""
+    pieces = sft_pieces(conv, template, tokenizer, data_args)
+    if isinstance(pieces, SftEncoding):
+        return pieces
+    return encode_sft_pieces(pieces, lambda text: tokenizer.encode(text, add_special_tokens=False), template,
+                             tokenizer, data_args)
+
+
+def sft_pieces(conv: Conversation, template, tokenizer, data_args: DataArguments) -> list[list[str | int]] | SftEncoding:
+    """Per message, the texts still to tokenize and token ids (`Template.multiturn_pieces`), or the reason to drop
+    the conversation. Many rows' texts can then be tokenized in one call (stage_encode.py)."""
+    if len(conv.messages) % 2 != 0 or not conv.messages:
+        return SftEncoding(dropped="no assistant response to train on")
+    system = conv.system or data_args.default_system or None
+    return template.multiturn_pieces(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
+
+
+def encode_sft_pieces(pieces: list[list[str | int]], encode, template, tokenizer, data_args: DataArguments) -> SftEncoding:
+    """`sft_pieces` with their texts tokenized by `encode(text) -> ids`, cut to `cutoff_len` and labelled."""
+    from tuneforge.data.templates.slots import pieces_to_ids
+
+    ids = [pieces_to_ids(message, encode) for message in pieces]
+    return assemble_sft([(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)], template, tokenizer, data_args)
+
+
+def assemble_sft(pairs: list[tuple[list[int], list[int]]], template, tokenizer, data_args: DataArguments) -> SftEncoding:
+    """(prompt ids, response ids) per turn -> input ids and labels, with LF's truncation and masking rules."""
     cutoff_len = data_args.cutoff_len
     train_on_prompt = data_args.train_on_prompt
     mask_history = data_args.mask_history
     truncation = data_args.truncation
     efficient_eos = bool(getattr(template, "efficient_eos", False))
     eos_id = tokenizer.eos_token_id
-
-    if len(conv.messages) % 2 != 0 or not conv.messages:
-        return SftEncoding(dropped="no assistant response to train on")
-    system = conv.system or data_args.default_system or None
-    pairs = template.encode_multiturn(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
     full_length = sum(len(s) + len(t) for s, t in pairs) + (1 if efficient_eos else 0)
     if truncation == "drop" and full_length > cutoff_len:
         return SftEncoding(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")

@@ -139,13 +139,15 @@ class JinjaTemplate:
 
     # ---------------------------------------------------------------- the Template interface
     def encode_multiturn(self, tokenizer, messages, system=None, tools=None) -> list[tuple[list[int], list[int]]]:
+        ids = [tokenizer.encode(piece[0], add_special_tokens=False) if piece else []
+               for piece in self.multiturn_pieces(tokenizer, messages, system, tools)]
+        return [(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)]
+
+    def multiturn_pieces(self, tokenizer, messages, system=None, tools=None) -> list[list[str]]:
+        """Per message, its rendered text segment (none when empty), still to tokenize."""
         msgs = normalize_messages(messages)
         check_alternation(msgs, ends_with_prompt=False)
-        ids = [
-            tokenizer.encode(s, add_special_tokens=False) if s else []
-            for s in self._segments(tokenizer, msgs, system, tools)
-        ]
-        return [(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)]
+        return [[segment] if segment else [] for segment in self._segments(tokenizer, msgs, system, tools)]
 
     def encode_oneturn(self, tokenizer, messages, system=None, tools=None) -> tuple[list[int], list[int]]:
         pairs = self.encode_multiturn(tokenizer, messages, system, tools)

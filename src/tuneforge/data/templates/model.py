@@ -2,7 +2,8 @@
 
 A *slot list* is what one formatter produces: plain strings (``{{content}}`` is replaced by the
 message text, ``{{idx}}`` by the turn number), :class:`TokenSlot` (one special token, inserted by id)
-and :class:`SpecialSlot` (the tokenizer's bos / eos token, skipped when the tokenizer has none).
+and :class:`SpecialSlot` (the tokenizer's bos / eos token, skipped when the tokenizer has none); the slot
+types and their encoding live in templates/slots.py.
 
 Semantics follow LLaMA-Factory's ``Template`` / ``Llama2Template`` / ``ReasoningTemplate``
 (``src/llamafactory/data/template.py``): the prefix and the system prompt go in front of the first
@@ -16,10 +17,12 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
+from tuneforge.data.templates.slots import (Slot, Slots, SpecialSlot, TokenSlot, fill_slots, slots_to_ids,  # noqa: F401
+                                             slots_to_pieces, slots_to_text, token_id)
 from tuneforge.data.templates.tools import format_function_calls, format_tool_prompt
-from tuneforge.errors import ConfigError, DataError, ModelError
+from tuneforge.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +35,6 @@ class TemplateError(ConfigError):
     """A template name, template definition or tokenizer chat template that cannot be used."""
 
 
-@dataclass(frozen=True)
-class TokenSlot:
-    """One special token inserted by id, e.g. ``{"token": "<|im_start|>"}`` in the data file."""
-
-    token: str
-
-
-@dataclass(frozen=True)
-class SpecialSlot:
-    """The tokenizer's own ``bos_token`` or ``eos_token`` (``{"special": "eos_token"}`` in the data file)."""
-
-    name: str  # "bos_token" | "eos_token"
-
-
-Slot = Union[str, TokenSlot, SpecialSlot]
-Slots = tuple[Slot, ...]
 
 
 def normalize_messages(messages: Iterable[Any]) -> list[tuple[str, str]]:
@@ -76,52 +63,6 @@ def check_alternation(msgs: Sequence[tuple[str, str]], *, ends_with_prompt: bool
     if not msgs or (len(msgs) % 2 == 1) != ends_with_prompt:
         want = "end with a user/observation message" if ends_with_prompt else "end with an assistant/function message"
         raise DataError(f"the conversation has {len(msgs)} messages; it must be non-empty and {want}")
-
-
-def fill_slots(slots: Slots, **values: str | None) -> list[Slot]:
-    """Replace ``{{name}}`` placeholders in string slots (first occurrence, in keyword order, as LF does)."""
-    out: list[Slot] = []
-    for slot in slots:
-        if isinstance(slot, str):
-            for name, value in values.items():
-                slot = slot.replace("{{" + name + "}}", value or "", 1)
-        out.append(slot)
-    return out
-
-
-def token_id(tokenizer: Any, token: str) -> int:
-    """The id of a single token; a clear ModelError when the tokenizer does not have it."""
-    tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
-        raise ModelError(f"the chat template needs the token {token!r}, which the tokenizer's vocabulary lacks")
-    return tid
-
-
-def slots_to_ids(tokenizer: Any, slots: Iterable[Slot]) -> list[int]:
-    ids: list[int] = []
-    for slot in slots:
-        if isinstance(slot, str):
-            if slot:
-                ids += tokenizer.encode(slot, add_special_tokens=False)
-        elif isinstance(slot, TokenSlot):
-            ids.append(token_id(tokenizer, slot.token))
-        else:
-            special_id = getattr(tokenizer, f"{slot.name}_id", None)
-            if special_id is not None:
-                ids.append(special_id)
-    return ids
-
-
-def slots_to_text(slots: Iterable[Slot], bos_token: str | None, eos_token: str | None) -> str:
-    parts = []
-    for slot in slots:
-        if isinstance(slot, str):
-            parts.append(slot)
-        elif isinstance(slot, TokenSlot):
-            parts.append(slot.token)
-        else:
-            parts.append((bos_token if slot.name == "bos_token" else eos_token) or "")
-    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -245,11 +186,18 @@ class Template:
 
         ``discarding_history_cot`` (reasoning templates only; LF passes ``mask_history and not
         preserve_thinking``): thoughts of history turns are removed and only the last turn gets an empty one."""
+        ids = [slots_to_ids(tokenizer, slots) for slots in self._checked_multiturn_slots(messages, system, tools,
+                                                                                      discarding_history_cot)]
+        return [(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)]
+
+    def multiturn_pieces(self, tokenizer, messages, system=None, tools=None) -> list[list[str | int]]:
+        """`encode_multiturn` before tokenization: per message, its texts and token ids (`slots_to_pieces`)."""
+        return [slots_to_pieces(tokenizer, slots) for slots in self._checked_multiturn_slots(messages, system, tools)]
+
+    def _checked_multiturn_slots(self, messages, system, tools, discarding_history_cot: bool = False):
         msgs = normalize_messages(messages)
         check_alternation(msgs, ends_with_prompt=False)
-        per_message = self._multiturn_slots(msgs, system, tools, discarding_history_cot)
-        ids = [slots_to_ids(tokenizer, slots) for slots in per_message]
-        return [(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)]
+        return self._multiturn_slots(msgs, system, tools, discarding_history_cot)
 
     def encode_oneturn(self, tokenizer, messages, system=None, tools=None) -> tuple[list[int], list[int]]:
         """Everything before the last message is the prompt; the last message is the response."""
