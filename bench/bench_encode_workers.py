@@ -6,8 +6,9 @@
 The rows: generated alpaca rows (English words, ~10% Chinese), ~180 tokens each with the demo model's
 chat template. Each run is `build_datasets` from a fresh cache folder (read + convert + encode + Arrow
 dataset); the report line says how many tokens the samples have. Prints wall time and rows/s per worker
-count, the load average before and after (other processes on the machine slow the runs), and checks that
-every run produced the same samples.
+count, the peak memory of each run (this process + its worker processes, sampled every 50 ms), the load
+average before and after (other processes on the machine slow the runs), and checks that every run produced
+the same samples.
 """
 
 from __future__ import annotations
@@ -30,6 +31,34 @@ def make_rows(count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{"instruction": _sentence(rng, 8, 40), "input": _sentence(rng, 5, 30) if rng.random() < 0.3 else "",
              "output": _sentence(rng, 40, 180)} for _ in range(count)]
+
+
+class PeakMemory:
+    """Peak RSS of this process plus its children while the block runs (sampled by a thread)."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.peak, self._stop = 0, threading.Event()
+        me = psutil.Process()
+
+        def sample():
+            while not self._stop.wait(0.05):
+                try:
+                    total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+                except psutil.Error:  # a worker that just exited
+                    continue
+                self.peak = max(self.peak, total)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,14 +95,16 @@ def main(argv: list[str] | None = None) -> int:
                                            require_output_dir=False), tokenizer, template)  # first-use costs
             os.environ["TUNEFORGE_CACHE"] = str(work / f"cache-{run}")  # no dataset cache hit between runs
             started = time.perf_counter()
-            bundle = build_datasets(cfg, tokenizer, template)
+            with PeakMemory() as memory:
+                bundle = build_datasets(cfg, tokenizer, template)
             wall = time.perf_counter() - started
             stats = next(iter(bundle.report.datasets.values()))
             same = first is None or bundle.train.data.table.equals(first.train.data.table)
             first = first or bundle
             results.append((workers, wall))
             print(f"workers {workers}: {len(bundle.train)} samples, {stats.tokens / max(stats.kept, 1):.0f} tokens/sample, "
-                  f"{wall:.1f} s, {args.rows / wall:,.0f} rows/s, same samples as the first run: {same}", flush=True)
+                  f"{wall:.1f} s, {args.rows / wall:,.0f} rows/s, peak RSS {memory.peak / 2**30:.2f} GiB, "
+                  f"same samples as the first run: {same}", flush=True)
     base = results[0][1]
     for workers, wall in results[1:]:
         print(f"speed-up {workers} vs {results[0][0]} worker(s): {base / wall:.2f}x")

@@ -209,13 +209,13 @@ def test_num_samples_oversamples(workdir, tiny_tokenizer):
 
 def test_cache_hit_skips_encoding(workdir, tiny_tokenizer, monkeypatch):
     calls = []
-    real = stage_encode.encoding.encode_sft_with_info
+    real = stage_encode.encoding.sft_pieces
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stage_encode.encoding, "encode_sft_with_info", counting)
+    monkeypatch.setattr(stage_encode.encoding, "sft_pieces", counting)  # once per row encoded
     first = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
     assert len(calls) == 3
     second = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())

@@ -134,3 +134,17 @@ def test_a_job_that_fails_reports_the_error(workspace, tiny_llama_dir):
     assert (snap.status, snap.message) == ("failed", "dataset 'x' is not defined")
     assert snap.log_tail == "loading...\nerror: dataset 'x' is not defined"
     assert not manager.is_running() and manager.abort() == "no job is running"
+
+
+def test_a_grpo_job_runs_and_is_followed(workspace, tiny_llama_dir):
+    """The Train tab with stage GRPO: its keys in the YAML the job runs, progress and the reward in the log."""
+    manager = JobManager(workspace / "state", workdir=workspace, threads=1)
+    config = tiny_config(tiny_llama_dir, "grpo", stage="grpo", num_generations=2, reward_funcs="length", max_steps=2,
+                         save_steps=100, extra_args='{"max_new_tokens": 6, "top_k": 0}')
+    assert (config["stage"], config["num_generations"], config["reward_funcs"]) == ("grpo", 2, "length")
+    manager.start(config, note="grpo run")
+    snap = manager.wait(timeout=120)
+    assert snap.status == "finished", snap.log_tail
+    assert (snap.current_steps, snap.total_steps) == (2, 2) and [step for step, _ in snap.losses] == [1, 2]
+    rows = [json.loads(line) for line in Path(snap.output_dir, "trainer_log.jsonl").read_text().splitlines()]
+    assert "rewards/length" in rows[0] and "reward" in snap.log_tail

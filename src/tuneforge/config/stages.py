@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError, NotSupportedError
+from .args import split_names
 from .grpo_args import GRPO_KEYS
 
 # data kinds: text (raw documents, blocks), supervised (prompt -> answer), pairwise (prompt -> chosen /
@@ -81,7 +82,7 @@ def _check_grpo(v: Any) -> None:
         raise ConfigError(f"{v.where('epsilon_high')}: `epsilon_high` must be positive, got {v['epsilon_high']}")
     if v["beta"] < 0:
         raise ConfigError(f"{v.where('beta')}: `beta` must be >= 0 (0: no KL penalty), got {v['beta']}")
-    funcs, weights = _names(v["reward_funcs"]), _names(v["reward_weights"])
+    funcs, weights = split_names(v["reward_funcs"]), split_names(v["reward_weights"])
     if not funcs:
         raise ConfigError(f"{v.where('reward_funcs')}: `reward_funcs` is empty; name at least one (accuracy, format, "
                           "length, file.py:function)")
@@ -95,12 +96,6 @@ def _check_grpo(v: Any) -> None:
     if v["do_eval"] or v["val_size"] or v["eval_dataset"]:
         raise NotSupportedError(f"{v.where('do_eval', 'val_size', 'eval_dataset')}: evaluation during GRPO is not "
                                 "supported yet; measure before and after with `tuneforge eval recall` or predict")
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    from .args import split_names
-
-    return split_names(value)
 
 
 def check_stage_keys(v: Any) -> None:

@@ -55,6 +55,9 @@ def sft_pieces(conv: Conversation, template, tokenizer, data_args: DataArguments
     if len(conv.messages) % 2 != 0 or not conv.messages:
         return SftEncoding(dropped="no assistant response to train on")
     system = conv.system or data_args.default_system or None
+    if not hasattr(template, "multiturn_pieces"):  # a template object of the caller's own: its ids as they are
+        pairs = template.encode_multiturn(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
+        return [list(ids) for pair in pairs for ids in pair]
     return template.multiturn_pieces(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
 
 
