@@ -257,3 +257,18 @@ def test_freeze_with_a_kl_penalty_to_a_frozen_copy(tmp_path, tiny_llama_dir, mon
     kl = [json.loads(line)["kl"] for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()
           if "kl" in json.loads(line)]
     assert kl[0] == 0.0 and kl[-1] > 0.0
+
+
+def test_accuracy_without_answers_is_refused(tmp_path, tiny_llama_dir, monkeypatch):
+    from tuneforge.train.grpo import run_grpo
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "toy.json").write_text(json.dumps([{"instruction": f"q{i}", "output": ""} for i in range(4)]))
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"toy": {"file_name": "toy.json"}}))
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"`accuracy` compares completions with the dataset's answers, and the "
+                                          r"dataset \(toy\) has none"):
+        run_grpo(load_config_dict({"model_name_or_path": str(tiny_llama_dir), "stage": "grpo", "do_train": True,
+                                   "dataset": "toy", "template": "qwen", "output_dir": str(tmp_path / "out"),
+                                   "per_device_train_batch_size": 2, "num_generations": 2}))

@@ -180,6 +180,12 @@ def run_grpo(cfg) -> dict:
         raise ConfigError(f"stage grpo: {len(bundle.train)} prompts, fewer than one optimizer step takes "
                           f"(per_device_train_batch_size x gradient_accumulation_steps = {step_prompts})")
 
+    answers = GRPOCollator(tokenizer)(bundle.train)["references"]  # the answers the rewards will see
+    if "accuracy" in split_names(cfg.grpo.reward_funcs) and not any(answers):
+        raise ConfigError("reward_funcs: `accuracy` compares completions with the dataset's answers, and the "
+                          f"dataset ({','.join(cfg.data.dataset or ())}) has none: every reward would be 0 and "
+                          "nothing would be learned; add the answer column (alpaca `output`) or use other rewards")
+
     # models: policy (+ frozen reference for full/freeze with beta > 0), rewards
     workflow.seed_everything(cfg)
     model = load_model(cfg.model, cfg.finetuning, is_trainable=True, compute_dtype=workflow.compute_dtype(cfg))
@@ -205,5 +211,10 @@ def run_grpo(cfg) -> dict:
                 grpo.num_iterations)
     metrics = workflow.train_and_save(cfg, trainer, log_callback, resume, plot_keys=("loss", "reward"))
     workflow.print_summary(cfg, metrics)
-    print(f"[tuneforge] reward curve: {Path(cfg.training.output_dir) / 'training_reward.png'} (with plot_loss)")
+    rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    if rewards:  # did it learn? the first and the last steps side by side
+        first, last = rewards[:10], rewards[-10:]
+        print(f"[tuneforge] mean reward: first {len(first)} steps {sum(first) / len(first):.3f} -> last {len(last)} "
+              f"steps {sum(last) / len(last):.3f}"
+              + (f"; curve: {Path(cfg.training.output_dir) / 'training_reward.png'}" if cfg.finetuning.plot_loss else ""))
     return metrics

@@ -193,7 +193,7 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None,
         _say_how_to_resume(cfg, trainer.state)
     if cfg.finetuning.plot_loss:
         for path in plot_loss(args.output_dir, keys=plot_keys):
-            logger.info("loss curve: %s", path)
+            logger.info("curve: %s", path)
     if args.do_eval and trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
