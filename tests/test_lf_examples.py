@@ -101,8 +101,8 @@ EXPECTED_REFUSED = {
     "examples/megatron/qwen3_moe_full.yaml": _MCA,
     "examples/merge_lora/qwen3_gptq.yaml": "`export_quantization_bit` is not supported yet by tuneforge",
     "examples/train_full/qwen3vl_full_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    # LF's default `resources_per_worker: {"GPU": 1}` on this CPU-only machine; with {"CPU": 1} it is
-    # `dataset_dir: REMOTE:llamafactory/demo_data` that is refused (test_ray_example_on_cpu_workers)
+    # LF's default `resources_per_worker: {"GPU": 1}` on this CPU-only machine; with {"CPU": 1} it is the download of
+    # `dataset_dir: REMOTE:llamafactory/demo_data` that fails offline (test_ray_example_on_cpu_workers)
     "examples/train_lora/qwen3_lora_sft_ray.yaml": '`resources_per_worker: {"GPU": 1}` (LF\'s default) gives each Ray '
                                                    "worker a GPU, and this machine has none",
     "examples/train_lora/qwen3vl_lora_dpo.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
@@ -246,7 +246,11 @@ def test_example_file_is_complete():
 
 
 def test_ray_example_on_cpu_workers(workspace, tiny_llama_dir, tiny_vl_dir, tiny_tokenizer, monkeypatch):
-    """LF's Ray example with CPU workers passes the Ray checks; its hub dataset folder is what is refused."""
+    """LF's Ray example with CPU workers passes the Ray checks; its dataset_info.json on the Hub is then downloaded,
+    which offline (no network here) stops with one message."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no retries against a Hub that cannot be reached
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("TUNEFORGE_CACHE", str(workspace / "cache"))
     path = "examples/train_lora/qwen3_lora_sft_ray.yaml"
@@ -254,8 +258,8 @@ def test_ray_example_on_cpu_workers(workspace, tiny_llama_dir, tiny_vl_dir, tiny
     assert settings["dataset_dir"] == "REMOTE:llamafactory/demo_data"
     outcome, message = run_example(path, {**settings, "resources_per_worker": {"CPU": 1}}, tiny_llama_dir,
                                    tiny_vl_dir, tiny_tokenizer)
-    assert outcome == "refused" and "dataset_dir 'REMOTE:<repo>' (dataset_info.json on the Hub) is not supported" \
-        in message, message
+    assert outcome == "refused" and ("could not download dataset_info.json from the Hugging Face Hub dataset "
+                                     "repository llamafactory/demo_data: no network access") in message, message
 
 
 # --------------------------------------------------------------------------- the loading examples train

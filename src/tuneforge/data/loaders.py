@@ -150,15 +150,12 @@ def first_row(path: Path) -> Any:
 
 # --------------------------------------------------------------------------------------- hubs
 
-_NETWORK_HINTS = ("offline", "connection", "network", "timed out", "max retries", "name or service not known",
-                  "temporary failure in name resolution", "unreachable")
-
-
 def _hub_error(spec: DatasetSpec, hub: str, url: str, err: Exception) -> DataError:
+    from tuneforge.data.remote_info import is_network_error
+
     text = f"{type(err).__name__}: {err}"
     # datasets raises ConnectionError both when offline mode is on and when the host is unreachable
-    offline = isinstance(err, ConnectionError) or any(hint in text.lower() for hint in _NETWORK_HINTS)
-    if offline:
+    if is_network_error(err):
         return DataError(
             f"could not download dataset {spec.name} from the {hub} ({url}): no network access. "
             "Download it elsewhere and point `file_name` to the local copy."

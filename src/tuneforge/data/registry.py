@@ -276,14 +276,19 @@ def load_dataset_specs(
         return []
     if dataset_dir == "ONLINE":  # LF: every name is a hub dataset id
         return [DatasetSpec(name=n, load_from="hf_hub", hf_hub_url=n) for n in names]
-    if dataset_dir.startswith("REMOTE:"):
-        raise NotSupportedError("dataset_dir 'REMOTE:<repo>' (dataset_info.json on the Hub) is not supported yet")
+    remote = dataset_dir.startswith("REMOTE:")  # LF: dataset_info.json of a Hub dataset repository
 
     search_dirs = [Path.cwd()] + ([Path(config_dir)] if config_dir is not None else [])
     direct = {n: _find_direct_file(n, search_dirs) for n in names}
     registered = [n for n in names if direct[n] is None]
     base, info, info_file = None, {}, None
-    if registered:
+    if registered and remote:
+        from tuneforge.data.remote_info import fetch_remote_info
+
+        info_file, info = fetch_remote_info(dataset_dir, registered, read_dataset_info)
+        base = info_file.parent
+        search_dirs.append(base)
+    elif registered:
         try:
             base = resolve_dataset_dir(dataset_dir, config_dir)
         except DataError:
