@@ -30,6 +30,7 @@ def test_grpo_keys_and_their_errors():
         ({"stage": "grpo", "reward_funcs": ""}, ConfigError, "`reward_funcs` is empty"),
         ({"stage": "grpo", "do_sample": False}, ConfigError, "GRPO samples its completions"),
         ({"stage": "grpo", "beta": -1}, ConfigError, "`beta` must be >= 0"),
+        ({"stage": "grpo", "max_new_tokens": 0}, ConfigError, "`max_new_tokens` must be positive"),
         ({"stage": "grpo", "val_size": 0.1}, NotSupportedError, "evaluation during GRPO is not supported yet"),
         ({"stage": "grpo", "loss_type": "ppo"}, ConfigError, "loss_type"),
     ]

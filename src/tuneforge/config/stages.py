@@ -76,7 +76,7 @@ def _check_grpo(v: Any) -> None:
         raise ConfigError(f"{v.where('do_sample', 'num_beams', 'temperature')}: GRPO samples its completions: "
                           "expected do_sample: true, num_beams: 1 and a temperature above 0 (else every completion "
                           "of a prompt is the same and nothing is learned)")
-    for key in ("epsilon", "num_iterations"):
+    for key in ("epsilon", "num_iterations", "max_new_tokens"):  # max_new_tokens: the completion budget
         _positive(v, key)
     if v["epsilon_high"] is not None and v["epsilon_high"] <= 0:
         raise ConfigError(f"{v.where('epsilon_high')}: `epsilon_high` must be positive, got {v['epsilon_high']}")

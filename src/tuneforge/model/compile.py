@@ -41,3 +41,14 @@ def compile_decoder_layers(model: nn.Module, *, backend: str | None = None, mode
     logger.info("torch_compile: %d decoder layers compiled (%s); the first steps include compilation",
                 len(layers), backend or "inductor")
     return len(layers)
+
+
+def compile_regionally(model: nn.Module, training_args):
+    """Compile the decoder layers ourselves; the Trainer gets a copy of the training arguments with its
+    whole-model compile switched off (the chunked loss would bypass a compiled whole model)."""
+    import copy
+
+    compile_decoder_layers(model, backend=training_args.torch_compile_backend, mode=training_args.torch_compile_mode)
+    training_args = copy.copy(training_args)
+    training_args.torch_compile, training_args.torch_compile_backend, training_args.torch_compile_mode = False, None, None
+    return training_args

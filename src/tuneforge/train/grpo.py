@@ -121,14 +121,15 @@ class GRPOTrainer(TuneforgeTrainer):
         self._step_started = time.perf_counter()
         return rollouts.micro_batches, torch.tensor(rollouts.completion_tokens)
 
+    def micro_batch_tokens(self, inputs) -> tuple[int, int]:
+        """(prompt + completion tokens, completion tokens) of a micro-batch of rollouts."""
+        completion = sum(map(len, inputs["completion_ids"]))
+        return sum(map(len, inputs["prompt_ids"])) + completion, completion
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        tokens = sum(len(p) + len(c) for p, c in zip(inputs["prompt_ids"], inputs["completion_ids"]))
-        self.session_steps += 1
-        self._session_tokens += tokens
-        if self._count_into_state:
-            self.state.num_input_tokens_seen += tokens
-        loss = super(TuneforgeTrainer, self).training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
         seconds = time.perf_counter() - self._step_started
+        tokens = self.micro_batch_tokens(inputs)[0]
         self._objective_metrics["train"].setdefault("train_tokens_per_s", []).append(tokens / max(seconds, 1e-9))
         self._step_started = time.perf_counter()
         return loss
@@ -180,7 +181,7 @@ def run_grpo(cfg) -> dict:
         raise ConfigError(f"stage grpo: {len(bundle.train)} prompts, fewer than one optimizer step takes "
                           f"(per_device_train_batch_size x gradient_accumulation_steps = {step_prompts})")
 
-    answers = GRPOCollator(tokenizer)(bundle.train)["references"]  # the answers the rewards will see
+    answers = GRPOCollator(tokenizer).references(bundle.train["labels"])  # the answers the rewards will see
     if "accuracy" in split_names(cfg.grpo.reward_funcs) and not any(answers):
         raise ConfigError("reward_funcs: `accuracy` compares completions with the dataset's answers, and the "
                           f"dataset ({','.join(cfg.data.dataset or ())}) has none: every reward would be 0 and "

@@ -54,10 +54,13 @@ class GRPOCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, features) -> dict[str, Any]:
-        references = [self.tokenizer.decode([t for t in f["labels"] if t >= 0], skip_special_tokens=True).strip()
-                      for f in features]
         return {"prompt_ids": [list(f["input_ids"]) for f in features],
-                "references": [ref or None for ref in references]}
+                "references": self.references([f["labels"] for f in features])}
+
+    def references(self, labels) -> list[str | None]:
+        """The reference answer of each row's label ids (None: the row has none)."""
+        texts = (self.tokenizer.decode([t for t in ids if t >= 0], skip_special_tokens=True).strip() for ids in labels)
+        return [text or None for text in texts]
 
 
 @dataclass
@@ -101,7 +104,8 @@ class RolloutMaker:
         started = time.perf_counter()
         completions = self.sample(model, prompts)
         seconds = time.perf_counter() - started
-        prompt_texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+        prompt_texts = [text for b in batches for p in b["prompt_ids"]  # decoded once, repeated per completion
+                        for text in [self.tokenizer.decode(p, skip_special_tokens=True)] * g]
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         if self.reward_model is not None:
             self.reward_model.ids = (prompts, completions)
@@ -140,21 +144,28 @@ class RolloutMaker:
         return out
 
     def _generate(self, model, prompts):
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
-        width = max(map(len, prompts))
-        device = next(model.parameters()).device
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):  # left padding: every completion starts in column `width`
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt):] = 1
-        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                   use_cache=True, eos_token_id=self.stop_ids, pad_token_id=pad, **self.generate_kwargs)
-        completions = []
-        for row in generated[:, width:].tolist():
-            stop = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
-            completions.append(row if stop is None else row[: stop + 1])
-        return completions
+        return generate_left_padded(model.generate, prompts, self.tokenizer.pad_token_id, self.stop_ids,
+                                    next(model.parameters()).device, self.generate_kwargs)
+
+
+def generate_left_padded(generate, prompts: list[list[int]], pad_id: int | None, stop_ids: list[int], device,
+                         generate_kwargs: dict) -> list[list[int]]:
+    """`generate` (a model's) on left-padded prompts, so every completion starts in the same column; each
+    completion cut after its first stop token, which it keeps (the rollouts of ppo and grpo)."""
+    pad = pad_id if pad_id is not None else stop_ids[0]
+    width = max(map(len, prompts))
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt):] = 1
+    generated = generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=True,
+                         eos_token_id=stop_ids, pad_token_id=pad, **generate_kwargs)
+    completions = []
+    for row in generated[:, width:].tolist():
+        stop = next((i for i, t in enumerate(row) if t in stop_ids), None)
+        completions.append(row if stop is None else row[: stop + 1])
+    return completions
 
 
 class ReferenceModelReward:

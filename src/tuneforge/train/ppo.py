@@ -34,6 +34,7 @@ from tuneforge.config.args import ADAPTER_METHODS
 from tuneforge.errors import ConfigError, NotSupportedError
 from tuneforge.train import workflow
 from tuneforge.train.callbacks import LogCallback
+from tuneforge.train.grpo_rollouts import generate_left_padded
 from tuneforge.train.optim import create_optimizer, create_scheduler
 from tuneforge.train.ppo_batch import PackedResponses, neftune_noise, output_head, response_forward
 from tuneforge.train.ppo_core import (AdaptiveKLController, FixedKLController, PPOHyperparams, RunningMoments,
@@ -155,26 +156,14 @@ class PPOLoop:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> list[list[int]]:
         """Sampled responses, each cut after its first stop token (which it keeps)."""
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):  # left padding: every response starts in column `width`
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt):] = 1
         kwargs = self.cfg.generating.to_generate_kwargs()
         if not kwargs["do_sample"]:
             for key in ("temperature", "top_p", "top_k"):
                 kwargs.pop(key)
         self.policy.eval()
-        out = self.policy.pretrained_model.generate(
-            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=True,
-            eos_token_id=self.stop_ids, pad_token_id=pad, **kwargs)
+        responses = generate_left_padded(self.policy.pretrained_model.generate, prompts, self.tokenizer.pad_token_id,
+                                         self.stop_ids, self.device, kwargs)
         self.threads.on_step()
-        responses = []
-        for row in out[:, width:].tolist():
-            stop = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
-            responses.append(row if stop is None else row[: stop + 1])
         return responses
 
     # ---- 2 + 3. score, log-probs, values, advantages ----------------------------------------

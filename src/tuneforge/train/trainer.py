@@ -18,7 +18,7 @@ What it changes:
 - `save_model()` of the final model writes the complete save to a staging folder, commits it with one
   rename and then moves its files into place (utils/folders.py): a crash never leaves a half-written
   adapter/model or a mix of old and new files;
-- objectives: other stages (rm, dpo, kto) pass `objective=`, an object with
+- objectives: other stages (rm, dpo, kto, grpo) pass `objective=`, an object with
   `compute(model, inputs, num_items_in_batch) -> (loss, metrics)` and `input_columns` (batch columns
   to keep). Its loss replaces the LM loss (a mean over the micro-batch, divided by the Trainer for
   gradient accumulation), its metrics are averaged per logging step and logged (`eval_`-prefixed in
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from tuneforge.model.compile import compile_regionally
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighting, chunked_causal_lm_eval,
                                   chunked_causal_lm_loss, logits_loss, sample_accuracies, shifted_label_count)
@@ -46,19 +47,6 @@ from tuneforge.train.sharding import chunked_loss_blocked, is_fsdp2, through_wra
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
-
-
-def _compile_regionally(model, training_args):
-    """Compile the decoder layers ourselves (model/compile.py); the Trainer gets a copy of the
-    arguments with its whole-model compile switched off."""
-    import copy
-
-    from tuneforge.model.compile import compile_decoder_layers
-
-    compile_decoder_layers(model, backend=training_args.torch_compile_backend, mode=training_args.torch_compile_mode)
-    training_args = copy.copy(training_args)
-    training_args.torch_compile, training_args.torch_compile_backend, training_args.torch_compile_mode = False, None, None
-    return training_args
 
 
 def _eval_prefix(logs: dict[str, float]) -> str:
@@ -82,7 +70,7 @@ class TuneforgeTrainer(Trainer):
     ) -> None:
         training_args = kwargs.get("args")
         if training_args is not None and training_args.torch_compile:
-            kwargs["args"] = _compile_regionally(kwargs.get("model"), training_args)
+            kwargs["args"] = compile_regionally(kwargs.get("model"), training_args)
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.compute_accuracy = compute_accuracy and objective is None
@@ -297,11 +285,16 @@ class TuneforgeTrainer(Trainer):
             metrics["train_loss"] = sum(losses) / len(losses)
         return TrainOutput(self.state.global_step, metrics.get("train_loss", float("nan")), metrics)
 
+    def micro_batch_tokens(self, inputs) -> tuple[int, int]:
+        """(real tokens, label tokens) of a micro-batch, for the throughput and token counts (a stage may override)."""
+        real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        return real, shifted_label_count(inputs["labels"]) if "labels" in inputs else 0
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        real_tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        real_tokens, label_tokens = self.micro_batch_tokens(inputs)
         self.session_steps += 1
         self._session_tokens += real_tokens
-        self._session_label_tokens += shifted_label_count(inputs["labels"]) if "labels" in inputs else 0
+        self._session_label_tokens += label_tokens
         if self._count_into_state:  # persisted in trainer_state.json, so it survives a resume
             self.state.num_input_tokens_seen += real_tokens
         return super().training_step(model, inputs, num_items_in_batch)
