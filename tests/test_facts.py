@@ -86,6 +86,13 @@ def test_heldout_phrasings_are_never_used_for_training():
             assert all(dict(parse_fact_answer(row["output"]).fields)[field] == value for _, field, value in held)
 
 
+def test_heldout_phrasing_shifts_with_the_variant():
+    question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66"
+    first, second = heldout_questions(question, answer, 0), heldout_questions(question, answer, 1)
+    assert [f for _, f, _ in first] == [f for _, f, _ in second] == ["性别", "学号", "数学"]
+    assert first[0][0] == second[1][0].replace("学号", "性别") != second[0][0]
+
+
 def test_plain_answers_get_paraphrases_only():
     extra = augment_fact_row("Who are you?", "I am Forgey.", random.Random(0))
     assert extra and all(a == "I am Forgey." and "Who are you?" in q for q, a in extra)

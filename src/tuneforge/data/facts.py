@@ -131,14 +131,15 @@ def value_pattern(value: str) -> re.Pattern:
     return re.compile(before + re.escape(value) + after)
 
 
-def heldout_questions(question: str, answer: str) -> list[tuple[str, str, str]]:
+def heldout_questions(question: str, answer: str, variant: int = 0) -> list[tuple[str, str, str]]:
     """(question, field, expected value) for every field the question does not give away, in phrasings
-    `augment_fact_row` never uses."""
+    `augment_fact_row` never uses; `variant` (e.g. the row's index) shifts which phrasing each field gets,
+    so that across rows every field is asked in every held-out phrasing."""
     facts = parse_fact_answer(answer)
     if facts is None:
         return []
     pool = ZH_FIELD_HELDOUT if is_chinese(question) else EN_FIELD_HELDOUT
-    return [(_fill(pool[i % len(pool)], question, k=key), key, value)
+    return [(_fill(pool[(i + variant) % len(pool)], question, k=key), key, value)
             for i, (key, value) in enumerate(hidden_fields(question, facts))]
 
 

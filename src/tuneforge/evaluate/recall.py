@@ -200,7 +200,7 @@ def pick_heldout(questions: list, row_index: int, per_row: int | None) -> list:
 
 def _heldout_section(engine, asked, per_row, emit) -> dict:
     items = [(item, held) for index, item in enumerate(asked)
-             for held in pick_heldout(heldout_questions(item.question, item.expected), index, per_row)]
+             for held in pick_heldout(heldout_questions(item.question, item.expected, index), index, per_row)]
     if not items:
         return {"skipped": "no training answer is a `key:value` list with a field the question does not name"}
     answers = ask_all(engine, [question(q, history=item.history, system=item.system, tools=item.tools,
