@@ -87,7 +87,6 @@ EXPECTED_REFUSED = {
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
-    "examples/extras/llama_pro/llama3_freeze_sft.yaml": "`use_llama_pro` is not supported yet by tuneforge",
     "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge",
     "examples/extras/oft/qwen2_5vl_oft_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": _CUDA,  # qoft/*_{awq,gptq}.yaml load (see train_qlora)
@@ -286,19 +285,37 @@ def tiny_template_model(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
+    """LLaMA Pro's example trains `models/llama3-8b-pro` (32 + 8 layers, LF's llama_pro.py --num_expand 8): the tiny
+    model with 8 layers, expanded by 8 with `tuneforge expand-layers`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.model.expand import expand_layers
+
+    folder = tmp_path_factory.mktemp("tiny_llama_pro")
+    config = AutoConfig.from_pretrained(tiny_template_model)
+    config.num_hidden_layers = 8
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "base")
+    AutoTokenizer.from_pretrained(tiny_template_model).save_pretrained(folder / "base")
+    return expand_layers(str(folder / "base"), folder / "expanded", 8)
+
+
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 21  # of the 31 that load: 5 chat/export configs, 1 predict, 4 DeepSpeed
+    assert len(TRAINING_THAT_LOADS) == 22  # of the 32 that load: 5 chat/export configs, 1 predict, 4 DeepSpeed
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])
 def test_loading_training_example_runs_a_step(example, workspace, tiny_template_model, tiny_vl_dir, monkeypatch,
-                                              tmp_path, capsys):
+                                              tmp_path, capsys, request):
     import yaml
 
     from tuneforge.cli.main import main
 
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    if example["settings"].get("use_llama_pro"):
+        tiny_template_model = request.getfixturevalue("tiny_llama_pro_model")
     settings = {**localise(example["settings"], tiny_template_model, tiny_vl_dir), "max_steps": 1,
                 "output_dir": str(tmp_path / "out")}
     if "tokenized_path" in settings:

@@ -33,6 +33,7 @@ commands:
   webui    train, chat and export in the browser         tuneforge webui [--host H] [--port N] [--share] [--lang zh] [--auth U:P]
   bench    time training steps: tokens/s, memory, MFU   tuneforge bench examples/demo_lora_sft.yaml --steps 20
   estimate predict training memory before a run          tuneforge estimate examples/demo_lora_sft.yaml
+  expand-layers  LLaMA Pro: add blocks to train          tuneforge expand-layers --model_name_or_path M --output_dir O --num_expand 8
   env      print library versions and the device
   version  print the tuneforge version
 
@@ -248,6 +249,35 @@ def cmd_version(_: list[str]) -> int:
     return 0
 
 
+EXPAND_USAGE = """\
+usage: tuneforge expand-layers --model_name_or_path M --output_dir O --num_expand N
+LLaMA Pro block expansion (LLaMA-Factory's scripts/llama_pro.py): after every L/N of the model's L layers, a copy
+of that layer whose o_proj/down_proj are zero (the expanded model answers exactly as before). Then fine-tune O with
+finetuning_type: freeze (or lora), freeze_trainable_layers: N, use_llama_pro: true."""
+
+
+def cmd_expand_layers(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(EXPAND_USAGE)
+        return 0
+    values = {}
+    for key in ("model_name_or_path", "output_dir", "num_expand"):
+        values[key] = _pop_option(args, f"--{key}") or _pop_option(args, f"--{key.replace('_', '-')}")
+    missing = [f"--{k}" for k, v in values.items() if not v]
+    if missing or args:
+        raise ConfigError(f"tuneforge expand-layers: {'missing ' + ', '.join(missing) if missing else ''}"
+                          f"{'; ' if missing and args else ''}{'unexpected ' + ' '.join(args) if args else ''}\n"
+                          + EXPAND_USAGE)
+    if not values["num_expand"].isdigit():
+        raise ConfigError(f"tuneforge expand-layers: --num_expand expects a whole number, got {values['num_expand']!r}")
+    from tuneforge.model.expand import expand_layers
+
+    folder = expand_layers(values["model_name_or_path"], values["output_dir"], int(values["num_expand"]))
+    print(f"expanded model written to {folder}\nfine-tune it with:\n  model_name_or_path: {folder}\n"
+          f"  finetuning_type: freeze\n  freeze_trainable_layers: {values['num_expand']}\n  use_llama_pro: true")
+    return 0
+
+
 DRY_RUN_COMMANDS = ("train", "chat", "export", "eval")
 
 
@@ -284,6 +314,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "api": cmd_api,
     "webchat": cmd_webchat,
     "webui": cmd_webui,
+    "expand-layers": cmd_expand_layers,
     "env": cmd_env,
     "version": cmd_version,
 }

@@ -71,7 +71,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
         "preserve_thinking": "thinking-mode switches for reasoning templates are not implemented yet",
         # methods and optimisers
-        "use_llama_pro": "LLaMA Pro block expansion is not implemented yet",
         "use_mca": "Megatron Core training is not implemented",
         "early_stopping_steps": "early stopping is not implemented yet",
         "ref_model_quantization_bit": "quantizing the reference model is not implemented yet",

@@ -147,6 +147,13 @@ def _check_method(v: _View) -> None:
         raise ConfigError(f"{v.where('adapter_name_or_path')}: `adapter_name_or_path` only applies to "
                           f"`finetuning_type: {' or '.join(ADAPTER_METHODS)}` (got `{method}`)")
     _check_oft_and_pissa(v)
+    if v["use_llama_pro"]:
+        if method not in ("freeze", "lora"):
+            raise ConfigError(f"{v.where('use_llama_pro', 'finetuning_type')}: `use_llama_pro` trains the expanded "
+                              f"blocks with `finetuning_type: freeze` or `lora` (got `{method}`)")
+        if v["freeze_trainable_layers"] <= 0:
+            raise ConfigError(f"{v.where('freeze_trainable_layers')}: with `use_llama_pro`, `freeze_trainable_layers` "
+                              f"is the number of expanded blocks (> 0), got {v['freeze_trainable_layers']}")
     if v["lora_rank"] < 1:
         raise ConfigError(f"{v.where('lora_rank')}: `lora_rank` must be at least 1, got {v['lora_rank']}")
     if v["lora_alpha"] is not None and v["lora_alpha"] <= 0:

@@ -2,6 +2,7 @@
 
 * full:   every parameter trains.
 * freeze: `freeze_trainable_layers` n > 0 trains the last n decoder layers, n < 0 the first |n|;
+          with `use_llama_pro` (LLaMA Pro) the n blocks `tuneforge expand-layers` added (lora: LoRA on those only);
           `freeze_trainable_modules` limits that to named sub-modules of a layer (`mlp,self_attn`, or
           `all`); `freeze_extra_modules` adds modules outside the layers (`embed_tokens,norm`).
 * lora:   `lora_target: all` = every linear layer except the LM head. `adapter_name_or_path` is a
@@ -87,15 +88,25 @@ def _num_layers(model) -> int:
     raise ConfigError(f"finetuning_type: freeze: cannot find the number of layers of {type(model).__name__}")
 
 
-def freeze_trainable_layer_ids(num_layers: int, trainable_layers: int) -> range:
-    """LF: n > 0 -> the last n layers; n <= 0 -> the first |n| layers."""
+def freeze_trainable_layer_ids(num_layers: int, trainable_layers: int, llama_pro: bool = False) -> range:
+    """LF: n > 0 -> the last n layers; n <= 0 -> the first |n| layers. With `use_llama_pro` the n blocks that
+    `tuneforge expand-layers` inserted: the last layer of every group of num_layers / n."""
+    if llama_pro:
+        if trainable_layers <= 0 or num_layers % trainable_layers:
+            raise ConfigError(f"use_llama_pro: the model has {num_layers} layers, which is not a multiple of "
+                              f"freeze_trainable_layers ({trainable_layers}, the number of expanded blocks); "
+                              f"expand the model with `tuneforge expand-layers` and set freeze_trainable_layers "
+                              f"to its --num-expand")
+        stride = num_layers // trainable_layers
+        return range(stride - 1, num_layers, stride)
     if trainable_layers > 0:
         return range(max(0, num_layers - trainable_layers), num_layers)
     return range(min(-trainable_layers, num_layers))
 
 
 def _setup_freeze(model, finetuning_args: FinetuningArguments) -> None:
-    layer_ids = set(freeze_trainable_layer_ids(_num_layers(model), int(finetuning_args.freeze_trainable_layers)))
+    layer_ids = set(freeze_trainable_layer_ids(_num_layers(model), int(finetuning_args.freeze_trainable_layers),
+                                               finetuning_args.use_llama_pro))
     modules = split_names(finetuning_args.freeze_trainable_modules) or ["all"]
     extra = split_names(finetuning_args.freeze_extra_modules)
 
@@ -147,6 +158,17 @@ def find_all_linear_modules(model) -> list[str]:
 
 
 def lora_target_modules(model, finetuning_args: FinetuningArguments) -> list[str]:
+    targets = _lora_target_names(model, finetuning_args)
+    if not finetuning_args.use_llama_pro:
+        return targets
+    # LLaMA Pro: the targets inside the expanded blocks only, as full module names
+    layer_ids = freeze_trainable_layer_ids(_num_layers(model), int(finetuning_args.freeze_trainable_layers), True)
+    return [name for name, _ in model.named_modules()
+            if (match := _LAYER_PARAM.search(name + ".")) and int(match.group(1)) in layer_ids
+            and name.split(".")[-1] in targets]
+
+
+def _lora_target_names(model, finetuning_args: FinetuningArguments) -> list[str]:
     targets = list(split_names(finetuning_args.lora_target)) or ["all"]
     if targets == ["all"]:
         return find_all_linear_modules(model)
