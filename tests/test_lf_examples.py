@@ -87,7 +87,8 @@ EXPECTED_REFUSED = {
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
-    "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge",
+    "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge (LLaMA-Factory "
+                                                "converts and loads MoD models with the `mixture-of-depth` package",
     "examples/extras/oft/qwen2_5vl_oft_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": _CUDA,  # qoft/*_{awq,gptq}.yaml load (see train_qlora)
     "examples/ktransformers/train_lora/deepseek_v2_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
