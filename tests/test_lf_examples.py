@@ -70,9 +70,10 @@ MULTIMODAL_ENTRIES = {
 # DeepSpeed examples load where the `deepspeed` extra is installed (tests/test_deepspeed.py runs them)
 _DS_MISSING = "`deepspeed` needs the deepspeed package, which is not installed: pip install 'tuneforge[deepspeed]'"
 _DS_REFUSED = {} if importlib.util.find_spec("deepspeed") else {
-    "examples/train_full/qwen3_full_sft.yaml": _DS_MISSING, "examples/train_lora/qwen3_lora_sft_ds3.yaml": _DS_MISSING}
+    "examples/train_full/qwen3_full_sft.yaml": _DS_MISSING, "examples/train_lora/qwen3_lora_sft_ds3.yaml": _DS_MISSING,
+    "examples/v1/train_full/train_full_deepspeed.yaml": _DS_MISSING}
 _MM = "(multimodal (vision/audio) models are not supported yet)"
-_V1 = "are keys of a LLaMA-Factory v1 config"  # LF's v1-engine files (`USE_V1=1 llamafactory-cli train`)
+_V1_FLASH = "`flash_attn: flash_attention2` is not a v1 value"  # LF v1 refuses these two files as well
 _MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
 _CUDA = "(QLoRA) is not supported on this machine: it needs a CUDA GPU"
 _VL_MODEL = "is a vision/audio-language model"  # chat/export of Qwen3-VL: the model, not the template
@@ -111,7 +112,14 @@ EXPECTED_REFUSED = {
     # model's own config.json, which the config loader does not open
     "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _CUDA,
     "examples/train_qlora/qwen3_lora_sft_otfq.yaml": _CUDA,
-    **{e["path"]: _V1 for e in TRAINING if e["path"].startswith("examples/v1/")},
+    # LF's v1-engine files (`USE_V1=1 llamafactory-cli train`, config/lf_v1.py); the other 7 load
+    "examples/v1/train_batching_strategy/train_full_fsdp2_dynamic_batching.yaml": "`batching_strategy: "
+                                                                                  "dynamic_batching`",
+    "examples/v1/train_batching_strategy/train_full_fsdp2_dynamic_padding_free.yaml": _V1_FLASH,
+    "examples/v1/train_batching_strategy/train_full_fsdp2_padding_free.yaml": _V1_FLASH,
+    "examples/v1/train_full/train_full_liger_kernel.yaml": "`enable_liger_kernel` is not supported yet",
+    "examples/v1/train_full/train_full_ulysses_cp.yaml": "context parallelism (`cp_size: 2`, Ulysses)",
+    "examples/v1/train_qlora/quantization.yaml": _CUDA,
     **_DS_REFUSED,
 }
 
@@ -130,8 +138,9 @@ def localise(settings: dict, model_dir: Path, vl_model_dir: Path) -> dict:
     """The example's settings with a tiny model of the same kind (text, or vision-language for `*-VL-*`
     models) and the local datasets swapped in; nothing else changed."""
     local = dict(settings)
-    if "model_name_or_path" in local:
-        local["model_name_or_path"] = str(vl_model_dir if "-VL" in local["model_name_or_path"] else model_dir)
+    for key in ("model_name_or_path", "model"):  # `model`: a LF v1 file
+        if key in local:
+            local[key] = str(vl_model_dir if "-VL" in local[key] else model_dir)
     for key in ("dataset", "eval_dataset"):
         if key in local:
             local[key] = map_datasets(local[key])
@@ -147,6 +156,11 @@ def make_workspace(root: Path) -> Path:
     for name in set(DATASET_MAP.values()):
         shutil.copy(REPO / "data" / info[name]["file_name"], data)
     (data / "dataset_info.json").write_text(json.dumps({**info, **MULTIMODAL_ENTRIES}), encoding="utf-8")
+    # LF v1 files read `train_dataset: data/v1_sft_demo.yaml`: LF's two entries over the local files
+    v1_sets = {name: {"path": f"data/{info[DATASET_MAP[name]]['file_name']}", "source": "local", "converter": "alpaca"}
+               for name in ("identity", "alpaca_en_demo")}
+    v1_sets["alpaca_en_demo"]["size"] = 500
+    (data / "v1_sft_demo.yaml").write_text(json.dumps(v1_sets), encoding="utf-8")  # JSON is YAML
     for entry in EXAMPLES["deepspeed_configs"]:
         path = root / entry["path"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,8 +282,10 @@ def test_ray_example_on_cpu_workers(workspace, tiny_llama_dir, tiny_vl_dir, tiny
 # changes. DeepSpeed's examples are left to tests/test_deepspeed.py (2 processes, the same engine).
 TEMPLATE_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<think>",
                    "</think>"]
-TRAINING_THAT_LOADS = [e for e in TRAINING if e["path"] not in EXPECTED_REFUSED and e["settings"].get("do_train")
-                       and not e["settings"].get("deepspeed")]
+TRAINING_THAT_LOADS = [e for e in TRAINING if e["path"] not in EXPECTED_REFUSED
+                       and (e["settings"].get("do_train") or "train_dataset" in e["settings"])  # v1: train_dataset
+                       and not e["settings"].get("deepspeed")
+                       and (e["settings"].get("dist_config") or {}).get("name") != "deepspeed"]
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +319,7 @@ def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
 
 
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 22  # of the 32 that load: 5 chat/export configs, 1 predict, 4 DeepSpeed
+    assert len(TRAINING_THAT_LOADS) == 27  # of the 39 that load: 6 chat/export configs, 1 predict, 5 DeepSpeed
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..errors import ConfigError, NotSupportedError
-from . import support
+from . import lf_v1, support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
 
 if TYPE_CHECKING:
@@ -336,6 +336,8 @@ def _build(
     from .validate import check_consistency, training_kwargs  # local: keeps this module readable
 
     raw = MappingProxyType(copy.deepcopy(values))
+    if lf_v1.is_v1_config(values):  # `USE_V1=1 llamafactory-cli train` files: their v0 meaning
+        values, origins = lf_v1.translate(values, origins)
     typed = _check_types(values, origins)
     _check_support(typed, origins)
     typed = _translate_legacy(typed, origins)

@@ -117,8 +117,8 @@ ONLY_WITH = MappingProxyType(
 # Keys of other LLaMA-Factory engines: a file that uses them is for that engine, not a typo. Reported as
 # one line naming the engine instead of one "unknown key" per setting.
 FOREIGN_KEYS = MappingProxyType({
-    "keys of a LLaMA-Factory v1 config (`USE_V1=1 llamafactory-cli train`), which tuneforge does not read yet; "
-    "write it in the v0 format (model_name_or_path, dataset, stage, finetuning_type, ...)": frozenset({
+    "keys of a LLaMA-Factory v1 config (`USE_V1=1 llamafactory-cli train`) next to `model_name_or_path` (v0); "
+    "write the file in one format (v1: `model`, `train_dataset`, `peft_config`, ...)": frozenset({
         "model", "model_class", "kernel_config", "quant_config", "dist_config", "peft_config", "init_config",
         "train_dataset", "eval_dataset_config", "micro_batch_size", "global_batch_size", "batching_strategy",
         "sample_backend"}),

@@ -146,6 +146,8 @@ def _check_dataset_dir(v) -> None:
     dataset_dir = v["dataset_dir"]
     if not dataset_dir or dataset_dir == "ONLINE" or dataset_dir.startswith("REMOTE:"):
         return
+    if dataset_dir.lower().endswith((".yaml", ".yml")):  # a LF v1 dataset YAML (a v1 config's train_dataset)
+        return
     candidates = dataset_dir_candidates(dataset_dir, v.config_dir)
     files = [path for path in candidates if path.is_file()]
     if files and not any(path.is_dir() for path in candidates):

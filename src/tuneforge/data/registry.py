@@ -267,7 +267,8 @@ def load_dataset_specs(
     A name is looked up in `<dataset_dir>/dataset_info.json` first (LF behaviour); a name that is not
     registered but is a path to a json/jsonl/csv/parquet/txt file (relative to the working directory,
     the config file's folder or dataset_dir) is used directly, its format read from its first row.
-    `dataset_dir: ONLINE` makes every name a Hugging Face Hub dataset id (LF).
+    `dataset_dir: ONLINE` makes every name a Hugging Face Hub dataset id (LF); a `.yaml` dataset_dir is a LF v1
+    dataset YAML (what a v1 config's `train_dataset` becomes, data/v1_datasets.py).
     """
     from tuneforge.data.loaders import first_row  # local import: loaders imports this module
 
@@ -288,6 +289,11 @@ def load_dataset_specs(
         info_file, info = fetch_remote_info(dataset_dir, registered, read_dataset_info)
         base = info_file.parent
         search_dirs.append(base)
+    elif registered and dataset_dir.lower().endswith((".yaml", ".yml")):  # a LF v1 config's train_dataset
+        from tuneforge.data.v1_datasets import read_v1_dataset_yaml
+
+        info_file = Path(dataset_dir).resolve()
+        info, base = read_v1_dataset_yaml(info_file), Path.cwd()
     elif registered:
         try:
             base = resolve_dataset_dir(dataset_dir, config_dir)
