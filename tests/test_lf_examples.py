@@ -76,13 +76,15 @@ _MM = "(multimodal (vision/audio) models are not supported yet)"
 _V1_FLASH = "`flash_attn: flash_attention2` is not a v1 value"  # LF v1 refuses these two files as well
 _MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
 _CUDA = "(QLoRA) is not supported on this machine: it needs a CUDA GPU"
+_FA2 = "flash_attn: fa2 needs a CUDA GPU, which this machine does not have"
 _VL_MODEL = "is a vision/audio-language model"  # chat/export of Qwen3-VL: the model, not the template
 
 # example path -> text the refusal message contains. Every example not listed here must load.
 EXPECTED_REFUSED = {
-    "examples/ascend/qwen3_5_full_sft_fsdp2.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
-    "examples/ascend/qwen3_full_sft_fsdp2.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
-    "examples/ascend/qwen3moe_full_sft_fsdp.yaml": "`use_v1_kernels` is not supported yet by tuneforge",
+    # Ascend examples: `use_v1_kernels` loads (LF has no v1 kernel for a CPU), `flash_attn: fa2` needs the hardware
+    "examples/ascend/qwen3_5_full_sft_fsdp2.yaml": _FA2,
+    "examples/ascend/qwen3_full_sft_fsdp2.yaml": _FA2,
+    "examples/ascend/qwen3moe_full_sft_fsdp.yaml": _FA2,
     "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/ascend/qwen3vlmoe_lora_sft_fsdp.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
@@ -176,13 +178,14 @@ def run_example(path: str, settings: dict, model_dir: Path, vl_model_dir: Path, 
     from tuneforge.data.registry import load_dataset_specs
     from tuneforge.data.templates import template_for
     from tuneforge.errors import NotSupportedError
-    from tuneforge.model.loader import multimodal_problem
+    from tuneforge.model.loader import multimodal_problem, resolve_attn_implementation
 
     try:
         cfg = load_config_dict(localise(settings, model_dir, vl_model_dir), source=path)
         model_config = json.loads((Path(cfg.model.model_name_or_path) / "config.json").read_text(encoding="utf-8"))
         if multimodal_problem(model_config, path):
             raise NotSupportedError(multimodal_problem(model_config, path))
+        resolve_attn_implementation(cfg.model.flash_attn, has_cuda=validate.cuda_available())
         template_for(cfg.data, tokenizer)  # a named template is looked up; the tokenizer is not changed
         stage = cfg.finetuning.stage
         for names in (cfg.data.dataset, cfg.data.eval_dataset):

@@ -99,3 +99,23 @@ def test_v1_lora_file_trains_with_v1_schedule_and_its_export_file_merges(v1_work
     (v1_workspace / "export.yaml").write_text(yaml.safe_dump(export))
     assert main(["export", "export.yaml"]) == 0
     assert (v1_workspace / "merged" / "model.safetensors").is_file()
+
+
+def test_use_v1_kernels_applies_what_lf_registers_for_the_device(tiny_llama_dir, caplog):
+    """v0's `use_v1_kernels`: no kernel exists for a CPU (nothing applied, as in LF); LF's only CUDA kernel changes
+    MoE models of three families, which tuneforge refuses; a kernel id not registered on the device is an error."""
+    from types import SimpleNamespace
+
+    from tuneforge.model.v1_kernels import apply_v1_kernels
+
+    dense = SimpleNamespace(config=SimpleNamespace(architectures=["LlamaForCausalLM"]))
+    with caplog.at_level("INFO", logger="tuneforge.model.v1_kernels"):
+        apply_v1_kernels(dense, True, "cpu")
+        apply_v1_kernels(dense, "auto", "cuda")
+    assert "no kernels for a cpu device" in caplog.text and "cuda_fused_moe for a cuda device" in caplog.text
+    moe = SimpleNamespace(config=SimpleNamespace(architectures=["Qwen3MoeForCausalLM"]))
+    apply_v1_kernels(moe, True, "cpu")
+    with pytest.raises(NotSupportedError, match="fused MoE kernel \\(cuda_fused_moe, triton\\)"):
+        apply_v1_kernels(moe, True, "cuda")
+    with pytest.raises(ConfigError, match="kernel npu_fused_rope is not registered on a cpu device"):
+        apply_v1_kernels(dense, "npu_fused_rope", "cpu")

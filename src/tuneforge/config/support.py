@@ -42,7 +42,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "upcast_lmhead_output": "LM-head upcasting is not implemented yet",
         "train_from_scratch": "random initialisation is not implemented yet",
         "offload_folder": "weight offloading is not implemented",
-        "use_v1_kernels": "LF v1 kernels are not integrated",
         "print_param_status": "not implemented; tuneforge logs the trainable-parameter count",
         "fp8": "FP8 training is not implemented yet",
         "fp8_backend": "FP8 training is not implemented yet",

@@ -66,6 +66,12 @@ def apply_finetuning(model, finetuning_args: FinetuningArguments, model_args: Mo
         model = _setup_lora(model, finetuning_args, model_args, adapters, is_trainable=is_trainable)
     if is_trainable and not finetuning_args.pure_bf16 and not finetuning_args.use_badam:
         upcast_trainable_params(model)  # BAdam keeps fp32 copies of the block it trains itself (as in LF)
+    if is_trainable and model_args.use_v1_kernels:  # LF applies them to a model being trained only
+        from tuneforge.model.v1_kernels import apply_v1_kernels
+
+        import torch
+
+        apply_v1_kernels(model, model_args.use_v1_kernels, "cuda" if torch.cuda.is_available() else "cpu")
     return model
 
 
