@@ -18,6 +18,8 @@ from .stages import STAGES as _STAGE_RECORDS
 
 _MULTIMODAL = "multimodal (vision/audio) models are not supported yet"
 _ENGINE = "only the huggingface inference backend is implemented"
+_FP8 = ("FP8 training is not implemented yet; it needs an NVIDIA GPU with FP8 tensor cores (Ada, Hopper or newer) "
+        "and torchao or Transformer Engine")
 
 STAGES = MappingProxyType({name: stage.unsupported for name, stage in _STAGE_RECORDS.items()})  # name -> why not
 
@@ -43,10 +45,11 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "train_from_scratch": "random initialisation is not implemented yet",
         "offload_folder": "weight offloading is not implemented",
         "print_param_status": "not implemented; tuneforge logs the trainable-parameter count",
-        "fp8": "FP8 training is not implemented yet",
-        "fp8_backend": "FP8 training is not implemented yet",
-        "fp8_enable_fsdp_float8_all_gather": "FP8 training is not implemented yet",
-        "use_kt": "KTransformers is not integrated",
+        "fp8": _FP8,
+        "fp8_backend": _FP8,
+        "fp8_enable_fsdp_float8_all_gather": _FP8,
+        "use_kt": "KTransformers is not integrated; it runs attention on a CUDA GPU and the experts on AMX / AVX-512 "
+                  "CPU kernels, and this machine has neither",
         "export_quantization_bit": "quantized export (GPTQ) is not implemented yet",
         "export_hub_model_id": "pushing to the hub is not implemented; upload export_dir yourself",
         # multimodal
@@ -121,7 +124,8 @@ FOREIGN_KEYS = MappingProxyType({
         "model", "model_class", "kernel_config", "quant_config", "dist_config", "peft_config", "init_config",
         "train_dataset", "eval_dataset_config", "micro_batch_size", "global_batch_size", "batching_strategy",
         "sample_backend"}),
-    "Megatron-Core settings (LF's `USE_MCA=1` with mcore_adapter); Megatron training is not implemented": frozenset({
+    "Megatron-Core settings (LF's `USE_MCA=1` with mcore_adapter); Megatron training is not implemented (it "
+    "needs CUDA GPUs: Megatron-Core with Transformer Engine)": frozenset({
         "tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
         "expert_model_parallel_size", "context_parallel_size", "sequence_parallel", "bias_activation_fusion",
         "apply_rope_fusion", "use_distributed_optimizer", "overlap_param_gather", "overlap_grad_reduce",
