@@ -67,9 +67,9 @@ def apply_finetuning(model, finetuning_args: FinetuningArguments, model_args: Mo
     if is_trainable and not finetuning_args.pure_bf16 and not finetuning_args.use_badam:
         upcast_trainable_params(model)  # BAdam keeps fp32 copies of the block it trains itself (as in LF)
     if is_trainable and model_args.use_v1_kernels:  # LF applies them to a model being trained only
-        from tuneforge.model.v1_kernels import apply_v1_kernels
-
         import torch
+
+        from tuneforge.model.v1_kernels import apply_v1_kernels
 
         apply_v1_kernels(model, model_args.use_v1_kernels, "cuda" if torch.cuda.is_available() else "cpu")
     return model
@@ -102,7 +102,7 @@ def freeze_trainable_layer_ids(num_layers: int, trainable_layers: int, llama_pro
             raise ConfigError(f"use_llama_pro: the model has {num_layers} layers, which is not a multiple of "
                               f"freeze_trainable_layers ({trainable_layers}, the number of expanded blocks); "
                               f"expand the model with `tuneforge expand-layers` and set freeze_trainable_layers "
-                              f"to its --num-expand")
+                              f"to its --num_expand")
         stride = num_layers // trainable_layers
         return range(stride - 1, num_layers, stride)
     if trainable_layers > 0:
