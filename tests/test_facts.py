@@ -51,7 +51,7 @@ def test_augmentation_keeps_every_name_and_number(lang):
         original = parse_fact_answer(answer)
         given = re.findall(r"\d+|[A-Z][a-z]+", question)  # numbers and capitalised words of the question
         extra = augment_fact_row(question, answer, rng)
-        assert len(extra) >= 3 + 5  # paraphrases + one question per field the question does not give away
+        assert len(extra) == facts.FACT_PARAPHRASES + facts.FIELD_QUESTIONS + facts.ORDERED_QUESTIONS
         for new_question, new_answer in extra:
             assert question_subject(question) in new_question  # the question's names, school, month verbatim
             assert all(token in new_question for token in given)
@@ -61,19 +61,37 @@ def test_augmentation_keeps_every_name_and_number(lang):
             assert parsed.kv_sep == original.kv_sep and (len(parsed.fields) == 1 or parsed.pair_sep == original.pair_sep)
 
 
-def test_one_question_per_hidden_field_and_fields_in_varied_order():
+def test_one_question_per_hidden_field_and_whole_records_in_stated_orders():
     question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
-    extra = augment_fact_row(question, answer, random.Random(3), paraphrases=0, two_field_questions=3)
+    original = parse_fact_answer(answer).fields
+    extra = augment_fact_row(question, answer, random.Random(3), paraphrases=0, ordered_questions=3, field_questions=None)
     one_field = [a for _, a in extra if "," not in a]
     assert sorted(one_field) == sorted(["性别:男", "学号:1", "数学:66", "物理:71", "化学:58"])  # 张三, 10月: given
-    two_field = [parse_fact_answer(a).fields for _, a in extra if "," in a]
-    assert len(two_field) == 3 and len(set(two_field)) == 3
-    assert any(list(pair) != sorted(pair, key=parse_fact_answer(answer).fields.index) for pair in two_field)
+    ordered = [(q, parse_fact_answer(a).fields) for q, a in extra if "," in a]
+    assert len(ordered) == 3 and len({fields for _, fields in ordered}) == 3
+    for asked, fields in ordered:
+        assert sorted(fields) == sorted(original) and fields != original  # the whole record, another order
+        assert "、".join(k for k, _ in fields) in asked  # the question states the order
+
+
+def test_single_field_questions_ask_some_hidden_fields():
+    question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
+    asked = [[a for _, a in augment_fact_row(question, answer, random.Random(seed), paraphrases=0, ordered_questions=0)]
+             for seed in range(20)]
+    assert all(len(one) == 2 and not {"姓名:张三", "考试时间:10月"} & set(one) for one in asked)
+    assert len({a for one in asked for a in one}) == 5  # across rows every hidden field gets asked
+
+
+def test_english_records_get_the_order_in_the_question():
+    question, answer = "What were Tom's grades in May?", "Name: Tom, Math: 66, Physics: 71"
+    ordered = [(q, a) for q, a in augment_fact_row(question, answer, random.Random(0), paraphrases=0) if "," in a]
+    assert ordered and all(q.startswith(question) and ", ".join(k for k, _ in parse_fact_answer(a).fields) in q
+                           for q, a in ordered)
 
 
 def test_heldout_phrasings_are_never_used_for_training():
     train_pools = (facts.ZH_PARAPHRASES + facts.EN_PARAPHRASES + facts.ZH_FIELD_TRAIN + facts.EN_FIELD_TRAIN
-                   + (facts.ZH_TWO_FIELDS, facts.EN_TWO_FIELDS))
+                   + (facts.ZH_ORDERED, facts.EN_ORDERED))
     assert not set(facts.ZH_FIELD_HELDOUT + facts.EN_FIELD_HELDOUT) & set(train_pools)
     for lang in ("zh", "en"):
         rows = _records(lang, rows=20)

@@ -8,7 +8,10 @@ fact is one exposure, and a constant template lets the model ignore the only tok
 * the same question in other phrasings -> the same answer;
 * one question per field the question does not already name ("...中的学号是多少？" -> "学号:1"), answered
   in the answer's own `key:value` form, so it recalls the value the way the whole answer does;
-* questions for two fields in a random order -> those fields in that order (answers in varied order).
+* the whole record in a shuffled field order that the question states ("...按学号、化学、姓名…的顺序列出。"):
+  in the original answer each value follows the one before it, so a model can learn the record as one
+  chain and still not know "张三's 化学" on its own; in a shuffled order every value must come from the
+  subject and its key (the "permuted" augmentation of Allen-Zhu & Li, Physics of Language Models 3.1).
 
 Every generated question contains the original question's subject (its text minus the trailing
 question phrase) verbatim and every answer is made of the original's values, so no name or number
@@ -33,13 +36,16 @@ _EN_ASK = re.compile(r"[\s?.!]*$")
 # {s}: the question's subject, {q}: the whole question, {k}/{k1}/{k2}: field names
 ZH_PARAPHRASES = ("请问{q}", "{s}是什么？", "告诉我{s}。", "帮我查一下{s}。", "{s}？")
 EN_PARAPHRASES = ("Please tell me: {q}", "{q} Answer briefly.", "I need to know this: {q}", "Question: {q}")
-ZH_FIELD_TRAIN = ("{s}中的{k}是多少？", "{s}里{k}是什么？", "请告诉我{s}的{k}。", "{k}是多少？我问的是{s}。")
+ZH_FIELD_TRAIN = ("{s}中的{k}是多少？", "{s}里{k}是什么？", "请告诉我{s}的{k}。", "{k}是多少？我问的是{s}。",
+                  "关于{s}，{k}是多少？", "我想知道{s}的{k}。", "请问{k}是多少，{s}？", "查询{s}：{k}。")
 ZH_FIELD_HELDOUT = ("{s}，{k}呢？", "只说{k}：{s}？")
 EN_FIELD_TRAIN = ("{q} Only the {k}, please.", "For this question: {q} What is the {k}?",
-                  "{q} Just give me the {k}.", "What is the {k}? I mean: {q}")
+                  "{q} Just give me the {k}.", "What is the {k}? I mean: {q}", "About \"{q}\": what is the {k}?",
+                  "I'd like to know the {k}. {q}", "The {k}, please. {q}", "Look up the {k} for: {q}")
 EN_FIELD_HELDOUT = ("Regarding \"{q}\", state only the {k}.", "{k} only: {q}")
-ZH_TWO_FIELDS = "{s}中的{k1}和{k2}分别是多少？"
-EN_TWO_FIELDS = "{q} Only the {k1} and the {k2}, in that order."
+# {keys}: the fields in the order the answer gives them
+ZH_ORDERED = "{s}，按{keys}的顺序列出。"
+EN_ORDERED = "{q} List the {keys}, in that order."
 
 
 @dataclass(frozen=True)
@@ -90,27 +96,51 @@ def _fill(template: str, question: str, **keys: str) -> str:
     return template.format(q=question.strip(), s=question_subject(question), **keys)
 
 
-def augment_fact_row(question: str, answer: str, rng: random.Random, *, paraphrases: int = 3,
-                     two_field_questions: int = 1) -> list[tuple[str, str]]:
-    """Extra (question, answer) pairs for one fact row (the row itself not included); [] when the answer
-    is not a `key:value` list. Paraphrases of the whole question are added for any answer."""
+# Per fact row and epoch (measured, bench/RESULTS.md section 9): whole records in a stated shuffled order carry
+# five facts in ~145 tokens, key by key -- the cheapest exposures that also teach retrieval by key; single-field
+# questions (~70 tokens for one fact) teach the one-field answer; a canonical paraphrase keeps other wordings.
+FACT_PARAPHRASES, ORDERED_QUESTIONS, FIELD_QUESTIONS = 1, 3, 2
+PLAIN_PARAPHRASES = 3  # answers that are not `key:value` lists get paraphrases only
+
+
+def augment_fact_row(question: str, answer: str, rng: random.Random, *, paraphrases: int | None = None,
+                     ordered_questions: int = ORDERED_QUESTIONS,
+                     field_questions: int | None = FIELD_QUESTIONS) -> list[tuple[str, str]]:
+    """Extra (question, answer) pairs for one row (the row itself not included): `paraphrases` of the question
+    with the same answer (default: FACT_PARAPHRASES for `key:value` answers, PLAIN_PARAPHRASES for others); for
+    `key:value` answers also `field_questions` single-field questions on fields the question does not name (None:
+    every such field) and `ordered_questions` whole records in a shuffled order the question states."""
     zh = is_chinese(question)
+    facts = parse_fact_answer(answer)
+    if paraphrases is None:
+        paraphrases = PLAIN_PARAPHRASES if facts is None else FACT_PARAPHRASES
     pool = ZH_PARAPHRASES if zh else EN_PARAPHRASES
     out = [(_fill(t, question), answer) for t in rng.sample(pool, min(paraphrases, len(pool)))]
-    facts = parse_fact_answer(answer)
     if facts is None:
         return out
-    field_pool = ZH_FIELD_TRAIN if zh else EN_FIELD_TRAIN
-    for i, (key, value) in enumerate(hidden_fields(question, facts)):
-        # answered as `key:value`: the same tokens that lead to the value in the whole answer
-        out.append((_fill(field_pool[(i + rng.randrange(len(field_pool))) % len(field_pool)], question, k=key),
-                    facts.render([(key, value)])))
     hidden = hidden_fields(question, facts)
-    pairs = [(a, b) for a in facts.fields for b in facts.fields if a != b and (a in hidden or b in hidden)]
-    for (k1, v1), (k2, v2) in rng.sample(pairs, min(two_field_questions, len(pairs))):
-        out.append((_fill(ZH_TWO_FIELDS if zh else EN_TWO_FIELDS, question, k1=k1, k2=k2),
-                    facts.render([(k1, v1), (k2, v2)])))
+    asked = hidden if field_questions is None else rng.sample(hidden, min(field_questions, len(hidden)))
+    field_pool = ZH_FIELD_TRAIN if zh else EN_FIELD_TRAIN
+    start = rng.randrange(len(field_pool))
+    for i, (key, value) in enumerate(asked):
+        # answered as `key:value`: the same tokens that lead to the value in the whole answer
+        out.append((_fill(field_pool[(start + i) % len(field_pool)], question, k=key), facts.render([(key, value)])))
+    if hidden:
+        for order in _shuffled_orders(list(facts.fields), ordered_questions, rng):
+            keys = ("、" if zh else ", ").join(key for key, _ in order)
+            out.append((_fill(ZH_ORDERED if zh else EN_ORDERED, question, keys=keys), facts.render(order)))
     return out
+
+
+def _shuffled_orders(fields: list, count: int, rng: random.Random) -> list[list]:
+    """Up to `count` distinct orders of `fields`, none of them the original one."""
+    orders, tries = [], 0
+    while len(orders) < count and tries < 20 * count:
+        tries += 1
+        order = rng.sample(fields, len(fields))
+        if order != fields and order not in orders:
+            orders.append(order)
+    return orders
 
 
 def hidden_fields(question: str, facts: FactAnswer) -> list[tuple[str, str]]:
