@@ -51,7 +51,8 @@ def test_augmentation_keeps_every_name_and_number(lang):
         original = parse_fact_answer(answer)
         given = re.findall(r"\d+|[A-Z][a-z]+", question)  # numbers and capitalised words of the question
         extra = augment_fact_row(question, answer, rng)
-        assert len(extra) == facts.FACT_PARAPHRASES + facts.FIELD_QUESTIONS + facts.ORDERED_QUESTIONS
+        hidden = [k for k, v in original.fields if not contains_value(question, v)]
+        assert len(extra) == facts.FACT_PARAPHRASES + len(hidden) + facts.ORDERED_QUESTIONS
         for new_question, new_answer in extra:
             assert question_subject(question) in new_question  # the question's names, school, month verbatim
             assert all(token in new_question for token in given)
@@ -76,7 +77,8 @@ def test_one_question_per_hidden_field_and_whole_records_in_stated_orders():
 
 def test_single_field_questions_ask_some_hidden_fields():
     question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
-    asked = [[a for _, a in augment_fact_row(question, answer, random.Random(seed), paraphrases=0, ordered_questions=0)]
+    asked = [[a for _, a in augment_fact_row(question, answer, random.Random(seed), paraphrases=0, ordered_questions=0,
+                                             field_questions=2)]
              for seed in range(20)]
     assert all(len(one) == 2 and not {"姓名:张三", "考试时间:10月"} & set(one) for one in asked)
     assert len({a for one in asked for a in one}) == 5  # across rows every hidden field gets asked

@@ -28,7 +28,7 @@ MEMORIZE_FACTS: dict[str, Any] = {
     "finetuning_type": "full",
     "augment_facts": True,
     "per_device_train_batch_size": 8,
-    "learning_rate": 2.0e-4,
+    "learning_rate": 1.0e-4,
     "num_train_epochs": 5.0,
     "lr_scheduler_type": "cosine",
     "recall_target": 0.95,

@@ -96,10 +96,11 @@ def _fill(template: str, question: str, **keys: str) -> str:
     return template.format(q=question.strip(), s=question_subject(question), **keys)
 
 
-# Per fact row and epoch (measured, bench/RESULTS.md section 9): whole records in a stated shuffled order carry
-# five facts in ~145 tokens, key by key -- the cheapest exposures that also teach retrieval by key; single-field
-# questions (~70 tokens for one fact) teach the one-field answer; a canonical paraphrase keeps other wordings.
-FACT_PARAPHRASES, ORDERED_QUESTIONS, FIELD_QUESTIONS = 1, 3, 2
+# Per fact row and epoch (measured, bench/RESULTS.md section 9): the record in its own order 4 times (the row and 3
+# paraphrases) -- exact recall needs these; fewer of them and more shuffled records instead (1 + 1 + 3, 2 single-
+# field questions) learned 20 records as fast but only 6% of 50 -- a question for every field it does not name,
+# and one whole record in a stated shuffled order, so that values are also asked by key.
+FACT_PARAPHRASES, ORDERED_QUESTIONS, FIELD_QUESTIONS = 3, 1, None
 PLAIN_PARAPHRASES = 3  # answers that are not `key:value` lists get paraphrases only
 
 
