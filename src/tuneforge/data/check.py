@@ -304,8 +304,8 @@ def recipe(cfg: RunConfig, keys: dict) -> Suggestion:
     model = cfg.model.model_name_or_path
     if model and model != RECIPE_MODEL:
         command += f" model_name_or_path={model}"
-    return Suggestion("train with tuneforge's fact recipe: it adds a paraphrased question, single-field questions and "
-                      "whole answers in shuffled field orders (augment_facts), and trains until the facts come back "
+    return Suggestion("train with tuneforge's fact recipe: it adds paraphrased questions, one question per field and "
+                      "the whole answer in a shuffled field order (augment_facts), and trains until the facts come back "
                       "(recall_target). Run it as it is:", keys=dict(keys), command=command)
 
 
