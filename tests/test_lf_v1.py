@@ -52,6 +52,9 @@ def test_v1_freeze_full_and_dotted_overrides(v1_workspace, tiny_llama_dir):
     assert (cfg.finetuning.finetuning_type, cfg.finetuning.freeze_trainable_layers) == ("freeze", 1)
     assert cfg.finetuning.freeze_trainable_modules == ("mlp",) and cfg.training.learning_rate == 2e-5
     assert load_config_dict(v1(tiny_llama_dir)).finetuning.finetuning_type == "full"  # no peft_config
+    cfg = load_config_dict(v1(tiny_llama_dir, dist_config={"name": "fsdp2", "timeout": 600},
+                              kernel_config={"name": "auto", "include_kernels": "auto"}))
+    assert cfg.training.ddp_timeout == 600 and cfg.model.use_v1_kernels is True and not cfg.training.fsdp
 
 
 @pytest.mark.parametrize("settings, error, message", [
@@ -67,6 +70,9 @@ def test_v1_freeze_full_and_dotted_overrides(v1_workspace, tiny_llama_dir):
     ({"train_dataset": "data/v1_sft_demo.jsonl"}, NotSupportedError, "v1's own message format"),
     ({"quant_config": {"name": "bnb", "quantization_bit": 4}, "peft_config": {"name": "lora"}}, NotSupportedError,
      "it needs a CUDA GPU"),
+    ({"quant_config": {"name": "bnb", "compute_dtype": "bfloat16"}}, NotSupportedError, "`quant_config.compute_dtype`"),
+    ({"dist_config": {"name": "fsdp2", "mp_shard_size": 2}}, NotSupportedError, "`dist_config.mp_shard_size`"),
+    ({"kernel_config": {"name": "auto", "include_kernels": "npu_fused_rope"}}, NotSupportedError, "\(kernel ids\)"),
 ])
 def test_v1_settings_tuneforge_cannot_honour_are_refused(v1_workspace, tiny_llama_dir, settings, error, message):
     with pytest.raises(error, match=message):

@@ -95,7 +95,7 @@ def translate(values: dict[str, Any], origins: dict[str, str]) -> tuple[dict[str
             put(key, values[key], key)
     plugins = {name: _plugin(values, name, origins) for name in _PLUGIN_KEYS}
     _model(values, plugins, put, origins)
-    _batch(values, out, put, origins)
+    _batch(values, put, origins)
     _distributed(plugins["dist_config"], values, put, origins)
     _saving_and_running(values, put, origins)
     if "train_dataset" in values:
@@ -187,8 +187,15 @@ def _model(values, plugins, put, origins) -> None:
     kernels = plugins["kernel_config"]
     if kernels and kernels["name"] == "liger_kernel":
         put("enable_liger_kernel", True, "kernel_config.name")  # refused with its reason by the v0 checks
-    # kernel_config `auto` registers fused MoE kernels on CUDA / NPU only: nothing to do for a dense model here
+    elif kernels and kernels.get("include_kernels") in (True, "auto"):
+        put("use_v1_kernels", True, "kernel_config.include_kernels")  # the same plugins (model/v1_kernels.py)
+    elif kernels and kernels.get("include_kernels"):
+        raise NotSupportedError(f"{_where(origins, 'kernel_config')}: `kernel_config.include_kernels: "
+                                f"{kernels['include_kernels']}` (kernel ids) is not supported yet; use auto")
     quant = plugins["quant_config"]
+    if quant is not None and "compute_dtype" in quant:
+        raise NotSupportedError(f"{_where(origins, 'quant_config')}: `quant_config.compute_dtype` is not supported "
+                                f"yet (tuneforge computes in the dtype of bf16 / fp16)")
     if quant is not None:
         put("quantization_bit", int(quant.get("quantization_bit", 4)), "quant_config.quantization_bit")
         for key in ("quantization_type", "double_quantization"):
@@ -200,7 +207,7 @@ def _model(values, plugins, put, origins) -> None:
                                 f"device, FSDP2 loads the shards) is not supported yet")
 
 
-def _batch(values, out, put, origins) -> None:
+def _batch(values, put, origins) -> None:
     micro = int(values.get("micro_batch_size", 1))
     put("per_device_train_batch_size", micro, "micro_batch_size")
     if values.get("global_batch_size") is not None:
@@ -232,6 +239,12 @@ def _distributed(dist, values, put, origins) -> None:
     if int(dist.get("cp_size", 1)) > 1:
         raise NotSupportedError(f"{_where(origins, 'dist_config')}: context parallelism (`cp_size: {dist['cp_size']}`, "
                                 f"Ulysses) is not supported yet")
+    meshes = [key for key in ("mp_replicate_size", "mp_shard_size", "dp_size") if key in dist]
+    if meshes:
+        raise NotSupportedError(f"{_where(origins, 'dist_config')}: `dist_config.{meshes[0]}` (a hand-made device "
+                                f"mesh) is not supported yet; leave the sizes to the process count")
+    if "timeout" in dist:
+        put("ddp_timeout", int(dist["timeout"]), "dist_config.timeout")
     if dist["name"] == "deepspeed":
         if not dist.get("config_file"):
             raise ConfigError(f"{_where(origins, 'dist_config')}: `dist_config: deepspeed` needs `config_file`")
