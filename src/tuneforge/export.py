@@ -21,6 +21,7 @@ from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.adapters import attach_adapters
 from tuneforge.model.vocab import prepare_vocab
 from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_source
+from tuneforge.model.saved_config import saved_dtype
 from tuneforge.config.args import DataArguments, ModelArguments, split_names
 from tuneforge.config.parser import RunConfig
 from tuneforge.utils.folders import check_replaceable, make_staging, replace_folder, write_marker
@@ -124,12 +125,9 @@ def _export_dtype(margs: ModelArguments, source: str):
     infer = margs.infer_dtype
     if infer not in (None, "auto"):
         return parse_dtype(infer)
-    config_file = Path(source) / "config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        saved = config.get("dtype") or config.get("torch_dtype")
-        if saved:
-            return parse_dtype(saved, f"{config_file} dtype")
+    saved = saved_dtype(source)
+    if saved:
+        return parse_dtype(saved, f"{Path(source) / 'config.json'} dtype")
     return torch.float32
 
 

@@ -65,18 +65,6 @@ def _decoder_layer_prefix(model, num_layers: int) -> str:
     raise ConfigError(f"expand-layers: found no list of {num_layers} decoder layers in {type(model).__name__}")
 
 
-def _checkpoint_dtype(folder: str) -> str | None:
-    """`bfloat16` / `float16` / `float32` from a model folder's config.json, None when it does not say."""
-    import json
-
-    config = Path(folder) / "config.json"
-    if not config.is_file():
-        return None
-    values = json.loads(config.read_text(encoding="utf-8"))
-    dtype = values.get("dtype") or values.get("torch_dtype")
-    return dtype if dtype in ("bfloat16", "float16", "float32") else None
-
-
 def expand_layers(model_name_or_path: str, output_dir: str | Path, num_expand: int) -> Path:
     """Write the expanded model (config, weights, tokenizer) to `output_dir`; returns it."""
     import torch
@@ -84,14 +72,15 @@ def expand_layers(model_name_or_path: str, output_dir: str | Path, num_expand: i
 
     from tuneforge.config.args import ModelArguments
     from tuneforge.model.loader import load_base_model, load_tokenizer, resolve_model_source
+    from tuneforge.model.saved_config import saved_dtype
 
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"expand-layers: {output} is not empty; give a new folder for the expanded model")
     model_args = ModelArguments(model_name_or_path=model_name_or_path)
-    saved_dtype = _checkpoint_dtype(resolve_model_source(model_args))
-    if saved_dtype:  # written in the dtype it was saved in (a bf16 model stays bf16), not float32
-        model_args = ModelArguments(model_name_or_path=model_name_or_path, infer_dtype=saved_dtype)
+    saved = saved_dtype(resolve_model_source(model_args))
+    if saved in ("bfloat16", "float16", "float32"):  # written in the dtype it was saved in (bf16 stays bf16)
+        model_args = ModelArguments(model_name_or_path=model_name_or_path, infer_dtype=saved)
     tokenizer = load_tokenizer(model_args)
     model = load_base_model(model_args, is_trainable=False)
     config = model.config
