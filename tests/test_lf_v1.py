@@ -125,3 +125,12 @@ def test_use_v1_kernels_applies_what_lf_registers_for_the_device(tiny_llama_dir,
         apply_v1_kernels(moe, True, "cuda")
     with pytest.raises(ConfigError, match="kernel npu_fused_rope is not registered on a cpu device"):
         apply_v1_kernels(dense, "npu_fused_rope", "cpu")
+
+
+def test_a_broken_v1_dataset_yaml_is_one_message(v1_workspace, tiny_llama_dir):
+    (v1_workspace / "data" / "broken.yaml").write_text("identity: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: cannot read this v1 dataset YAML"):
+        load_config_dict(v1(tiny_llama_dir, train_dataset="data/broken.yaml"))
+    (v1_workspace / "data" / "list.yaml").write_text("- identity\n")
+    with pytest.raises(ConfigError, match="list.yaml: a v1 dataset YAML maps dataset names to"):
+        load_config_dict(v1(tiny_llama_dir, train_dataset="data/list.yaml"))

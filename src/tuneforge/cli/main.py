@@ -264,10 +264,9 @@ def cmd_expand_layers(args: list[str]) -> int:
     for key in ("model_name_or_path", "output_dir", "num_expand"):
         values[key] = _pop_option(args, f"--{key}") or _pop_option(args, f"--{key.replace('_', '-')}")
     missing = [f"--{k}" for k, v in values.items() if not v]
-    if missing or args:
-        raise ConfigError(f"tuneforge expand-layers: {'missing ' + ', '.join(missing) if missing else ''}"
-                          f"{'; ' if missing and args else ''}{'unexpected ' + ' '.join(args) if args else ''}\n"
-                          + EXPAND_USAGE)
+    problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {' '.join(args)}"] if args else [])
+    if problems:
+        raise ConfigError(f"tuneforge expand-layers: {'; '.join(problems)}\n{EXPAND_USAGE}")
     if not values["num_expand"].isdigit():
         raise ConfigError(f"tuneforge expand-layers: --num_expand expects a whole number, got {values['num_expand']!r}")
     from tuneforge.model.expand import expand_layers

@@ -149,6 +149,11 @@ def _plugin(values: dict[str, Any], block: str, origins: dict[str, str]) -> dict
     return config
 
 
+def _comma_list(value: Any) -> Any:
+    """v1 takes a YAML list where v0 takes `a,b`."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
 def _model(values, plugins, put, origins) -> None:
     if values.get("model_class", "llm") != "llm":
         raise NotSupportedError(f"{_where(origins, 'model_class')}: `model_class: {values['model_class']}` is not "
@@ -174,14 +179,14 @@ def _model(values, plugins, put, origins) -> None:
                                         ("export_hub_model_id", "export_hub_model_id", None)):
             value = peft.get(v1_key, default)
             if value is not None:
-                put(v0_key, ",".join(value) if isinstance(value, list) else value, f"peft_config.{v1_key}")
+                put(v0_key, _comma_list(value), f"peft_config.{v1_key}")
     else:
         put("finetuning_type", "freeze", "peft_config.name")
         for key, default in (("freeze_trainable_layers", 2), ("freeze_trainable_modules", "all"),
                              ("freeze_extra_modules", None)):
             value = peft.get(key, default)
             if value is not None:
-                put(key, ",".join(value) if isinstance(value, list) else value, f"peft_config.{key}")
+                put(key, _comma_list(value), f"peft_config.{key}")
         if peft.get("cast_trainable_params_to_fp32", True) is not True:
             put("pure_bf16", True, "peft_config.cast_trainable_params_to_fp32")
     kernels = plugins["kernel_config"]
@@ -275,8 +280,6 @@ def _saving_and_running(values, put, origins) -> None:
 def _dataset(train_dataset: str, origins) -> tuple[str, str]:
     from pathlib import Path
 
-    import yaml
-
     path = Path(train_dataset)
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise NotSupportedError(f"{_where(origins, 'train_dataset')}: `train_dataset: {train_dataset}` (rows already in "
@@ -285,7 +288,17 @@ def _dataset(train_dataset: str, origins) -> tuple[str, str]:
     if not path.is_file():
         raise ConfigError(f"{_where(origins, 'train_dataset')}: `train_dataset: {train_dataset}`: no such file (v1 "
                           f"reads it relative to the working folder, {Path.cwd()})")
-    entries = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return str(path), ",".join(read_dataset_yaml(path))
+
+
+def read_dataset_yaml(path) -> dict[str, Any]:
+    """A v1 dataset YAML as written (name -> {path, converter, ...}); data/v1_datasets.py reads the entries."""
+    import yaml
+
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read this v1 dataset YAML: {err}") from None
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"{path}: a v1 dataset YAML maps dataset names to {{path, converter, ...}}; got {entries!r}")
-    return str(path), ",".join(entries)
+    return entries

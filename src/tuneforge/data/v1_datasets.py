@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneforge.config.lf_v1 import read_dataset_yaml
 from tuneforge.errors import DataError, NotSupportedError
 
 _ENTRY_KEYS = ("path", "source", "split", "converter", "size", "weight", "streaming")
@@ -29,14 +30,7 @@ _CONVERTERS = {"alpaca": "alpaca", "sharegpt": "sharegpt"}
 
 def read_v1_dataset_yaml(path: Path) -> dict[str, dict[str, Any]]:
     """name -> a dataset_info.json entry, for every dataset of the YAML (file paths made absolute from the cwd)."""
-    import yaml
-
-    try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise DataError(f"{path}: cannot read this v1 dataset YAML: {err}") from None
-    if not isinstance(entries, dict):
-        raise DataError(f"{path}: a v1 dataset YAML maps dataset names to {{path, converter, ...}}")
+    entries = read_dataset_yaml(path)
     return {str(name): _entry(str(name), entry, path) for name, entry in entries.items()}
 
 
