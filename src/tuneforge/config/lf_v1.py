@@ -281,7 +281,7 @@ def _dataset(train_dataset: str, origins) -> tuple[str, str]:
     from pathlib import Path
 
     path = Path(train_dataset)
-    if path.suffix.lower() not in (".yaml", ".yml"):
+    if not is_dataset_yaml(train_dataset):
         raise NotSupportedError(f"{_where(origins, 'train_dataset')}: `train_dataset: {train_dataset}` (rows already in "
                                 f"v1's own message format, or a hub dataset id) is not supported yet; use a v1 "
                                 f"dataset YAML with a `converter` (alpaca or sharegpt)")
@@ -289,6 +289,11 @@ def _dataset(train_dataset: str, origins) -> tuple[str, str]:
         raise ConfigError(f"{_where(origins, 'train_dataset')}: `train_dataset: {train_dataset}`: no such file (v1 "
                           f"reads it relative to the working folder, {Path.cwd()})")
     return str(path), ",".join(read_dataset_yaml(path))
+
+
+def is_dataset_yaml(dataset_dir: str) -> bool:
+    """A `dataset_dir` that is a v1 dataset YAML (what `train_dataset` becomes), not a folder."""
+    return dataset_dir.lower().endswith((".yaml", ".yml"))
 
 
 def read_dataset_yaml(path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError, NotSupportedError
+from . import lf_v1
 from .args import split_names
 
 
@@ -146,7 +147,7 @@ def _check_dataset_dir(v) -> None:
     dataset_dir = v["dataset_dir"]
     if not dataset_dir or dataset_dir == "ONLINE" or dataset_dir.startswith("REMOTE:"):
         return
-    if dataset_dir.lower().endswith((".yaml", ".yml")):  # a LF v1 dataset YAML (a v1 config's train_dataset)
+    if lf_v1.is_dataset_yaml(dataset_dir):  # a v1 config's train_dataset
         return
     candidates = dataset_dir_candidates(dataset_dir, v.config_dir)
     files = [path for path in candidates if path.is_file()]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tuneforge.config.args import split_names
+from tuneforge.config.lf_v1 import is_dataset_yaml
 from tuneforge.config.validate_data import dataset_dir_candidates
 from tuneforge.errors import DataError, NotSupportedError
 from tuneforge.utils.env import env_enabled
@@ -289,7 +290,7 @@ def load_dataset_specs(
         info_file, info = fetch_remote_info(dataset_dir, registered, read_dataset_info)
         base = info_file.parent
         search_dirs.append(base)
-    elif registered and dataset_dir.lower().endswith((".yaml", ".yml")):  # a LF v1 config's train_dataset
+    elif registered and is_dataset_yaml(dataset_dir):  # a LF v1 config's train_dataset
         from tuneforge.data.v1_datasets import read_v1_dataset_yaml
 
         info_file = Path(dataset_dir).resolve()
