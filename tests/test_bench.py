@@ -65,7 +65,7 @@ def test_packed_4bit_weights_count_their_real_shape_and_not_as_the_dtype(tiny_ll
 
 
 def test_step_timer_measures_only_after_warmup():
-    counters = iter([(0, 0), (100, 40), (300, 100), (600, 160)])
+    counters = iter([(0, 0, 0), (100, 40, 90), (300, 100, 250), (600, 160, 480)])
     timer = StepTimer(warmup=1, steps=2, counters=lambda: next(counters))
 
     class State:
@@ -81,16 +81,16 @@ def test_step_timer_measures_only_after_warmup():
         timer.on_step_end(None, state, control)
         assert control.should_training_stop == (step == 3)
     # replace the wall/CPU clocks with known values: steps 1 -> 3 took 4 s
-    timer.marks = [(s, float(t), float(t) / 2, r, lab) for (s, _, _, r, lab), t in zip(timer.marks, (0, 1, 3, 5))]
+    timer.marks = [(s, float(t), float(t) / 2, *n) for (s, _, _, *n), t in zip(timer.marks, (0, 1, 3, 5))]
     measured = timer.measured()
     assert measured["seconds"] == 4.0 and measured["seconds_per_step"] == 2.0
-    assert measured["real_tokens"] == 500 and measured["label_tokens"] == 120
+    assert measured["real_tokens"] == 500 and measured["label_tokens"] == 120 and measured["computed_tokens"] == 390
     assert measured["cpu_seconds"] == 2.0 and measured["first_step_seconds"] == 1.0
 
 
 def test_step_timer_reports_too_few_steps():
-    timer = StepTimer(warmup=2, steps=5, counters=lambda: (0, 0))
-    timer.marks = [(0, 0.0, 0.0, 0, 0), (1, 1.0, 1.0, 5, 2)]
+    timer = StepTimer(warmup=2, steps=5, counters=lambda: (0, 0, 0))
+    timer.marks = [(0, 0.0, 0.0, 0, 0, 0), (1, 1.0, 1.0, 5, 2, 5)]
     with pytest.raises(NotSupportedError, match=r"stopped after 1 optimizer steps.*warm-up \(2\).*\(5\)"):
         timer.measured()
 

@@ -2,6 +2,8 @@
 
 - `packed_sdpa` (model/attention.py): one causal SDPA per sample of a packed row == transformers'
   `sdpa` with its block-causal mask, forward and gradients; everything else is plain `sdpa`.
+- shared prefixes (`PackedCollator(share_prefix=True)`): the batch's common label-free prefix computed
+  once == every sample computed whole: same loss, same gradients, fewer tokens.
 - `FastLoraLinear` (model/fast_lora.py): one autograd node per LoRA layer == peft's forward,
   outputs and gradients; unsupported setups take peft's path.
 """
@@ -15,18 +17,24 @@ import torch
 from torch import nn
 
 from tuneforge.data.collate import PackedCollator
-from tuneforge.model.attention import packed_lengths, packed_sdpa_attention_forward, register_packed_sdpa
+from tuneforge.model.attention import (packed_sdpa_attention_forward, packed_segments, register_packed_sdpa,
+                                       sample_token_count)
 from tuneforge.model.fast_lora import FastLoraLinear, enable_fast_lora
 from tuneforge.model.lm_parts import resolve_lm_parts
-from tuneforge.train.loss import chunked_causal_lm_loss
+from tuneforge.train.loss import chunked_causal_lm_eval, chunked_causal_lm_loss, sample_accuracies
 
 
-def test_packed_lengths():
-    assert packed_lengths(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [3, 2, 1]
-    assert packed_lengths(torch.tensor([[0, 1, 2, 3]]), 4) is None  # one sample: nothing to split
-    assert packed_lengths(torch.tensor([[5, 6, 0, 1]]), 4) is None  # a KV-cache step never restarts at 0 first
-    assert packed_lengths(torch.tensor([[0, 1, 0, 1], [0, 1, 0, 1]]), 4) is None  # not a single row
-    assert packed_lengths(None, 4) is None
+def test_packed_segments():
+    assert packed_segments(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [(3, 0), (2, 0), (1, 0)]
+    assert packed_segments(torch.tensor([[0, 1, 2, 3]]), 4) is None  # one sample: nothing to split
+    assert packed_segments(torch.tensor([[5, 6, 0, 1]]), 4) is None  # a KV-cache step never restarts at 0 first
+    assert packed_segments(torch.tensor([[0, 1, 0, 1], [0, 1, 0, 1]]), 4) is None  # not a single row
+    assert packed_segments(None, 4) is None
+    # shared prefixes: a segment starting at s > 0 continues the last one that started at 0
+    assert packed_segments(torch.tensor([[0, 1, 2, 3, 2, 3, 0, 1, 1]]), 9) == [(4, 0), (2, 2), (2, 0), (1, 1)]
+    assert packed_segments(torch.tensor([[0, 1, 2, 5, 6]]), 5) is None  # starts past what it could continue
+    assert sample_token_count(torch.tensor([[0, 1, 2, 3, 2, 3, 0, 1, 1]])) == 4 + 4 + 2 + 2
+    assert sample_token_count(torch.tensor([[0, 1, 2]])) == 3
 
 
 def _samples(vocab_size: int, lengths=((9, 4), (5, 0), (1, 0), (12, 6))) -> list[dict]:
@@ -73,21 +81,92 @@ def test_packed_sdpa_leaves_generation_unchanged(tiny_llama_dir):
     assert torch.equal(packed.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
 
 
-def test_packed_sdpa_falls_back_to_the_mask_when_a_sample_exceeds_the_sliding_window():
+def _reference_attention(q, k, v, position_ids, window):
+    """Attention of a packed row from its definition: token t sees token u of its own sample when u <= t (and
+    t - u < window); a continuation (first position s > 0) sees the first s tokens of its root as its own."""
+    positions = position_ids[0].tolist()
+    starts = [0] + [t for t in range(1, len(positions)) if positions[t] != positions[t - 1] + 1]
+    outputs = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else len(positions)
+        if positions[start] == 0:
+            root = start
+        keys = list(range(root, root + positions[start])) + list(range(start, end))
+        for t in range(start, end):
+            allowed = [u for j, u in enumerate(keys) if j <= positions[t] and (not window or positions[t] - j < window)]
+            scores = torch.einsum("hd,hnd->hn", q[0, :, t], k[0, :, allowed]) / q.shape[-1] ** 0.5
+            outputs.append(torch.einsum("hn,hnd->hd", torch.softmax(scores, -1), v[0, :, allowed]))
+    return torch.stack(outputs, 0)[None]  # [1, T, heads, head_dim]
+
+
+@pytest.mark.parametrize("window", [None, 2, 3])
+@pytest.mark.parametrize("positions", [[0, 1, 2, 0, 1], [0, 1, 2, 3, 2, 3, 4, 0, 1, 1]])
+def test_packed_sdpa_follows_the_layout_and_the_sliding_window(window, positions):
     torch.manual_seed(0)
     module = nn.Module()
-    module.sliding_window, module.is_causal = 2, True
-    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
-    position_ids = torch.tensor([[0, 1, 2, 0, 1]])
-    mask = torch.zeros(1, 1, 5, 5, dtype=torch.bool)  # attend nowhere but the diagonal: a visible difference
-    mask[0, 0].fill_diagonal_(True)
-    out, _ = packed_sdpa_attention_forward(module, q, k, v, mask, position_ids=position_ids)
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
-    torch.testing.assert_close(out, expected)
-    module.sliding_window = 3  # every sample fits: per-sample causal attention, the mask is not used
-    out, _ = packed_sdpa_attention_forward(module, q, k, v, mask, position_ids=position_ids)
-    first = torch.nn.functional.scaled_dot_product_attention(q[:, :, :3], k[:, :, :3], v[:, :, :3], is_causal=True)
-    torch.testing.assert_close(out[:, :3], first.transpose(1, 2))
+    module.sliding_window, module.is_causal = window, True
+    length = len(positions)
+    q, k, v = (torch.randn(1, 2, length, 8) for _ in range(3))
+    mask = torch.zeros(1, 1, length, length, dtype=torch.bool)  # whatever transformers built: not used
+    out, _ = packed_sdpa_attention_forward(module, q, k, v, mask, position_ids=torch.tensor([positions]))
+    torch.testing.assert_close(out, _reference_attention(q, k, v, torch.tensor([positions]), window))
+
+
+def _prefixed_samples(vocab_size: int, shared: int = 10) -> list[dict]:
+    gen = torch.Generator().manual_seed(5)
+    prefix = torch.randint(10, vocab_size, (shared,), generator=gen).tolist()
+    out = []
+    for rest, prompt in ((7, 3), (4, 1), (9, 5), (1, 1)):  # (tokens after the prefix, of which prompt)
+        ids = prefix + torch.randint(10, vocab_size, (rest,), generator=gen).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * (shared + prompt) + ids[shared + prompt:]})
+    return out
+
+
+def test_shared_prefix_layout():
+    samples = _prefixed_samples(100)
+    batch = PackedCollator(share_prefix=True)(samples)
+    plain = PackedCollator()(samples)
+    shared = 10 + 1 - 1  # prefix 10; the shortest sample (10 + 1 tokens) keeps one token; no label before 11
+    assert batch["input_ids"].shape[1] == plain["input_ids"].shape[1] - 3 * shared
+    assert batch["position_ids"][0].tolist() == [*range(17), *range(10, 14), *range(10, 19), *range(10, 11)]
+    assert sample_token_count(batch["position_ids"]) == plain["input_ids"].shape[1]
+    assert batch["labels"][batch["labels"] != -100].tolist() == plain["labels"][plain["labels"] != -100].tolist()
+    # a label inside the common prefix, a short common prefix or one sample: nothing is shared
+    labelled = [dict(s, labels=s["input_ids"]) for s in samples]
+    assert torch.equal(PackedCollator(share_prefix=True)(labelled)["input_ids"], PackedCollator()(labelled)["input_ids"])
+    short = [{"input_ids": s["input_ids"][6:], "labels": s["labels"][6:]} for s in samples]
+    assert PackedCollator(share_prefix=True)(short)["input_ids"].shape == PackedCollator()(short)["input_ids"].shape
+    assert torch.equal(PackedCollator(share_prefix=True)(samples[:1])["input_ids"], PackedCollator()(samples[:1])["input_ids"])
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_shared_prefix_training_step_equals_unshared(request, model_fixture):
+    from transformers import AutoModelForCausalLM
+
+    path = request.getfixturevalue(model_fixture)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=register_packed_sdpa(), dtype=torch.float32)
+    samples = _prefixed_samples(model.config.vocab_size)
+    want_loss, want_grads = _loss_and_grads(model, PackedCollator()(samples))
+    got_loss, got_grads = _loss_and_grads(model, PackedCollator(share_prefix=True)(samples))
+    torch.testing.assert_close(got_loss, want_loss, atol=1e-6, rtol=1e-6)
+    assert got_grads.keys() == want_grads.keys()
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_shared_prefix_keeps_per_sample_accuracy(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=register_packed_sdpa()).eval()
+    samples = _prefixed_samples(model.config.vocab_size)
+    accuracies = []
+    for collator in (PackedCollator(), PackedCollator(share_prefix=True)):
+        batch = collator(samples)
+        with torch.no_grad():
+            _, hits, keep = chunked_causal_lm_eval(resolve_lm_parts(model, batch)[0], batch)
+        accuracies.append(sample_accuracies(hits, keep, batch))
+    assert accuracies[0].numel() == sum(any(label != -100 for label in s["labels"][1:]) for s in samples) == 3
+    torch.testing.assert_close(accuracies[1], accuracies[0])
 
 
 # ---- FastLoraLinear ---------------------------------------------------------------------------

@@ -30,10 +30,10 @@ logger = logging.getLogger("tuneforge")
 class StepTimer(TrainerCallback):
     """Times optimizer steps; stops training after `warmup + steps` of them."""
 
-    def __init__(self, warmup: int, steps: int, counters: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, warmup: int, steps: int, counters: Callable[[], tuple[int, int, int]]) -> None:
         self.warmup, self.steps, self.counters = warmup, steps, counters
-        # (step, wall time, CPU time of this process, real tokens, label tokens)
-        self.marks: list[tuple[int, float, float, int, int]] = []
+        # (step, wall time, CPU time of this process, real tokens, label tokens, computed tokens)
+        self.marks: list[tuple[int, float, float, int, int, int]] = []
         self.losses: dict[int, float] = {}
         self.train_begin: float | None = None
 
@@ -60,7 +60,7 @@ class StepTimer(TrainerCallback):
                 f"the run stopped after {done} optimizer steps, before warm-up ({self.warmup}) + "
                 f"measured steps ({self.steps}) were done (a callback or an error ended it early)"
             )
-        (t0, cpu0, real0, label0), (t1, cpu1, real1, label1) = by_step[self.warmup], by_step[end]
+        (t0, cpu0, real0, label0, run0), (t1, cpu1, real1, label1, run1) = by_step[self.warmup], by_step[end]
         seconds = t1 - t0
         return {
             "seconds": seconds,
@@ -70,6 +70,7 @@ class StepTimer(TrainerCallback):
             "seconds_per_step": seconds / self.steps,
             "real_tokens": real1 - real0,
             "label_tokens": label1 - label0,
+            "computed_tokens": run1 - run0,  # fewer than the real ones when a batch shares a prompt prefix
             "first_step_seconds": by_step[1][0] - by_step[0][0] if 1 in by_step and 0 in by_step else float("nan"),
         }
 
@@ -116,7 +117,6 @@ def _weights_dtype(model) -> str:
 def build_bench_trainer(cfg):
     """Tokenizer, data, model, collator and trainer exactly as the stage's recipe builds them."""
     from tuneforge.data.collate import PackedCollator
-    from tuneforge.data.packing import sft_collator
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.config.stages import stage_record
     from tuneforge.model.loader import load_model
@@ -128,7 +128,7 @@ def build_bench_trainer(cfg):
     tokenizer, template = workflow.load_tokenizer_and_template(cfg)
     bundle = build_datasets(cfg, tokenizer, template, stage=stage)
     model = load_model(cfg.model, cfg.finetuning, is_trainable=True, compute_dtype=workflow.compute_dtype(cfg))
-    collator = PackedCollator() if template is None else sft_collator(cfg.data, tokenizer.pad_token_id)
+    collator = PackedCollator() if template is None else workflow.sft_batch_collator(cfg, tokenizer, model)
     trainer, _ = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
     return trainer, bundle
 
@@ -159,7 +159,8 @@ def run_bench(
         started = time.perf_counter()
         trainer, bundle = build_bench_trainer(cfg)
         rss_before = _current_rss_gib()
-        timer = StepTimer(warmup, steps, lambda: (trainer._session_tokens, trainer._session_label_tokens))
+        timer = StepTimer(warmup, steps, lambda: (trainer._session_tokens, trainer._session_label_tokens,
+                                                           trainer.session_computed_tokens))
         trainer.add_callback(timer)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -169,7 +170,7 @@ def run_bench(
     dtype = _weights_dtype(model)
     shape = flops_model.shape_from_model(model)
     attn_per_token = flops_model.attention_flops_per_token(shape, (len(ids) for ids in bundle.train["input_ids"]))
-    step_flops = flops_model.step_flops(shape, measured["real_tokens"], measured["label_tokens"], attn_per_token)
+    step_flops = flops_model.step_flops(shape, measured["computed_tokens"], measured["label_tokens"], attn_per_token)
     achieved = step_flops / measured["seconds"] / 1e9
     peak = gemm_peak_gflops(dtype, refresh=remeasure_peak)
     result: dict[str, Any] = {
@@ -189,6 +190,7 @@ def run_bench(
         "label_tokens_per_s": round(measured["label_tokens"] / measured["seconds"], 2),
         "real_tokens_per_cpu_s": round(measured["real_tokens"] / measured["cpu_seconds"], 2),
         "real_tokens_per_step": round(measured["real_tokens"] / steps, 1),
+        "computed_tokens_per_step": round(measured["computed_tokens"] / steps, 1),
         "setup_seconds": round((timer.train_begin or started) - started, 2),
         "first_step_seconds": round(measured["first_step_seconds"], 2),
         "peak_rss_gib": round(_peak_rss_gib(), 3),
@@ -225,6 +227,8 @@ def format_result(result: dict[str, Any]) -> str:
         f"(first step {result['first_step_seconds']} s, setup {result['setup_seconds']} s)",
         f"  real tokens/s     {result['real_tokens_per_s']:>10.1f}   ({result['real_tokens_per_step']:.0f} per step)",
         f"  label tokens/s    {result['label_tokens_per_s']:>10.1f}",
+        f"  computed tokens   {result['computed_tokens_per_step']:>10.0f}   per step (a prompt prefix a batch shares "
+        "runs once)",
         f"  s/step            {result['seconds_per_step']:>10.3f}",
         f"  real tokens/CPU-s {result['real_tokens_per_cpu_s']:>10.1f}   (CPU time of this process)",
         f"  peak RSS          {result['peak_rss_gib']:>10.2f} GiB",

@@ -10,6 +10,11 @@ sample boundary because `position_ids` restart at 0 for each sample:
 - FlashAttention-2 (GPU): the same position_ids select the varlen kernel. With
   `return_flash_attn_kwargs=True` the batch also carries `cu_seq_lens_q/k` and `max_length_q/k`,
   so the kernel does not re-derive the boundaries from position_ids in every layer.
+
+With `share_prefix=True` (sft on tuneforge's packed SDPA) the prompt prefix every sample of the batch
+shares -- typically the system prompt -- is written once, with the first sample, and every other sample
+continues it with positions that go on from it (model/attention.py attends across the two). Only a
+prefix carrying no label is shared, so losses and gradients are those of the unshared row.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import torch
 from tuneforge.errors import DataError
 
 IGNORE_INDEX = -100
+# Shorter common prefixes are not worth a separate segment (and an attention mask per sample).
+MIN_SHARED_PREFIX = 8
 
 
 def _as_id_list(feature: Mapping[str, Any], key: str, index: int) -> list[int]:
@@ -55,27 +62,49 @@ def _ids_and_labels(features: Sequence[Mapping[str, Any]]) -> list[tuple[list[in
     return pairs
 
 
+def shared_prefix_length(pairs: Sequence[tuple[list[int], list[int]]]) -> int:
+    """Tokens every sample starts with that can be computed once: no label on them nor on the token after
+    them (that token's label would be predicted from the shared part), and every sample keeps one token."""
+    limit = min(next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+                for _, labels in pairs) - 1
+    first = pairs[0][0]
+    length = 0
+    while length < limit and all(ids[length] == first[length] for ids, _ in pairs[1:]):
+        length += 1
+    return max(length, 0)
+
+
 class PackedCollator:
     """Padding-free batches: all samples of a batch become one row of length T = sum of lengths.
 
     Returns `input_ids [1,T]`, `labels [1,T]`, `position_ids [1,T]` (restarting at 0 per sample)
     and no `attention_mask`. The first label of every sample is -100: with the usual causal shift
-    that label would be predicted from the previous sample's last token.
+    that label would be predicted from the previous sample's last token. With `share_prefix` and a common
+    label-free prefix of P >= MIN_SHARED_PREFIX tokens, the first sample is written whole and every other
+    one from its token P on, positions P, P+1, ...: T = sum of lengths - (B - 1) x P.
     """
 
-    def __init__(self, *, return_flash_attn_kwargs: bool = False) -> None:
+    def __init__(self, *, return_flash_attn_kwargs: bool = False, share_prefix: bool = False) -> None:
+        if share_prefix and return_flash_attn_kwargs:
+            raise ValueError("share_prefix needs tuneforge's packed SDPA attention, not FlashAttention's varlen kernel")
         self.return_flash_attn_kwargs = return_flash_attn_kwargs
+        self.share_prefix = share_prefix
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        pairs = _ids_and_labels(features)
+        shared = shared_prefix_length(pairs) if self.share_prefix and len(pairs) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
         input_ids: list[int] = []
         labels: list[int] = []
         position_ids: list[int] = []
         boundaries = [0]
-        for sample_ids, sample_labels in _ids_and_labels(features):
-            input_ids.extend(sample_ids)
+        for index, (sample_ids, sample_labels) in enumerate(pairs):
+            skip = shared if index else 0  # the first sample is written whole: the others continue it
+            input_ids.extend(sample_ids[skip:])
             labels.append(IGNORE_INDEX)
-            labels.extend(sample_labels[1:])
-            position_ids.extend(range(len(sample_ids)))
+            labels.extend(sample_labels[skip + 1:])
+            position_ids.extend(range(skip, len(sample_ids)))
             boundaries.append(len(input_ids))
 
         batch: dict[str, Any] = {

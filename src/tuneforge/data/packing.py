@@ -153,10 +153,10 @@ class BinCollator:
     attention across samples); otherwise right-padded rows with `attention_mask` and the rows' own
     `position_ids` (one causal sequence per row)."""
 
-    def __init__(self, pad_token_id: int, *, neat: bool) -> None:
+    def __init__(self, pad_token_id: int, *, neat: bool, share_prefix: bool = False) -> None:
         self.neat = neat
         self.padded = PaddedCollator(pad_token_id=pad_token_id)
-        self.packed = PackedCollator()
+        self.packed = PackedCollator(share_prefix=share_prefix)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if self.neat:
@@ -170,10 +170,11 @@ class BinCollator:
         return batch
 
 
-def sft_collator(data: DataArguments, pad_token_id: int):
-    """The collator for sft's layout (see `packing_mode`)."""
+def sft_collator(data: DataArguments, pad_token_id: int, *, share_prefix: bool = False):
+    """The collator for sft's layout (see `packing_mode`); `share_prefix` (a model on tuneforge's packed SDPA):
+    padding-free batches compute the prompt prefix their samples share once (data/collate.py)."""
     mode = packing_mode(data)
     if mode == "bins":
-        return BinCollator(pad_token_id, neat=data.neat_packing)
-    return PaddedCollator(pad_token_id=pad_token_id) if mode == "padded" else PackedCollator()
+        return BinCollator(pad_token_id, neat=data.neat_packing, share_prefix=share_prefix)
+    return PaddedCollator(pad_token_id=pad_token_id) if mode == "padded" else PackedCollator(share_prefix=share_prefix)
 

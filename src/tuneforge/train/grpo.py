@@ -121,10 +121,11 @@ class GRPOTrainer(TuneforgeTrainer):
         self._step_started = time.perf_counter()
         return rollouts.micro_batches, torch.tensor(rollouts.completion_tokens)
 
-    def micro_batch_tokens(self, inputs) -> tuple[int, int]:
-        """(prompt + completion tokens, completion tokens) of a micro-batch of rollouts."""
+    def micro_batch_tokens(self, inputs) -> tuple[int, int, int]:
+        """(prompt + completion tokens, completion tokens, the same as the first) of a micro-batch of rollouts."""
         completion = sum(map(len, inputs["completion_ids"]))
-        return sum(map(len, inputs["prompt_ids"])) + completion, completion
+        real = sum(map(len, inputs["prompt_ids"])) + completion
+        return real, completion, real
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tuneforge.model.attention import sample_token_count
 from tuneforge.model.lm_parts import DECODER_INPUT_KEYS, LMParts
 
 IGNORE_INDEX = -100
@@ -183,6 +184,19 @@ def shifted_label_count(labels: torch.Tensor) -> int:
     return int((labels[..., 1:] != IGNORE_INDEX).sum())
 
 
+def computed_token_count(inputs: dict[str, Any]) -> int:
+    """Tokens the model runs for a batch: the non-pad positions."""
+    mask = inputs.get("attention_mask")
+    return int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+
+
+def real_token_count(inputs: dict[str, Any]) -> int:
+    """Tokens of the batch's samples: a prefix a packed row shares counts for every sample that has it."""
+    if "attention_mask" not in inputs and "position_ids" in inputs and inputs["input_ids"].shape[0] == 1:
+        return sample_token_count(inputs["position_ids"])
+    return computed_token_count(inputs)
+
+
 def chunked_causal_lm_loss(
     parts: LMParts,
     inputs: dict[str, Any],
@@ -249,14 +263,15 @@ def _normalise(loss_sum: torch.Tensor, keep: torch.Tensor, num_items_in_batch) -
 def sample_accuracies(hits: torch.Tensor, keep: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     """Token accuracy of every sample of the batch that has label tokens (LLaMA-Factory's `ComputeAccuracy`:
     per sample, the share of label tokens the argmax predicts). Samples are the rows of a padded batch, or
-    the pieces of a packed row (`position_ids` restart at 0)."""
+    the pieces of a packed row (a new one wherever `position_ids` do not go on by one: model/attention.py)."""
     position_ids = inputs.get("position_ids")
     rows, width = keep.shape[0], keep.shape[1] + 1
     if position_ids is None:
         sample = torch.arange(rows, device=keep.device)[:, None].expand(rows, width)
-    else:  # one id per sample: a new sample starts wherever the position restarts at 0
-        starts = (position_ids.to(keep.device) == 0).long()
-        starts[:, 0] = 1
+    else:  # one id per sample
+        positions = position_ids.to(keep.device)
+        starts = torch.ones_like(positions)
+        starts[:, 1:] = (positions[:, 1:] != positions[:, :-1] + 1).long()
         sample = starts.flatten().cumsum(0).view(rows, width) - 1
     owner = sample[:, 1:][keep]  # a label belongs to the sample of the token it is
     count = torch.bincount(owner, minlength=int(sample.max()) + 1)

@@ -1,7 +1,8 @@
 """Supervised fine-tuning recipe: setup -> data -> model -> trainer -> train -> save.
 
 Padding-free by default: the samples of a batch are concatenated into one row with position_ids
-restarting per sample and no attention across samples (`packing: false` pads instead; `packing: true` /
+restarting per sample and no attention across samples; the prompt prefix the samples of a batch share
+(a system prompt) is computed once (`packing: false` pads instead; `packing: true` /
 `neat_packing: true` are LLaMA-Factory's bin-packing into cutoff_len rows, data/packing.py).
 """
 
@@ -11,7 +12,6 @@ from tuneforge.train import workflow
 
 
 def run_sft(cfg) -> dict:
-    from tuneforge.data.packing import sft_collator
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.model.loader import load_model
     from tuneforge.train.recall_stop import add_recall_stop, report_recall
@@ -31,7 +31,7 @@ def run_sft(cfg) -> dict:
                        compute_dtype=workflow.compute_dtype(cfg))
 
     # trainer
-    collator = sft_collator(cfg.data, tokenizer.pad_token_id)  # per-batch padding-free / padded / LF bins
+    collator = workflow.sft_batch_collator(cfg, tokenizer, model)
     objective, log_keys = None, ()
     if cfg.finetuning.use_asft_loss:  # LF's ASFT: DFT + asft_alpha x KL to a reference model (train/asft.py)
         from tuneforge.config.args import ADAPTER_METHODS

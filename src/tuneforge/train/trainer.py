@@ -41,7 +41,8 @@ from transformers import Trainer
 from tuneforge.model.compile import compile_regionally
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighting, chunked_causal_lm_eval,
-                                  chunked_causal_lm_loss, logits_loss, sample_accuracies, shifted_label_count)
+                                  chunked_causal_lm_loss, computed_token_count, logits_loss, real_token_count,
+                                  sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
 from tuneforge.train.sharding import chunked_loss_blocked, is_fsdp2, through_wrapper
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
@@ -96,6 +97,7 @@ class TuneforgeTrainer(Trainer):
         self._logged_fallbacks: set[str] = set()
         self._session_tokens = 0
         self._session_label_tokens = 0
+        self.session_computed_tokens = 0  # tokens the model ran: fewer than the real ones with shared prefixes
         self.session_steps = 0  # micro-batches trained by this train() call (0: a resume with nothing left)
         self._count_into_state = self.args.include_num_input_tokens_seen in ("no", False, None)
         if self.args.remove_unused_columns:
@@ -242,6 +244,7 @@ class TuneforgeTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
         self._session_tokens = 0
         self._session_label_tokens = 0
+        self.session_computed_tokens = 0
         self.session_steps = 0
         if resume_from_checkpoint and self._nothing_left(resume_from_checkpoint):
             return self._load_finished_run(resume_from_checkpoint)
@@ -285,13 +288,15 @@ class TuneforgeTrainer(Trainer):
             metrics["train_loss"] = sum(losses) / len(losses)
         return TrainOutput(self.state.global_step, metrics.get("train_loss", float("nan")), metrics)
 
-    def micro_batch_tokens(self, inputs) -> tuple[int, int]:
-        """(real tokens, label tokens) of a micro-batch, for the throughput and token counts (a stage may override)."""
-        real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
-        return real, shifted_label_count(inputs["labels"]) if "labels" in inputs else 0
+    def micro_batch_tokens(self, inputs) -> tuple[int, int, int]:
+        """(real, label, computed) tokens of a micro-batch, for the throughput and token counts (a stage may
+        override). Real tokens are the samples' own; computed ones what the model ran (a shared prefix once)."""
+        labels = shifted_label_count(inputs["labels"]) if "labels" in inputs else 0
+        return real_token_count(inputs), labels, computed_token_count(inputs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        real_tokens, label_tokens = self.micro_batch_tokens(inputs)
+        real_tokens, label_tokens, computed_tokens = self.micro_batch_tokens(inputs)
+        self.session_computed_tokens += computed_tokens
         self.session_steps += 1
         self._session_tokens += real_tokens
         self._session_label_tokens += label_tokens

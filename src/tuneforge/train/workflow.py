@@ -83,6 +83,15 @@ def report_data(bundle, output_dir: str) -> None:
     bundle.report.save(output_dir)
 
 
+def sft_batch_collator(cfg, tokenizer, model):
+    """sft's collator (data/packing.py): per-batch padding-free, padded or LF's bins; on tuneforge's packed SDPA
+    the prompt prefix the samples of a batch share (a system prompt) is computed once per batch."""
+    from tuneforge.data.packing import sft_collator
+    from tuneforge.model.attention import runs_packed_sdpa
+
+    return sft_collator(cfg.data, tokenizer.pad_token_id, share_prefix=runs_packed_sdpa(model))
+
+
 def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=(), trainer_class=None):
     """The run's `TuneforgeTrainer` (or the stage's subclass): the LM loss by default, or a stage `objective`."""
     from tuneforge.train.callbacks import LogCallback
