@@ -36,22 +36,50 @@ def recall_check_samples(cfg, tokenizer, template) -> list[dict[str, list[int]]]
     return [{"input_ids": list(row["input_ids"]), "labels": list(row["labels"])} for row in picked]
 
 
+# Samples per forward pass of the check: one padding-free row, the prompt prefix they share computed once.
+CHECK_BATCH = 16
+
+
 @torch.no_grad()
 def teacher_forced_exact(model, samples: list[dict[str, list[int]]]) -> list[bool]:
-    """For each sample: would greedy decoding reproduce all of its label tokens?"""
+    """For each sample: would greedy decoding reproduce all of its label tokens? Samples go through the model
+    CHECK_BATCH at a time as one packed row, logits only where a label is (train/loss.py)."""
+    from tuneforge.data.collate import PackedCollator
+    from tuneforge.model.attention import runs_packed_sdpa
+    from tuneforge.model.lm_parts import resolve_lm_parts
+    from tuneforge.train.loss import chunked_causal_lm_eval, sample_accuracies
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    exact = []
+    collator = PackedCollator(share_prefix=runs_packed_sdpa(model))
+    exact: list[bool] = []
     try:
-        for sample in samples:
-            ids = torch.tensor([sample["input_ids"]], device=device)
-            labels = torch.tensor(sample["labels"][1:], device=device)
-            logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
-            trained = labels != -100
-            exact.append(bool((logits[trained].argmax(-1) == labels[trained]).all()))
+        for start in range(0, len(samples), CHECK_BATCH):
+            chunk = samples[start:start + CHECK_BATCH]
+            batch = {key: value.to(device) for key, value in collator(chunk).items()}
+            parts, _ = resolve_lm_parts(model, batch)
+            accuracy = None
+            if parts is not None:
+                _, hits, keep = chunked_causal_lm_eval(parts, batch)
+                accuracy = sample_accuracies(hits, keep, batch)
+            if accuracy is not None and accuracy.numel() == len(chunk):
+                exact.extend(bool(a == 1.0) for a in accuracy.tolist())
+            else:  # a model the packed path does not take (or a sample without labels): one at a time
+                exact.extend(_exact_one_by_one(model, chunk, device))
     finally:
         model.train(was_training)
+    return exact
+
+
+def _exact_one_by_one(model, samples: list[dict[str, list[int]]], device) -> list[bool]:
+    exact = []
+    for sample in samples:
+        ids = torch.tensor([sample["input_ids"]], device=device)
+        labels = torch.tensor(sample["labels"][1:], device=device)
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+        trained = labels != -100
+        exact.append(bool((logits[trained].argmax(-1) == labels[trained]).all()))
     return exact
 
 
