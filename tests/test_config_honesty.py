@@ -13,12 +13,14 @@ import pytest
 from tuneforge.config import support
 from tuneforge.config.args import (DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments,
                                    TrainingArguments)
+from tuneforge.config.batching_args import BatchingArguments
 from tuneforge.config.facts_args import FactArguments
 from tuneforge.config.parser import load_config_dict
 from tuneforge.errors import NotSupportedError
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "tuneforge"
-LF_SECTIONS = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, FactArguments)
+LF_SECTIONS = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, FactArguments,
+               BatchingArguments)
 
 
 def _code_outside_config() -> str:

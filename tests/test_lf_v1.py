@@ -60,7 +60,8 @@ def test_v1_freeze_full_and_dotted_overrides(v1_workspace, tiny_llama_dir):
 @pytest.mark.parametrize("settings, error, message", [
     ({"peft_config": {"name": "lora", "lora_rank": 8}}, ConfigError, "`peft_config` \\(lora\\) has no key `lora_rank`"),
     ({"flash_attn": "flash_attention2"}, ConfigError, "`flash_attn: flash_attention2` is not a v1 value"),
-    ({"batching_strategy": "dynamic_batching"}, NotSupportedError, "`batching_strategy: dynamic_batching`"),
+    ({"batching_strategy": "dynamic"}, ConfigError, "`batching_strategy: dynamic` is not one of normal"),
+    ({"batching_strategy": "dynamic_batching"}, ConfigError, "`dynamic_batching` needs `max_steps`"),
     ({"dist_config": {"name": "fsdp2", "cp_mode": "ulysses", "cp_size": 2}}, NotSupportedError, "context parallelism"),
     ({"micro_batch_size": 3, "global_batch_size": 8}, ConfigError, "`global_batch_size: 8` is not a multiple"),
     ({"eval_dataset": "data/v1_sft_demo.yaml"}, NotSupportedError, "never evaluates"),
@@ -72,7 +73,7 @@ def test_v1_freeze_full_and_dotted_overrides(v1_workspace, tiny_llama_dir):
      "it needs a CUDA GPU"),
     ({"quant_config": {"name": "bnb", "compute_dtype": "bfloat16"}}, NotSupportedError, "`quant_config.compute_dtype`"),
     ({"dist_config": {"name": "fsdp2", "mp_shard_size": 2}}, NotSupportedError, "`dist_config.mp_shard_size`"),
-    ({"kernel_config": {"name": "auto", "include_kernels": "npu_fused_rope"}}, NotSupportedError, "\(kernel ids\)"),
+    ({"kernel_config": {"name": "auto", "include_kernels": "npu_fused_rope"}}, NotSupportedError, r"\(kernel ids\)"),
 ])
 def test_v1_settings_tuneforge_cannot_honour_are_refused(v1_workspace, tiny_llama_dir, settings, error, message):
     with pytest.raises(error, match=message):

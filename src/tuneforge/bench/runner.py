@@ -121,6 +121,7 @@ def build_bench_trainer(cfg):
     from tuneforge.config.stages import stage_record
     from tuneforge.model.loader import load_model
     from tuneforge.train import workflow
+    from tuneforge.train.token_batching import sft_trainer_class
 
     stage = cfg.finetuning.stage
     if stage_record(stage).data not in ("supervised", "text"):
@@ -129,7 +130,7 @@ def build_bench_trainer(cfg):
     bundle = build_datasets(cfg, tokenizer, template, stage=stage)
     model = load_model(cfg.model, cfg.finetuning, is_trainable=True, compute_dtype=workflow.compute_dtype(cfg))
     collator = PackedCollator() if template is None else workflow.sft_batch_collator(cfg, tokenizer, model)
-    trainer, _ = workflow.build_trainer(cfg, model, tokenizer, bundle, collator)
+    trainer, _ = workflow.build_trainer(cfg, model, tokenizer, bundle, collator, trainer_class=sft_trainer_class(cfg))
     return trainer, bundle
 
 

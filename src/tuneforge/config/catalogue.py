@@ -7,6 +7,7 @@ from typing import Any
 
 from . import support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+from .batching_args import BatchingArguments
 from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
 from .grpo_args import GRPOArguments
@@ -21,6 +22,7 @@ SECTIONS: tuple[tuple[str, type | None], ...] = (
     ("training", None),  # HF's training arguments + LF's: read from training_fields.json (no transformers import)
     ("facts", FactArguments),
     ("grpo", GRPOArguments),
+    ("batching", BatchingArguments),
     ("evaluation", EvaluationArguments),
     ("lf_extras", LFExtraArguments),  # LF keys of features not built yet: always at their defaults
 )

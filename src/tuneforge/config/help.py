@@ -14,6 +14,7 @@ _TITLES = {
     "generating": "generating",
     "training": "training (HF Seq2SeqTrainingArguments + LLaMA-Factory additions)",
     "facts": "fact data (tuneforge additions: augmentation, train until learned)",
+    "batching": "micro-batches (LLaMA-Factory v1's batching_strategy)",
     "grpo": "stage grpo (TRL 1.x GRPOConfig names: completions per prompt, rewards, clipping, KL)",
     "evaluation": "multiple-choice evaluation (`tuneforge eval x.yaml`: MMLU / C-Eval / CMMLU layout)",
     "lf_extras": "LLaMA-Factory keys of features tuneforge does not have yet",

@@ -21,6 +21,8 @@ from typing import Any
 
 from tuneforge.errors import ConfigError, NotSupportedError
 
+from .batching_args import TOKEN_BUDGET_STRATEGIES
+
 logger = logging.getLogger(__name__)
 
 # keys only a v1 file has (`model` without `model_name_or_path` is v1 too)
@@ -225,9 +227,14 @@ def _batch(values, put, origins) -> None:
     strategy = values.get("batching_strategy", "normal")
     if strategy == "normal":
         put("packing", False, "batching_strategy")  # each micro-batch padded to its longest sample
+    elif strategy in TOKEN_BUDGET_STRATEGIES:  # micro-batches of cutoff_len x micro_batch_size tokens
+        put("batching_strategy", strategy, "batching_strategy")
+        logger.warning("batching_strategy: %s -- v1 carries the samples left over at the end of a step into the next "
+                       "step and replays the same order every epoch; tuneforge ends each epoch with a smaller "
+                       "micro-batch and reshuffles every epoch (data/token_batches.py)", strategy)
     elif strategy != "padding_free":  # padding_free: tuneforge's default (one row per batch, no cross-attention)
-        raise NotSupportedError(f"{_where(origins, 'batching_strategy')}: `batching_strategy: {strategy}` (micro-"
-                                f"batches sized by a token budget) is not supported yet; use normal or padding_free")
+        raise ConfigError(f"{_where(origins, 'batching_strategy')}: `batching_strategy: {strategy}` is not one of "
+                          f"normal, padding_free, dynamic_batching, dynamic_padding_free")
     if "batching_workers" in values:
         put("dataloader_num_workers", int(values["batching_workers"]), "batching_workers")
     if values.get("enable_activation_checkpointing") is False:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 from .catalogue import SECTIONS, all_known_keys, expected_type, field_default, flag_keys, key_catalogue
 from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
+from .batching_args import BatchingArguments
 from .grpo_args import GRPOArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
@@ -47,6 +48,7 @@ class RunConfig:
     facts: FactArguments = field(default_factory=FactArguments)  # tuneforge's fact-data keys
     evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)  # multiple-choice evaluation
     grpo: GRPOArguments = field(default_factory=GRPOArguments)  # stage grpo's keys
+    batching: BatchingArguments = field(default_factory=BatchingArguments)  # LF v1's batching_strategy
 
     @property
     def config_dir(self) -> Path | None:
@@ -354,6 +356,7 @@ def _build(
         facts = FactArguments(**sections["facts"])
         evaluation = EvaluationArguments(**sections["evaluation"])
         grpo = GRPOArguments(**sections["grpo"])
+        batching = BatchingArguments(**sections["batching"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     try:
@@ -363,4 +366,5 @@ def _build(
                                                      finetuning.finetuning_type))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo)
+    return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo,
+                     batching)

@@ -15,6 +15,7 @@ from ..errors import ConfigError, NotSupportedError
 from . import support
 from .stages import STAGES, check_stage_keys
 from .args import ADAPTER_METHODS, split_names
+from .batching_args import check_batching
 from .validate_data import check_data, check_evaluation, check_facts, check_predict
 from .validate_optimizers import check_optimizers
 from .validate_parallel import check_ray, check_sharding
@@ -81,6 +82,7 @@ def check_consistency(
     check_ray(v, os.environ, ray_available, cuda_available)
     check_optimizers(v, optimizer_package_available)  # validate_optimizers.py
     check_data(v)  # validate_data.py
+    check_batching(v)  # batching_args.py
     check_facts(v)
     check_evaluation(v)
     check_stage_keys(v)

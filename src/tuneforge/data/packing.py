@@ -44,8 +44,12 @@ from tuneforge.data.workers import shard_bounds
 from tuneforge.errors import DataError
 
 
-def packing_mode(data: DataArguments) -> str:
-    """`per_batch` (unset), `padded` (`packing: false`) or `bins` (`packing: true` / `neat_packing: true`)."""
+def packing_mode(data: DataArguments, batching_strategy: str | None = None) -> str:
+    """`per_batch` (unset), `padded` (`packing: false`) or `bins` (`packing: true` / `neat_packing: true`); LF v1's
+    `batching_strategy` (config/batching_args.py), when set, instead: normal / dynamic_batching pad, padding_free /
+    dynamic_padding_free are per_batch."""
+    if batching_strategy is not None:
+        return "padded" if batching_strategy in ("normal", "dynamic_batching") else "per_batch"
     if data.neat_packing or data.packing is True:
         return "bins"
     return "padded" if data.packing is False else "per_batch"
@@ -170,10 +174,11 @@ class BinCollator:
         return batch
 
 
-def sft_collator(data: DataArguments, pad_token_id: int, *, share_prefix: bool = False):
+def sft_collator(data: DataArguments, pad_token_id: int, *, share_prefix: bool = False,
+                 batching_strategy: str | None = None):
     """The collator for sft's layout (see `packing_mode`); `share_prefix` (a model on tuneforge's packed SDPA):
     padding-free batches compute the prompt prefix their samples share once (data/collate.py)."""
-    mode = packing_mode(data)
+    mode = packing_mode(data, batching_strategy)
     if mode == "bins":
         return BinCollator(pad_token_id, neat=data.neat_packing, share_prefix=share_prefix)
     return PaddedCollator(pad_token_id=pad_token_id) if mode == "padded" else PackedCollator(share_prefix=share_prefix)

@@ -16,6 +16,7 @@ def run_sft(cfg) -> dict:
     from tuneforge.model.loader import load_model
     from tuneforge.train.recall_stop import add_recall_stop, report_recall
     from tuneforge.train.resume import prepare_output_dir
+    from tuneforge.train.token_batching import sft_trainer_class
 
     # setup: decide about resuming before anything slow happens
     resume = prepare_output_dir(cfg)
@@ -41,7 +42,7 @@ def run_sft(cfg) -> dict:
         reference = load_reference_model(cfg, lora_policy=cfg.finetuning.finetuning_type in ADAPTER_METHODS)
         objective, log_keys = ASFTObjective(cfg.finetuning.asft_alpha, reference), ASFT_LOG_KEYS
     trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator, objective=objective,
-                                                   extra_log_keys=log_keys)
+                                                   extra_log_keys=log_keys, trainer_class=sft_trainer_class(cfg))
     recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
 
     # train + save

@@ -89,7 +89,8 @@ def sft_batch_collator(cfg, tokenizer, model):
     from tuneforge.data.packing import sft_collator
     from tuneforge.model.attention import runs_packed_sdpa
 
-    return sft_collator(cfg.data, tokenizer.pad_token_id, share_prefix=runs_packed_sdpa(model))
+    return sft_collator(cfg.data, tokenizer.pad_token_id, share_prefix=runs_packed_sdpa(model),
+                        batching_strategy=cfg.batching.batching_strategy)
 
 
 def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, extra_log_keys=(), trainer_class=None):
