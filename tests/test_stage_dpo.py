@@ -257,3 +257,31 @@ def test_new_dpo_settings_train(workdir, tiny_llama_dir, overrides, first_loss):
         assert losses[0] == pytest.approx(first_loss, abs=2e-3)
     assert losses[-1] < losses[0] - 1e-3
     assert records[-1]["rewards/margins"] > records[0]["rewards/margins"]
+
+
+def test_a_shared_system_prompt_runs_once_with_the_same_logps_and_rewards(tiny_llama_dir):
+    """rm / dpo / kto batches on tuneforge's packed SDPA: the prompt prefix all sequences share is computed once;
+    per-sequence log-probs (plain and LD-DPO) and reward-model values are those of the unshared row."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.model.attention import register_packed_sdpa
+    from tuneforge.model.value_head import ValueHeadModel
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=register_packed_sdpa(),
+                                                 dtype=torch.float32).eval()
+    system = list(range(100, 112))  # 12 prompt tokens every sequence starts with
+    pairs = [{key: (system if key.endswith("input_ids") else [-100] * 12) + value for key, value in pair.items()}
+             for pair in PAIRS]
+    shared, plain = PairwisePackedCollator(share_prefix=True)(pairs), PairwisePackedCollator()(pairs)
+    assert shared["input_ids"].shape[1] == plain["input_ids"].shape[1] - 3 * 12
+    with torch.no_grad():
+        for ld_alpha in (None, 0.3):
+            (got, got_counts), (want, want_counts) = (sequence_logps(model, batch, ld_alpha=ld_alpha)
+                                                      for batch in (shared, plain))
+            assert got_counts.tolist() == want_counts.tolist() == [3, 5, 2, 2]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        scorer = ValueHeadModel(model)
+        values = [scorer.sequence_values(batch["input_ids"], position_ids=batch["position_ids"])
+                  for batch in (shared, plain)]
+    assert values[0].shape == (4,)
+    torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-5)

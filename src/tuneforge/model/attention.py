@@ -31,6 +31,14 @@ PACKED_SDPA = "tuneforge_packed_sdpa"
 _PER_SAMPLE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def segment_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """Bool tensor of `position_ids`' shape: True where a packed segment begins (the first position, and
+    wherever the position does not go on by one) -- the one rule for cutting a packed row into sequences."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[..., 1:] = position_ids[..., 1:] != position_ids[..., :-1] + 1
+    return starts
+
+
 def packed_segments(position_ids: torch.Tensor | None, length: int) -> list[tuple[int, int]] | None:
     """(length, first position) of every segment of a packed row, or None if it is not one.
 
@@ -41,7 +49,7 @@ def packed_segments(position_ids: torch.Tensor | None, length: int) -> list[tupl
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape != (1, length) or length < 2:
         return None
     positions = position_ids[0]
-    starts = (torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1).tolist()
+    starts = torch.nonzero(segment_starts(positions)[1:]).flatten().add(1).tolist()
     if not starts or int(positions[0]) != 0:
         return None
     bounds = [0, *starts, length]
@@ -104,7 +112,8 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
 
 
 def runs_packed_sdpa(model) -> bool:
-    """Whether the model's attention is `packed_sdpa` (the only one that reads shared-prefix rows right)."""
+    """Whether the model's attention is `packed_sdpa` (the only one that reads shared-prefix rows right); a
+    value-head model answers through its `config` property."""
     return getattr(getattr(model, "config", None), "_attn_implementation", None) == PACKED_SDPA
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ModelError
+from tuneforge.model.attention import segment_starts
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,8 @@ def last_token_indices(
             raise ValueError("a row of the batch has no real token (attention_mask all zero)")
         return torch.arange(batch, device=input_ids.device), columns.to(input_ids.device)
     if position_ids is not None and batch == 1:
-        positions = position_ids[0]
-        is_last = torch.ones_like(positions, dtype=torch.bool)
-        is_last[:-1] = positions[1:] == 0
+        is_last = torch.ones_like(position_ids[0], dtype=torch.bool)
+        is_last[:-1] = segment_starts(position_ids[0])[1:]  # the token before a new segment starts
         columns = is_last.nonzero().squeeze(-1)
         return torch.zeros_like(columns), columns
     return torch.arange(batch, device=input_ids.device), torch.full((batch,), length - 1, device=input_ids.device)

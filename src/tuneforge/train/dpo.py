@@ -88,6 +88,7 @@ class DPOObjective:
 
 def run_dpo(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.attention import runs_packed_sdpa
     from tuneforge.model.loader import load_model
     from tuneforge.train.preference import PairwisePackedCollator, build_objective_trainer, load_reference_model
     from tuneforge.train.resume import prepare_output_dir
@@ -112,7 +113,10 @@ def run_dpo(cfg) -> dict:
         objective.ref_model = load_reference_model(cfg, lora_policy=finetuning.finetuning_type in ADAPTER_METHODS)
 
     # trainer: chosen and rejected answers of a batch in one padding-free row
-    trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, PairwisePackedCollator(), objective)
+    # a system prompt all sequences share runs once when the policy and the reference read that layout
+    share = all(runs_packed_sdpa(m) for m in (model, objective.ref_model) if m is not None)
+    collator = PairwisePackedCollator(share_prefix=share)
+    trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective)
 
     # train + save
     metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)

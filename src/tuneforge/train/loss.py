@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tuneforge.model.attention import sample_token_count
+from tuneforge.model.attention import sample_token_count, segment_starts
 from tuneforge.model.lm_parts import DECODER_INPUT_KEYS, LMParts
 
 IGNORE_INDEX = -100
@@ -269,9 +269,7 @@ def sample_accuracies(hits: torch.Tensor, keep: torch.Tensor, inputs: dict[str, 
     if position_ids is None:
         sample = torch.arange(rows, device=keep.device)[:, None].expand(rows, width)
     else:  # one id per sample
-        positions = position_ids.to(keep.device)
-        starts = torch.ones_like(positions)
-        starts[:, 1:] = (positions[:, 1:] != positions[:, :-1] + 1).long()
+        starts = segment_starts(position_ids.to(keep.device)).long()
         sample = starts.flatten().cumsum(0).view(rows, width) - 1
     owner = sample[:, 1:][keep]  # a label belongs to the sample of the token it is
     count = torch.bincount(owner, minlength=int(sample.max()) + 1)

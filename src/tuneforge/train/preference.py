@@ -3,7 +3,9 @@
 Batches follow `PackedCollator`: all sequences of a batch in one row, `position_ids` restarting at 0
 per sequence, no attention_mask, forward with `use_cache=False` (transformers then builds the
 block-causal mask from the position_ids). A pair's chosen and rejected answers go through the model
-in the same forward: the row holds every chosen sequence, then every rejected one.
+in the same forward: the row holds every chosen sequence, then every rejected one. On tuneforge's packed
+SDPA the prompt prefix all of them share (a system prompt) is computed once (data/collate.py `share_prefix`):
+sequences are then cut where positions do not go on by one (model/attention.py `segment_starts`).
 
 `sequence_logps` runs the decoder once and computes log-probs only at label positions: the LM head
 runs on those hidden states only, `chunk_size` rows at a time under activation checkpointing, so no
@@ -21,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tuneforge.data.collate import PackedCollator
+from tuneforge.model.attention import segment_starts
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX
 from tuneforge.train.sharding import is_fsdp2
@@ -30,28 +33,35 @@ _FORWARD_KEYS = ("input_ids", "position_ids")
 
 class PairwisePackedCollator:
     """Samples with input_ids/labels (chosen) and rejected_input_ids/rejected_labels -> one packed
-    row `[chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}]` (input_ids, labels, position_ids)."""
+    row `[chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}]` (input_ids, labels, position_ids);
+    `share_prefix`: the prompt prefix all of them share (a system prompt) once (data/collate.py)."""
+
+    def __init__(self, *, share_prefix: bool = False) -> None:
+        self.packed = PackedCollator(share_prefix=share_prefix)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         chosen = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
         rejected = [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"]} for f in features]
-        return PackedCollator()(chosen + rejected)
+        return self.packed(chosen + rejected)
 
 
 class FeedbackPackedCollator:
     """KTO samples -> the rated answers packed in one row (input_ids, labels, position_ids), the
     mismatched KL answers in another (kl_input_ids, kl_labels, kl_position_ids), and `kto_tags` [B]."""
 
+    def __init__(self, *, share_prefix: bool = False) -> None:
+        self.packed = PackedCollator(share_prefix=share_prefix)
+
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        target = PackedCollator()([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        kl = PackedCollator()([{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"]} for f in features])
+        target = self.packed([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        kl = self.packed([{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"]} for f in features])
         return {**target, **{f"kl_{key}": value for key, value in kl.items()},
                 "kto_tags": torch.tensor([bool(f["kto_tag"]) for f in features], dtype=torch.bool)}
 
 
 def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """[T] index of the packed sequence each position belongs to (position_ids restart at 0)."""
-    return (position_ids.reshape(-1) == 0).long().cumsum(0) - 1
+    """[T] index of the packed sequence each position belongs to (model/attention.py's `segment_starts`)."""
+    return segment_starts(position_ids.reshape(-1)).long().cumsum(0) - 1
 
 
 def _chunk_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None):

@@ -90,6 +90,7 @@ def predict_scores(trainer, dataset, output_dir: str) -> dict[str, float]:
 
 def run_rm(cfg) -> dict:
     from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.attention import runs_packed_sdpa
     from tuneforge.model.value_head import load_value_head_model
     from tuneforge.train.preference import PairwisePackedCollator, build_objective_trainer
     from tuneforge.train.resume import prepare_output_dir
@@ -108,7 +109,8 @@ def run_rm(cfg) -> dict:
                                   compute_dtype=workflow.compute_dtype(cfg))
 
     # trainer: chosen and rejected answers of a batch in one padding-free row
-    trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, PairwisePackedCollator(),
+    collator = PairwisePackedCollator(share_prefix=runs_packed_sdpa(model))  # a shared system prompt runs once
+    trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator,
                                                     RewardObjective())
 
     # train + save
