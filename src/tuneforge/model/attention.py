@@ -111,10 +111,11 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
     return torch.cat(outputs, dim=1), None
 
 
-def runs_packed_sdpa(model) -> bool:
-    """Whether the model's attention is `packed_sdpa` (the only one that reads shared-prefix rows right); a
-    value-head model answers through its `config` property."""
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) == PACKED_SDPA
+def runs_packed_sdpa(*models) -> bool:
+    """Whether every given model (None: none there, e.g. no reference model) runs `packed_sdpa`, the only
+    attention that reads shared-prefix rows right; a value-head model answers through its `config` property."""
+    return all(getattr(getattr(model, "config", None), "_attn_implementation", None) == PACKED_SDPA
+               for model in models if model is not None)
 
 
 def register_packed_sdpa() -> str:

@@ -114,8 +114,7 @@ def run_dpo(cfg) -> dict:
 
     # trainer: chosen and rejected answers of a batch in one padding-free row
     # a system prompt all sequences share runs once when the policy and the reference read that layout
-    share = all(runs_packed_sdpa(m) for m in (model, objective.ref_model) if m is not None)
-    collator = PairwisePackedCollator(share_prefix=share)
+    collator = PairwisePackedCollator(share_prefix=runs_packed_sdpa(model, objective.ref_model))
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective)
 
     # train + save

@@ -87,8 +87,7 @@ def run_kto(cfg) -> dict:
 
     # trainer: rated answers in one padding-free row, KL answers in another
     # a system prompt all sequences share runs once when the policy and the reference read that layout
-    share = all(runs_packed_sdpa(m) for m in (model, objective.ref_model) if m is not None)
-    collator = FeedbackPackedCollator(share_prefix=share)
+    collator = FeedbackPackedCollator(share_prefix=runs_packed_sdpa(model, objective.ref_model))
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective)
 
     # train + save
