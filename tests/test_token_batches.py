@@ -100,3 +100,18 @@ def test_sft_micro_batches_keep_to_the_budget_and_train(workspace, tiny_llama_di
     assert main(["train", "train.yaml"]) == 0
     log = [json.loads(line) for line in (workspace / "out" / "trainer_log.jsonl").read_text().splitlines()]
     assert max(row["current_steps"] for row in log if "loss" in row) == 3
+
+
+@pytest.mark.parametrize("strategy", ["normal", "padding_free"])
+def test_fixed_size_strategies_pad_or_concatenate(workspace, tiny_llama_dir, strategy):
+    """`normal` / `padding_free` in an ordinary sft config: micro-batches of per_device_train_batch_size samples,
+    padded (v0's `packing: false`) or as one padding-free row (tuneforge's default)."""
+    from tuneforge.bench.runner import build_bench_trainer
+
+    trainer, _ = build_bench_trainer(load_config_dict(_config(tiny_llama_dir, batching_strategy=strategy)))
+    batch = next(iter(trainer.get_train_dataloader()))
+    if strategy == "normal":
+        assert batch["input_ids"].shape[0] == 2 and "attention_mask" in batch and "position_ids" not in batch
+    else:
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        assert int((batch["position_ids"][0] == 0).sum()) == 2
