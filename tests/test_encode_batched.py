@@ -60,3 +60,42 @@ def test_batch_tokenize_is_encode(tiny_tokenizer):
     assert list(table) == ["Hello world", "", "你好，世界", " leading space", "<|im_end|> special"]  # each once
     for text in texts:
         assert table[text] == tiny_tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_batch_tokenize_without_the_backend_shortcut(tiny_tokenizer, monkeypatch):
+    """The shortcut straight to the Rust tokenizer and the tokenizer's own batch call give the same ids."""
+    from tuneforge.data import stage_encode
+
+    texts = ["Hello world", "你好，世界", " leading space", "<|im_end|> special", "a\n\nb"]
+    assert stage_encode._plain_backend(tiny_tokenizer) is not None
+    shortcut = batch_tokenize(tiny_tokenizer, texts)
+    monkeypatch.setattr(stage_encode, "_plain_backend", lambda tokenizer: None)
+    assert batch_tokenize(tiny_tokenizer, texts) == shortcut
+
+
+def test_auto_direct_render_is_the_library_render(items, tiny_tokenizer):
+    """`template: auto` calls the compiled chat template itself; every prefix of every shipped conversation (with
+    and without the generation prompt) renders as `apply_chat_template` renders it."""
+    from tuneforge.data.templates.model import normalize_messages
+
+    template = get_template("auto", tiny_tokenizer)
+    assert template._direct_renderer(tiny_tokenizer) is not None
+    compared = 0
+    for _, conv in items:
+        hf = template._hf_messages(normalize_messages(conv.messages), conv.system)
+        for end in range(1, len(hf) + 1):
+            for generation_prompt in (False, True):
+                library = tiny_tokenizer.apply_chat_template(hf[:end], tokenize=False,
+                                                             add_generation_prompt=generation_prompt)
+                assert template._render(tiny_tokenizer, hf[:end], None, generation_prompt) == library
+                compared += 1
+    assert compared > 100
+
+
+def test_auto_direct_render_off_when_it_differs(tiny_tokenizer, monkeypatch):
+    """A library whose rendering the direct call does not reproduce (probes differ): the library renders every row."""
+    monkeypatch.setattr(type(tiny_tokenizer), "apply_chat_template",
+                        lambda self, messages, **kwargs: "library:" + str(len(messages)))
+    template = get_template("auto", tiny_tokenizer)
+    assert template._direct_renderer(tiny_tokenizer) is None
+    assert template._render(tiny_tokenizer, [{"role": "user", "content": "hi"}], None, True) == "library:1"

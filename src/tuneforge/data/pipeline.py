@@ -22,11 +22,13 @@ result there, and goes on. The folder's layout:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,6 +255,30 @@ def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, 
             report.notes.append(f"{split}: tokenized data loaded from cache {cache_dir}")
             return dataset
 
+    with cyclic_gc_paused():
+        dataset, part = _read_and_encode(specs, split, cfg, tokenizer, template, stage, seed)
+    _save_cache(cache_dir, dataset, part)
+    report.datasets.update(part.datasets)
+    report.notes.extend(part.notes)
+    return dataset
+
+
+@contextmanager
+def cyclic_gc_paused():
+    """Python's cycle collector off while a split is read and encoded: millions of new token lists would trigger
+    full collections that scan every one of them again (~15% of the encoding time); any cycle made meanwhile
+    is collected later."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, seed):
+    data = cfg.data
     part = DataReport()
     mixed = read_conversations(specs, split, data, seed, part)
     if _augments(cfg, split, stage):  # fact data: more phrasings per fact (data/facts.py)
@@ -270,11 +296,7 @@ def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, 
             part.notes.append(note)
     elif kind == "text":
         columns = pt_blocks(columns["documents"], encode_data)
-    dataset = to_dataset(columns, features(kind))
-    _save_cache(cache_dir, dataset, part)
-    report.datasets.update(part.datasets)
-    report.notes.extend(part.notes)
-    return dataset
+    return to_dataset(columns, features(kind)), part
 
 
 # ----------------------------------------------------------------------------- cache

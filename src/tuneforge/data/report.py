@@ -79,7 +79,7 @@ class DataReport:
         stats = self.stats(name, split)
         stats.kept += 1
         stats.tokens += len(input_ids)
-        stats.trained_tokens += sum(1 for label in labels if label != -100)
+        stats.trained_tokens += len(labels) - labels.count(-100)
 
     def dropped(self, name: str, reason: str, source: str, split: str = "train") -> None:
         stats = self.stats(name, split)

@@ -40,7 +40,10 @@ def to_dataset(columns: dict[str, list], schema):
     import pyarrow as pa
     from datasets import Dataset
 
-    return Dataset(pa.Table.from_pydict({name: columns[name] for name in schema}, schema=schema.arrow_schema))
+    from datasets.fingerprint import generate_random_fingerprint
+
+    table = pa.Table.from_pydict({name: columns[name] for name in schema}, schema=schema.arrow_schema)
+    return Dataset(table, fingerprint=generate_random_fingerprint())  # not hashed from the table: ~0.1 s per 20k rows
 
 
 TOKENIZE_CHUNK = 4000  # rows whose texts go to the tokenizer in one call
@@ -96,8 +99,26 @@ def batch_tokenize(tokenizer, texts: list[str]) -> dict[str, list[int]]:
     unique = list(dict.fromkeys(texts))
     if not unique:
         return {}
+    backend = _plain_backend(tokenizer)
+    if backend is not None:  # the same Rust call the tokenizer makes, without building a BatchEncoding (~15% faster)
+        tokenizer(unique[0], add_special_tokens=False)  # sets the backend's truncation / padding / special-token state
+        return dict(zip(unique, (encoding.ids for encoding in backend.encode_batch_fast(unique, add_special_tokens=False))))
     encoded = tokenizer(unique, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
     return dict(zip(unique, encoded["input_ids"]))
+
+
+def _plain_backend(tokenizer):
+    """The `tokenizers.Tokenizer` behind a fast tokenizer whose class encodes text with the base class's own call
+    (no override that changes the text or ids first), or None."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    backend, kind = getattr(tokenizer, "_tokenizer", None), type(tokenizer)
+    if (not isinstance(tokenizer, TokenizersBackend) or not hasattr(backend, "encode_batch_fast")
+            or kind._encode_plus is not TokenizersBackend._encode_plus or kind.__call__ is not TokenizersBackend.__call__):
+        return None
+    return backend
 
 
 def encode_pairwise_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:

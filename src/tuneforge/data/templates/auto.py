@@ -48,6 +48,23 @@ def suggest_builtin(tokenizer: Any) -> tuple[str, str]:
     return "default", ""
 
 
+# Conversations on which the direct renderer must give the library's text before it is used.
+_DIRECT_PROBES = tuple(
+    (messages, add_generation_prompt)
+    for messages in (
+        [{"role": "user", "content": " Hi\n there "}, {"role": "assistant", "content": "Hello!\n\n"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2？"},
+         {"role": "assistant", "content": "4"}, {"role": "user", "content": "再来"}],
+    )
+    for add_generation_prompt in (False, True)
+)
+
+
+def _plain_messages(messages: list[dict]) -> bool:
+    """Only role and text content: what the library's preparation of messages leaves unchanged."""
+    return all(len(m) == 2 and type(m.get("role")) is str and type(m.get("content")) is str for m in messages)
+
+
 def _tokenizer_name(tokenizer: Any) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
@@ -77,6 +94,7 @@ class JinjaTemplate:
                 "or `template: default`"
             )
         self.name = "auto"
+        self._direct = None  # (tokenizer, its direct renderer or None), see _direct_renderer
         self._tokenizer = tokenizer
         self._chat_template = chat_template
         self._system_override = default_system
@@ -89,6 +107,12 @@ class JinjaTemplate:
 
     # ---------------------------------------------------------------- rendering
     def _render(self, tokenizer: Any, hf_messages: list[dict], tools: list | None, add_generation_prompt: bool) -> str:
+        direct = self._direct_renderer(tokenizer) if tools is None and _plain_messages(hf_messages) else None
+        if direct is not None:
+            try:
+                return direct(hf_messages, add_generation_prompt)
+            except Exception:  # noqa: BLE001 - the library call below raises it again, and its message is reported
+                pass
         try:
             return tokenizer.apply_chat_template(
                 hf_messages, tools=tools, chat_template=self._chat_template, tokenize=False,
@@ -98,6 +122,35 @@ class JinjaTemplate:
             raise DataError(
                 f"the tokenizer's chat template failed on this conversation: {type(e).__name__}: {e}"
             ) from None
+
+    def _direct_renderer(self, tokenizer: Any):
+        """`render(messages, add_generation_prompt)`: the compiled template called as `apply_chat_template` calls it,
+        without its per-call preparation (which leaves plain role/content messages as they are): half the time of a
+        render. Checked against the library on probe conversations first; None (the library for every row) when
+        they differ or the library's compiler is not where it was."""
+        if self._direct is not None and self._direct[0] is tokenizer:
+            return self._direct[1]
+        render = None
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            compiled = _compile_jinja_template(self._chat_template)
+            variables = {**tokenizer.special_tokens_map, **self._extra}  # what apply_chat_template passes
+
+            def render(messages: list[dict], add_generation_prompt: bool) -> str:
+                return compiled.render(messages=messages, tools=None, documents=None,
+                                       add_generation_prompt=add_generation_prompt, **variables)
+
+            for messages, add_generation_prompt in _DIRECT_PROBES:
+                library = tokenizer.apply_chat_template(messages, chat_template=self._chat_template, tokenize=False,
+                                                        add_generation_prompt=add_generation_prompt, **self._extra)
+                if render(messages, add_generation_prompt) != library:
+                    render = None
+                    break
+        except Exception:  # noqa: BLE001 - anything unexpected: the library's own call, always
+            render = None
+        self._direct = (tokenizer, render)
+        return render
 
     def _hf_messages(self, msgs, system: str | None) -> list[dict]:
         system = system or self._system_override
