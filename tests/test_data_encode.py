@@ -185,3 +185,20 @@ def test_pt_concatenates_with_eos_and_keeps_tail(tiny_tokenizer):
 def test_pack_blocks_tail_and_no_packing():
     assert pack_blocks([[1, 2, 3], [4, 5]], 2) == [[1, 2], [3, 4], [5]]
     assert pack_blocks([[1, 2, 3], [4, 5]], 2, packing=False) == [[1, 2], [4, 5]]
+
+
+def test_pt_blocks_a_batch_at_a_time_are_the_blocks_of_all_documents():
+    """Stage pt in bounded memory: documents fed in batches give exactly `pt_blocks` of them all."""
+    import random
+
+    from tuneforge.config.args import DataArguments
+    from tuneforge.data.stage_encode import pt_block_chunks, pt_blocks
+
+    rng = random.Random(0)
+    documents = [[rng.randrange(100) for _ in range(rng.randrange(1, 30))] for _ in range(50)]
+    for packing in (True, False):
+        data = DataArguments(cutoff_len=16, packing=packing)
+        whole = pt_blocks(documents, data)
+        for batch in (1, 3, 7, 50):
+            chunks = list(pt_block_chunks((documents[i:i + batch] for i in range(0, 50, batch)), data))
+            assert {key: [b for chunk in chunks for b in chunk[key]] for key in whole} == whole

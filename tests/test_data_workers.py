@@ -43,23 +43,62 @@ def test_shards_are_cut_like_datasets_map(count, shards):
     assert workers.shard_bounds(count, shards) == expected
 
 
-def test_rows_are_encoded_in_worker_processes_and_merged_in_order(two_cores):
+PID_SCHEMA_COLUMNS = ("value", "pid")
+
+
+def _encode(items, scale, report, folder, requested, name="run"):
+    """`workers.encode_rows` with `_pid_encoder` into `folder/name`, read back: the columns as lists, the files."""
+    from datasets import Features, Value
+
+    from tuneforge.data.arrow_files import read_dataset
+
+    schema = Features({column: Value("int64") for column in PID_SCHEMA_COLUMNS})
+    paths = workers.encode_rows(_pid_encoder, items, (scale,), report, "train", folder / name, schema, requested)
+    dataset = read_dataset(paths)
+    return {column: dataset[column] for column in PID_SCHEMA_COLUMNS}, paths
+
+
+def test_rows_are_encoded_in_worker_processes_and_merged_in_order(two_cores, tmp_path):
     items = list(range(50))
     one, two = DataReport(), DataReport()
-    alone = workers.encode_rows(_pid_encoder, items, (3,), one, "train", requested=None)
-    split = workers.encode_rows(_pid_encoder, items, (3,), two, "train", requested=2)
-    assert set(alone["pid"]) == {os.getpid()}
-    # this process encoded the first shard, a worker process the second
+    alone, alone_files = _encode(items, 3, one, tmp_path, None, "one")
+    split, split_files = _encode(items, 3, two, tmp_path, 2, "two")
+    assert set(alone["pid"]) == {os.getpid()} and len(alone_files) == 1
+    # this process encoded the first shard, a worker process the second, each into its own file
     assert split["pid"][:25] == [os.getpid()] * 25 and len(set(split["pid"][25:])) == 1
-    assert split["pid"][-1] != os.getpid()
+    assert split["pid"][-1] != os.getpid() and [p.name for p in split_files] == ["shard-00000.arrow", "shard-00001.arrow"]
     assert split["value"] == alone["value"] == [3 * i for i in items]
     assert two.to_json() == one.to_json()
     assert one.stats("d").refs["multiple of 7"] == [f"row {i}" for i in (0, 7, 14, 21, 28)][:MAX_REFS]
 
 
-def test_an_error_in_a_worker_is_raised_here(two_cores):
+def test_a_shard_is_encoded_and_written_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """Bounded memory: the encoder sees at most WRITE_CHUNK rows at once and each chunk is one record batch."""
+    import pyarrow as pa
+
+    seen = []
+
+    def encoder(items, scale, report, split):
+        seen.append(len(items))
+        return _pid_encoder(items, scale, report, split)
+
+    monkeypatch.setattr(workers, "WRITE_CHUNK", 8)
+    from datasets import Features, Value
+
+    schema = Features({column: Value("int64") for column in PID_SCHEMA_COLUMNS})
+    report = DataReport()
+    (path,) = workers.encode_rows(encoder, list(range(30)), (2,), report, "train", tmp_path, schema)
+    assert seen == [8, 8, 8, 6]
+    with pa.OSFile(str(path), "rb") as source:
+        batches = list(pa.ipc.open_stream(source))
+    assert [batch.num_rows for batch in batches] == [8, 8, 8, 6]
+    assert pa.Table.from_batches(batches).column("value").to_pylist() == [2 * i for i in range(30)]
+    assert report.stats("d").kept == 30
+
+
+def test_an_error_in_a_worker_is_raised_here(two_cores, tmp_path):
     with pytest.raises(ValueError, match="row 49 is bad"):
-        workers.encode_rows(_pid_encoder, list(range(50)), (-1,), DataReport(), "train", requested=2)
+        _encode(list(range(50)), -1, DataReport(), tmp_path, 2)
 
 
 def test_worker_count_rules(monkeypatch):

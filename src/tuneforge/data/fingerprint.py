@@ -14,7 +14,7 @@ def dataset_fingerprint(dataset) -> str:
     digest.update(str(len(dataset)).encode())
     table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
     if getattr(dataset, "_indices", None) is not None:  # a select/shuffle view: hash the rows it shows
-        table = dataset.flatten_indices().data.table
+        table = dataset.flatten_indices(keep_in_memory=True).data.table
     for name in sorted(table.column_names):
         digest.update(name.encode())
         array = table.column(name).combine_chunks()

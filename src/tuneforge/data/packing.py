@@ -39,7 +39,7 @@ import torch
 from tuneforge.config.args import DataArguments
 from tuneforge.data.collate import PackedCollator, PaddedCollator
 from tuneforge.data.report import DataReport
-from tuneforge.data.stage_encode import to_dataset
+from tuneforge.data.arrow_files import read_dataset, temporary_folder, write_chunks
 from tuneforge.data.workers import shard_bounds
 from tuneforge.errors import DataError
 
@@ -113,24 +113,32 @@ def batch_ranges(count: int, batch_size: int, num_proc: int | None) -> list[tupl
 
 
 def pack_split(dataset, data: DataArguments, report: DataReport, split: str):
-    """An encoded sft split (input_ids, labels) -> LF's packed rows (input_ids, labels, position_ids)."""
+    """An encoded sft split (input_ids, labels) -> LF's packed rows (input_ids, labels, position_ids), one
+    preprocessing batch in memory at a time, written to an Arrow file of this run's and read back memory-mapped."""
     from datasets import Features, List, Value
 
     capacity = int(encoding_args(data).cutoff_len)
     batch_size = data.preprocessing_batch_size  # at least 1 (config/validate.py)
-    input_ids, labels = dataset["input_ids"], dataset["labels"]
-    columns: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
-    for start, end in batch_ranges(len(input_ids), batch_size, data.preprocessing_num_workers):
-        for row in pack_batch(input_ids[start:end], labels[start:end], capacity):
-            for key, values in zip(columns, row):
-                columns[key].append(values)
+    schema = Features({key: List(Value("int32")) for key in ("input_ids", "labels", "position_ids")})
+
+    def packed_batches():
+        for start, end in batch_ranges(len(dataset), batch_size, data.preprocessing_num_workers):
+            batch = dataset[start:end]
+            columns: dict[str, list] = {key: [] for key in schema}
+            for row in pack_batch(batch["input_ids"], batch["labels"], capacity):
+                for key, values in zip(columns, row):
+                    columns[key].append(values)
+            yield columns
+
+    path = temporary_folder() / "packed.arrow"
+    rows = write_chunks(path, schema, packed_batches())
     neat = data.neat_packing
     report.notes.append(
-        f"{split}: packing: {len(input_ids)} sample(s) packed into {len(columns['input_ids'])} row(s) of at most "
+        f"{split}: packing: {len(dataset)} sample(s) packed into {rows} row(s) of at most "
         f"{capacity} tokens (cutoff_len - 1, as LLaMA-Factory), "
         + ("no attention across samples (neat_packing)" if neat
            else "samples attend to the samples before them in their row (neat_packing: true prevents it)"))
-    return to_dataset(columns, Features({key: List(Value("int32")) for key in columns}))
+    return read_dataset([path])
 
 
 # ----------------------------------------------------------------------------- batches

@@ -2,7 +2,8 @@
 
     specs (registry) -> rows (loaders, num_samples/max_samples) -> Conversations (formats, bad rows
     reported) -> mix (concat / interleave) -> encode (data/stage_encode.py, in `preprocessing_num_workers`
-    processes: data/workers.py; cached on disk) -> val_size split -> sft `packing: true`: LF's bins (data/packing.py)
+    processes: data/workers.py) -> Arrow files, a chunk of rows at a time, read back memory-mapped (data/arrow_files.py;
+    the cache entry, data/split_cache.py) -> val_size split -> sft `packing: true`: LF's bins (data/packing.py)
 
 `eval_on_each_dataset: true` (LF): every eval dataset is encoded on its own (`DatasetBundle.eval_sets`) and
 evaluated on its own (metrics `eval_<name>_loss`, ...; the Trainer's dict of eval datasets).
@@ -21,9 +22,7 @@ result there, and goes on. The folder's layout:
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import hashlib
 import json
 import os
 import shutil
@@ -33,20 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.arrow_files import WRITE_CHUNK, read_dataset, temporary_folder, write_chunks
 from tuneforge.data.facts import augment_conversations
-from tuneforge.data.loaders import _files_of
 from tuneforge.data.packing import encoding_args, pack_split, packing_mode
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs
-from tuneforge.config.args import DataArguments, split_names
+from tuneforge.config.args import split_names
 from tuneforge.config.parser import RunConfig
 from tuneforge.config.stages import stage_record
 from tuneforge.data.report import DataReport
 from tuneforge.data.rows import read_conversations
-from tuneforge.data.stage_encode import ROW_ENCODERS, feedback_items, feedback_note, features, pt_blocks, to_dataset
+from tuneforge.data.split_cache import cache_key, cache_root, load_cached, publish, staging_folder
+from tuneforge.data.stage_encode import (ROW_ENCODERS, encoded_features, feedback_items, feedback_note, features,
+                                         pt_block_chunks)
 from tuneforge.data.workers import encode_rows
 from tuneforge.errors import ConfigError, DataError
 
-CACHE_VERSION = "tuneforge-data-1"
 TOKENIZED_FORMAT = "tuneforge-tokenized-1"
 TOKENIZED_INFO = "tuneforge_data.json"
 
@@ -119,7 +119,12 @@ def _encode_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> Dataset
     if val_size and len(train) > 0:
         test_size = int(val_size) if val_size > 1 else float(val_size)
         try:
-            parts = train.train_test_split(test_size=test_size, seed=seed)
+            # the split's indices in a folder of this run's: by default they go next to the memory-mapped cache
+            # files, where two runs of one cache entry would overwrite each other's
+            indices = temporary_folder()
+            parts = train.train_test_split(test_size=test_size, seed=seed, load_from_cache_file=False,
+                                           train_indices_cache_file_name=str(indices / "train.arrow"),
+                                           test_indices_cache_file_name=str(indices / "test.arrow"))
         except ValueError as err:
             raise ConfigError(f"val_size={val_size} cannot split {len(train)} training samples: {err}") from err
         train, evaluation = parts["train"], parts["test"]
@@ -184,7 +189,7 @@ def load_tokenized(path: str, stage: str) -> DatasetBundle:
     from datasets import load_from_disk
 
     info = _tokenized_info(path, stage)
-    splits = _quietly(load_from_disk, str(path))
+    splits = quietly(load_from_disk, str(path))
     report = DataReport.from_json(info.get("report", {}))
     report.notes.append(f"tokenized data loaded from tokenized_path {path}; the other data keys are not read "
                         "(as in LLaMA-Factory)")
@@ -208,7 +213,7 @@ def save_tokenized(path: str, bundle: DatasetBundle, stage: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
-        _quietly(DatasetDict(splits).save_to_disk, str(staging))
+        quietly(DatasetDict(splits).save_to_disk, str(staging))
         info = {"format": TOKENIZED_FORMAT, "stage": stage,
                 "eval_names": list(bundle.eval_sets) if bundle.eval_sets is not None else None,
                 "report": bundle.report.to_json()}
@@ -221,6 +226,19 @@ def save_tokenized(path: str, bundle: DatasetBundle, stage: str) -> None:
         raise
     bundle.report.notes.append(f"tokenized data saved to tokenized_path {path}: later runs with this "
                                "tokenized_path load it instead of reading the data")
+
+
+def quietly(function, *args):
+    """Run without datasets' progress bars (a tiny save should not print three bars)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        return function(*args)
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 def check_stage(specs: list[DatasetSpec], stage: str) -> None:
@@ -239,28 +257,36 @@ def check_stage(specs: list[DatasetSpec], stage: str) -> None:
 
 # ----------------------------------------------------------------------------- one split
 def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, report: DataReport):
-    from datasets import Dataset
-
+    """One split's encoded samples, a memory-mapped Dataset: from the cache, or read, encoded into Arrow files
+    chunk by chunk (data/arrow_files.py) and published as a cache entry."""
     data = cfg.data
-    cache_dir = _cache_root() / _cache_key(specs, split, data, tokenizer, template, stage, seed, _augments(cfg, split, stage))
+    cache_dir = cache_root() / cache_key(specs, split, data, tokenizer, template, stage, seed,
+                                         _augments(cfg, split, stage))
     if cache_dir.is_dir() and not data.overwrite_cache:
-        try:
-            dataset = Dataset.load_from_disk(str(cache_dir / "data"))
-            cached = DataReport.from_json(json.loads((cache_dir / "report.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError, FileNotFoundError):
-            pass  # a broken cache entry is rebuilt below
-        else:
-            report.datasets.update(cached.datasets)
-            report.notes.extend(cached.notes)
+        cached = load_cached(cache_dir)
+        if cached is not None:
+            dataset, cached_report = cached
+            report.datasets.update(cached_report.datasets)
+            report.notes.extend(cached_report.notes)
             report.notes.append(f"{split}: tokenized data loaded from cache {cache_dir}")
             return dataset
 
-    with cyclic_gc_paused():
-        dataset, part = _read_and_encode(specs, split, cfg, tokenizer, template, stage, seed)
-    _save_cache(cache_dir, dataset, part)
+    staging = staging_folder(cache_dir)
+    try:
+        with cyclic_gc_paused():
+            names, part = _read_and_encode(specs, split, cfg, tokenizer, template, stage, seed, staging / "data")
+        (staging / "report.json").write_text(json.dumps(part.to_json()), encoding="utf-8")
+    except OSError as err:  # the encoded samples live in these files: without them there is nothing to train on
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"could not write the encoded {split} split to {staging}: {err}; free disk space there or "
+                        "point TUNEFORGE_CACHE at a folder with room") from err
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    folder = publish(staging, cache_dir)
     report.datasets.update(part.datasets)
     report.notes.extend(part.notes)
-    return dataset
+    return read_dataset(folder / "data" / name for name in names)
 
 
 @contextmanager
@@ -277,7 +303,8 @@ def cyclic_gc_paused():
             gc.enable()
 
 
-def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, seed):
+def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, folder: Path):
+    """Read, convert and encode a split into Arrow files in `folder`: (their names in row order, the report)."""
     data = cfg.data
     part = DataReport()
     mixed = read_conversations(specs, split, data, seed, part)
@@ -288,110 +315,24 @@ def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, s
     encode_data = encoding_args(data)  # LF: `packing: true` encodes with cutoff_len - 1
     kind = stage_record(stage).data
     items = feedback_items(mixed, data) if kind == "feedback" else mixed
-    columns = encode_rows(ROW_ENCODERS[kind], items, (template, tokenizer, encode_data), part, split,
-                          data.preprocessing_num_workers)
+    del mixed
+    paths = encode_rows(ROW_ENCODERS[kind], items, (template, tokenizer, encode_data), part, split, folder,
+                        encoded_features(kind), data.preprocessing_num_workers)
+    del items
     if kind == "feedback":
-        note = feedback_note(columns, split)
+        note = feedback_note(read_dataset(paths)["kto_tag"], split)
         if note:
             part.notes.append(note)
-    elif kind == "text":
-        columns = pt_blocks(columns["documents"], encode_data)
-    return to_dataset(columns, features(kind)), part
-
-
-# ----------------------------------------------------------------------------- cache
-def _cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / "datasets"
-
-
-def _file_fingerprint(spec: DatasetSpec) -> Any:
-    if spec.load_from != "file":
-        return [spec.hf_hub_url, spec.ms_hub_url, spec.script_url, spec.revision]
-    prints = []
-    for file in _files_of(spec.local_path):
-        digest = hashlib.sha1()
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        prints.append([str(file.resolve()), digest.hexdigest()])
-    return prints
-
-
-def _tokenizer_fingerprint(tokenizer) -> Any:
-    vocab = hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
-    template = hashlib.sha1(str(getattr(tokenizer, "chat_template", "")).encode()).hexdigest()
-    return [type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), vocab, template,
-            tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-            bool(getattr(tokenizer, "add_bos_token", False))]
-
-
-def _template_fingerprint(template) -> Any:
-    if template is None:
-        return None
-    custom = getattr(template, "fingerprint", None)  # a Template may describe itself fully
-    if callable(custom):
-        return custom()
-    if dataclasses.is_dataclass(template):  # built-in templates: frozen dataclasses of plain data
-        return repr(template)
-    return [type(template).__name__, getattr(template, "name", None), getattr(template, "efficient_eos", None),
-            getattr(template, "default_system", None), list(getattr(template, "stop_words", ()) or ())]
-
-
-# DataArguments fields that do not change the encoded samples; every other field is part of the cache key,
-# so a new field invalidates old caches instead of being silently ignored by them.
-NOT_IN_CACHE_KEY = frozenset({
-    "dataset", "eval_dataset", "dataset_dir",  # the specs (with their files' fingerprints) stand for them
-    "overwrite_cache", "preprocessing_num_workers",  # the same samples either way (tested)
-    "val_size", "eval_on_each_dataset",  # applied after the split is encoded (eval_on_each: one spec per split)
-    "tokenized_path",  # where the result is also saved; the same samples either way
-    "streaming", "buffer_size",  # a streamed run has no cache (data/streaming.py)
-    "data_shared_file_system", "media_dir",  # refused when set
-})
+    elif kind == "text":  # pt's blocks run across documents: cut once every shard is in
+        documents = read_dataset(paths)
+        batches = (batch["documents"] for batch in documents.iter(batch_size=WRITE_CHUNK))
+        write_chunks(folder / "blocks.arrow", features(kind), pt_block_chunks(batches, encode_data))
+        del documents
+        for path in paths:
+            path.unlink()
+        paths = [folder / "blocks.arrow"]
+    return [path.name for path in paths], part
 
 
 def _augments(cfg: RunConfig, split: str, stage: str) -> bool:
     return split == "train" and stage_record(stage).data == "supervised" and bool(cfg.facts.augment_facts)
-
-
-def _cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool = False) -> str:
-    key = {
-        "augment_facts": augmented,
-        "version": CACHE_VERSION,
-        "stage": stage,
-        "split": split,
-        "seed": seed,
-        "specs": [[repr(s), _file_fingerprint(s)] for s in specs],
-        "data": {f.name: getattr(data, f.name) for f in dataclasses.fields(data) if f.name not in NOT_IN_CACHE_KEY},
-        "tokenizer": _tokenizer_fingerprint(tokenizer),
-        "template": _template_fingerprint(template) if stage_record(stage).data != "text" else None,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _save_cache(cache_dir: Path, dataset, report: DataReport) -> None:
-    """Write next to the final place, then rename: a crash never leaves a half-written entry."""
-    tmp = None
-    try:
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".tmp-"))
-        _quietly(dataset.save_to_disk, str(tmp / "data"))
-        (tmp / "report.json").write_text(json.dumps(report.to_json()), encoding="utf-8")
-        if cache_dir.exists():
-            shutil.rmtree(cache_dir)
-        os.replace(tmp, cache_dir)
-    except OSError:  # caching is an optimisation; a read-only cache folder must not stop a run
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _quietly(function, *args):
-    """Run without datasets' progress bars (a tiny save should not print three bars)."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        return function(*args)
-    finally:
-        if not was_disabled:
-            enable_progress_bars()

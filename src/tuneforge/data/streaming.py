@@ -30,6 +30,7 @@ from tuneforge.data.formats import RowError, check_column_mapping, convert_row
 from tuneforge.data.loaders import iter_hub_rows, iter_local_rows, origin_of
 from tuneforge.data.packing import encoding_args, pack_batch, packing_mode
 from tuneforge.data.report import DataReport
+from tuneforge.data import split_cache
 from tuneforge.data.rows import MIX_STRATEGIES, _STOPPING
 from tuneforge.data.stage_encode import ROW_ENCODERS, feedback_items, features, pt_blocks
 from tuneforge.errors import ConfigError, NotSupportedError
@@ -109,7 +110,7 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
     elif eval_specs:
         evaluation = split_of(eval_specs, "eval", report).shuffle(buffer_size=data.buffer_size, seed=seed)
     # what a resumed run compares (train/resume.py): the data's identity (files, settings, tokenizer), not samples
-    train.tuneforge_fingerprint = pipeline._cache_key(train_specs, "train", data, tokenizer, template, stage, seed,
+    train.tuneforge_fingerprint = split_cache.cache_key(train_specs, "train", data, tokenizer, template, stage, seed,
                                                       pipeline._augments(cfg, "train", stage))
     return pipeline.DatasetBundle(train, evaluation, report, eval_sets)
 

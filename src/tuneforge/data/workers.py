@@ -1,9 +1,10 @@
-"""`preprocessing_num_workers`: encode a split's rows in worker processes, merged in order.
+"""`preprocessing_num_workers`: encode a split's rows in worker processes, each writing its own Arrow file.
 
-The rows are cut into contiguous shards (sizes as `datasets.Dataset.shard(contiguous=True)`), each worker
-runs the stage's row encoder (`stage_encode.py`) on its shard with a report of its own, and the parent
-concatenates the columns and merges the reports shard by shard: the result is identical, byte for byte, to
-what one process produces (so the number of workers is not part of the cache key).
+The rows are cut into contiguous shards (sizes as `datasets.Dataset.shard(contiguous=True)`), each process runs
+the stage's row encoder (`stage_encode.py`) on its shard `WRITE_CHUNK` rows at a time with a report of its own and
+writes the encoded columns to `shard-NNNNN.arrow` (data/arrow_files.py: one chunk in memory at a time); the parent
+merges the reports shard by shard, and the files read in order hold exactly what one process writes (so the
+number of workers is not part of the cache key).
 
 This process encodes the first shard while one worker process per other shard encodes that one. Workers
 are forked where the platform allows it (Linux): they inherit the tokenizer, template and rows without
@@ -24,7 +25,9 @@ import pickle
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+from tuneforge.data.arrow_files import WRITE_CHUNK, write_chunks
 from tuneforge.data.report import DataReport
 from tuneforge.errors import DataError
 
@@ -59,12 +62,20 @@ def worker_count(requested, rows: int) -> int:
     return max(1, min(int(requested), available_cores(), rows // MIN_ROWS_PER_WORKER))
 
 
-# ----------------------------------------------------------------------------- in a worker process
-def _child(conn, encoder, rows, args, split) -> None:
+# ----------------------------------------------------------------------------- in every encoding process
+def encode_shard(encoder, items: list, args: tuple, report: DataReport, split: str, path: Path, schema) -> None:
+    """`items` encoded `WRITE_CHUNK` rows at a time, each chunk's columns appended to the Arrow file `path`."""
+    chunks = (encoder(items[start:start + WRITE_CHUNK], *args, report, split)
+              for start in range(0, len(items), WRITE_CHUNK))
+    write_chunks(path, schema, chunks)
+
+
+def _child(conn, encoder, rows, args, split, path, schema) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         report = DataReport()
-        message = ("ok", (encoder(rows, *args, report, split), report))
+        encode_shard(encoder, rows, args, report, split, path, schema)
+        message = ("ok", report)
     except BaseException as err:  # noqa: BLE001 - handed to the parent, which raises it
         message = ("error", err)
     try:
@@ -92,35 +103,40 @@ def _context():
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: str, requested=None) -> dict[str, list]:
-    """`encoder(items, *args, report, split)` (a `stage_encode` row encoder) in up to `requested` processes:
-    this one encodes the first shard, one worker process each of the others."""
+def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: str, folder: Path, schema,
+                requested=None) -> list[Path]:
+    """`encoder(items, *args, report, split)` (a `stage_encode` row encoder) in up to `requested` processes, the
+    columns (`schema`, datasets Features) written to Arrow files in `folder`: the files, in row order. This
+    process encodes the first shard, one worker process each of the others."""
     workers = worker_count(requested, len(items))
+    paths = [folder / f"shard-{index:05d}.arrow" for index in range(workers)]
     if workers == 1:
-        return encoder(items, *args, report, split)
+        encode_shard(encoder, items, args, report, split, paths[0], schema)
+        return paths
     context = _context()
     if context.get_start_method() != "fork":
         try:
-            pickle.dumps((encoder, args))
+            pickle.dumps((encoder, args, schema))
         except Exception as err:  # noqa: BLE001 - anything unpicklable: encode here instead
             logger.warning("preprocessing_num_workers: cannot hand the tokenizer/template to worker processes "
                            "(%s); encoding %s in this process", err, split)
-            return encoder(items, *args, report, split)
+            return encode_rows(encoder, items, args, report, split, folder, schema)
 
     started = time.perf_counter()
     (first_start, first_end), *others = shard_bounds(len(items), workers)
     children = []
     try:
         with _tokenizer_threads_off():
-            for start, end in others:  # a forked child inherits its rows; a spawned one gets them pickled
+            for (start, end), path in zip(others, paths[1:]):  # a forked child inherits its rows
                 receiver, sender = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(sender, encoder, items[start:end], args, split),
-                                          daemon=True)
+                process = context.Process(target=_child, args=(sender, encoder, items[start:end], args, split, path,
+                                                                schema), daemon=True)
                 process.start()
                 sender.close()
                 children.append((process, receiver))
             first = DataReport()
-            results = [(encoder(items[first_start:first_end], *args, first, split), first)]
+            encode_shard(encoder, items[first_start:first_end], args, first, split, paths[0], schema)
+            reports = [first]
             for process, receiver in children:
                 try:
                     status, payload = receiver.recv()
@@ -131,7 +147,7 @@ def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: st
                                     "worker holds its share of the rows)") from None
                 if status == "error":
                     raise payload
-                results.append(payload)
+                reports.append(payload)
     finally:
         for process, receiver in children:
             receiver.close()
@@ -139,11 +155,8 @@ def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: st
             if process.is_alive():
                 process.terminate()
 
-    columns: dict[str, list] = {}
-    for shard_columns, shard_report in results:  # in shard order: the same rows and report as one process
-        for key, values in shard_columns.items():
-            columns.setdefault(key, []).extend(values)
+    for shard_report in reports:  # in shard order: the same report as one process
         report.absorb(shard_report)
     logger.info("%s: encoded %d rows in %d processes in %.1f s", split, len(items), workers,
                 time.perf_counter() - started)
-    return columns
+    return paths

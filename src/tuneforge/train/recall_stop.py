@@ -32,7 +32,7 @@ def recall_check_samples(cfg, tokenizer, template) -> list[dict[str, list[int]]]
     dataset = build_split(specs, "train", plain, tokenizer, template, "sft", cfg.training.seed, DataReport())
     indices = list(range(len(dataset)))
     random.Random(cfg.training.seed).shuffle(indices)
-    picked = dataset.select(sorted(indices[: cfg.facts.recall_check_samples]))
+    picked = dataset.select(sorted(indices[: cfg.facts.recall_check_samples]), keep_in_memory=True)
     return [{"input_ids": list(row["input_ids"]), "labels": list(row["labels"])} for row in picked]
 
 
