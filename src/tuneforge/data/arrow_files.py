@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-WRITE_CHUNK = 4000  # rows encoded per Arrow record batch
+WRITE_CHUNK = 2000  # rows encoded per Arrow record batch
 
 
 def write_chunks(path: Path, schema, chunks: Iterable[dict[str, list]]) -> int:

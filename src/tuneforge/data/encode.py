@@ -76,7 +76,7 @@ def assemble_sft(pairs: list[tuple[list[int], list[int]]], template, tokenizer, 
     mask_history = data_args.mask_history
     truncation = data_args.truncation
     efficient_eos = bool(getattr(template, "efficient_eos", False))
-    eos_id = tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id if efficient_eos else None
     full_length = sum(len(s) + len(t) for s, t in pairs) + (1 if efficient_eos else 0)
     if truncation == "drop" and full_length > cutoff_len:
         return SftEncoding(full_length=full_length, dropped=f"longer than cutoff_len ({cutoff_len})")
@@ -117,7 +117,7 @@ def assemble_sft(pairs: list[tuple[list[int], list[int]]], template, tokenizer, 
         labels.append(eos_id)
 
     result = SftEncoding(input_ids, labels, full_length, truncated=len(input_ids) < full_length)
-    if all(label == IGNORE_INDEX for label in labels):
+    if labels.count(IGNORE_INDEX) == len(labels):
         result.dropped = "no trained tokens left after truncation to cutoff_len"
     return result
 

@@ -11,8 +11,12 @@ items: `(dataset name, Conversation)`; for kto `(name, Conversation, mismatched 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
 from tuneforge.config.args import DataArguments
 from tuneforge.data import encode as encoding
+from tuneforge.data.arrow_files import WRITE_CHUNK
 from tuneforge.data.formats import Message
 from tuneforge.data.report import DataReport
 from tuneforge.errors import DataError
@@ -41,9 +45,6 @@ def encoded_features(kind: str = "supervised"):
     return Features({"documents": List(Value("int32"))}) if kind == "text" else features(kind)
 
 
-TOKENIZE_CHUNK = 4000  # rows whose texts go to the tokenizer in one call
-
-
 def encode_row(report: DataReport, name: str, conv, split, encode, *args):
     """`encode(*args)`, or None when the template cannot encode the row (e.g. a role it has no format for):
     the row is reported as dropped with its source and the reason, and the others go on."""
@@ -66,40 +67,76 @@ def record(report: DataReport, name: str, conv, result, split) -> bool:
 
 
 def encode_sft_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    """Rows rendered one by one, their texts tokenized `TOKENIZE_CHUNK` rows at a time (one batch call to the fast
-    tokenizer instead of one call per text: the same ids, tests/test_encode_batched.py)."""
+    """All of `items` as one set of columns (see `encode_sft_chunks`)."""
     columns: dict[str, list] = {"input_ids": [], "labels": []}
-    for start in range(0, len(items), TOKENIZE_CHUNK):
-        chunk = items[start:start + TOKENIZE_CHUNK]
-        pieces = [encode_row(report, name, conv, split, encoding.sft_pieces, conv, template, tokenizer, data)
-                  for name, conv in chunk]
-        texts = [piece for row in pieces if isinstance(row, list) for message in row for piece in message
-                 if isinstance(piece, str)]
-        encode = batch_tokenize(tokenizer, texts).__getitem__
-        for (name, conv), row in zip(chunk, pieces):
-            if row is None:
-                continue
-            result = row if isinstance(row, encoding.SftEncoding) else \
-                encoding.encode_sft_pieces(row, encode, template, tokenizer, data)
-            if not record(report, name, conv, result, split):
-                continue
-            report.kept(name, result.input_ids, result.labels, split)
-            columns["input_ids"].append(result.input_ids)
-            columns["labels"].append(result.labels)
+    for chunk in encode_sft_chunks(items, template, tokenizer, data, report, split):
+        for key, values in chunk.items():
+            columns[key] += values
     return columns
+
+
+def encode_sft_chunks(items, template, tokenizer, data, report: DataReport, split) -> Iterator[dict[str, list]]:
+    """The rows' columns, `WRITE_CHUNK` rows at a time. A chunk's rows are rendered one by one and their texts
+    tokenized in one batch call to the fast tokenizer (the same ids as one call per text, tests/test_encode_batched.py).
+    That call runs in a helper thread -- the Rust tokenizer releases the GIL -- so while it works on one chunk, this
+    thread renders the next one and assembles (and its caller writes) the one before."""
+    tokenize = texts_tokenizer(tokenizer)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-tokenize") as helper:
+        pending = None  # (rows, their pieces, the future token table of their texts)
+        for start in range(0, len(items), WRITE_CHUNK):
+            rows = items[start:start + WRITE_CHUNK]
+            pieces = [encode_row(report, name, conv, split, encoding.sft_pieces, conv, template, tokenizer, data)
+                      for name, conv in rows]
+            texts = [piece for row in pieces if isinstance(row, list) for message in row for piece in message
+                     if isinstance(piece, str)]
+            submitted = (rows, pieces, helper.submit(tokenize, texts))
+            if pending is not None:
+                yield _assemble_sft(*pending, template, tokenizer, data, report, split)
+            pending = submitted
+        if pending is not None:
+            yield _assemble_sft(*pending, template, tokenizer, data, report, split)
+
+
+encode_sft_rows.in_chunks = encode_sft_chunks  # data/workers.py writes each chunk as it comes
+
+
+def _assemble_sft(rows, pieces, token_table, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
+    encode = token_table.result().__getitem__
+    columns: dict[str, list] = {"input_ids": [], "labels": []}
+    for (name, conv), row in zip(rows, pieces):
+        if row is None:
+            continue
+        result = row if isinstance(row, encoding.SftEncoding) else \
+            encoding.encode_sft_pieces(row, encode, template, tokenizer, data)
+        if not record(report, name, conv, result, split):
+            continue
+        report.kept(name, result.input_ids, result.labels, split)
+        columns["input_ids"].append(result.input_ids)
+        columns["labels"].append(result.labels)
+    return columns
+
+
+def texts_tokenizer(tokenizer):
+    """`tokenize(texts) -> {text: tokenizer.encode(text, add_special_tokens=False)}` for every distinct text, in one
+    batch call; safe to call from another thread (the tokenizer's one-time settings are made here, on this one)."""
+    tokenizer("", add_special_tokens=False)  # sets the backend's truncation / padding / special-token state
+    backend = _plain_backend(tokenizer)
+
+    def tokenize(texts: list[str]) -> dict[str, list[int]]:
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return {}
+        if backend is not None:  # the Rust call the tokenizer makes, without building a BatchEncoding (~15% faster)
+            return dict(zip(unique, (done.ids for done in backend.encode_batch_fast(unique, add_special_tokens=False))))
+        encoded = tokenizer(unique, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        return dict(zip(unique, encoded["input_ids"]))
+
+    return tokenize
 
 
 def batch_tokenize(tokenizer, texts: list[str]) -> dict[str, list[int]]:
     """text -> `tokenizer.encode(text, add_special_tokens=False)` for every distinct text, in one batch call."""
-    unique = list(dict.fromkeys(texts))
-    if not unique:
-        return {}
-    backend = _plain_backend(tokenizer)
-    if backend is not None:  # the same Rust call the tokenizer makes, without building a BatchEncoding (~15% faster)
-        tokenizer(unique[0], add_special_tokens=False)  # sets the backend's truncation / padding / special-token state
-        return dict(zip(unique, (encoding.ids for encoding in backend.encode_batch_fast(unique, add_special_tokens=False))))
-    encoded = tokenizer(unique, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-    return dict(zip(unique, encoded["input_ids"]))
+    return texts_tokenizer(tokenizer)(texts)
 
 
 def _plain_backend(tokenizer):

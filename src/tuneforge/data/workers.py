@@ -64,9 +64,11 @@ def worker_count(requested, rows: int) -> int:
 
 # ----------------------------------------------------------------------------- in every encoding process
 def encode_shard(encoder, items: list, args: tuple, report: DataReport, split: str, path: Path, schema) -> None:
-    """`items` encoded `WRITE_CHUNK` rows at a time, each chunk's columns appended to the Arrow file `path`."""
-    chunks = (encoder(items[start:start + WRITE_CHUNK], *args, report, split)
-              for start in range(0, len(items), WRITE_CHUNK))
+    """`items` encoded `WRITE_CHUNK` rows at a time, each chunk's columns appended to the Arrow file `path` (by the
+    encoder's own `in_chunks` generator when it has one: sft overlaps tokenizing and assembling chunks)."""
+    in_chunks = getattr(encoder, "in_chunks", None)
+    chunks = in_chunks(items, *args, report, split) if in_chunks is not None else (
+        encoder(items[start:start + WRITE_CHUNK], *args, report, split) for start in range(0, len(items), WRITE_CHUNK))
     write_chunks(path, schema, chunks)
 
 
