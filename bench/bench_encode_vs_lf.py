@@ -38,6 +38,8 @@ def drive_tuneforge(config: str) -> dict:
     from tuneforge.data.pipeline import build_datasets
     from tuneforge.train.workflow import load_tokenizer_and_template
 
+    import datasets  # noqa: F401 - imported before the clock, as `import llamafactory` imports it on LF's side
+
     cfg = load_config(config, require_output_dir=False)
     tokenizer, template = load_tokenizer_and_template(cfg)
     started = time.perf_counter()
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-commands", action="store_true", help="only the encoding measurements")
+    parser.add_argument("--tuneforge-only", action="store_true", help="no LLaMA-Factory runs (e.g. for 1M rows)")
     parser.add_argument("--out", default=str(BENCH / "results" / "encode_vs_lf.json"))
     args = parser.parse_args(argv)
     if not LF_PYTHON.exists():
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = make_rows(count)
             (work / "data" / "bench.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
             for workers in args.workers:
-                cases = [("llamafactory", "smollm2"), ("tuneforge", "smollm2")] + \
+                cases = ([] if args.tuneforge_only else [("llamafactory", "smollm2")]) + [("tuneforge", "smollm2")] + \
                         ([("tuneforge", "auto")] if workers == 1 else [])
                 for side, template in cases:
                     run = f"{side}-{template}-{count}-{workers}"
@@ -166,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                           f"= {result['rows_per_s']:6,.0f} rows/s, process {result['process_s']:6.1f} s, peak RSS "
                           f"{result['peak_rss_gib']:.2f} GiB, {result['samples']:,} samples, {result['tokens']:,} tokens",
                           flush=True)
-            for workers in args.workers:
+            for workers in [] if args.tuneforge_only else args.workers:
                 lf = next(r for r in results if r["side"] == "llamafactory" and r["rows"] == count and r["workers"] == workers)
                 for ours in (r for r in results if r["side"] == "tuneforge" and r["rows"] == count and r["workers"] == workers):
                     print(f"  {count:,} rows, {workers} worker(s), tuneforge {ours['template']}: "
                           f"{ours['rows_per_s'] / lf['rows_per_s']:.2f}x LLaMA-Factory's rows/s", flush=True)
         commands = {}
-        if not args.skip_commands:
+        if not args.skip_commands and not args.tuneforge_only:
             count = args.rows[0]
             (work / "data" / "bench.json").write_text(json.dumps(make_rows(count), ensure_ascii=False), encoding="utf-8")
             lf_cli = str(LF_PYTHON.parent / "llamafactory-cli")

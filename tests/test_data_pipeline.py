@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -230,6 +231,26 @@ def test_cache_hit_skips_encoding(workdir, tiny_tokenizer, monkeypatch):
     (workdir / "data" / "alp.json").write_text(json.dumps(ALPACA[:1]))
     build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
     assert len(calls) == 10  # changed file content
+
+
+def test_cache_entries_are_memory_mapped_arrow_files_and_broken_ones_rebuilt(workdir, tiny_tokenizer):
+    first = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
+    (entry,) = [p for p in (workdir / "cache" / "datasets").iterdir() if not p.name.startswith(".")]
+    assert sorted(p.name for p in (entry / "data").iterdir()) == ["shard-00000.arrow"]
+    assert [Path(f["filename"]) for f in first.train.cache_files] == [entry / "data" / "shard-00000.arrow"]
+    (entry / "report.json").unlink()  # a broken entry: encoded again, not an error
+    again = build_datasets(make_cfg("alp"), tiny_tokenizer, TokTemplate())
+    assert again.train["input_ids"] == first.train["input_ids"]
+    assert (entry / "report.json").is_file() and not any("loaded from cache" in n for n in again.report.notes)
+
+
+def test_an_unwritable_cache_folder_still_gives_the_data(workdir, tiny_tokenizer, monkeypatch):
+    """Caching is an optimisation: when the cache folder cannot be made, the split lives in a temporary folder."""
+    (workdir / "blocked").write_text("a file, not a folder")
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(workdir / "blocked"))
+    bundle = build_datasets(make_cfg("alp", val_size=0.34), tiny_tokenizer, TokTemplate())
+    assert len(bundle.train) + len(bundle.eval) == 3
+    assert all(not f["filename"].startswith(str(workdir)) for f in bundle.train.cache_files)
 
 
 def test_stage_checks(workdir, tiny_tokenizer):
