@@ -128,3 +128,36 @@ def test_beam_search_and_cancelled_waiting_requests_go_through_the_batch(tiny_ll
     assert beam.generated == engine.generate_ids(prompts[0], num_beams=2, max_new_tokens=6)
     assert greedy.generated == engine.generate_ids(prompts[1], max_new_tokens=4) and greedy.finish_reason == "length"
     assert dropped.finish_reason == "cancelled" and dropped.generated == []
+
+
+@pytest.mark.parametrize("fixture_dir", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_bf16_batch_weights_prepacked_give_the_plain_copies_logits(request, fixture_dir, monkeypatch):
+    """`infer_dtype: auto` batches read bf16 copies; laid out once in oneDNN's blocked format they give exactly the
+    logits of the plain copies (Qwen2: with biases), for any number of sequences."""
+    from tuneforge.infer import fast_step
+    from tuneforge.infer.decoding import new_kv_cache
+    from tuneforge.infer.fast_step import LeanDecodeStep
+
+    engine = _engine(request.getfixturevalue(fixture_dir))
+    step = LeanDecodeStep.try_create(engine.model, batch_weights_dtype=torch.bfloat16)
+    packed = step._make_batch_weights()
+    if packed[2] is not fast_step._packed_linear:
+        pytest.skip("this torch build has no exact prepacked bf16 product")
+    monkeypatch.setattr(fast_step, "_prepacking_is_exact", lambda weight_and_bias: False)
+    plain = step._make_batch_weights()
+    assert plain[2] is not fast_step._packed_linear
+    prompts = _prompts(engine, 5)
+    for count in (2, 5):
+        logits = []
+        for weights in (packed, plain):
+            step._batch_weights = weights
+            cache = step.new_slot_cache()
+            for prompt in prompts[:count]:
+                kv = new_kv_cache(engine.model)
+                with torch.inference_mode():
+                    engine.model(input_ids=torch.tensor([prompt]), past_key_values=kv, use_cache=True)
+                assert step.prepare_cache(kv)
+                cache.add([layer.keys for layer in kv.layers], [layer.values for layer in kv.layers])
+            with torch.inference_mode():
+                logits.append(step.step_batch(torch.arange(3, 3 + count), cache))
+        assert torch.equal(logits[0], logits[1])
