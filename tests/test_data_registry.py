@@ -190,6 +190,18 @@ def test_json_list_jsonl_and_json_lines_in_json(tmp_path, monkeypatch):
     assert rows_of(tmp_path / "c.json") == [({"k": 1}, "c.json line 1"), ({"k": 2}, "c.json line 2")]
 
 
+def test_jsonl_is_read_a_line_at_a_time(tmp_path, monkeypatch):
+    """Lines end at "\n" only (a raw U+2028 inside a string is text), a BOM and \r\n endings are fine, and a line
+    that is not UTF-8 is named."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "u.jsonl").write_bytes(b"\xef\xbb\xbf" + '{"k": "a\u2028b"}\r\n{"k": "c"}\n'.encode())
+    assert rows_of(tmp_path / "u.jsonl") == [({"k": "a\u2028b"}, "u.jsonl line 1"), ({"k": "c"}, "u.jsonl line 2")]
+    (tmp_path / "bad.jsonl").write_bytes(b'{"k": 1}\n{"k": "\xff"}\n')
+    with pytest.raises(DataError) as err:
+        rows_of(tmp_path / "bad.jsonl")
+    assert str(err.value).startswith("bad.jsonl line 2: not UTF-8 text (invalid start byte at byte 7 of the line)")
+
+
 def test_malformed_json_names_file_line_col(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.jsonl").write_text('{"k": 1}\n{"k": 2,}\n')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from dataclasses import dataclass
@@ -65,10 +66,11 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
 
 
 def _iter_jsonl(path: Path, text: str | None = None) -> Iterator[RawRow]:
+    """One row per line ("\n"; a raw U+2028 inside a JSON string is text, not a line end); a file is read a line
+    at a time, so a large one is never one string in memory."""
     shown = display_path(path)
-    if text is None:
-        text = path.read_text(encoding=TEXT_ENCODING)
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = enumerate(text.split("\n"), start=1) if text is not None else _file_lines(path)
+    for number, line in lines:
         if not line.strip():
             continue
         try:
@@ -76,6 +78,19 @@ def _iter_jsonl(path: Path, text: str | None = None) -> Iterator[RawRow]:
         except json.JSONDecodeError as err:
             raise _json_error(path, err, line_offset=number - 1) from err
         yield RawRow(row, f"{shown} line {number}")
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 file (a BOM at its start dropped, as `utf-8-sig` does)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{display_path(path)} line {number}: not UTF-8 text ({err.reason} at byte "
+                                f"{err.start} of the line)") from None
 
 
 def _iter_csv(path: Path) -> Iterator[RawRow]:
