@@ -11,6 +11,8 @@ from tuneforge.data.loaders import RawRow, first_row, iter_hub_rows, load_rows, 
 from tuneforge.data.registry import Columns, Tags, load_dataset_specs, parse_entry
 from tuneforge.errors import DataError, NotSupportedError
 
+DATA = Path(__file__).resolve().parents[1] / "data"
+
 
 def write_info(folder: Path, info) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,6 +190,44 @@ def test_json_list_jsonl_and_json_lines_in_json(tmp_path, monkeypatch):
     assert rows_of(tmp_path / "b.jsonl") == [({"k": 1}, "b.jsonl line 1"), ({"k": 2}, "b.jsonl line 3")]
     (tmp_path / "c.json").write_text('{"k": 1}\n{"k": 2}\n')
     assert rows_of(tmp_path / "c.json") == [({"k": 1}, "c.json line 1"), ({"k": 2}, "c.json line 2")]
+
+
+@pytest.mark.parametrize("piece", [1, 5, 64, 1 << 20])
+def test_a_json_list_is_read_a_piece_at_a_time_with_json_loads_rows_and_errors(tmp_path, monkeypatch, piece):
+    """`.json` lists are decoded from pieces of the file: the rows of `json.loads`, and its line / column in errors,
+    whatever the piece size (numbers cut at a piece's end, one-line files, BOM, Chinese)."""
+    from tuneforge.data import loaders
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loaders, "JSON_READ_BYTES", piece)
+    shipped = sorted(DATA.glob("*.json"))
+    cases = {f"shipped-{path.name}": path.read_bytes() for path in shipped if path.name != "dataset_info.json"}
+    cases.update({
+        "numbers.json": b"[1, 23, 456, -7.5e3, true, null, \"x\"]",
+        "minified.json": json.dumps([{"k": i, "v": "word " * i} for i in range(30)], separators=(",", ":")).encode(),
+        "bom.json": b"\xef\xbb\xbf" + json.dumps([{"q": "\u4f60\u597d", "a": [1, {"b": []}]}], ensure_ascii=False,
+                                                indent=2).encode(),
+        "empty.json": b"  [ ]  ",
+    })
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        expected = json.loads(content.decode("utf-8-sig"))
+        assert [values for values, _ in rows_of(tmp_path / name)] == expected, name
+    assert rows_of(tmp_path / "numbers.json")[2] == (456, "numbers.json row 3")
+    for bad in (b'[\n {"k": 1},\n {"k" 2}\n]', b'[{"a":1},{"b":2} {"c":3}]', b'[{"a":1},]', b'[{"a": 1}', b"[1, 2",
+                b'[{"a":1}] [2]', b'[{"a": "' + b"x" * 200 + b'"} {"b": 2}]'):
+        (tmp_path / "bad.json").write_bytes(bad)
+        with pytest.raises(DataError) as err:
+            rows_of(tmp_path / "bad.json")
+        try:
+            json.loads(bad)
+        except json.JSONDecodeError as expected_err:
+            assert str(err.value).startswith(f"bad.json line {expected_err.lineno} col {expected_err.colno}: "), \
+                (bad, str(err.value), expected_err)
+    (tmp_path / "latin.json").write_bytes(b'[{"k": "caf\xe9"}]')
+    with pytest.raises(DataError) as err:
+        rows_of(tmp_path / "latin.json")
+    assert str(err.value) == "latin.json: not UTF-8 text (invalid continuation byte at byte 11)"
 
 
 def test_jsonl_is_read_a_line_at_a_time(tmp_path, monkeypatch):

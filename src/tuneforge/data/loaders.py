@@ -36,12 +36,17 @@ def _file_type(path: Path) -> str:
     return FILE_TYPES[ext]
 
 
-def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0) -> DataError:
-    return DataError(f"{display_path(path)} line {err.lineno + line_offset} col {err.colno}: invalid JSON ({err.msg})")
+def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0, first_line_column_offset: int = 0) -> DataError:
+    column = err.colno + (first_line_column_offset if err.lineno == 1 else 0)
+    return DataError(f"{display_path(path)} line {err.lineno + line_offset} col {column}: invalid JSON ({err.msg})")
 
 
 def _iter_json(path: Path) -> Iterator[RawRow]:
-    """A `.json` file holds a list of rows, or (like HF's json loader accepts) JSON lines."""
+    """A `.json` file holds a list of rows (read a piece at a time: `_iter_json_list`), or (like HF's json loader
+    accepts) JSON lines, or one object whose only value is the list."""
+    if _first_character(path) == "[":
+        yield from _iter_json_list(path)
+        return
     text = path.read_text(encoding=TEXT_ENCODING)
     try:
         data = json.loads(text)
@@ -63,6 +68,108 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
     shown = display_path(path)
     for i, row in enumerate(data, start=1):
         yield RawRow(row, f"{shown} row {i}")
+
+
+JSON_READ_BYTES = 1 << 20  # a JSON list is decoded from pieces of this many bytes
+NUMBER_LOOKAHEAD = 64  # characters after a decoded value that prove it complete (no number is that long)
+
+
+def _first_character(path: Path) -> str:
+    """The first non-blank character of a UTF-8 file ("" when there is none in its first piece)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.decode("utf-8-sig", errors="ignore").lstrip()[:1]
+
+
+class _JsonListReader:
+    """The rows of a file holding one JSON list, decoded row by row from a text buffer refilled a piece at a
+    time: a large file is never one string (a 1 GB file with Chinese text is a 2 GB `str`). What was dropped from
+    the buffer's start is counted, so errors name the file's own line and column, as `json.loads` would."""
+
+    def __init__(self, path: Path, f):
+        self.path, self.file = path, f
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buffer, self.pos, self.bytes_read, self.eof = "", 0, 0, False
+        self.lines_before = self.columns_before = 0  # dropped: whole lines, characters of the buffer's first line
+
+    def fill(self) -> bool:
+        """Append the next piece of the file; False at its end."""
+        if self.eof:
+            return False
+        raw = self.file.read(JSON_READ_BYTES)
+        try:
+            self.buffer += self.decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as err:  # err.object: the bytes the decoder still held, then this piece
+            at = self.bytes_read - (len(err.object) - len(raw)) + err.start
+            raise DataError(f"{display_path(self.path)}: not UTF-8 text ({err.reason} at byte {at})") from None
+        self.bytes_read += len(raw)
+        self.eof = not raw
+        return True
+
+    def next_character(self) -> str:
+        """The next non-blank character ("" at the end of the file), without consuming it."""
+        while True:
+            while self.pos < len(self.buffer) and self.buffer[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buffer) or not self.fill():
+                return self.buffer[self.pos:self.pos + 1]
+
+    def error(self, message: str) -> DataError:
+        return self.failure(json.JSONDecodeError(message, self.buffer, self.pos))
+
+    def failure(self, err: json.JSONDecodeError) -> DataError:
+        return _json_error(self.path, err, self.lines_before, self.columns_before)
+
+    def value(self):
+        """Decode the value at the current position; one that ends near the end of the buffer is decoded again
+        once more text is in (a number cut by the piece's end, "-7." of "-7.5e3", would decode as -7)."""
+        while True:
+            try:
+                value, end = json.JSONDecoder().raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as err:
+                if self.fill():
+                    continue
+                raise self.failure(err) from None
+            if end + NUMBER_LOOKAHEAD <= len(self.buffer) or not self.fill():
+                self.pos = end
+                return value
+
+    def drop_read(self) -> None:
+        """Forget the text before the current position once it is long (keeps the buffer about one piece)."""
+        if self.pos < JSON_READ_BYTES:
+            return
+        newlines = self.buffer.count("\n", 0, self.pos)
+        if newlines:
+            self.lines_before += newlines
+            self.columns_before = self.pos - self.buffer.rfind("\n", 0, self.pos) - 1
+        else:
+            self.columns_before += self.pos
+        self.buffer, self.pos = self.buffer[self.pos:], 0
+
+
+def _iter_json_list(path: Path) -> Iterator[RawRow]:
+    shown = display_path(path)
+    with open(path, "rb") as f:
+        reader = _JsonListReader(path, f)
+        reader.next_character()
+        reader.pos += 1  # the "["
+        number, after_comma = 0, False
+        while True:
+            character = reader.next_character()
+            if character == "]" and number == 0 or character == "":
+                break
+            number += 1
+            yield RawRow(reader.value(), f"{shown} row {number}")
+            reader.drop_read()
+            after_comma = reader.next_character() == ","
+            if not after_comma:
+                break
+            reader.pos += 1
+        if reader.next_character() != "]":
+            raise reader.error("Expecting ',' delimiter" if number and not after_comma else "Expecting value")
+        reader.pos += 1
+        if reader.next_character():
+            raise reader.error("Extra data after the list of rows")
 
 
 def _iter_jsonl(path: Path, text: str | None = None) -> Iterator[RawRow]:
