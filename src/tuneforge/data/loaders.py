@@ -36,7 +36,8 @@ def _file_type(path: Path) -> str:
     return FILE_TYPES[ext]
 
 
-def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0, first_line_column_offset: int = 0) -> DataError:
+def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0,
+                first_line_column_offset: int = 0) -> DataError:
     column = err.colno + (first_line_column_offset if err.lineno == 1 else 0)
     return DataError(f"{display_path(path)} line {err.lineno + line_offset} col {column}: invalid JSON ({err.msg})")
 
@@ -89,6 +90,7 @@ class _JsonListReader:
     def __init__(self, path: Path, f):
         self.path, self.file = path, f
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.json = json.JSONDecoder()
         self.buffer, self.pos, self.bytes_read, self.eof = "", 0, 0, False
         self.lines_before = self.columns_before = 0  # dropped: whole lines, characters of the buffer's first line
 
@@ -122,10 +124,12 @@ class _JsonListReader:
 
     def value(self):
         """Decode the value at the current position; one that ends near the end of the buffer is decoded again
-        once more text is in (a number cut by the piece's end, "-7." of "-7.5e3", would decode as -7)."""
+        once more text is in (a number cut by the piece's end, "-7." of "-7.5e3", would decode as -7). A value
+        that does not decode is tried again with more text until the file's end (it may be cut by a piece's end),
+        so a malformed row is reported with the rest of the file in the buffer."""
         while True:
             try:
-                value, end = json.JSONDecoder().raw_decode(self.buffer, self.pos)
+                value, end = self.json.raw_decode(self.buffer, self.pos)
             except json.JSONDecodeError as err:
                 if self.fill():
                     continue
