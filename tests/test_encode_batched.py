@@ -99,3 +99,15 @@ def test_auto_direct_render_off_when_it_differs(tiny_tokenizer, monkeypatch):
     template = get_template("auto", tiny_tokenizer)
     assert template._direct_renderer(tiny_tokenizer) is None
     assert template._render(tiny_tokenizer, [{"role": "user", "content": "hi"}], None, True) == "library:1"
+
+
+def test_auto_template_pickles_for_spawned_workers(tiny_tokenizer):
+    """Spawned worker processes get the template pickled: without its direct renderer, which they rebuild."""
+    import pickle
+
+    template = get_template("auto", tiny_tokenizer)
+    assert template._direct_renderer(tiny_tokenizer) is not None
+    copy = pickle.loads(pickle.dumps(template))
+    messages = [{"role": "user", "content": "hi"}]
+    assert copy._direct is None
+    assert copy._render(tiny_tokenizer, messages, None, True) == template._render(tiny_tokenizer, messages, None, True)

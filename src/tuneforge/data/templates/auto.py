@@ -152,6 +152,10 @@ class JinjaTemplate:
         self._direct = (tokenizer, render)
         return render
 
+    def __getstate__(self) -> dict:
+        """Pickled without the direct renderer (a closure; spawned worker processes make their own)."""
+        return {**self.__dict__, "_direct": None}
+
     def _hf_messages(self, msgs, system: str | None) -> list[dict]:
         system = system or self._system_override
         head = [{"role": "system", "content": system}] if system else []
