@@ -11,7 +11,7 @@ from tuneforge.config.args import DataArguments
 from tuneforge.data import formats, loaders, registry
 from tuneforge.data.encode import encode_sft_with_info
 from tuneforge.data.report import DataReport
-from tuneforge.data.stage_encode import batch_tokenize, encode_sft_rows
+from tuneforge.data.stage_encode import encode_sft_rows, texts_tokenizer
 from tuneforge.data.templates import available_templates, get_template
 from tuneforge.errors import DataError, ModelError, TuneforgeError
 
@@ -54,23 +54,23 @@ def test_batched_encoding_equals_one_row_at_a_time(name, items, tiny_tokenizer):
     assert len(batched["input_ids"]) > len(items) // 2
 
 
-def test_batch_tokenize_is_encode(tiny_tokenizer):
+def test_texts_tokenizer_is_encode(tiny_tokenizer):
     texts = ["Hello world", "", "你好，世界", "Hello world", " leading space", "<|im_end|> special"]
-    table = batch_tokenize(tiny_tokenizer, texts)
+    table = texts_tokenizer(tiny_tokenizer)(texts)
     assert list(table) == ["Hello world", "", "你好，世界", " leading space", "<|im_end|> special"]  # each once
     for text in texts:
         assert table[text] == tiny_tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_batch_tokenize_without_the_backend_shortcut(tiny_tokenizer, monkeypatch):
+def test_texts_tokenizer_without_the_backend_shortcut(tiny_tokenizer, monkeypatch):
     """The shortcut straight to the Rust tokenizer and the tokenizer's own batch call give the same ids."""
     from tuneforge.data import stage_encode
 
     texts = ["Hello world", "你好，世界", " leading space", "<|im_end|> special", "a\n\nb"]
     assert stage_encode._plain_backend(tiny_tokenizer) is not None
-    shortcut = batch_tokenize(tiny_tokenizer, texts)
+    shortcut = texts_tokenizer(tiny_tokenizer)(texts)
     monkeypatch.setattr(stage_encode, "_plain_backend", lambda tokenizer: None)
-    assert batch_tokenize(tiny_tokenizer, texts) == shortcut
+    assert texts_tokenizer(tiny_tokenizer)(texts) == shortcut
 
 
 def test_auto_direct_render_is_the_library_render(items, tiny_tokenizer):

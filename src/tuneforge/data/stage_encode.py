@@ -134,11 +134,6 @@ def texts_tokenizer(tokenizer):
     return tokenize
 
 
-def batch_tokenize(tokenizer, texts: list[str]) -> dict[str, list[int]]:
-    """text -> `tokenizer.encode(text, add_special_tokens=False)` for every distinct text, in one batch call."""
-    return texts_tokenizer(tokenizer)(texts)
-
-
 def _plain_backend(tokenizer):
     """The `tokenizers.Tokenizer` behind a fast tokenizer whose class encodes text with the base class's own call
     (no override that changes the text or ids first), or None."""
