@@ -57,6 +57,28 @@ def test_stop_rule_stops_at_the_target_and_records_every_check(tiny_llama_dir, t
     assert callback.summary() == {"recall": 1.0, "recall_best": 1.0, "recall_target_reached": True}
 
 
+def test_a_check_that_cannot_reach_the_target_ends_early(tiny_llama_dir, tmp_path, monkeypatch):
+    from tuneforge.train import recall_stop
+
+    monkeypatch.setattr(recall_stop, "CHECK_BATCH", 1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    good = [_greedy_sample(model, [5, 17, 42, 9]), _greedy_sample(model, [3, 250, 11])]
+    bad = [dict(g, labels=g["labels"][:-1] + [(g["labels"][-1] + 1) % 300]) for g in good]
+    assert teacher_forced_exact(model, bad + good, max_misses=1) == [False, False]
+    assert teacher_forced_exact(model, good + bad, max_misses=1) == [True, True, False, False]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback = RecallStopCallback(bad + good, target=0.75, every_epochs=1.0)
+    assert callback.allowed_misses() == 1
+    state, control = TrainerState(), TrainerControl()
+    state.epoch, state.global_step, state.max_steps = 1.0, 8, 16
+    callback.on_step_end(args, state, control, model=model)
+    assert callback.history[-1] == {"current_steps": 8, "epoch": 1.0, "recall": 0.0, "recall_asked": 2}
+    state.epoch, state.global_step = 2.0, 16  # the run's last check asks every sample
+    callback.on_step_end(args, state, control, model=model)
+    assert callback.history[-1] == {"current_steps": 16, "epoch": 2.0, "recall": 0.5}
+    assert not control.should_training_stop
+
+
 @pytest.fixture
 def workspace(tmp_path, tiny_llama_dir, monkeypatch):
     config = {"model_name_or_path": str(tiny_llama_dir), "stage": "sft", "do_train": True, "finetuning_type": "lora",
