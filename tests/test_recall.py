@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_workspace
 from tuneforge.cli.main import main
-from tuneforge.data.facts import heldout_questions
+from tuneforge.data.facts import heldout_questions, parse_fact_answer, question_subject, trained_phrasing_question
 from tuneforge.evaluate import recall_metrics as m
 
 RECORD = "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
@@ -240,8 +240,12 @@ def test_recall_of_a_model_that_knows_everything(recall_workspace, monkeypatch, 
     answers = {row["instruction"]: row["output"] for row in ROWS}
     for index, row in enumerate(ROWS):  # the row's index picks its held-out phrasings
         answers.update({question: value for question, _, value in held(row["instruction"], row["output"], index)})
+    controls = {trained_phrasing_question(row["instruction"], key, number): f"{key}:{value}"
+                for row in ROWS[:3] for key, value in parse_fact_answer(row["output"]).fields for number in range(8)}
+
     def chat_batch(self, conversations, max_batch=8, on_done=None, **kw):
-        texts = [answers[c["messages"][-1]["content"]] for c in conversations]
+        texts = [answers.get(c["messages"][-1]["content"]) or controls[c["messages"][-1]["content"]]
+                 for c in conversations]
         for index in reversed(range(len(texts))):  # any finishing order
             on_done(index, texts[index])
         return texts
@@ -254,8 +258,46 @@ def test_recall_of_a_model_that_knows_everything(recall_workspace, monkeypatch, 
     assert results["recall"]["exact_match"] == 1.0 and results["recall"]["char_similarity"] == 1.0
     assert results["recall"]["field_accuracy"] == 1.0 and results["recall"]["structured_answers"] == 3
     assert results["heldout"]["accuracy"] == 1.0 and results["heldout"]["questions"] == 15  # 0 = all: 5 fields x 3
+    assert results["heldout"]["trained_phrasing"]["accuracy"] == 1.0
     assert results["drift"] == {"skipped": "--no-drift"}
     assert Path("out/r.json").is_file()
+
+
+def test_fields_known_only_inside_the_record_are_named(recall_workspace, monkeypatch, capsys):
+    """A model that recites every record but answers later fields wrong when asked alone, in any wording: the
+    report shows both phrasings per field and the verdict names those fields."""
+    from tuneforge.infer.engine import ChatEngine
+
+    records = {row["instruction"]: row["output"] for row in ROWS}
+
+    def chat_batch(self, conversations, max_batch=8, on_done=None, **kw):
+        texts = []
+        for conversation in conversations:
+            asked = conversation["messages"][-1]["content"]
+            if asked in records:
+                texts.append(records[asked])
+                continue
+            row = next(r for r in ROWS if question_subject(r["instruction"]) in asked)
+            key, value = next((k, v) for k, v in parse_fact_answer(row["output"]).fields if k in asked)
+            texts.append(f"{key}:{value if key in ('性别', '学号', 'Gender', 'Student ID') else '0'}")
+        for index in range(len(texts)):
+            on_done(index, texts[index])
+        return texts
+
+    monkeypatch.setattr(ChatEngine, "chat_batch", chat_batch)
+    assert main(["eval", "recall", "train.yaml", "--no-drift", "--heldout-per-row", "0"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((recall_workspace / "out" / "lora" / "recall_results.json").read_text(encoding="utf-8"))
+    heldout = results["heldout"]
+    assert results["recall"]["exact_match"] == 1.0
+    assert {k: v["accuracy"] for k, v in heldout["trained_phrasing"]["by_field"].items()} == \
+        {k: v["accuracy"] for k, v in heldout["by_field"].items()} == {
+            "性别": 1.0, "学号": 1.0, "数学": 0.0, "物理": 0.0, "化学": 0.0,
+            "Gender": 1.0, "Student ID": 1.0, "Math": 0.0, "Physics": 0.0, "Chemistry": 0.0}
+    assert all(r["trained_phrasing_question"] != r["question"] for r in heldout["rows"])
+    assert "the same fields asked in a trained phrasing: 6/15 (40.0%)" in printed
+    assert ("数学, 物理, 化学, Math, Physics, Chemistry wrong when asked alone in trained phrasings too: known only "
+            "inside the whole answer") in printed
 
 
 def test_eval_cli_errors_are_one_line(recall_workspace, capsys):

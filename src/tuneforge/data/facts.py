@@ -174,6 +174,13 @@ def heldout_questions(question: str, answer: str, variant: int = 0) -> list[tupl
             for i, (key, value) in enumerate(hidden_fields(question, facts))]
 
 
+def trained_phrasing_question(question: str, field: str, variant: int = 0) -> str:
+    """`field` asked alone in one of the phrasings the augmentation trains on: the control for a held-out question
+    (wrong in both wordings: the field is not known on its own, only inside the whole answer)."""
+    pool = ZH_FIELD_TRAIN if is_chinese(question) else EN_FIELD_TRAIN
+    return _fill(pool[variant % len(pool)], question, k=field)
+
+
 def augment_conversations(mixed: list, seed: int) -> tuple[list, int]:
     """`augment_facts: true` for the training split: after every single-turn (dataset name, Conversation),
     its extra questions as new conversations (same system prompt; source "... (augmented)").

@@ -2,8 +2,8 @@
 
     training questions (recall_data) -> greedy answers of the fine-tuned model
         -> exact match, character similarity, per-field accuracy, the worst answers
-    structured answers -> single-field questions in held-out phrasings (data/facts.py)
-        -> "knows the fact" versus "knows one string"
+    structured answers -> single-field questions in held-out phrasings (data/facts.py), and the same fields in
+        a trained phrasing -> "knows the fact" versus "knows one string" (or the field only inside the record)
     general questions (src/tuneforge/evaluate/drift_questions.json) -> answers of the base model, then of the fine-tune
         -> change score per question, expected keywords before / after, warnings
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tuneforge.data.facts import heldout_questions, question_subject
+from tuneforge.data.facts import heldout_questions, question_subject, trained_phrasing_question
 from tuneforge.evaluate import recall_metrics as metrics
 from tuneforge.evaluate.recall_data import (
     adapters_text, choose_sample, load_drift_questions, resolve_targets, results_path, run_seed, training_questions,
@@ -199,26 +199,42 @@ def pick_heldout(questions: list, row_index: int, per_row: int | None) -> list:
 
 
 def _heldout_section(engine, asked, per_row, emit) -> dict:
+    """Single-field questions in held-out phrasings and, as their control, the same fields asked in a trained
+    phrasing: "knows the fact" (both right), "knows one wording" (only the control), or "knows the field only
+    inside the whole answer" (neither)."""
     items = [(item, held) for index, item in enumerate(asked)
              for held in pick_heldout(heldout_questions(item.question, item.expected, index), index, per_row)]
     if not items:
         return {"skipped": "no training answer is a `key:value` list with a field the question does not name"}
-    answers = ask_all(engine, [question(q, history=item.history, system=item.system, tools=item.tools,
-                                        max_new_tokens=answer_budget(engine, value, HELDOUT_EXTRA_TOKENS))
-                               for item, (q, _, value) in items], _Progress(emit, "held-out", len(items)))
+    controls = [trained_phrasing_question(item.question, field, number) for number, (item, (_, field, _)) in
+                enumerate(items)]
+    asks = [question(text, history=item.history, system=item.system, tools=item.tools,
+                     max_new_tokens=answer_budget(engine, value, HELDOUT_EXTRA_TOKENS))
+            for (item, (_, _, value)), text in [*zip(items, (held[0] for _, held in items)), *zip(items, controls)]]
+    answers = ask_all(engine, asks, _Progress(emit, "held-out", len(asks)))
     rows = []
-    for (item, (text, field, value)), answer in zip(items, answers):
+    for (item, (text, field, value)), answer, control, control_answer in zip(items, answers, controls,
+                                                                             answers[len(items):]):
+        subject = question_subject(item.question)
         rows.append({
             "question": text, "field": field, "expected": value, "answer": answer,
-            "correct": metrics.heldout_correct(answer, field, value, question_subject(item.question)),
+            "correct": metrics.heldout_correct(answer, field, value, subject),
             "recited_record": metrics.recites_record(answer), "training_question": item.question,
+            "trained_phrasing_question": control, "trained_phrasing_answer": control_answer,
+            "trained_phrasing_correct": metrics.heldout_correct(control_answer, field, value, subject),
         })
-    accuracy = metrics.field_accuracy(
-        [metrics.FieldResult(r["field"], r["expected"], r["answer"], r["correct"])] for r in rows)
+    accuracy = _by_field(rows, "correct")
+    control = _by_field(rows, "trained_phrasing_correct")
     return {
         "questions": len(rows), "correct": accuracy["correct"], "accuracy": accuracy["accuracy"],
-        "recited_record": sum(r["recited_record"] for r in rows), "by_field": accuracy["by_field"], "rows": rows,
+        "recited_record": sum(r["recited_record"] for r in rows), "by_field": accuracy["by_field"],
+        "trained_phrasing": {key: control[key] for key in ("correct", "accuracy", "by_field")}, "rows": rows,
     }
+
+
+def _by_field(rows: list[dict], verdict_key: str) -> dict:
+    return metrics.field_accuracy(
+        [metrics.FieldResult(r["field"], r["expected"], r["answer"], r[verdict_key])] for r in rows)
 
 
 def _answer_drift(engine, items, progress: _Progress) -> list[str]:

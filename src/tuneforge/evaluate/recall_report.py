@@ -76,14 +76,37 @@ def _heldout_lines(heldout: dict) -> list[str]:
         return [f"held-out questions: skipped ({heldout['skipped']})"]
     lines = ["held-out questions (one field each, in phrasings never trained):",
              f"  correct               {percent(heldout['correct'], heldout['questions'])}"]
+    control = heldout.get("trained_phrasing")
+    if control:
+        lines.append(f"  the same fields asked in a trained phrasing: {percent(control['correct'], heldout['questions'])}")
     if heldout["recited_record"]:
         lines.append(f"  recited a whole record instead of the field: {heldout['recited_record']}")
-    lines += _field_table(heldout["by_field"])
+    lines += _field_table(heldout["by_field"]) if not control else _two_phrasings_table(heldout["by_field"],
+                                                                                      control["by_field"])
     wrong = [r for r in heldout["rows"] if not r["correct"]][:3]
     for row in wrong:
         lines.append(f"    question: {clip(row['question'])}")
         lines.append(f"      expected {row['expected']!r}, answer: {clip(row['answer'], TEXT_WIDTH - 20) or '(empty)'}")
     return lines
+
+
+def _two_phrasings_table(held: dict, trained: dict, indent: str = "    ") -> list[str]:
+    width = max([display_width(k) for k in held] + [5])
+    lines = [f"{indent}{pad('field', width)}  held-out phrasing  trained phrasing"]
+    for key, entry in held.items():
+        other = trained.get(key, {"correct": 0, "accuracy": 0.0})
+        lines.append(f"{indent}{pad(key, width)}  {entry['correct']:>4}/{entry['total']:<4} {100 * entry['accuracy']:5.1f}%"
+                     f"  {other['correct']:>4}/{entry['total']:<4} {100 * other['accuracy']:5.1f}%")
+    return lines
+
+
+def unknown_alone(heldout: dict, below: float = 0.5) -> list[str]:
+    """Fields answered wrong in held-out *and* trained phrasings (under `below`): not known on their own."""
+    trained = (heldout.get("trained_phrasing") or {}).get("by_field")
+    if not trained:
+        return []
+    return [key for key, entry in heldout["by_field"].items()
+            if entry["accuracy"] < below and trained.get(key, {}).get("accuracy", 0.0) < below]
 
 
 def _drift_lines(drift: dict) -> list[str]:
@@ -118,4 +141,8 @@ def verdict(results: dict) -> str:
     if "skipped" not in heldout:
         said += (f"; held-out phrasings {100 * heldout['accuracy']:.0f}% correct"
                  + (" (knows the strings more than the facts)" if heldout["accuracy"] < exact - 0.2 else ""))
+        alone = unknown_alone(heldout)
+        if alone:
+            said += (f"; {', '.join(alone)} wrong when asked alone in trained phrasings too: known only inside the "
+                     "whole answer (learned as a chain, each value after the one before)")
     return said + "."
