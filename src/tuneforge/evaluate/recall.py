@@ -208,13 +208,15 @@ def _heldout_section(engine, asked, per_row, emit) -> dict:
         return {"skipped": "no training answer is a `key:value` list with a field the question does not name"}
     controls = [trained_phrasing_question(item.question, field, number) for number, (item, (_, field, _)) in
                 enumerate(items)]
+    texts = [text for _, (text, _, _) in items] + controls  # every held-out question, then every control
     asks = [question(text, history=item.history, system=item.system, tools=item.tools,
                      max_new_tokens=answer_budget(engine, value, HELDOUT_EXTRA_TOKENS))
-            for (item, (_, _, value)), text in [*zip(items, (held[0] for _, held in items)), *zip(items, controls)]]
+            for (item, (_, _, value)), text in zip(items + items, texts)]
     answers = ask_all(engine, asks, _Progress(emit, "held-out", len(asks)))
+    held_answers, control_answers = answers[:len(items)], answers[len(items):]
     rows = []
-    for (item, (text, field, value)), answer, control, control_answer in zip(items, answers, controls,
-                                                                             answers[len(items):]):
+    for (item, (text, field, value)), answer, control, control_answer in zip(items, held_answers, controls,
+                                                                             control_answers):
         subject = question_subject(item.question)
         rows.append({
             "question": text, "field": field, "expected": value, "answer": answer,
