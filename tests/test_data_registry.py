@@ -71,9 +71,11 @@ def test_entry_errors(entry, message):
     assert message in str(err.value)
 
 
-def test_multimodal_columns_not_supported():
-    with pytest.raises(NotSupportedError, match="multimodal"):
-        parse_entry("x", {"file_name": "f", "columns": {"images": "images"}}, None, None)
+def test_video_and_audio_columns_not_supported():
+    assert parse_entry("x", {"file_name": "f", "columns": {"images": "images"}}, None, None).columns.images == "images"
+    for column in ("videos", "audios"):
+        with pytest.raises(NotSupportedError, match=f"{column} columns are not supported yet"):
+            parse_entry("x", {"file_name": "f", "columns": {"images": "images", column: column}}, None, None)
 
 
 def test_malformed_dataset_info_names_line_and_col(tmp_path):

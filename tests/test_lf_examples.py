@@ -3,10 +3,10 @@
 tests/data/lf_examples_v0_9_5.json holds the key/value settings of every example YAML in LF's repository
 (written by tests/data/make_lf_examples.py). Each training/inference/export example is run through
 tuneforge's config loader (`load_config_dict`) exactly as written, except that
-- `model_name_or_path` points at the tiny local model (no weights are loaded: the loader never opens it),
+- `model_name_or_path` points at the tiny local model (no weights are loaded: the loader never opens it), or
+  for LF's `*-VL-*` models at a tiny Qwen3-VL (tests/vision_fixtures.py),
 - LF's dataset names become local demo sets of the same kind (DATASET_MAP); LF's multimodal dataset
-  entries are registered as LF has them (MULTIMODAL_ENTRIES): today the multimodal keys are refused first,
-  and once those are accepted the data layer's own refusal of image columns is what this test sees,
+  entries are registered as LF has them (MULTIMODAL_ENTRIES), `mllm_demo.json` with small generated images,
 - it runs from a folder that holds LF's examples/deepspeed/*.json at their LF paths.
 
 A config that loads then has its template looked up (`template_for`) and its datasets resolved
@@ -31,6 +31,7 @@ import pytest
 
 from tuneforge.config import validate
 from tuneforge.errors import TuneforgeError
+from vision_fixtures import build_tiny_qwen3_vl, write_image_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = json.loads((Path(__file__).parent / "data" / "lf_examples_v0_9_5.json").read_text(encoding="utf-8"))
@@ -71,13 +72,12 @@ MULTIMODAL_ENTRIES = {
 _DS_MISSING = "`deepspeed` needs the deepspeed package, which is not installed: pip install 'tuneforge[deepspeed]'"
 _DS_REFUSED = {} if importlib.util.find_spec("deepspeed") else {
     "examples/train_full/qwen3_full_sft.yaml": _DS_MISSING, "examples/train_lora/qwen3_lora_sft_ds3.yaml": _DS_MISSING,
+    "examples/train_full/qwen3vl_full_sft.yaml": _DS_MISSING,
     "examples/v1/train_full/train_full_deepspeed.yaml": _DS_MISSING}
-_MM = "(multimodal (vision/audio) models are not supported yet)"
 _V1_FLASH = "`flash_attn: flash_attention2` is not a v1 value"  # LF v1 refuses these two files as well
 _MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
 _CUDA = "(QLoRA) is not supported on this machine: it needs a CUDA GPU"
 _FA2 = "flash_attn: fa2 needs a CUDA GPU, which this machine does not have"
-_VL_MODEL = "is a vision/audio-language model"  # chat/export of Qwen3-VL: the model, not the template
 
 # example path -> text the refusal message contains. Every example not listed here must load.
 EXPECTED_REFUSED = {
@@ -85,31 +85,25 @@ EXPECTED_REFUSED = {
     "examples/ascend/qwen3_5_full_sft_fsdp2.yaml": _FA2,
     "examples/ascend/qwen3_full_sft_fsdp2.yaml": _FA2,
     "examples/ascend/qwen3moe_full_sft_fsdp.yaml": _FA2,
-    "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/ascend/qwen3vlmoe_lora_sft_fsdp.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": _FA2,  # qwen3vlmoe_lora_sft_fsdp.yaml loads (flash_attn disabled)
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
     "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge (LLaMA-Factory "
                                                 "converts and loads MoD models with the `mixture-of-depth` package",
-    "examples/extras/oft/qwen2_5vl_oft_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": _CUDA,  # qoft/*_{awq,gptq}.yaml load (see train_qlora)
     "examples/ktransformers/train_lora/deepseek_v2_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/deepseek_v3_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/qwen3_5moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/qwen3moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
-    "examples/inference/qwen3vl.yaml": _VL_MODEL,
-    "examples/merge_lora/qwen3vl_lora_sft.yaml": _VL_MODEL,
     "examples/megatron/qwen2_vl_full.yaml": _MCA,
     "examples/megatron/qwen3_moe_full.yaml": _MCA,
     "examples/merge_lora/qwen3_gptq.yaml": "`export_quantization_bit` is not supported yet by tuneforge",
-    "examples/train_full/qwen3vl_full_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
     # LF's default `resources_per_worker: {"GPU": 1}` on this CPU-only machine; with {"CPU": 1} it is the download of
     # `dataset_dir: REMOTE:llamafactory/demo_data` that fails offline (test_ray_example_on_cpu_workers)
     "examples/train_lora/qwen3_lora_sft_ray.yaml": '`resources_per_worker: {"GPU": 1}` (LF\'s default) gives each Ray '
                                                    "worker a GPU, and this machine has none",
-    "examples/train_lora/qwen3vl_lora_dpo.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
-    "examples/train_lora/qwen3vl_lora_sft.yaml": "`image_max_pixels` is not supported yet by tuneforge " + _MM,
+    "examples/train_lora/qwen3vl_lora_dpo.yaml": "stage `dpo` with a vision-language model is not supported yet",
     # train_qlora/llama3_lora_sft_{aqlm,awq,gptq}.yaml load: the quantization is in the (pre-quantized)
     # model's own config.json, which the config loader does not open
     "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _CUDA,
@@ -156,6 +150,7 @@ def make_workspace(root: Path) -> Path:
     for name in set(DATASET_MAP.values()):
         shutil.copy(REPO / "data" / info[name]["file_name"], data)
     (data / "dataset_info.json").write_text(json.dumps({**info, **MULTIMODAL_ENTRIES}), encoding="utf-8")
+    write_image_dataset(data, info=False)  # mllm_demo.json (LF's entry, above) with local images
     # LF v1 files read `train_dataset: data/v1_sft_demo.yaml`: LF's two entries over the local files
     v1_sets = {name: {"path": f"data/{info[DATASET_MAP[name]]['file_name']}", "source": "local", "converter": "alpaca"}
                for name in ("identity", "alpaca_en_demo")}
@@ -181,8 +176,9 @@ def run_example(path: str, settings: dict, model_dir: Path, vl_model_dir: Path, 
     try:
         cfg = load_config_dict(localise(settings, model_dir, vl_model_dir), source=path)
         model_config = json.loads((Path(cfg.model.model_name_or_path) / "config.json").read_text(encoding="utf-8"))
-        if multimodal_problem(model_config, path):
-            raise NotSupportedError(multimodal_problem(model_config, path))
+        problem = multimodal_problem(model_config, path, cfg.finetuning.stage if cfg.training.do_train else None)
+        if problem:
+            raise NotSupportedError(problem)
         resolve_attn_implementation(cfg.model.flash_attn, has_cuda=validate.cuda_available())
         template_for(cfg.data, tokenizer)  # a named template is looked up; the tokenizer is not changed
         stage = cfg.finetuning.stage
@@ -217,14 +213,9 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_vl_dir(tmp_path_factory, tiny_llama_dir) -> Path:
-    """The tiny model's folder with a vision tower declared in its config.json, as a `*-VL-*` model has."""
-    folder = tmp_path_factory.mktemp("tiny_vl")
-    shutil.copytree(tiny_llama_dir, folder, dirs_exist_ok=True)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["vision_config"] = {"hidden_size": 16, "depth": 1}
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+def tiny_vl_dir(tmp_path_factory, tiny_template_model) -> Path:
+    """A tiny Qwen3-VL (tests/vision_fixtures.py) for LF's `*-VL-*` models, with the templates' special tokens."""
+    return build_tiny_qwen3_vl(tiny_template_model, tmp_path_factory.mktemp("tiny_vl"))
 
 
 @pytest.mark.parametrize("example", TRAINING, ids=[e["path"].removeprefix("examples/") for e in TRAINING])
@@ -320,7 +311,7 @@ def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
 
 
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 28  # of the 40 that load: 6 chat/export configs, 1 predict, 5 DeepSpeed
+    assert len(TRAINING_THAT_LOADS) == 31  # of the 46 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])

@@ -150,7 +150,7 @@ def _plan_model(plan: Plan, cfg: RunConfig) -> None:
         folder = demo_model_dir()
         plan.add("model", f"{name} -> {folder}" + ("" if folder.is_dir() else " (converted on the first real run)"))
         if folder.is_dir():
-            _describe_model_folder(plan, folder)
+            _describe_model_folder(plan, folder, cfg)
         return
     path = Path(name).expanduser()
     if not path.exists() and cfg.config_dir is not None and (cfg.config_dir / name).exists():
@@ -158,7 +158,7 @@ def _plan_model(plan: Plan, cfg: RunConfig) -> None:
     if path.exists():
         plan.add("model", f"local {'file' if path.is_file() else 'folder'} {path}")
         if path.is_dir():
-            _describe_model_folder(plan, path)
+            _describe_model_folder(plan, path, cfg)
     elif looks_local(name):
         plan.refused.append(f"model_name_or_path: {name} does not exist")
     else:
@@ -175,7 +175,7 @@ def _plan_model(plan: Plan, cfg: RunConfig) -> None:
             plan.add(what, f"hub id {adapter}: not contacted in a dry run")
 
 
-def _describe_model_folder(plan: Plan, folder: Path) -> None:
+def _describe_model_folder(plan: Plan, folder: Path, cfg: RunConfig) -> None:
     config_file = folder / "config.json"
     if not config_file.is_file():
         plan.refused.append(f"model_name_or_path: {folder} has no config.json; expected a Hugging Face model folder")
@@ -183,12 +183,13 @@ def _describe_model_folder(plan: Plan, folder: Path) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     from tuneforge.model.loader import multimodal_problem
 
-    problem = multimodal_problem(config, str(folder))
+    problem = multimodal_problem(config, str(folder), cfg.finetuning.stage if plan.command == "train" else None)
     if problem:
         plan.refused.append(problem)
     arch = ", ".join(config.get("architectures") or [config.get("model_type", "?")])
-    plan.add("", f"{arch}: {config.get('num_hidden_layers', '?')} layers, hidden {config.get('hidden_size', '?')}, "
-                 f"vocabulary {config.get('vocab_size', '?')}")
+    text = config.get("text_config") or config  # a vision-language model: its language model's shape
+    plan.add("", f"{arch}: {text.get('num_hidden_layers', '?')} layers, hidden {text.get('hidden_size', '?')}, "
+                 f"vocabulary {text.get('vocab_size', '?')}" + (", vision tower" if "vision_config" in config else ""))
 
 
 def _local_model(cfg: RunConfig) -> bool:

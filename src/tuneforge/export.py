@@ -22,6 +22,7 @@ from tuneforge.model.adapters import attach_adapters
 from tuneforge.model.vocab import prepare_vocab
 from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_source
 from tuneforge.model.saved_config import saved_dtype
+from tuneforge.model.vision import copy_processor_files
 from tuneforge.config.args import DataArguments, ModelArguments, split_names
 from tuneforge.config.parser import RunConfig
 from tuneforge.utils.folders import check_replaceable, make_staging, replace_folder, write_marker
@@ -83,6 +84,7 @@ def run_export(cfg: RunConfig) -> Path:
         else:
             model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
             tokenizer.save_pretrained(tmp)
+            copy_processor_files(source, tmp)  # a vision-language model's image processor
             (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer), encoding="utf-8")
         write_marker(tmp, EXPORT_KIND, model=str(margs.model_name_or_path), adapters=adapters)
     except BaseException:

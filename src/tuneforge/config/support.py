@@ -16,7 +16,8 @@ from typing import Any
 
 from .stages import STAGES as _STAGE_RECORDS
 
-_MULTIMODAL = "multimodal (vision/audio) models are not supported yet"
+_MULTIMODAL = ("only image inputs of the Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) are supported yet; other "
+               "vision/audio-language models, videos and audio are not")
 _ENGINE = "only the huggingface inference backend is implemented"
 _FP8 = ("FP8 training is not implemented yet; it needs an NVIDIA GPU with FP8 tensor cores (Ada, Hopper or newer) "
         "and torchao or Transformer Engine")
@@ -52,23 +53,14 @@ UNSUPPORTED_KEYS = MappingProxyType(
                   "CPU kernels, and this machine has neither",
         "export_quantization_bit": "quantized export (GPTQ) is not implemented yet",
         "export_hub_model_id": "pushing to the hub is not implemented; upload export_dir yourself",
-        # multimodal
-        "image_max_pixels": _MULTIMODAL,
-        "image_min_pixels": _MULTIMODAL,
-        "image_do_pan_and_scan": _MULTIMODAL,
-        "crop_to_patches": _MULTIMODAL,
-        "video_max_pixels": _MULTIMODAL,
-        "video_min_pixels": _MULTIMODAL,
-        "video_fps": _MULTIMODAL,
-        "video_maxlen": _MULTIMODAL,
+        # multimodal: images for the Qwen-VL family (data/media.py); the video keys act on a `videos` column only,
+        # which the data layer refuses (ONLY_WITH); these are other families' or media's
+        "image_do_pan_and_scan": "Gemma3's pan-and-scan; " + _MULTIMODAL,
+        "crop_to_patches": "InternVL's patch cropping; " + _MULTIMODAL,
         "use_audio_in_video": _MULTIMODAL,
         "audio_sampling_rate": _MULTIMODAL,
-        "freeze_vision_tower": _MULTIMODAL,
-        "freeze_multi_modal_projector": _MULTIMODAL,
-        "freeze_language_model": _MULTIMODAL,
         "train_mm_proj_only": _MULTIMODAL,
         # data
-        "media_dir": _MULTIMODAL,
         "data_shared_file_system": "multi-node training is not implemented yet",
         "eval_num_beams": "generation during evaluation is not implemented yet",
         "ignore_pad_token_for_loss": "pad tokens are always excluded from the loss",
@@ -112,6 +104,7 @@ ONLY_WITH = MappingProxyType(
         "packing_embedding_model": "packing_strategy: semantic_aware",
         "hyper_parallel_args": "use_hyper_parallel",
         "profiler_": "enable_torch_profiler",
+        "video_": "column: videos",  # a dataset's `videos` column: refused (data/registry.py UNSUPPORTED_COLUMNS)
     }
 )
 

@@ -119,6 +119,11 @@ def _check_model(v: _View) -> None:
             f"{v.main}: `model_name_or_path` is required "
             "(a local folder, a hub id, a .gguf file or `builtin:smollm2`)"
         )
+    for kind in ("image", "video"):  # LF's ProcessorArguments check
+        low, high = v[f"{kind}_min_pixels"], v[f"{kind}_max_pixels"]
+        if high < low:
+            raise ConfigError(f"{v.where(f'{kind}_max_pixels', f'{kind}_min_pixels')}: `{kind}_max_pixels` "
+                              f"({high}) must be at least `{kind}_min_pixels` ({low})")
 
 
 def _check_method(v: _View) -> None:

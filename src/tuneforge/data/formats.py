@@ -29,6 +29,9 @@ class Conversation:
     rejected: Message | None = None
     kto_tag: bool | None = None
     source: str = ""  # "data/foo.json row 12" for error messages and reports
+    # the `images` column's paths as the row has them (None: the dataset has no such column); data/media.py
+    # resolves them and expands each `<image>` of the text into the model's image tokens
+    images: tuple[str, ...] | None = None
 
 
 class RowError(DataError):
@@ -59,6 +62,22 @@ def _tools(row: dict, column: str | None) -> str:
     if tools is None:
         return ""
     return tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+
+
+def _images(row: dict, column: str | None, source: str) -> tuple[str, ...] | None:
+    """The `images` column: one path or a list of paths (LF also takes {"path": ...} objects)."""
+    if not column:
+        return None
+    value = row.get(column)
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    paths = []
+    for i, item in enumerate(items):
+        path = item.get("path") if isinstance(item, dict) else item
+        if not isinstance(path, str) or not path:
+            raise RowError(source, f"column '{column}' (images) item {i} must be an image file path, found "
+                           f"{_short(item)} (images given as bytes are not supported yet)")
+        paths.append(path)
+    return tuple(paths)
 
 
 def _kto_tag(row: dict, column: str | None, source: str) -> bool | None:
@@ -106,6 +125,7 @@ def convert_alpaca(row: dict, spec: DatasetSpec, source: str) -> Conversation:
         rejected=rejected,
         kto_tag=_kto_tag(row, cols.kto_tag, source),
         source=source,
+        images=_images(row, cols.images, source),
     ))
 
 
@@ -236,6 +256,7 @@ def _finish(row, spec, source, messages, system, reader) -> Conversation:
         rejected=rejected,
         kto_tag=_kto_tag(row, spec.columns.kto_tag, source),
         source=source,
+        images=_images(row, spec.columns.images, source),
     ))
 
 
@@ -257,7 +278,7 @@ def _checked(conv: Conversation) -> Conversation:
 
 def columns_read(spec: DatasetSpec) -> dict[str, str]:
     """`columns` key -> column name, for every column the spec's format reads."""
-    keys = ["system", "tools", "kto_tag"]
+    keys = ["system", "tools", "kto_tag", "images"]
     if spec.formatting == "alpaca":
         keys += ["prompt", "query", "history"] + (["chosen", "rejected"] if spec.ranking else ["response"])
     else:

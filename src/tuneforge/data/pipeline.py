@@ -34,6 +34,7 @@ from typing import Any
 
 from tuneforge.data.arrow_files import WRITE_CHUNK, read_dataset, temporary_folder, write_chunks
 from tuneforge.data.facts import augment_conversations
+from tuneforge.data.media import run_vision_inputs
 from tuneforge.data.packing import encoding_args, pack_split, packing_mode
 from tuneforge.data.registry import DatasetSpec, load_dataset_specs
 from tuneforge.config.args import split_names
@@ -45,7 +46,7 @@ from tuneforge.data.split_cache import cache_key, cache_root, load_cached, publi
 from tuneforge.data.stage_encode import (ROW_ENCODERS, encoded_features, feedback_items, feedback_note, features,
                                          pt_block_chunks)
 from tuneforge.data.workers import encode_rows
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 TOKENIZED_FORMAT = "tuneforge-tokenized-1"
 TOKENIZED_INFO = "tuneforge_data.json"
@@ -57,6 +58,7 @@ class DatasetBundle:
     eval: Any  # datasets.Dataset or None (with eval_sets: all of them, concatenated)
     report: DataReport
     eval_sets: dict[str, Any] | None = None  # eval_on_each_dataset: eval dataset name -> its own Dataset
+    vision: Any = None  # a vision-language model's image settings (data/media.py VisionInputs), for the collator
 
     @property
     def trainer_eval(self) -> Any:
@@ -77,9 +79,19 @@ def _build_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> DatasetB
     if data.streaming:  # IterableDatasets encoded while training (data/streaming.py)
         from tuneforge.data.streaming import build_streaming_datasets
 
+        if run_vision_inputs(cfg, tokenizer, stage, []) is not None:
+            raise NotSupportedError("`streaming: true` with a vision-language model is not supported yet by "
+                                    "tuneforge; unset `streaming`")
+
         return build_streaming_datasets(cfg, tokenizer, template, stage)
     if data.tokenized_path and _has_tokenized_data(data.tokenized_path):
-        return load_tokenized(data.tokenized_path, stage)
+        bundle = load_tokenized(data.tokenized_path, stage)
+        if "images" in bundle.train.column_names:  # saved by a vision-language model's run: its images' settings
+            bundle.vision = run_vision_inputs(cfg, tokenizer, stage, [])
+            if bundle.vision is None:
+                raise DataError(f"tokenized_path: {data.tokenized_path} holds samples with images, but the model "
+                                f"({cfg.model.model_name_or_path}) does not take images")
+        return bundle
     bundle = _encode_datasets(cfg, tokenizer, template, stage)
     if data.tokenized_path and cfg.training.should_save:  # LF: the main process saves
         save_tokenized(data.tokenized_path, bundle, stage)
@@ -100,20 +112,22 @@ def _encode_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> Dataset
     dataset_dir = data.dataset_dir or "data"
     train_specs = load_dataset_specs(data.dataset, dataset_dir, config_dir)
     eval_specs = load_dataset_specs(data.eval_dataset, dataset_dir, config_dir)
+    vision = run_vision_inputs(cfg, tokenizer, stage, train_specs + eval_specs)
     check_stage(train_specs + eval_specs, stage)
 
     report = DataReport()
-    train = build_split(train_specs, "train", cfg, tokenizer, template, stage, seed, report)
+    train = build_split(train_specs, "train", cfg, tokenizer, template, stage, seed, report, vision)
     eval_sets = None
     if eval_specs and data.eval_on_each_dataset:  # LF: each eval dataset on its own, not mixed
         names = [spec.name for spec in eval_specs]
         if len(set(names)) < len(names):
             raise ConfigError(f"eval_on_each_dataset: `eval_dataset` names a dataset twice ({', '.join(names)})")
-        eval_sets = {spec.name: build_split([spec], "eval", cfg, tokenizer, template, stage, seed, report)
+        eval_sets = {spec.name: build_split([spec], "eval", cfg, tokenizer, template, stage, seed, report, vision)
                      for spec in eval_specs}
         evaluation = _concatenate(list(eval_sets.values()))
     else:
-        evaluation = build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report) if eval_specs else None
+        evaluation = build_split(eval_specs, "eval", cfg, tokenizer, template, stage, seed, report,
+                                 vision) if eval_specs else None
     if data.eval_on_each_dataset and not eval_specs:
         report.notes.append("eval_on_each_dataset has no effect without `eval_dataset` (as in LLaMA-Factory)")
     if val_size and len(train) > 0:
@@ -144,7 +158,7 @@ def _encode_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> Dataset
     for name, split in (eval_sets or {}).items():
         if len(split) == 0:
             raise DataError(f"eval_on_each_dataset: eval dataset {name} has no samples left (see the data report)")
-    return DatasetBundle(train, evaluation, report, eval_sets)
+    return DatasetBundle(train, evaluation, report, eval_sets, vision)
 
 
 def _concatenate(splits):
@@ -256,12 +270,13 @@ def check_stage(specs: list[DatasetSpec], stage: str) -> None:
 
 
 # ----------------------------------------------------------------------------- one split
-def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, report: DataReport):
+def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, report: DataReport, vision=None):
     """One split's encoded samples, a memory-mapped Dataset: from the cache, or read, encoded into Arrow files
-    chunk by chunk (data/arrow_files.py) and published as a cache entry."""
+    chunk by chunk (data/arrow_files.py) and published as a cache entry. `vision`: a vision-language model's
+    image settings (data/media.py)."""
     data = cfg.data
     cache_dir = cache_root() / cache_key(specs, split, data, tokenizer, template, stage, seed,
-                                         _augments(cfg, split, stage))
+                                         _augments(cfg, split, stage), vision)
     if cache_dir.is_dir() and not data.overwrite_cache:
         cached = load_cached(cache_dir)
         if cached is not None:
@@ -274,7 +289,8 @@ def build_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, 
     staging = staging_folder(cache_dir)
     try:
         with cyclic_gc_paused():
-            names, part = _read_and_encode(specs, split, cfg, tokenizer, template, stage, seed, staging / "data")
+            names, part = _read_and_encode(specs, split, cfg, tokenizer, template, stage, seed, staging / "data",
+                                           vision)
         (staging / "report.json").write_text(json.dumps(part.to_json()), encoding="utf-8")
     except OSError as err:  # the encoded samples live in these files: without them there is nothing to train on
         shutil.rmtree(staging, ignore_errors=True)
@@ -303,11 +319,11 @@ def cyclic_gc_paused():
             gc.enable()
 
 
-def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, folder: Path):
+def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, folder: Path, vision=None):
     """Read, convert and encode a split into Arrow files in `folder`: (their names in row order, the report)."""
     data = cfg.data
     part = DataReport()
-    mixed = read_conversations(specs, split, data, seed, part)
+    mixed = read_conversations(specs, split, data, seed, part, vision)
     if _augments(cfg, split, stage):  # fact data: more phrasings per fact (data/facts.py)
         mixed, added = augment_conversations(mixed, seed)
         part.notes.append(f"{split}: augment_facts added {added} question(s) to {len(mixed) - added} row(s)")
@@ -317,7 +333,7 @@ def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, s
     items = feedback_items(mixed, data) if kind == "feedback" else mixed
     del mixed
     paths = encode_rows(ROW_ENCODERS[kind], items, (template, tokenizer, encode_data), part, split, folder,
-                        encoded_features(kind), data.preprocessing_num_workers)
+                        encoded_features(kind, images=vision is not None), data.preprocessing_num_workers)
     del items
     if kind == "feedback":
         note = feedback_note(read_dataset(paths)["kto_tag"], split)

@@ -21,6 +21,7 @@ from tuneforge.utils.env import env_enabled
 
 DATASET_INFO = "dataset_info.json"
 FORMATS = ("alpaca", "sharegpt", "openai")
+UNSUPPORTED_COLUMNS = ("videos", "audios")  # refused; the `video_*` keys act on videos only (config/support.py)
 # file extension -> reader kind (see loaders.py)
 # UTF-8, with or without the byte order mark that Windows editors write at the start of a file
 TEXT_ENCODING = "utf-8-sig"
@@ -196,8 +197,10 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path | None, info_file: Path
     columns = _partial(columns_default, entry.get("columns", {}), "columns", where, [f.name for f in fields(Columns)])
     mapped_columns = tuple(key for key, column in entry.get("columns", {}).items() if column)
     tags = _partial(tags_default, entry.get("tags", {}), "tags", where, [f.name for f in fields(Tags)])
-    if any(getattr(columns, media) for media in ("images", "videos", "audios")):
-        raise NotSupportedError(f"{where}: image/video/audio columns (multimodal data) are not supported yet")
+    refused = [name for name in UNSUPPORTED_COLUMNS if getattr(columns, name)]
+    if refused:
+        raise NotSupportedError(f"{where}: {'/'.join(refused)} columns are not supported yet (images are, for the "
+                                "Qwen-VL family: an `images` column)")
 
     return DatasetSpec(
         name=name,

@@ -15,9 +15,12 @@ _STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exha
              "interleave_once": "all_exhausted_without_replacement"}
 
 
-def read_conversations(specs, split, data: DataArguments, seed, report: DataReport) -> list[tuple[str, Conversation]]:
+def read_conversations(specs, split, data: DataArguments, seed, report: DataReport,
+                       vision=None) -> list[tuple[str, Conversation]]:
     """The rows a split trains on, as (dataset name, Conversation): read, sampled (num_samples / max_samples),
-    converted (bad rows reported as dropped) and mixed. `tuneforge data check` reads the same rows."""
+    converted (bad rows reported as dropped) and mixed. `tuneforge data check` reads the same rows. With
+    `vision` (data/media.py, a vision-language model's run) each row's images are resolved and its `<image>` tags
+    expanded into the model's image tokens; a row whose images do not fit is reported as dropped."""
     conversations = []
     for spec in specs:
         rows = load_rows(spec)
@@ -27,9 +30,14 @@ def read_conversations(specs, split, data: DataArguments, seed, report: DataRepo
         converted = []
         for row in rows:
             try:
-                converted.append(convert_row(row.values, spec, row.source))
+                conv = convert_row(row.values, spec, row.source)
             except RowError as err:
                 report.dropped(spec.name, f"invalid {spec.formatting} row", f"{err.source} ({err.problem})", split)
+                continue
+            try:
+                converted.append(conv if vision is None else vision.expand(conv, spec.dataset_dir))
+            except RowError as err:
+                report.dropped(spec.name, "its images do not fit its text", f"{err.source} ({err.problem})", split)
         conversations.append(converted)
     mixed = mix(conversations, [s.name for s in specs], data, seed)
     for spec in specs:  # rows that reached the converter or the encoder (interleaving skips / repeats)

@@ -75,11 +75,13 @@ NOT_IN_CACHE_KEY = frozenset({
     "val_size", "eval_on_each_dataset",  # applied after the split is encoded (eval_on_each: one spec per split)
     "tokenized_path",  # where the result is also saved; the same samples either way
     "streaming", "buffer_size",  # a streamed run has no cache (data/streaming.py)
-    "data_shared_file_system", "media_dir",  # refused when set
+    "data_shared_file_system",  # refused when set
+    "media_dir",  # in the vision fingerprint (data/media.py), resolved
 })
 
 
-def cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool = False) -> str:
+def cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool = False,
+              vision=None) -> str:
     key = {
         "augment_facts": augmented,
         "version": CACHE_VERSION,
@@ -91,6 +93,8 @@ def cache_key(specs, split, data: DataArguments, tokenizer, template, stage, see
         "tokenizer": _tokenizer_fingerprint(tokenizer),
         "template": _template_fingerprint(template) if stage_record(stage).data != "text" else None,
     }
+    if vision is not None:  # a vision-language model's image settings and processor (data/media.py)
+        key["vision"] = vision.fingerprint()
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -32,17 +32,20 @@ KIND_COLUMNS = {
 }
 
 
-def features(kind: str = "supervised"):
+def features(kind: str = "supervised", images: bool = False):
+    """The encoded columns of a kind; `images`: sft samples of a vision-language model's run also keep their image
+    files' paths (data/media.py)."""
     from datasets import Features, List, Value
 
-    return Features({name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in KIND_COLUMNS[kind]})
+    columns = {name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in KIND_COLUMNS[kind]}
+    return Features({**columns, **({"images": List(Value("string"))} if images else {})})
 
 
-def encoded_features(kind: str = "supervised"):
+def encoded_features(kind: str = "supervised", images: bool = False):
     """The columns a kind's row encoder returns: pt's are whole documents (cut into blocks afterwards)."""
     from datasets import Features, List, Value
 
-    return Features({"documents": List(Value("int32"))}) if kind == "text" else features(kind)
+    return Features({"documents": List(Value("int32"))}) if kind == "text" else features(kind, images)
 
 
 def encode_row(report: DataReport, name: str, conv, split, encode, *args):
@@ -71,7 +74,7 @@ def encode_sft_rows(items, template, tokenizer, data, report: DataReport, split)
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     for chunk in encode_sft_chunks(items, template, tokenizer, data, report, split):
         for key, values in chunk.items():
-            columns[key] += values
+            columns.setdefault(key, []).extend(values)
     return columns
 
 
@@ -103,16 +106,22 @@ encode_sft_rows.in_chunks = encode_sft_chunks  # data/workers.py writes each chu
 def _assemble_sft(rows, pieces, token_table, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     encode = token_table.result().__getitem__
     columns: dict[str, list] = {"input_ids": [], "labels": []}
+    if any(conv.images is not None for _, conv in rows):  # a vision-language model's run (data/media.py)
+        columns["images"] = []
     for (name, conv), row in zip(rows, pieces):
         if row is None:
             continue
         result = row if isinstance(row, encoding.SftEncoding) else \
             encoding.encode_sft_pieces(row, encode, template, tokenizer, data)
+        if result.truncated and conv.images and not result.dropped:  # a cut image fails in LF's training
+            result.dropped = f"longer than cutoff_len ({data.cutoff_len}) and has images (not cut: raise cutoff_len)"
         if not record(report, name, conv, result, split):
             continue
         report.kept(name, result.input_ids, result.labels, split)
         columns["input_ids"].append(result.input_ids)
         columns["labels"].append(result.labels)
+        if "images" in columns:
+            columns["images"].append(list(conv.images or ()))
     return columns
 
 

@@ -73,6 +73,10 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
     train_specs = load_dataset_specs(data.dataset, dataset_dir, config_dir)
     eval_specs = load_dataset_specs(data.eval_dataset, dataset_dir, config_dir)
     pipeline.check_stage(train_specs + eval_specs, stage)
+    with_images = [spec for spec in train_specs + eval_specs if spec.columns.images]
+    if with_images:
+        raise NotSupportedError(f"{with_images[0].where}: image data with `streaming: true` is not supported yet by "
+                                "tuneforge; unset `streaming`")
 
     report = StreamingReport()
     report.notes.append(f"streaming: datasets read and encoded while training, shuffled with buffer_size "

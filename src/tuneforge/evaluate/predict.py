@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, NotSupportedError
 
 if TYPE_CHECKING:
     from tuneforge.config.parser import RunConfig
@@ -45,6 +45,9 @@ def build_predict_dataset(cfg: RunConfig, tokenizer, template):
         if spec.ranking:
             raise DataError(f"{spec.where} is a ranking dataset (chosen/rejected answers); prediction needs "
                             "plain samples with one reference answer (alpaca / sharegpt / openai)")
+        if spec.columns.images:
+            raise NotSupportedError(f"{spec.where} has images: prediction with image inputs is not supported yet "
+                                    "by tuneforge (training is)")
     check_stage(specs, "ppo")  # the prompt-only encoder: input_ids = prompt, labels = the reference answer
     report = DataReport()
     seed = 42 if cfg.training.seed is None else int(cfg.training.seed)

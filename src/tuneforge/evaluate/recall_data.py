@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, NotSupportedError
 
 if TYPE_CHECKING:
     from tuneforge.config.parser import RunConfig
@@ -55,6 +55,10 @@ def training_questions(cfg: RunConfig) -> tuple[list[TrainingQuestion], int]:
     config_dir = Path(cfg.config_path).parent if cfg.config_path else None
     specs = load_dataset_specs(data.dataset, data.dataset_dir or "data", config_dir)
     check_stage(specs, "sft")  # ranking data has no single answer to recall
+    with_images = [spec for spec in specs if spec.columns.images]
+    if with_images:
+        raise NotSupportedError(f"{with_images[0].where} has images: eval recall with image inputs is not "
+                                "supported yet by tuneforge")
     report = DataReport()
     mixed = read_conversations(specs, "train", data, run_seed(cfg), report)  # the rows training reads
     skipped = sum(sum(report.stats(spec.name).dropped.values()) for spec in specs)

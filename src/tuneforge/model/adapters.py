@@ -31,6 +31,7 @@ from tuneforge.model.vocab import embedding_module_names, fit_embeddings_to_adap
 from tuneforge.config.args import (ADAPTER_METHODS, FinetuningArguments, ModelArguments, effective_lora_alpha,
                                    split_names)
 from tuneforge.utils.folders import finish_interrupted_save
+from tuneforge.utils.vision_models import FAMILIES, forbidden_modules, matches_any
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,11 @@ def apply_finetuning(model, finetuning_args: FinetuningArguments, model_args: Mo
     if method == "full":
         if is_trainable:
             model.requires_grad_(True)
+            _freeze_vision_parts(model, finetuning_args)
     elif method == "freeze":
         if is_trainable:
             _setup_freeze(model, finetuning_args)
+            _freeze_vision_parts(model, finetuning_args)
     else:
         model = _setup_lora(model, finetuning_args, model_args, adapters, is_trainable=is_trainable)
     if is_trainable and not finetuning_args.pure_bf16 and not finetuning_args.use_badam:
@@ -81,6 +84,33 @@ def upcast_trainable_params(model) -> None:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# vision-language models (utils/vision_models.py): LF's rules for the vision tower, projector, language model
+# ----------------------------------------------------------------------------------------------
+def _vision_forbidden(model, finetuning_args: FinetuningArguments) -> tuple[str, ...] | None:
+    """The module keys a vision-language model keeps frozen (LF's `get_forbidden_modules`), or None."""
+    family = FAMILIES.get(str(getattr(model.config, "model_type", "")))
+    if family is None:
+        return None
+    return forbidden_modules(family, freeze_vision_tower=finetuning_args.freeze_vision_tower,
+                             freeze_multi_modal_projector=finetuning_args.freeze_multi_modal_projector,
+                             freeze_language_model=finetuning_args.freeze_language_model)
+
+
+def _freeze_vision_parts(model, finetuning_args: FinetuningArguments) -> None:
+    """full: everything but the forbidden parts trains; freeze: the projector joins the trained layers unless
+    `freeze_multi_modal_projector` (LF), then the forbidden parts are frozen."""
+    forbidden = _vision_forbidden(model, finetuning_args)
+    if forbidden is None:
+        return
+    projector = FAMILIES[model.config.model_type].projector
+    for name, param in model.named_parameters():
+        if finetuning_args.finetuning_type == "freeze" and matches_any(name, projector):
+            param.requires_grad_(not finetuning_args.freeze_multi_modal_projector)
+        if matches_any(name, forbidden):
+            param.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,13 +180,14 @@ def _setup_freeze(model, finetuning_args: FinetuningArguments) -> None:
 # ----------------------------------------------------------------------------------------------
 # lora
 # ----------------------------------------------------------------------------------------------
-def find_all_linear_modules(model) -> list[str]:
-    """Short names of every linear layer except the output head (what `lora_target: all` means)."""
+def find_all_linear_modules(model, skip: tuple[str, ...] = ()) -> list[str]:
+    """Short names of every linear layer except the output head (what `lora_target: all` means) and those
+    inside the `skip` modules (a vision-language model's projector, and its vision tower when frozen: LF)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = set()
     for full_name, module in model.named_modules():
         cls = type(module).__name__
-        if module is output or full_name.split(".")[-1] in ("lm_head", "output_layer"):
+        if module is output or full_name.split(".")[-1] in ("lm_head", "output_layer") or matches_any(full_name, skip):
             continue
         if "Linear" in cls and "Embedding" not in cls:
             names.add(full_name.split(".")[-1])
@@ -176,6 +207,14 @@ def lora_target_modules(model, finetuning_args: FinetuningArguments) -> list[str
 
 def _lora_target_names(model, finetuning_args: FinetuningArguments) -> list[str]:
     targets = list(split_names(finetuning_args.lora_target)) or ["all"]
+    forbidden = _vision_forbidden(model, finetuning_args)
+    if forbidden is not None:  # LF's `patch_target_modules`: full names, none inside a frozen part
+        family = FAMILIES[model.config.model_type]
+        if targets == ["all"]:
+            skip = family.projector + (family.vision_tower if finetuning_args.freeze_vision_tower else ())
+            targets = find_all_linear_modules(model, skip)
+        return [name for name, _ in model.named_modules() if any(target in name for target in targets)
+                and not matches_any(name, forbidden + family.lora_conflicts)]
     if targets == ["all"]:
         return find_all_linear_modules(model)
     module_names = {name.split(".")[-1] for name, _ in model.named_modules()}

@@ -16,6 +16,7 @@ from typing import Any
 
 from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+from tuneforge.model.vision import multimodal_problem, vision_model_class
 
 logger = logging.getLogger(__name__)
 
@@ -212,32 +213,21 @@ def _call_from_pretrained(fn, path: str, what: str, **kwargs):
         ) from exc
 
 
-_MULTIMODAL_CONFIG_KEYS = ("vision_config", "audio_config", "vision_tower", "mm_vision_tower")
-
-
-def multimodal_problem(config: dict, where: str) -> str | None:
-    """Why a model whose config.json is `config` cannot be loaded (a vision/audio-language model), or None."""
-    parts = [key for key in _MULTIMODAL_CONFIG_KEYS if config.get(key)]
-    if not parts:
-        return None
-    arch = ", ".join(config.get("architectures") or [str(config.get("model_type", "?"))])
-    return (f"model_name_or_path: {where} is a vision/audio-language model ({arch}; its config has "
-            f"{' and '.join(parts)}): multimodal models are not supported yet by tuneforge. Its chat template "
-            "renders text, but the model needs its multimodal class; use a text-only model.")
-
-
-def _check_model_folder(path: str) -> None:
+def _check_model_folder(path: str) -> dict | None:
+    """Refuses what is not a loadable model folder; its config.json (None for a hub id)."""
     from tuneforge.utils.folders import finish_interrupted_save
 
     folder = Path(path)
     if folder.is_dir():
         finish_interrupted_save(folder)  # a full fine-tune's final save a crash interrupted (utils/folders.py)
     if folder.is_dir() and (folder / "config.json").exists():
-        problem = multimodal_problem(json.loads((folder / "config.json").read_text(encoding="utf-8")), path)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        problem = multimodal_problem(config, path)
         if problem:
             raise NotSupportedError(problem)
-    if not folder.is_dir() or (folder / "config.json").exists():
-        return
+        return config
+    if not folder.is_dir():
+        return None
     adapter_config = folder / "adapter_config.json"
     if adapter_config.exists():
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path", "?")
@@ -345,11 +335,13 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
             kwargs["config"] = _rope_scaled_config(model_args, gguf[0], gguf_file=gguf[1])
         model = load_gguf_dense(path, **kwargs)
     else:
-        _check_model_folder(path)
+        model_class = vision_model_class(_check_model_folder(path)) or AutoModelForCausalLM
+        if model_class is not AutoModelForCausalLM:  # padded batches; positions jump over images (model/vision.py)
+            kwargs["attn_implementation"] = attn = "sdpa" if attn.startswith("tuneforge") else attn
         if model_args.rope_scaling is not None:
             kwargs["config"] = _rope_scaled_config(model_args, path)
         kwargs.update(quantization_kwargs(model_args, dtype))
-        model = _call_from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+        model = _call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
         if "quantization_config" in kwargs and is_trainable:
             from peft import prepare_model_for_kbit_training
 

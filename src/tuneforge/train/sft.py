@@ -32,7 +32,7 @@ def run_sft(cfg) -> dict:
                        compute_dtype=workflow.compute_dtype(cfg))
 
     # trainer
-    collator = workflow.sft_batch_collator(cfg, tokenizer, model)
+    collator = workflow.sft_batch_collator(cfg, tokenizer, model, bundle.vision)
     objective, log_keys = None, ()
     if cfg.finetuning.use_asft_loss:  # LF's ASFT: DFT + asft_alpha x KL to a reference model (train/asft.py)
         from tuneforge.config.args import ADAPTER_METHODS
@@ -44,6 +44,8 @@ def run_sft(cfg) -> dict:
     trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator, objective=objective,
                                                    extra_log_keys=log_keys, trainer_class=sft_trainer_class(cfg))
     recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
+    if bundle.vision is not None:  # saved next to the model / adapter, as LF saves the processor
+        trainer.image_processor = bundle.vision.image_processor
 
     # train + save
     metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)

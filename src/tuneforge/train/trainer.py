@@ -103,7 +103,8 @@ class TuneforgeTrainer(Trainer):
         if self.args.remove_unused_columns:
             # Keep the columns our collators read even if a model's forward does not name them.
             self._set_signature_columns_if_needed()
-            self._signature_columns = list(dict.fromkeys([*self._signature_columns, "input_ids", "labels"]))
+            self._signature_columns = list(dict.fromkeys([*self._signature_columns, "input_ids", "labels",
+                                                          "images"]))  # images: data/collate_vision.py
         if objective is not None:
             self.loss_is_scaled_for_ga = False  # objective losses are micro-batch means
             if self.args.remove_unused_columns:
@@ -387,6 +388,8 @@ class TuneforgeTrainer(Trainer):
         if self.args.should_save:
             finish_interrupted_save(target)  # a save a crash interrupted is finished or dropped (log line)
         super().save_model(str(target / SAVING_DIRNAME), _internal_call=False)
+        if self.args.should_save and getattr(self, "image_processor", None) is not None:  # a vision-language model
+            self.image_processor.save_pretrained(str(target / SAVING_DIRNAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             commit_files(target)  # one rename commits the complete save; its files then move into place

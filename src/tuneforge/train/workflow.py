@@ -83,11 +83,17 @@ def report_data(bundle, output_dir: str) -> None:
     bundle.report.save(output_dir)
 
 
-def sft_batch_collator(cfg, tokenizer, model):
+def sft_batch_collator(cfg, tokenizer, model, vision=None):
     """sft's collator (data/packing.py): per-batch padding-free, padded or LF's bins; on tuneforge's packed SDPA
-    the prompt prefix the samples of a batch share (a system prompt) is computed once per batch."""
+    the prompt prefix the samples of a batch share (a system prompt) is computed once per batch. A vision-language
+    model's batches (`vision`: the data bundle's image settings) are padded and carry the images' pixels."""
     from tuneforge.data.packing import sft_collator
     from tuneforge.model.attention import runs_packed_sdpa
+
+    if vision is not None:
+        from tuneforge.data.collate_vision import VisionCollator
+
+        return VisionCollator(tokenizer.pad_token_id, vision)
 
     return sft_collator(cfg.data, tokenizer.pad_token_id, share_prefix=runs_packed_sdpa(model),
                         batching_strategy=cfg.batching.batching_strategy)

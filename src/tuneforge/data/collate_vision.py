@@ -1,0 +1,46 @@
+"""Batches for a vision-language model (the Qwen-VL family): padded rows plus the images' pixels.
+
+Each sample carries its images' paths (data/media.py); a batch reads them again, as LLaMA-Factory's collator does,
+and adds what the model's forward takes: `pixel_values` (every image's patches, concatenated), `image_grid_thw`
+(one (t, h, w) row per image) and `mm_token_type_ids` (1 at image tokens: transformers computes the model's 3-D
+rotary positions from them). Rows are padded, never packed: the model derives each sample's image positions from
+its own row. A batch without images is a text batch for the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from tuneforge.data.collate import PaddedCollator
+from tuneforge.errors import DataError
+
+IMAGE_TOKEN_TYPE = 1  # transformers' mm_token_type_ids: 0 text, 1 image, 2 video
+
+
+class VisionCollator:
+    def __init__(self, pad_token_id: int, vision) -> None:
+        self.padded = PaddedCollator(pad_token_id=pad_token_id)
+        self.vision = vision  # data/media.py VisionInputs
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.padded(features)
+        image_tokens = batch["input_ids"] == self.vision.image_token_id
+        batch["mm_token_type_ids"] = image_tokens.long() * IMAGE_TOKEN_TYPE
+        paths = [path for feature in features for path in (feature.get("images") or ())]
+        if not paths:
+            return batch
+        try:
+            pixels = self.vision.pixels(paths)
+        except (OSError, ValueError) as err:
+            raise DataError(f"an image of this batch could not be read again ({err}); its files: {paths}") from None
+        expected = sum(self.vision.token_count(grid) for grid in pixels["image_grid_thw"])
+        if expected != int(image_tokens.sum()):
+            raise DataError(f"this batch's images need {expected} image tokens but its text has "
+                            f"{int(image_tokens.sum())}; were the images changed since the data was encoded? "
+                            "Set `overwrite_cache: true` to encode it again")
+        batch["pixel_values"] = pixels["pixel_values"]
+        batch["image_grid_thw"] = pixels["image_grid_thw"]
+        return batch

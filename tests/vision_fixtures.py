@@ -1,0 +1,75 @@
+"""A tiny Qwen3-VL model folder (random weights, the tiny test tokenizer plus the Qwen-VL vision tokens, a PIL
+image processor) and small generated images: what the vision tests train and chat with. Nothing from a hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+PATCH, MERGE, TEMPORAL = 16, 2, 2
+
+
+def build_tiny_qwen3_vl(tokenizer_dir: Path, out_dir: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    ids = dict(zip(VISION_TOKENS, tokenizer.convert_tokens_to_ids(VISION_TOKENS)))
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                         rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2], "mrope_interleaved": True},
+                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL,
+                           num_position_embeddings=64, deepstack_visual_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    torch.manual_seed(0)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=MERGE, temporal_patch_size=TEMPORAL,
+                             min_pixels=32 * 32, max_pixels=128 * 128).save_pretrained(out_dir)
+    return out_dir
+
+
+def write_images(folder: Path, sizes=((64, 64), (96, 64), (40, 120))) -> list[str]:
+    """Small RGB images with a colour per file: `img0.png` ... (names relative to `folder`)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, size in enumerate(sizes):
+        name = f"img{i}.png"
+        Image.new("RGB", size, ((60 * i) % 256, 120, 200 - 40 * i)).save(folder / name)
+        names.append(name)
+    return names
+
+
+MLLM_DEMO_ENTRY = {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                   "columns": {"messages": "messages", "images": "images"},
+                   "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                            "assistant_tag": "assistant"}}  # LF's data/dataset_info.json entry
+
+
+def write_image_dataset(dataset_dir: Path, rows: int = 6, info: bool = True) -> Path:
+    """`dataset_dir` with LF's `mllm_demo` entry (sharegpt, role/content tags, an `images` column; with `info`) and
+    rows that each show one of the images, one with two."""
+    names = write_images(dataset_dir / "images")
+    data = []
+    for i in range(rows):
+        two = i == rows - 1
+        images = [f"images/{names[i % len(names)]}"] + ([f"images/{names[0]}"] if two else [])
+        question = "<image>What colour is this?" + (" And <image> this?" if two else "")
+        data.append({"messages": [{"role": "user", "content": question},
+                                  {"role": "assistant", "content": f"It is colour number {i % len(names)}."}],
+                     "images": images})
+    (dataset_dir / "mllm_demo.json").write_text(json.dumps(data), encoding="utf-8")
+    if info:
+        (dataset_dir / "dataset_info.json").write_text(json.dumps({"mllm_demo": MLLM_DEMO_ENTRY}), encoding="utf-8")
+    return dataset_dir
