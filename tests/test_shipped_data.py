@@ -38,6 +38,7 @@ EXPECTED_ROWS = {
     "school_records_zh50": 50,
     "arithmetic_train": 240,
     "arithmetic_heldout": 60,
+    "mllm_demo": 13,
 }
 
 # LLaMA-Factory's dataset_info.json vocabulary.
@@ -372,3 +373,20 @@ def test_every_row_converts_with_the_tuneforge_data_layer(name):
     if name in {"demo_bilingual_sharegpt", "demo_openai"}:
         with_system = [c for c in conversations if c.system]
         assert with_system and all("system" not in [m.role for m in c.messages] for c in conversations)
+
+
+def test_image_demo_matches_its_generator(tmp_path):
+    """data/mllm_demo.json and its images are what make_mllm_demo.py writes (pixels compared, not PNG bytes)."""
+    from PIL import Image, ImageChops
+
+    spec = importlib.util.spec_from_file_location("make_mllm_demo", DATA_DIR / "make_mllm_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.make_mllm_demo(tmp_path)
+    assert rows == json.loads((DATA_DIR / "mllm_demo.json").read_text(encoding="utf-8"))
+    paths = {path for row in rows for path in row["images"]}
+    assert all(row["messages"][0]["content"].count("<image>") == len(row["images"]) for row in rows)
+    for path in paths:
+        shipped, made = Image.open(DATA_DIR / path), Image.open(tmp_path / path)
+        assert shipped.size == made.size and ImageChops.difference(shipped.convert("RGB"), made).getbbox() is None
+    assert {p.name for p in (DATA_DIR / "mllm_demo_data").iterdir()} == {Path(p).name for p in paths}

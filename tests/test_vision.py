@@ -261,3 +261,19 @@ def test_train_chat_export(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch,
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
     assert type(merged).__name__ == "Qwen3VLForConditionalGeneration"
     assert AutoImageProcessor.from_pretrained(tmp_path / "merged").merge_size == 2
+
+
+def test_the_shipped_image_demo(tiny_qwen3_vl_dir, repo_root, tmp_path, monkeypatch):
+    """data/mllm_demo.json (LF's `mllm_demo` entry, data/make_mllm_demo.py): every row encodes, 96x96 images -> a
+    6x6 patch grid -> 9 image tokens each."""
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    cfg = _run_config(tiny_qwen3_vl_dir, repo_root / "data", tmp_path / "out")
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage="sft")
+    assert len(bundle.train) == 13
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert sorted(len(s["images"]) for s in bundle.train) == [1] * 12 + [2]
+    assert all(s["input_ids"].count(pad) == 9 * len(s["images"]) for s in bundle.train)
