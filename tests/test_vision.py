@@ -231,6 +231,11 @@ def test_lora_all_targets_the_language_model_only(tiny_qwen3_vl_dir, image_data,
     vision = {name for name in adapted if ".visual." in name}
     assert any(".blocks." in name for name in vision)  # never the merger (projector) or patch_embed (LF)
     assert not any("visual.merger" in name or "patch_embed" in name for name in vision)
+    from tuneforge.errors import ConfigError
+
+    frozen_only = cfg.finetuning.__class__(**{**cfg.finetuning.__dict__, "lora_target": "qkv"})  # vision attention
+    with pytest.raises(ConfigError, match="lora_target: qkv names no module outside the frozen parts"):
+        load_model(cfg.model, frozen_only, is_trainable=True)
 
 
 # ------------------------------------------------------------------------------------- end to end

@@ -213,8 +213,13 @@ def _lora_target_names(model, finetuning_args: FinetuningArguments) -> list[str]
         if targets == ["all"]:
             skip = family.projector + (family.vision_tower if finetuning_args.freeze_vision_tower else ())
             targets = find_all_linear_modules(model, skip)
-        return [name for name, _ in model.named_modules() if any(target in name for target in targets)
-                and not matches_any(name, forbidden + family.lora_conflicts)]
+        names = [name for name, _ in model.named_modules() if any(target in name for target in targets)
+                 and not matches_any(name, forbidden + family.lora_conflicts)]
+        if not names:
+            raise ConfigError(f"lora_target: {', '.join(targets)} names no module outside the frozen parts of "
+                              f"{type(model).__name__} ({', '.join(forbidden)}); expected `all` or some of "
+                              f"{', '.join(find_all_linear_modules(model, forbidden))}")
+        return names
     if targets == ["all"]:
         return find_all_linear_modules(model)
     module_names = {name.split(".")[-1] for name, _ in model.named_modules()}
