@@ -91,13 +91,13 @@ def cmd_data(args: list[str]) -> int:
         rest = [a for a in rest if a != "--json"]
         from tuneforge.train.check_data import check_data
 
-        report = check_data(_load(rest, require_output_dir=False))
+        report = check_data(_load(rest, require_output_dir=False, data_only=True))
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if as_json else report.format())
         return 1 if report.count("error") else 0
     count = int(_pop_option(rest, "-n") or _pop_option(rest, "--num") or 3)
     from tuneforge.train.tuner import preview_data
 
-    print(preview_data(_load(rest, require_output_dir=False), count))
+    print(preview_data(_load(rest, require_output_dir=False, data_only=True), count))
     return 0
 
 

@@ -17,7 +17,7 @@ def load_run_config(args: Sequence[str], **kwargs):
     cfg = load_config(path, overrides, **kwargs)
     from tuneforge.utils.logging import quiet_libraries
 
-    quiet_libraries()  # transformers is imported by now (the training arguments)
+    quiet_libraries()  # the config is valid: the heavy libraries are needed now
     return cfg
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..errors import ConfigError, NotSupportedError
+from ..utils.distributed import world_size
 from . import lf_v1, support
 from .args import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
 
@@ -42,7 +43,7 @@ class RunConfig:
     data: DataArguments
     finetuning: FinetuningArguments
     generating: GeneratingArguments
-    training: TrainingArguments  # config/training_args.py, imported when a config is built
+    training: TrainingArguments  # config/training_args.py (data-only commands: config/training_values.py)
     config_path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     facts: FactArguments = field(default_factory=FactArguments)  # tuneforge's fact-data keys
@@ -189,15 +190,17 @@ def load_config(
     overrides: Iterable[str] = (),
     *,
     require_output_dir: bool = True,
+    data_only: bool = False,
 ) -> RunConfig:
-    """Read `path` (YAML or JSON, optional), apply `overrides`, validate, and build a `RunConfig`."""
+    """Read `path` (YAML or JSON, optional), apply `overrides`, validate, and build a `RunConfig`. `data_only`
+    (commands that read data, one process): the training keys as plain values (config/training_values.py)."""
     values = read_config_file(path) if path is not None else {}
     origins = {key: str(path) for key in values}
     parsed = parse_overrides(overrides, all_known_keys(), flag_keys())
     values.update(parsed)
     origins.update({key: OVERRIDE_SOURCE for key in parsed})
     config_path = Path(path).resolve() if path is not None else None
-    return _build(values, origins, config_path, require_output_dir=require_output_dir)
+    return _build(values, origins, config_path, require_output_dir=require_output_dir, data_only=data_only)
 
 
 def load_config_dict(
@@ -333,7 +336,8 @@ def _split(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _build(
-    values: dict[str, Any], origins: dict[str, str], config_path: Path | None, *, require_output_dir: bool
+    values: dict[str, Any], origins: dict[str, str], config_path: Path | None, *, require_output_dir: bool,
+    data_only: bool = False,
 ) -> RunConfig:
     from .validate import check_consistency, training_kwargs  # local: keeps this module readable
 
@@ -359,11 +363,17 @@ def _build(
         batching = BatchingArguments(**sections["batching"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
+    kwargs = training_kwargs(sections["training"], finetuning.disable_shuffling, finetuning.finetuning_type)
+    if data_only and world_size() == 1:
+        from .training_values import TrainingValues
+
+        training = TrainingValues(kwargs)
+        return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo,
+                         batching)
     try:
         from .training_args import TrainingArguments
 
-        training = TrainingArguments(**training_kwargs(sections["training"], finetuning.disable_shuffling,
-                                                     finetuning.finetuning_type))
+        training = TrainingArguments(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
     return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo,
