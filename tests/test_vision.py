@@ -258,8 +258,16 @@ def test_train_chat_export(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch,
     assert (tmp_path / "lora" / "preprocessor_config.json").is_file()
     log = [json.loads(line) for line in (tmp_path / "lora" / "trainer_log.jsonl").read_text().splitlines()]
     assert [row["current_steps"] for row in log if "loss" in row] == [1, 2]
-    assert main(["chat", f"model_name_or_path={tiny_qwen3_vl_dir}", f"adapter_name_or_path={tmp_path / 'lora'}",
-                 "template=qwen3_vl_nothink", "max_new_tokens=4", "--prompt", "Hello"]) == 0
+    import re
+
+    chat = ["chat", f"model_name_or_path={tiny_qwen3_vl_dir}", f"adapter_name_or_path={tmp_path / 'lora'}",
+            "template=qwen3_vl_nothink", "max_new_tokens=4", "--prompt", "What is this?"]
+    prompt_tokens = []
+    for image in ([], ["--image", str(image_data / "images" / "img0.png")]):
+        capsys.readouterr()
+        assert main(chat + image) == 0
+        prompt_tokens.append(int(re.search(r"prompt (\d+) tokens", capsys.readouterr().err).group(1)))
+    assert prompt_tokens[1] - prompt_tokens[0] == 6  # <|vision_start|>, 4 x <|image_pad|> (64x64), <|vision_end|>
     export = {**base, "adapter_name_or_path": str(tmp_path / "lora"), "export_dir": str(tmp_path / "merged")}
     (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
     assert main(["export", str(tmp_path / "export.yaml")]) == 0
@@ -282,3 +290,34 @@ def test_the_shipped_image_demo(tiny_qwen3_vl_dir, repo_root, tmp_path, monkeypa
     pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert sorted(len(s["images"]) for s in bundle.train) == [1] * 12 + [2]
     assert all(s["input_ids"].count(pad) == 9 * len(s["images"]) for s in bundle.train)
+
+
+def test_chat_about_an_image_is_transformers_generate(tiny_qwen3_vl_dir, image_data):
+    """The chat engine's image prompt and greedy decoding give what transformers' own `generate` gives with the
+    same ids and pixels; a text prompt after it starts from plain positions again."""
+    import torch
+
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.infer.engine import ChatEngine
+
+    cfg = load_config_dict({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
+                            "do_sample": False, "max_new_tokens": 6}, require_output_dir=False)
+    engine = ChatEngine.from_config(cfg)
+    image = str(image_data / "images" / "img1.png")  # 96x64: 6 image tokens
+    answer = engine.chat([{"role": "user", "content": "What colour is this?"}], images=[image])
+    messages, pixels = [{"role": "user", "content": "<|vision_start|>" + "<|image_pad|>" * 6 + "<|vision_end|>"
+                         "What colour is this?"}], engine.vision.pixels([image])
+    prompt = torch.tensor([engine.encode_prompt(messages)])
+    marks = (prompt == engine.vision.image_token_id).long()
+    with torch.inference_mode():
+        out = engine.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), mm_token_type_ids=marks,
+                                    max_new_tokens=6, do_sample=False, eos_token_id=list(engine.stop_ids),
+                                    **pixels)
+    new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in engine.stop_ids]
+    assert answer == engine.tokenizer.decode(new, skip_special_tokens=True)
+    assert engine.last_stats.prompt_tokens == prompt.shape[1]
+    offsets = [m for m in engine.model.modules() if getattr(m, "rope_deltas", None) is not None]
+    assert offsets and offsets[0].rope_deltas.item() == -3  # 6 image tokens on a 2x3 grid: 3 positions fewer
+    text = [{"role": "user", "content": "Hello there"}]
+    assert engine.chat(text) == ChatEngine.from_config(cfg).chat(text)
+    assert not [m for m in engine.model.modules() if getattr(m, "rope_deltas", None) is not None]  # cleared

@@ -46,13 +46,18 @@ without loading weights or writing anything (exit status 0 only when the real ru
 
 def cmd_chat(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
-        print("usage: tuneforge chat [config.yaml] [key=value ...] [--prompt TEXT] [--answer TEXT]\n"
+        print("usage: tuneforge chat [config.yaml] [key=value ...] [--prompt TEXT] [--answer TEXT] [--image FILE]...\n"
               "Type a message; `clear` resets the history, `exit` quits. --prompt answers once.\n"
+              "--image (a vision-language model; repeat it for several): the images the conversation is about,\n"
+              "one per `<image>` in its first message (put at its start when it has none).\n"
               "With a reward model (value_head.safetensors in the adapter/model folder) it scores\n"
               "answers instead: --prompt TEXT --answer TEXT prints the score.")
         return 0
     prompt = _pop_option(args, "--prompt")
     answer = _pop_option(args, "--answer")
+    images = []
+    while (image := _pop_option(args, "--image")) is not None:
+        images.append(image)
     from tuneforge.infer.chat_cli import run_chat, run_reward_chat
     from tuneforge.infer.reward import is_reward_model
 
@@ -61,7 +66,7 @@ def cmd_chat(args: list[str]) -> int:
         return run_reward_chat(cfg, prompt=prompt, answer=answer)
     if answer is not None:
         raise ConfigError("--answer is for reward models (a folder with value_head.safetensors)")
-    return run_chat(cfg, prompt=prompt)
+    return run_chat(cfg, prompt=prompt, images=images)
 
 
 def cmd_export(args: list[str]) -> int:

@@ -13,11 +13,12 @@ _HELP = "Type your message. 'clear' forgets the conversation, 'exit' quits."
 
 
 def run_chat(cfg, prompt: str | None = None, stream: TextIO | None = None, input_fn: Callable[[str], str] = input,
-             *, engine=None, err: TextIO | None = None) -> int:
+             *, engine=None, err: TextIO | None = None, images: list[str] | tuple = ()) -> int:
     """Chat in the terminal; returns the process exit code.
 
     ``engine`` lets a caller (or a test) pass a ready ``ChatEngine``; otherwise one is built from
-    ``cfg``. With ``prompt`` the single answer is written to ``stream`` and nothing else is.
+    ``cfg``. With ``prompt`` the single answer is written to ``stream`` and nothing else is. ``images``: what
+    the conversation is about (a vision-language model), sent with every turn.
     """
     stream = stream if stream is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -27,7 +28,7 @@ def run_chat(cfg, prompt: str | None = None, stream: TextIO | None = None, input
         engine = ChatEngine.from_config(cfg)
 
     if prompt is not None:
-        _answer(engine, [{"role": "user", "content": prompt}], stream, err)
+        _answer(engine, [{"role": "user", "content": prompt}], stream, err, images)
         return 0
 
     stream.write(f"{engine.description}\n{_HELP}\n")
@@ -54,16 +55,16 @@ def run_chat(cfg, prompt: str | None = None, stream: TextIO | None = None, input
         messages = history + [{"role": "user", "content": query}]
         stream.write("Assistant: ")
         try:
-            response = _answer(engine, messages, stream, err)
+            response = _answer(engine, messages, stream, err, images)
         except KeyboardInterrupt:  # stop this answer, keep the session
             stream.write("\n[interrupted]\n")
             continue
         history = messages + [{"role": "assistant", "content": response}]
 
 
-def _answer(engine, messages: list[dict[str, str]], stream: TextIO, err: TextIO) -> str:
+def _answer(engine, messages: list[dict[str, str]], stream: TextIO, err: TextIO, images=()) -> str:
     parts = []
-    for delta in engine.stream_chat(messages):
+    for delta in engine.stream_chat(messages, images=images) if images else engine.stream_chat(messages):
         parts.append(delta)
         stream.write(delta)
         stream.flush()

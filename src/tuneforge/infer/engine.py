@@ -24,6 +24,7 @@ from tuneforge.config.args import GeneratingArguments
 from tuneforge.errors import ConfigError
 from tuneforge.infer.fast_step import LeanDecodeStep, auto_batch_weights_dtype, auto_decode_weights_dtype
 from tuneforge.infer.decoding import StopWordFilter, TextAssembler, decode_text, new_kv_cache, pick_next_token
+from tuneforge.infer.vision_chat import image_chat, prefill_inputs, vision_inputs_for
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class ChatEngine:
         self.stop_ids = _stop_token_ids(template, tokenizer)
         # Text stop words that are not a single stop token (e.g. "Observation:") are matched on the text.
         self.stop_words = tuple(w for w in getattr(template, "stop_words", ()) if w and _single_token_id(tokenizer, w) not in self.stop_ids)
+        self.vision = None  # a vision-language model's image settings (infer/vision_chat.py), set by from_config
 
     @classmethod
     def from_config(cls, cfg) -> "ChatEngine":
@@ -143,24 +145,31 @@ class ChatEngine:
         if settings.default_system is None and cfg.data.default_system:
             settings = settings.with_overrides(default_system=cfg.data.default_system)
         infer_dtype = cfg.model.infer_dtype
-        return cls(model, tokenizer, template, settings, description=describe_config(cfg, template),
-                   decode_weights_dtype=auto_decode_weights_dtype(model, infer_dtype),
-                   batch_weights_dtype=auto_batch_weights_dtype(model, infer_dtype))
+        engine = cls(model, tokenizer, template, settings, description=describe_config(cfg, template),
+                     decode_weights_dtype=auto_decode_weights_dtype(model, infer_dtype),
+                     batch_weights_dtype=auto_batch_weights_dtype(model, infer_dtype))
+        engine.vision = vision_inputs_for(cfg, model, tokenizer)
+        return engine
 
     # ---- public API -------------------------------------------------------------------------
     def chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None, **gen_overrides) -> str:
         """The whole answer (stop words removed): the streamed deltas joined."""
         return "".join(self.stream_chat(messages, system, tools, **gen_overrides))
 
-    def stream_chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None, **gen_overrides) -> Iterator[str]:
-        """Text deltas; never splits a UTF-8 character, never emits (part of) a stop word."""
+    def stream_chat(self, messages: Sequence[Any], system: str | None = None, tools: str | None = None,
+                    images: Sequence[str] = (), **gen_overrides) -> Iterator[str]:
+        """Text deltas; never splits a UTF-8 character, never emits (part of) a stop word. `images`: files for a
+        vision-language model, one per `<image>` in the messages (infer/vision_chat.py)."""
         settings = self.settings.with_overrides(**gen_overrides)
+        messages, pixels = image_chat(self, messages, images) if images or self.vision else (messages, {})
         prompt_ids = self.encode_prompt(messages, system, tools, settings)
         if settings.num_beams > 1:  # beams only know the answer at the end
+            if pixels:
+                raise ConfigError("num_beams > 1 with images is not supported yet by tuneforge")
             text = decode_text(self.tokenizer, self.beam_search(prompt_ids, settings), settings.skip_special_tokens)
             yield StopWordFilter(self.stop_words).cut(text)
             return
-        ids = self._decode_ids(prompt_ids, settings)
+        ids = self._decode_ids(prompt_ids, settings, pixels)
         try:
             yield from self.text_deltas(ids, settings)
         finally:
@@ -266,8 +275,9 @@ class ChatEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _decode_ids(self, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[int]:
-        """Yield new token ids one by one; stops (without yielding) on a stop token or the budget."""
+    def _decode_ids(self, prompt_ids: list[int], settings: GenerationSettings, pixels: dict | None = None) -> Iterator[int]:
+        """Yield new token ids one by one; stops (without yielding) on a stop token or the budget. `pixels`: a
+        vision-language prompt's images, for its forward (then the model's own step decodes)."""
         budget = settings.new_token_budget(len(prompt_ids))
         device = self.device
         generator = None
@@ -287,11 +297,13 @@ class ChatEngine:
         try:
             with torch.inference_mode():
                 input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                extra = prefill_inputs(self.vision, input_ids, pixels) if pixels else {}
+                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                                    **extra).logits[0, -1]
                 prefill_seconds = time.perf_counter() - start
                 step_input = torch.empty((1, 1), dtype=torch.long, device=device)
                 position = len(prompt_ids)
-                fast_step = self.fast_step
+                fast_step = None if extra else self.fast_step  # its positions are plain ones, not image-shifted
                 if fast_step is not None and not fast_step.prepare_cache(cache):
                     fast_step = None
             while True:
