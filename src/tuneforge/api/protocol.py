@@ -95,7 +95,9 @@ def text_of(message: ChatMessage, index: int) -> str:
     for part in content:
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             raise ApiError(400, f"messages[{index}].content: only text parts are supported (found a "
-                                f"{part.get('type')!r} part); tuneforge serves text models", param="messages")
+                                f"{part.get('type')!r} part); images in the API are not supported yet by tuneforge "
+                                "(a Qwen-VL model answers about images in `tuneforge chat --image FILE`)",
+                           param="messages")
         texts.append(part["text"])
     return "".join(texts)
 
