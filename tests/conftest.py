@@ -168,6 +168,6 @@ def write_workspace(root: Path, monkeypatch, rows: list[dict], name: str, config
 @pytest.fixture(scope="session")
 def tiny_qwen3_vl_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A tiny Qwen3-VL folder: random weights, the tiny tokenizer + vision tokens, a PIL image processor."""
-    from vision_fixtures import build_tiny_qwen3_vl
+    from vision_fixtures import build_tiny_qwen_vl
 
-    return build_tiny_qwen3_vl(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_qwen3_vl"))
+    return build_tiny_qwen_vl(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_qwen3_vl"))

@@ -31,7 +31,7 @@ import pytest
 
 from tuneforge.config import validate
 from tuneforge.errors import TuneforgeError
-from vision_fixtures import build_tiny_qwen3_vl, write_image_dataset
+from vision_fixtures import build_tiny_qwen_vl, write_image_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = json.loads((Path(__file__).parent / "data" / "lf_examples_v0_9_5.json").read_text(encoding="utf-8"))
@@ -215,7 +215,7 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_vl_dir(tmp_path_factory, tiny_template_model) -> Path:
     """A tiny Qwen3-VL (tests/vision_fixtures.py) for LF's `*-VL-*` models, with the templates' special tokens."""
-    return build_tiny_qwen3_vl(tiny_template_model, tmp_path_factory.mktemp("tiny_vl"))
+    return build_tiny_qwen_vl(tiny_template_model, tmp_path_factory.mktemp("tiny_vl"))
 
 
 @pytest.mark.parametrize("example", TRAINING, ids=[e["path"].removeprefix("examples/") for e in TRAINING])

@@ -239,12 +239,26 @@ def test_lora_all_targets_the_language_model_only(tiny_qwen3_vl_dir, image_data,
 
 
 # ------------------------------------------------------------------------------------- end to end
-def test_train_chat_export(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch, capsys):
-    """`tuneforge train` (LoRA, 2 steps) on image rows, a text chat with the adapter, and a merged export that
-    plain transformers loads as an image-text model with its image processor."""
+@pytest.fixture(params=[("qwen3_vl", "Qwen3VLForConditionalGeneration"),
+                        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+                        ("qwen2_vl", "Qwen2VLForConditionalGeneration")], ids=lambda p: p[0])
+def tiny_vl_family(request, tiny_qwen3_vl_dir, tiny_tokenizer_dir, tmp_path_factory):
+    family, architecture = request.param
+    if family == "qwen3_vl":
+        return tiny_qwen3_vl_dir, architecture
+    from vision_fixtures import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(tiny_tokenizer_dir, tmp_path_factory.mktemp(f"tiny_{family}"), family), architecture
+
+
+def test_train_chat_export(tiny_vl_family, image_data, tmp_path, monkeypatch, capsys):
+    """`tuneforge train` (LoRA, 2 steps) on image rows, a chat with the adapter (text, then about an image), and a
+    merged export that plain transformers loads as an image-text model with its image processor."""
     from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
     from tuneforge.cli.main import main
+
+    tiny_qwen3_vl_dir, architecture = tiny_vl_family
 
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
     base = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink"}
@@ -272,7 +286,7 @@ def test_train_chat_export(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch,
     (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
     assert main(["export", str(tmp_path / "export.yaml")]) == 0
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
-    assert type(merged).__name__ == "Qwen3VLForConditionalGeneration"
+    assert type(merged).__name__ == architecture
     assert AutoImageProcessor.from_pretrained(tmp_path / "merged").merge_size == 2
 
 

@@ -10,30 +10,48 @@ VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 PATCH, MERGE, TEMPORAL = 16, 2, 2
 
 
-def build_tiny_qwen3_vl(tokenizer_dir: Path, out_dir: Path) -> Path:
+def build_tiny_qwen_vl(tokenizer_dir: Path, out_dir: Path, family: str = "qwen3_vl") -> Path:
+    """A tiny random Qwen3-VL (or `family` qwen2_5_vl / qwen2_vl: 14-pixel patches, Qwen2.5's window attention)."""
     import torch
-    from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
     ids = dict(zip(VISION_TOKENS, tokenizer.convert_tokens_to_ids(VISION_TOKENS)))
-    config = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
-                         rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2], "mrope_interleaved": True},
-                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
-                           patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL,
-                           num_position_embeddings=64, deepstack_visual_indexes=[1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                  spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL)
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLConfig as Config, Qwen3VLForConditionalGeneration as Model
+
+        patch = PATCH
+        text.update(head_dim=8, rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2],
+                                              "mrope_interleaved": True})
+        vision.update(patch_size=patch, num_position_embeddings=64, deepstack_visual_indexes=[1])
+    elif family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config, Qwen2_5_VLForConditionalGeneration as Model
+
+        patch = 14
+        text.update(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+        vision.update(patch_size=patch, window_size=56, fullatt_block_indexes=[1])
+    else:  # qwen2_vl: the original ViT config (embed_dim, mlp_ratio)
+        from transformers import Qwen2VLConfig as Config, Qwen2VLForConditionalGeneration as Model
+
+        patch = 14
+        text.update(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+        vision = dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=4, patch_size=patch,
+                      spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL)
+    config = Config(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens)
     torch.manual_seed(0)
-    Qwen3VLForConditionalGeneration(config).save_pretrained(out_dir)
+    Model(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=MERGE, temporal_patch_size=TEMPORAL,
+    Qwen2VLImageProcessorPil(patch_size=patch, merge_size=MERGE, temporal_patch_size=TEMPORAL,
                              min_pixels=32 * 32, max_pixels=128 * 128).save_pretrained(out_dir)
     return out_dir
 
