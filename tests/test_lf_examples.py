@@ -31,7 +31,7 @@ import pytest
 
 from tuneforge.config import validate
 from tuneforge.errors import TuneforgeError
-from vision_fixtures import build_tiny_qwen_vl, write_image_dataset
+from vision_fixtures import build_tiny_qwen_vl, write_image_dataset, write_image_ranking_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = json.loads((Path(__file__).parent / "data" / "lf_examples_v0_9_5.json").read_text(encoding="utf-8"))
@@ -103,7 +103,6 @@ EXPECTED_REFUSED = {
     # `dataset_dir: REMOTE:llamafactory/demo_data` that fails offline (test_ray_example_on_cpu_workers)
     "examples/train_lora/qwen3_lora_sft_ray.yaml": '`resources_per_worker: {"GPU": 1}` (LF\'s default) gives each Ray '
                                                    "worker a GPU, and this machine has none",
-    "examples/train_lora/qwen3vl_lora_dpo.yaml": "stage `dpo` with a vision-language model is not supported yet",
     # train_qlora/llama3_lora_sft_{aqlm,awq,gptq}.yaml load: the quantization is in the (pre-quantized)
     # model's own config.json, which the config loader does not open
     "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _CUDA,
@@ -121,11 +120,15 @@ EXPECTED_REFUSED = {
 # --------------------------------------------------------------------------- running one example
 
 
+LOCAL_SETS = {"rlhf_v": "rlhf_demo"}  # LF's hub datasets -> local ones of the same layout in the workspace
+
+
 def map_datasets(value):
     """`identity, alpaca_en_demo` -> `identity,demo_bilingual_alpaca`; other names stay as they are."""
     if not isinstance(value, str):
         return value
-    return ",".join(DATASET_MAP.get(name.strip(), name.strip()) for name in value.split(","))
+    names = (name.strip() for name in value.split(","))
+    return ",".join(DATASET_MAP.get(name, LOCAL_SETS.get(name, name)) for name in names)
 
 
 def localise(settings: dict, model_dir: Path, vl_model_dir: Path) -> dict:
@@ -151,6 +154,7 @@ def make_workspace(root: Path) -> Path:
         shutil.copy(REPO / "data" / info[name]["file_name"], data)
     (data / "dataset_info.json").write_text(json.dumps({**info, **MULTIMODAL_ENTRIES}), encoding="utf-8")
     write_image_dataset(data, info=False)  # mllm_demo.json (LF's entry, above) with local images
+    write_image_ranking_dataset(data)  # `rlhf_demo`: LF's hub set rlhf_v in its layout, local (LOCAL_SETS)
     # LF v1 files read `train_dataset: data/v1_sft_demo.yaml`: LF's two entries over the local files
     v1_sets = {name: {"path": f"data/{info[DATASET_MAP[name]]['file_name']}", "source": "local", "converter": "alpaca"}
                for name in ("identity", "alpaca_en_demo")}
@@ -311,7 +315,7 @@ def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
 
 
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 31  # of the 46 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed
+    assert len(TRAINING_THAT_LOADS) == 32  # of the 47 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])

@@ -142,7 +142,7 @@ def test_a_text_model_refuses_image_data(tiny_llama_dir, image_data, tmp_path, m
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"stage": "dpo"}, "stage `dpo` with a vision-language model is not supported yet"),
+    ({"stage": "kto"}, "stage `kto` with a vision-language model is not supported yet"),
     ({"packing": True}, "`packing` / `neat_packing` with a vision-language model is not supported yet"),
     ({"streaming": True, "max_steps": 2}, "`streaming: true` with a vision-language model is not supported yet"),
 ])
@@ -335,3 +335,63 @@ def test_chat_about_an_image_is_transformers_generate(tiny_qwen3_vl_dir, image_d
     text = [{"role": "user", "content": "Hello there"}]
     assert engine.chat(text) == ChatEngine.from_config(cfg).chat(text)
     assert not [m for m in engine.model.modules() if getattr(m, "rope_deltas", None) is not None]  # cleared
+
+
+# ------------------------------------------------------------------------------------- dpo
+def test_padded_pair_logps_equal_the_packed_ones(tiny_llama_dir):
+    """The padded layout of a vision-language model's pairs gives the packed layout's sums and counts (also
+    LD-DPO's, whose positions are the padded columns, as in LF)."""
+    import torch
+
+    from tuneforge.config.args import FinetuningArguments, ModelArguments
+    from tuneforge.data.collate import PaddedCollator
+    from tuneforge.model.loader import load_model
+    from tuneforge.train.preference import PairwisePackedCollator, sequence_logps
+
+    model = load_model(ModelArguments(model_name_or_path=str(tiny_llama_dir)), FinetuningArguments(finetuning_type="full"),
+                       is_trainable=False)
+    features = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9],
+                 "rejected_input_ids": [5, 6, 7, 10], "rejected_labels": [-100, -100, 7, 10]},
+                {"input_ids": [11, 12, 13], "labels": [-100, 12, 13],
+                 "rejected_input_ids": [11, 12, 14, 15, 16, 17], "rejected_labels": [-100, 12, 14, 15, 16, 17]}]
+    packed = PairwisePackedCollator()(features)
+    rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features] + \
+           [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"]} for f in features]
+    padded = PaddedCollator(pad_token_id=0)(rows)
+    with torch.no_grad():
+        for ld_alpha in (None, 0.5):
+            sums, counts = sequence_logps(model, packed, ld_alpha=ld_alpha)
+            padded_sums, padded_counts = sequence_logps(model, padded, ld_alpha=ld_alpha)
+            assert counts.tolist() == padded_counts.tolist() == [3, 2, 2, 5]
+            assert torch.allclose(sums, padded_sums, atol=1e-5), (sums, padded_sums)
+
+
+def test_dpo_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
+    """Stage dpo (LoRA, its own reference) on LF's rlhf_v layout: both answers see the image; it trains."""
+    from tuneforge.cli.main import main
+    from vision_fixtures import write_image_ranking_dataset
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    data = write_image_ranking_dataset(tmp_path / "data")
+    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "dpo",
+                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "pref_beta": 0.1,
+                "dataset": "rlhf_demo", "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none",
+                "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 2, "max_steps": 2,
+                "logging_steps": 1, "learning_rate": 1e-3}
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(settings))
+    from tuneforge.config.parser import load_config
+    from tuneforge.data.collate_vision import VisionPairwiseCollator
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    cfg = load_config(tmp_path / "dpo.yaml")
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage="dpo")
+    batch = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)([bundle.train[0], bundle.train[1]])
+    assert batch["input_ids"].shape[0] == 4 and batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]] * 2
+    assert batch["mm_token_type_ids"].sum(1).tolist() == [4, 6, 4, 6]  # chosen 0, 1, then rejected 0, 1
+    assert main(["train", str(tmp_path / "dpo.yaml")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    first = next(row for row in log if "loss" in row)
+    assert abs(first["loss"] - 0.6931) < 1e-3  # the policy starts as its reference: -log sigmoid(0)
+    assert "rewards/accuracies" in first

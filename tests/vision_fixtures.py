@@ -91,3 +91,23 @@ def write_image_dataset(dataset_dir: Path, rows: int = 6, info: bool = True) -> 
     if info:
         (dataset_dir / "dataset_info.json").write_text(json.dumps({"mllm_demo": MLLM_DEMO_ENTRY}), encoding="utf-8")
     return dataset_dir
+
+
+RANKING_ENTRY = {"file_name": "rlhf_demo.json", "formatting": "sharegpt", "ranking": True,
+                 "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected",
+                             "images": "images"}}  # LF's `rlhf_v` entry, as a local file
+
+
+def write_image_ranking_dataset(dataset_dir: Path, rows: int = 4) -> Path:
+    """LF's `rlhf_v` layout (sharegpt `from`/`value`, chosen / rejected answers, an `images` column), registered as
+    `rlhf_demo` next to whatever dataset_info.json already holds."""
+    names = write_images(dataset_dir / "images")
+    data = [{"conversations": [{"from": "human", "value": "<image>What colour is this?"}],
+             "chosen": {"from": "gpt", "value": f"It is colour number {i % len(names)}."},
+             "rejected": {"from": "gpt", "value": "I cannot see any image."},
+             "images": [f"images/{names[i % len(names)]}"]} for i in range(rows)]
+    (dataset_dir / "rlhf_demo.json").write_text(json.dumps(data), encoding="utf-8")
+    info_file = dataset_dir / "dataset_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.exists() else {}
+    info_file.write_text(json.dumps({**info, "rlhf_demo": RANKING_ENTRY}), encoding="utf-8")
+    return dataset_dir

@@ -44,3 +44,17 @@ class VisionCollator:
         batch["pixel_values"] = pixels["pixel_values"]
         batch["image_grid_thw"] = pixels["image_grid_thw"]
         return batch
+
+
+class VisionPairwiseCollator:
+    """Pairwise samples (stage dpo) of a vision-language model: padded rows `[chosen_0 .. chosen_{B-1}, rejected_0
+    .. rejected_{B-1}]`, each with its sample's images (both answers see them, as in LF), and the pixels."""
+
+    def __init__(self, pad_token_id: int, vision) -> None:
+        self.rows = VisionCollator(pad_token_id, vision)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        chosen = [{"input_ids": f["input_ids"], "labels": f["labels"], "images": f.get("images")} for f in features]
+        rejected = [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"], "images": f.get("images")}
+                    for f in features]
+        return self.rows(chosen + rejected)

@@ -32,9 +32,12 @@ KIND_COLUMNS = {
 }
 
 
+_CUT_IMAGE = "longer than cutoff_len ({}) and has images (not cut: raise cutoff_len)"
+
+
 def features(kind: str = "supervised", images: bool = False):
-    """The encoded columns of a kind; `images`: sft samples of a vision-language model's run also keep their image
-    files' paths (data/media.py)."""
+    """The encoded columns of a kind; `images`: sft / pairwise samples of a vision-language model's run also keep
+    their image files' paths (data/media.py)."""
     from datasets import Features, List, Value
 
     columns = {name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in KIND_COLUMNS[kind]}
@@ -114,7 +117,7 @@ def _assemble_sft(rows, pieces, token_table, template, tokenizer, data, report: 
         result = row if isinstance(row, encoding.SftEncoding) else \
             encoding.encode_sft_pieces(row, encode, template, tokenizer, data)
         if result.truncated and conv.images and not result.dropped:  # a cut image fails in LF's training
-            result.dropped = f"longer than cutoff_len ({data.cutoff_len}) and has images (not cut: raise cutoff_len)"
+            result.dropped = _CUT_IMAGE.format(data.cutoff_len)
         if not record(report, name, conv, result, split):
             continue
         report.kept(name, result.input_ids, result.labels, split)
@@ -159,15 +162,22 @@ def _plain_backend(tokenizer):
 
 def encode_pairwise_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     columns: dict[str, list] = {name: [] for name in KIND_COLUMNS["pairwise"]}
+    images = any(conv.images is not None for _, conv in items)  # a vision-language model's run (data/media.py)
     for name, conv in items:
         result = encode_row(report, name, conv, split,
                             encoding.encode_pairwise_with_info, conv, template, tokenizer, data)
+        if result is not None and result.truncated and conv.images and not result.dropped:
+            result.dropped = _CUT_IMAGE.format(data.cutoff_len)
         if result is None or not record(report, name, conv, result, split):
             continue
         # the report counts both answers: tokens of prompt+chosen and prompt+rejected
         report.kept(name, result.input_ids + result.rejected_input_ids, result.labels + result.rejected_labels, split)
-        for key in columns:
+        for key in KIND_COLUMNS["pairwise"]:
             columns[key].append(getattr(result, key))
+        if images:
+            columns.setdefault("images", []).append(list(conv.images or ()))
+    if images:
+        columns.setdefault("images", [])
     return columns
 
 

@@ -8,7 +8,8 @@ answers, `dpo_label_smoothing` is cDPO's label smoothing, `simpo_gamma` SimPO's 
 
 The reference model: with LoRA the policy itself with its adapter disabled (no second copy in
 memory); with full/freeze a frozen copy of the starting model; `ref_model` (+ `ref_model_adapters`)
-overrides both. Chosen and rejected answers go through the model in one padding-free forward.
+overrides both. Chosen and rejected answers go through the model in one padding-free forward (a
+vision-language model's: padded rows with their images, data/collate_vision.py).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def run_dpo(cfg) -> dict:
     # trainer: chosen and rejected answers of a batch in one padding-free row
     # a system prompt all sequences share runs once when the policy and the reference read that layout
     collator = PairwisePackedCollator(share_prefix=runs_packed_sdpa(model, objective.ref_model))
+    if bundle.vision is not None:  # a vision-language model: padded rows with the images' pixels
+        from tuneforge.data.collate_vision import VisionPairwiseCollator
+
+        collator = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective)
 
     # train + save

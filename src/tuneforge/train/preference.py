@@ -110,18 +110,39 @@ def label_token_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.T
     return token_logps, owner, keep
 
 
+def padded_label_logps(model: nn.Module, inputs: Mapping[str, torch.Tensor]):
+    """log p of every label token of right-padded rows ([N, T] with `attention_mask`; a vision-language model's
+    batch, data/collate_vision.py, whose forward also takes the pixels): (log-probs, the row of each, the column
+    of the token predicting it -- its position in the sequence), in row order."""
+    labels = inputs["labels"]
+    forward = {key: value for key, value in inputs.items() if key != "labels"}
+    logits = model(**forward, use_cache=False).logits[:, :-1]
+    keep = labels[:, 1:] != IGNORE_INDEX
+    token_logps = -F.cross_entropy(logits[keep].float(), labels[:, 1:][keep], reduction="none")
+    rows, columns = keep.nonzero(as_tuple=True)
+    return token_logps, rows, columns
+
+
 def sequence_logps(
     model: nn.Module, inputs: Mapping[str, torch.Tensor], *, prefix: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE,
     ld_alpha: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the label tokens of every packed sequence, and their token counts.
 
-    `inputs` holds `{prefix}input_ids`, `{prefix}labels`, `{prefix}position_ids` ([1, T], packed).
+    `inputs` holds `{prefix}input_ids`, `{prefix}labels`, `{prefix}position_ids` ([1, T], packed), or padded
+    rows with an `attention_mask` (`padded_label_logps`).
     Returns two [N] tensors (N = sequences in the row, in order): sum of log p over labelled
     tokens (float32) and the number of those tokens. With `ld_alpha` (LD-DPO; the row must be a pairwise
     one: N/2 chosen sequences, then their N/2 rejected ones) the sums are `length_desensitized_sums`; the
     counts stay the plain label counts, as in LF.
     """
+    if f"{prefix}position_ids" not in inputs and "attention_mask" in inputs and not prefix:
+        token_logps, owner, positions = padded_label_logps(model, inputs)  # a vision-language model's rows
+        counts = torch.bincount(owner, minlength=inputs["input_ids"].shape[0])
+        if ld_alpha is not None:
+            return length_desensitized_sums(token_logps, owner, positions, counts, ld_alpha), counts
+        sums = torch.zeros(counts.shape[0], dtype=torch.float32, device=token_logps.device)
+        return sums.index_add(0, owner, token_logps), counts
     position_ids = inputs[f"{prefix}position_ids"]
     token_logps, owner, keep = label_token_logps(model, inputs[f"{prefix}input_ids"], inputs[f"{prefix}labels"],
                                                  position_ids, chunk_size=chunk_size)

@@ -57,7 +57,7 @@ def matches_any(name: str, keys: tuple[str, ...]) -> bool:
     return any(key in name for key in keys)
 
 
-TRAINING_STAGES = ("sft",)  # what a vision-language model trains with here (LF also has dpo, kto, ...)
+TRAINING_STAGES = ("sft", "dpo")  # what a vision-language model trains with here (LF also has kto, rm, ...)
 
 
 def stage_problem(stage: str) -> str | None:
