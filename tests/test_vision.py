@@ -395,3 +395,21 @@ def test_dpo_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
     first = next(row for row in log if "loss" in row)
     assert abs(first["loss"] - 0.6931) < 1e-3  # the policy starts as its reference: -log sigmoid(0)
     assert "rewards/accuracies" in first
+
+
+def test_web_ui_chat_session_about_an_image(tiny_qwen3_vl_dir, image_data):
+    """The Chat tab's session: an image goes with a message as `<image>` before its text; later turns keep it."""
+    from tuneforge.webui.chat import ChatSession
+
+    session = ChatSession()
+    session.load({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
+                  "finetuning_type": "lora", "do_sample": False, "max_new_tokens": 3})
+    image = str(image_data / "images" / "img0.png")
+    first = [{"role": "user", "content": session.image_tag + "What is this?"}]
+    answer = "".join(session.stream(first, images=[image], do_sample=False, max_new_tokens=3))
+    with_image = session.engine.last_stats.prompt_tokens
+    follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And now?"}]
+    "".join(session.stream(follow, images=[image], do_sample=False, max_new_tokens=3))
+    assert session.engine.last_stats.prompt_tokens > with_image
+    "".join(session.stream([{"role": "user", "content": "What is this?"}], do_sample=False, max_new_tokens=3))
+    assert session.engine.last_stats.prompt_tokens == with_image - 6  # without the image's 6 tokens

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.utils.vision_models import IMAGE_PLACEHOLDER_DEFAULT
 
 
 class ChatSession:
@@ -41,9 +42,17 @@ class ChatSession:
             self.description = ""
         gc.collect()
 
-    def stream(self, messages: Sequence[Mapping[str, str]], system: str | None = None, **gen: Any) -> Iterator[str]:
-        """Text deltas of the answer to `messages` (alternating user/assistant, ending with user)."""
+    @property
+    def image_tag(self) -> str:
+        """What marks an image's place in a message for the loaded model (`<image>`, or IMAGE_PLACEHOLDER)."""
+        vision = getattr(self.engine, "vision", None)
+        return vision.placeholder if vision is not None else IMAGE_PLACEHOLDER_DEFAULT
+
+    def stream(self, messages: Sequence[Mapping[str, str]], system: str | None = None, images: Sequence[str] = (),
+               **gen: Any) -> Iterator[str]:
+        """Text deltas of the answer to `messages` (alternating user/assistant, ending with user); `images`: one
+        file per `<image>` in them (a vision-language model)."""
         if self.engine is None:
             raise TuneforgeError("no model is loaded; press Load model first")
         with self._lock:
-            yield from self.engine.stream_chat(list(messages), system=system or None, **gen)
+            yield from self.engine.stream_chat(list(messages), system=system or None, images=list(images), **gen)

@@ -118,6 +118,7 @@ LABELS = MappingProxyType({
     "system": ("System prompt", "系统提示词"),
     "chatbot": ("Chat", "对话"),
     "query": ("Message", "输入"),
+    "image": ("Image (vision-language models: sent with the next message)", "图片（视觉语言模型：随下一条消息发送）"),
     "send": ("Send", "发送"),
     "clear": ("Clear history", "清空历史"),
     "max_new_tokens": ("Max new tokens", "最大生成长度"),

@@ -35,7 +35,10 @@ def create_chat_tab(ui: UI, ctx) -> None:
                                                               label=ui.label("temperature")))
                 top_p = ui.add("top_p", gr.Slider(0.01, 1.0, value=0.7, step=0.01, label=ui.label("top_p")))
                 do_sample = ui.add("do_sample", gr.Checkbox(value=True, label=ui.label("do_sample")))
+                # a vision-language model (Qwen-VL): the image goes with the next message, as `<image>` before it
+                image = ui.add("image", gr.Image(type="filepath", label=ui.label("image"), elem_id="tf-image"))
         history = gr.State([])  # plain {"role", "content"} dicts: what the engine gets
+        images = gr.State([])  # the conversation's image files, one per `<image>` in `history`
 
     def load_model(*values):
         *model_values, lang_code = values
@@ -52,31 +55,33 @@ def create_chat_tab(ui: UI, ctx) -> None:
         ctx.chat.unload()
         return message("model_unloaded", lang_code)
 
-    def respond(text: str, messages: list, system_prompt: str, max_new_tokens, temp, top_p_value, sample, lang_code):
+    def respond(text: str, messages: list, files: list, picture, system_prompt: str, max_new_tokens, temp,
+                top_p_value, sample, lang_code):
         text = (text or "").strip()
         if not text:
-            yield gr.skip(), messages, gr.skip(), gr.skip()
+            yield gr.skip(), messages, files, gr.skip(), gr.skip(), gr.skip()
             return
-        prompt = [*messages, {"role": "user", "content": text}]
+        asked = [*files, picture] if picture else files
+        prompt = [*messages, {"role": "user", "content": (ctx.chat.image_tag if picture else "") + text}]
         shown = [*prompt, {"role": "assistant", "content": ""}]
-        yield shown, messages, "", gr.skip()
+        yield shown, messages, files, "", gr.skip(), gr.skip()
         try:
-            for delta in ctx.chat.stream(prompt, system_prompt, max_new_tokens=int(max_new_tokens),
+            for delta in ctx.chat.stream(prompt, system_prompt, images=asked, max_new_tokens=int(max_new_tokens),
                                          temperature=float(temp), top_p=float(top_p_value), do_sample=bool(sample)):
                 shown[-1] = {"role": "assistant", "content": shown[-1]["content"] + delta}
-                yield shown, messages, gr.skip(), gr.skip()
+                yield shown, messages, files, gr.skip(), gr.skip(), gr.skip()
         except Exception as err:
-            yield prompt, messages, text, error_text(err, lang_code)
+            yield prompt, messages, files, text, gr.skip(), error_text(err, lang_code)
             return
-        yield shown, shown, gr.skip(), gr.skip()
+        yield shown, shown, asked, gr.skip(), None, gr.skip()
 
     load.click(lambda lang_code: message("loading_model", lang_code), [lang], [status]).then(
         load_model, [*model_fields, lang], [status])
     unload.click(unload_model, [lang], [status])
-    inputs = [query, history, system, max_new, temperature, top_p, do_sample, lang]
+    inputs = [query, history, images, image, system, max_new, temperature, top_p, do_sample, lang]
     for trigger in (send.click, query.submit):
-        trigger(respond, inputs, [chatbot, history, query, status])
-    clear.click(lambda: ([], []), None, [chatbot, history])
+        trigger(respond, inputs, [chatbot, history, images, query, image, status])
+    clear.click(lambda: ([], [], []), None, [chatbot, history, images])
 
 
 def _status(ctx, lang: str) -> str:
