@@ -53,7 +53,6 @@ class VisionInputs:
         self.image_processor = image_processor
         self.max_pixels, self.min_pixels, self.media_dir = max_pixels, min_pixels, media_dir
         self.image_token_id = int(model_config["image_token_id"])
-        self.video_token_id = model_config.get("video_token_id")
         tokens = tokenizer.convert_ids_to_tokens([self.image_token_id, int(model_config["vision_start_token_id"]),
                                                   int(model_config["vision_end_token_id"])])
         self.image_token, self.vision_start, self.vision_end = tokens
