@@ -413,3 +413,17 @@ def test_web_ui_chat_session_about_an_image(tiny_qwen3_vl_dir, image_data):
     assert session.engine.last_stats.prompt_tokens > with_image
     "".join(session.stream([{"role": "user", "content": "What is this?"}], do_sample=False, max_new_tokens=3))
     assert session.engine.last_stats.prompt_tokens == with_image - 6  # without the image's 6 tokens
+
+
+def test_tokenized_path_keeps_the_images(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch):
+    """LF's `tokenized_path`: the saved samples keep their image paths and a later run gets its image settings."""
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out", tokenized_path=str(tmp_path / "tokenized"))
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    first = build_datasets(cfg, tokenizer, template, stage="sft")
+    again = build_datasets(cfg, tokenizer, template, stage="sft")
+    assert again.vision is not None and again.train["images"] == first.train["images"]
+    assert again.train["input_ids"] == first.train["input_ids"]
