@@ -427,3 +427,25 @@ def test_tokenized_path_keeps_the_images(tiny_qwen3_vl_dir, image_data, tmp_path
     again = build_datasets(cfg, tokenizer, template, stage="sft")
     assert again.vision is not None and again.train["images"] == first.train["images"]
     assert again.train["input_ids"] == first.train["input_ids"]
+
+
+def test_predict_on_image_rows(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch):
+    """`do_predict` on image data (LF's prediction): each row is answered with its images; equal to a chat about
+    the same image with the same settings."""
+    from tuneforge.cli.main import main
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.infer.engine import ChatEngine
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "sft",
+                "do_predict": True, "predict_with_generate": True, "eval_dataset": "mllm_demo",
+                "dataset_dir": str(image_data), "cutoff_len": 512, "output_dir": str(tmp_path / "pred"),
+                "report_to": "none", "max_new_tokens": 4, "do_sample": False, "finetuning_type": "full"}
+    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(settings))
+    assert main(["train", str(tmp_path / "predict.yaml")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "pred" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and rows[0]["prompt"].count("<|image_pad|>") == 4
+    engine = ChatEngine.from_config(load_config_dict(settings))
+    chat = engine.chat([{"role": "user", "content": "<image>What colour is this?"}],
+                       images=[str(image_data / "images" / "img0.png")])
+    assert rows[0]["predict"] == chat

@@ -262,7 +262,7 @@ def encode_feedback_with_info(conv: Conversation, kl_answer, template, tokenizer
 def encode_prompt_only(conv: Conversation, template, tokenizer, data_args) -> dict[str, list[int]] | None:
     """Stage ppo (LF's UnsupervisedDatasetProcessor): `input_ids` = the generation prompt (assistant
     prefix included), `labels` = the reference answer's ids (not -100 masked; may be empty when the
-    row has no answer). Both cut with infer_seqlen. None when there is no user turn."""
+    row has no answer). Both cut with infer_seqlen (`prompt_cut`: the prompt was). None when there is no user turn."""
     from tuneforge.data.formats import Message
 
     messages = list(conv.messages)
@@ -276,4 +276,5 @@ def encode_prompt_only(conv: Conversation, template, tokenizer, data_args) -> di
     if getattr(template, "efficient_eos", False):
         answer_ids.append(tokenizer.eos_token_id)
     source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), data_args.cutoff_len)
-    return {"input_ids": list(prompt_ids)[:source_len], "labels": answer_ids[:target_len]}
+    return {"input_ids": list(prompt_ids)[:source_len], "labels": answer_ids[:target_len],
+            "prompt_cut": source_len < len(prompt_ids)}

@@ -36,8 +36,8 @@ _CUT_IMAGE = "longer than cutoff_len ({}) and has images (not cut: raise cutoff_
 
 
 def features(kind: str = "supervised", images: bool = False):
-    """The encoded columns of a kind; `images`: sft / pairwise samples of a vision-language model's run also keep
-    their image files' paths (data/media.py)."""
+    """The encoded columns of a kind; `images`: sft / pairwise / prompt samples of a vision-language model's run
+    also keep their image files' paths (data/media.py)."""
     from datasets import Features, List, Value
 
     columns = {name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in KIND_COLUMNS[kind]}
@@ -213,6 +213,8 @@ def feedback_note(tags: list[bool], split) -> str | None:
 
 def encode_prompt_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     columns: dict[str, list] = {"input_ids": [], "labels": []}
+    if any(conv.images is not None for _, conv in items):  # a vision-language model's prediction (data/media.py)
+        columns["images"] = []
     for name, conv in items:
         result = encode_row(report, name, conv, split, encoding.encode_prompt_only, conv, template, tokenizer, data)
         if result is None:
@@ -220,11 +222,16 @@ def encode_prompt_rows(items, template, tokenizer, data, report: DataReport, spl
         if not result["input_ids"]:
             report.dropped(name, "no prompt", conv.source, split)
             continue
+        if result["prompt_cut"] and conv.images:
+            report.dropped(name, _CUT_IMAGE.format(data.cutoff_len), conv.source, split)
+            continue
         stats = report.stats(name, split)
         stats.kept += 1
         stats.tokens += len(result["input_ids"])
         columns["input_ids"].append(result["input_ids"])
         columns["labels"].append(result["labels"])
+        if "images" in columns:
+            columns["images"].append(list(conv.images or ()))
     return columns
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.errors import DataError, NotSupportedError
+from tuneforge.errors import DataError
 
 if TYPE_CHECKING:
     from tuneforge.config.parser import RunConfig
@@ -33,8 +33,9 @@ PREDICTIONS_FILE = "generated_predictions.jsonl"
 RESULTS_FILE = "predict_results.json"
 
 
-def build_predict_dataset(cfg: RunConfig, tokenizer, template):
-    """The eval datasets encoded prompt-only (LF's unsupervised processor) + the data report."""
+def build_predict_dataset(cfg: RunConfig, tokenizer, template, vision=None):
+    """The eval datasets encoded prompt-only (LF's unsupervised processor) + the data report; `vision`: a
+    vision-language model's image settings (the rows keep their images, data/media.py)."""
     from tuneforge.data.pipeline import build_split, check_stage
     from tuneforge.data.registry import load_dataset_specs
     from tuneforge.data.report import DataReport
@@ -45,13 +46,14 @@ def build_predict_dataset(cfg: RunConfig, tokenizer, template):
         if spec.ranking:
             raise DataError(f"{spec.where} is a ranking dataset (chosen/rejected answers); prediction needs "
                             "plain samples with one reference answer (alpaca / sharegpt / openai)")
-        if spec.columns.images:
-            raise NotSupportedError(f"{spec.where} has images: prediction with image inputs is not supported yet "
-                                    "by tuneforge (training is)")
     check_stage(specs, "ppo")  # the prompt-only encoder: input_ids = prompt, labels = the reference answer
     report = DataReport()
     seed = 42 if cfg.training.seed is None else int(cfg.training.seed)
-    dataset = build_split(specs, "eval", cfg, tokenizer, template, "ppo", seed, report)
+    with_images = [spec for spec in specs if spec.columns.images]
+    if with_images and vision is None:
+        raise DataError(f"{with_images[0].where} has images but the model ({cfg.model.model_name_or_path}) does "
+                        "not take images")
+    dataset = build_split(specs, "eval", cfg, tokenizer, template, "ppo", seed, report, vision)
     report.eval_samples = len(dataset)
     report.check_not_empty("eval", len(dataset))
     return dataset, report
@@ -119,7 +121,7 @@ def run_predict(cfg, *, after_training: bool = False) -> dict:
 
     # model first: the dataset is encoded with its tokenizer and template
     engine = ChatEngine.from_config(cfg)
-    dataset, report = build_predict_dataset(cfg, engine.tokenizer, engine.template)
+    dataset, report = build_predict_dataset(cfg, engine.tokenizer, engine.template, engine.vision)
     print(report.format(), flush=True)
     if not after_training:  # the training's own report stays
         report.save(output_dir)
@@ -174,7 +176,9 @@ def _predict_rows(engine, dataset, output_dir: Path, progress: _Progress, settin
     rows = list(dataset)
     generation = engine.settings.with_overrides(**settings)
     decoder = BatchDecoder(engine, max_batch=batch_size)
-    requests = [decoder.add(row["input_ids"], generation) for row in rows]
+    # rows with images decode one at a time, with their pixels (infer/vision_chat.py); the others in batches
+    requests = [_ImageRequest(engine, row, generation) if row.get("images") else decoder.add(row["input_ids"], generation)
+                for row in rows]
     predictions, references = [], []
     generated_tokens = 0
     with open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as out:
@@ -198,6 +202,24 @@ def _predict_rows(engine, dataset, output_dir: Path, progress: _Progress, settin
             else:
                 decoder.step()
     return predictions, references, generated_tokens, False
+
+
+class _ImageRequest:
+    """A prediction row with images: generated with its pixels when it is its turn (`done` asks for it)."""
+
+    def __init__(self, engine, row, settings) -> None:
+        self.engine, self.row, self.settings, self._generated = engine, row, settings, None
+
+    @property
+    def done(self) -> bool:
+        if self._generated is None:
+            self._generated = self.engine.generate_ids(self.row["input_ids"], images=self.row["images"],
+                                                       **dataclasses.asdict(self.settings))
+        return True
+
+    @property
+    def generated(self) -> list[int]:
+        return self._generated
 
 
 def _print_metrics(metrics: dict, output_dir: Path, stopped: bool) -> None:

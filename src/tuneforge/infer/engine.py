@@ -24,7 +24,7 @@ from tuneforge.config.args import GeneratingArguments
 from tuneforge.errors import ConfigError
 from tuneforge.infer.fast_step import LeanDecodeStep, auto_batch_weights_dtype, auto_decode_weights_dtype
 from tuneforge.infer.decoding import StopWordFilter, TextAssembler, decode_text, new_kv_cache, pick_next_token
-from tuneforge.infer.vision_chat import image_chat, prefill_inputs, vision_inputs_for
+from tuneforge.infer.vision_chat import image_chat, image_pixels, prefill_inputs, vision_inputs_for
 
 
 @dataclass(frozen=True)
@@ -195,12 +195,14 @@ class ChatEngine:
         return TextAssembler(self.tokenizer, skip_special_tokens=settings.skip_special_tokens,
                              stop_words=(*self.stop_words, *stop_words))
 
-    def generate_ids(self, prompt_ids: Sequence[int], **gen_overrides) -> list[int]:
-        """New token ids for a ready prompt (stop token excluded); the raw decode loop."""
+    def generate_ids(self, prompt_ids: Sequence[int], images: Sequence[str] = (), **gen_overrides) -> list[int]:
+        """New token ids for a ready prompt (stop token excluded); the raw decode loop. `images`: the files of
+        a vision-language prompt whose image tokens are already in `prompt_ids` (data/media.py)."""
         settings = self.settings.with_overrides(**gen_overrides)
-        if settings.num_beams > 1:
+        pixels = image_pixels(self, images) if images else {}
+        if settings.num_beams > 1 and not pixels:
             return self.beam_search(list(prompt_ids), settings)
-        return list(self._decode_ids(list(prompt_ids), settings))
+        return list(self._decode_ids(list(prompt_ids), settings, pixels))
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_batch: int = 8, on_done=None,
                        **gen_overrides) -> list[list[int]]:

@@ -49,6 +49,14 @@ def image_chat(engine, messages: Sequence[Any], images: Sequence[str]) -> tuple[
     return turns, (vision.pixels(list(expanded.images)) if expanded.images else {})
 
 
+def image_pixels(engine, images: Sequence[str]) -> dict[str, Any]:
+    """The pixels of a prompt whose image tokens are already in its ids (a prediction's encoded rows)."""
+    if engine.vision is None:
+        raise ConfigError(f"images were given but the model ({engine.description}) does not take images")
+    clear_rope_offset(engine.model)
+    return engine.vision.pixels(list(images))
+
+
 def prefill_inputs(vision, input_ids: torch.Tensor, pixels: dict[str, Any]) -> dict[str, Any]:
     """What the prompt's forward takes besides its ids: the pixels and the image-token marks."""
     if not pixels:
