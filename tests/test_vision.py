@@ -449,3 +449,41 @@ def test_predict_on_image_rows(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypa
     chat = engine.chat([{"role": "user", "content": "<image>What colour is this?"}],
                        images=[str(image_data / "images" / "img0.png")])
     assert rows[0]["predict"] == chat
+
+
+def test_api_image_parts(tiny_qwen3_vl_dir, image_data):
+    """OpenAI-style `image_url` parts (data: URLs) for a Qwen-VL model: the answer is the chat's about the same
+    image, usage counts the image tokens, a text request in the same batch is unaffected; other URLs are 400s."""
+    import base64
+
+    import openai
+
+    from test_api import Served
+    from tuneforge.api.server import ApiService
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.infer.batch_worker import BatchWorker
+    from tuneforge.infer.engine import ChatEngine
+
+    cfg = load_config_dict({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
+                            "do_sample": False, "max_new_tokens": 5}, require_output_dir=False)
+    engine = ChatEngine.from_config(cfg)
+    image = image_data / "images" / "img1.png"
+    expected = engine.chat([{"role": "user", "content": "What is this?"}], images=[str(image)])
+    prompt_tokens = engine.last_stats.prompt_tokens  # with the image's 6 tokens + vision start / end
+    expected_text = engine.chat([{"role": "user", "content": "Hello"}])
+    server = Served(ApiService("tiny-vl", engine, BatchWorker(engine, max_batch=2)))
+    try:
+        client = server.client()
+        url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+        reply = client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}])
+        assert reply.choices[0].message.content == expected
+        text = client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": "Hello"}])
+        assert text.choices[0].message.content == expected_text  # no image offset left for text prompts
+        assert reply.usage.prompt_tokens == prompt_tokens
+        for bad in ("https://example.com/cat.png", "file:///etc/passwd", "data:image/png;base64,@@@"):
+            with pytest.raises(openai.BadRequestError, match="image_url"):
+                client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": bad}}, {"type": "text", "text": "?"}]}])
+    finally:
+        server.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from tuneforge.api.protocol import ApiError, ChatCompletionRequest, to_template_messages, tools_json
 from tuneforge.api.server import ApiService, overloaded, prompt_error, sse, streaming_response
@@ -16,9 +18,14 @@ DISCONNECT_POLL_SECONDS = 0.5
 
 async def run_completion(service: ApiService, body: ChatCompletionRequest, request):
     engine = service.engine
-    system, messages = to_template_messages(body.messages)
+    vision = getattr(engine, "vision", None)
+    images: list[bytes] = []
+    system, messages = to_template_messages(body.messages, vision.placeholder if vision else None, images)
     tools = tools_json(body)
     try:
+        pixels = None
+        if images:  # a vision-language model: the images' tokens in the prompt, their pixels for its forward
+            messages, pixels = image_prompt(vision, messages, images)
         prompt_ids = engine.encode_prompt(messages, system, tools)
     except TuneforgeError as err:
         raise prompt_error(err) from None
@@ -32,7 +39,10 @@ async def run_completion(service: ApiService, body: ChatCompletionRequest, reque
     try:
         for index in range(body.n):  # sampled choices get seeds seed, seed+1, ... (the same answer n times is no use)
             choice_settings = settings if settings.seed is None or index == 0 else settings.with_overrides(seed=settings.seed + index)
-            streams.append(service.worker.submit(prompt_ids, choice_settings, loop=loop))
+            if pixels:
+                streams.append(service.worker.submit_images(prompt_ids, pixels, choice_settings, loop=loop))
+            else:
+                streams.append(service.worker.submit(prompt_ids, choice_settings, loop=loop))
     except Overloaded as err:
         for stream in streams:
             stream.cancel()
@@ -79,6 +89,20 @@ def request_settings(engine, body: ChatCompletionRequest, prompt_len: int):
     if room is not None and budget > room:
         settings = settings.with_overrides(max_new_tokens=room)
     return settings
+
+
+def image_prompt(vision, messages: list[dict], images: list[bytes]) -> tuple[list[dict], dict]:
+    """The messages with each image's tokens (data/media.py) and the images' pixels; the images are read from
+    a temporary folder that is gone when this returns."""
+    from tuneforge.infer.vision_chat import expand_images
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-api-images-") as folder:
+        files = []
+        for number, data in enumerate(images):
+            path = Path(folder) / f"image{number}"
+            path.write_bytes(data)
+            files.append(str(path))
+        return expand_images(vision, messages, files)
 
 
 async def collect(engine, stream, settings, stop_words) -> tuple[str, str, int]:

@@ -2,12 +2,15 @@
 
 Roles as in OpenAI's API and LLaMA-Factory's `api`: an optional first `system` message; `user`;
 `assistant` (text, or `tool_calls`: encoded as the template's function-call turn); `tool` (a tool's
-result: the template's observation turn). Content is a string or a list of text parts. Anything else --
-an unknown role, an image part, a field this server does not implement -- is refused with a 400 naming it.
+result: the template's observation turn). Content is a string or a list of text parts, and for a
+vision-language model also `image_url` parts in user messages (data: URLs only). Anything else -- an unknown
+role, an image for a text model, a field this server does not implement -- is refused with a 400 naming it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any, Literal
 
@@ -85,7 +88,9 @@ class ScoreRequest(BaseModel):
     max_length: int | None = Field(default=None, ge=1)
 
 
-def text_of(message: ChatMessage, index: int) -> str:
+def text_of(message: ChatMessage, index: int, images: list[bytes] | None = None, image_tag: str = "") -> str:
+    """A message's text; with `images` (a vision-language model, user messages) an `image_url` part adds its image
+    to `images` and `image_tag` where it stands."""
     content = message.content
     if content is None:
         return ""
@@ -93,6 +98,10 @@ def text_of(message: ChatMessage, index: int) -> str:
         return content
     texts = []
     for part in content:
+        if part.get("type") == "image_url" and images is not None:
+            images.append(image_bytes(part, index))
+            texts.append(image_tag)
+            continue
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             raise ApiError(400, f"messages[{index}].content: only text parts are supported (found a "
                                 f"{part.get('type')!r} part); images in the API are not supported yet by tuneforge "
@@ -102,8 +111,26 @@ def text_of(message: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def to_template_messages(messages: list[ChatMessage]) -> tuple[str | None, list[dict[str, str]]]:
-    """(system prompt or None, template messages with roles user/assistant/function/observation)."""
+def image_bytes(part: dict, index: int) -> bytes:
+    """An `image_url` part's image: only `data:image/...;base64,` URLs (the server never fetches a URL or reads
+    a file a request names)."""
+    url = part.get("image_url")
+    url = url.get("url") if isinstance(url, dict) else url
+    head, _, data = str(url or "").partition(",")
+    if not (head.startswith("data:image/") and head.endswith(";base64")):
+        raise ApiError(400, f"messages[{index}].content: an image_url must be a data:image/...;base64, URL (tuneforge's "
+                            "API never fetches URLs or reads files a request names)", param="messages")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise ApiError(400, f"messages[{index}].content: the image_url's base64 data does not decode",
+                       param="messages") from None
+
+
+def to_template_messages(messages: list[ChatMessage], image_tag: str | None = None,
+                         images: list[bytes] | None = None) -> tuple[str | None, list[dict[str, str]]]:
+    """(system prompt or None, template messages with roles user/assistant/function/observation). With
+    `image_tag` (a vision-language model) the user messages' images go to `images`, `image_tag` in their text."""
     system = None
     out: list[dict[str, str]] = []
     for index, message in enumerate(messages):
@@ -113,7 +140,8 @@ def to_template_messages(messages: list[ChatMessage]) -> tuple[str | None, list[
                 raise ApiError(400, f"messages[{index}]: a system message must come first", param="messages")
             system = text_of(message, index)
         elif role == "user":
-            out.append({"role": "user", "content": text_of(message, index)})
+            collect = images if image_tag is not None else None
+            out.append({"role": "user", "content": text_of(message, index, collect, image_tag or "")})
         elif role == "assistant" and message.tool_calls:
             calls = []
             for call in message.tool_calls:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from typing import Sequence
 
 from tuneforge.infer.batching import BatchDecoder, DecodeRequest
@@ -79,6 +80,7 @@ class BatchWorker:
         self.decoder = BatchDecoder(engine, max_batch=max_batch)
         self.max_waiting = max_waiting
         self._streams: dict[int, TokenStream] = {}
+        self._alone: deque[DecodeRequest] = deque()  # image prompts (submit_images), decoded one at a time
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tuneforge-decode", daemon=True)
@@ -103,6 +105,43 @@ class BatchWorker:
             self._wake.notify()
         return stream
 
+    def submit_images(self, prompt_ids: Sequence[int], pixels: dict, settings=None, *,
+                      loop: asyncio.AbstractEventLoop | None = None) -> TokenStream:
+        """A vision-language prompt (its image tokens in `prompt_ids`, their `pixels`): decoded on its own, between
+        the batch's steps (the batched step's positions are plain ones, an image's are not)."""
+        stream = TokenStream(loop)
+        settings = settings or self.engine.settings
+        request = DecodeRequest(list(prompt_ids), settings, stream._put, pixels=pixels)
+        request.budget = settings.new_token_budget(len(request.prompt_ids))
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the decode worker is closed")
+            if len(self.decoder.waiting) + len(self._alone) >= self.max_waiting:
+                raise Overloaded(f"{len(self.decoder.waiting) + len(self._alone)} requests are already waiting "
+                                 f"(limit {self.max_waiting})")
+            stream.request = request
+            self._streams[id(request)] = stream
+            self._alone.append(request)
+            self._wake.notify()
+        return stream
+
+    def _decode_alone(self, request: DecodeRequest) -> None:
+        from tuneforge.infer.vision_chat import clear_rope_offset
+
+        clear_rope_offset(self.engine.model)
+        tokens = self.engine._decode_ids(request.prompt_ids, request.settings, request.pixels)
+        try:
+            for token in tokens:
+                if request.cancelled:
+                    request.finish_reason = "cancelled"
+                    return
+                request.generated.append(token)
+                request.on_token(token)
+            request.finish_reason = "length" if len(request.generated) >= request.budget else "stop"
+        finally:
+            tokens.close()
+            clear_rope_offset(self.engine.model)  # the batch's text prompts decode from plain positions
+
     def close(self) -> None:
         with self._wake:
             self._closed = True
@@ -112,24 +151,30 @@ class BatchWorker:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while self.decoder.idle and not self._closed:
+                while self.decoder.idle and not self._alone and not self._closed:
                     self._wake.wait()
                 if self._closed:
                     return
+                alone = self._alone.popleft() if self._alone else None
             try:
-                finished = self.decoder.step()
+                if alone is not None:
+                    self._decode_alone(alone)
+                finished = [alone] if alone is not None else self.decoder.step()
             except BaseException as err:  # noqa: BLE001 -- every waiting caller must hear of it, then go on
-                self._fail_all(err)
+                self._fail_all(err, alone)
                 continue
             for request in finished:
                 stream = self._streams.pop(id(request), None)
                 if stream is not None:
                     stream._put(_END)
 
-    def _fail_all(self, err: BaseException) -> None:
+    def _fail_all(self, err: BaseException, alone: DecodeRequest | None = None) -> None:
         with self._wake:
-            requests = list(self.decoder.active) + list(self.decoder.waiting)
-            self.decoder = BatchDecoder(self.engine, max_batch=self.decoder.max_batch)
+            if alone is not None:  # an image prompt failed alone: the batch goes on
+                requests = [alone]
+            else:
+                requests = list(self.decoder.active) + list(self.decoder.waiting)
+                self.decoder = BatchDecoder(self.engine, max_batch=self.decoder.max_batch)
         for request in requests:
             request.finish_reason = request.finish_reason or "error"
             stream = self._streams.pop(id(request), None)

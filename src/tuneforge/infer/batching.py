@@ -39,6 +39,7 @@ class DecodeRequest:
     seen: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: object = None  # own cache when the lean step is not used
+    pixels: dict | None = None  # a vision-language prompt's images: decoded on its own (BatchWorker.submit_images)
 
     @property
     def done(self) -> bool:

@@ -31,10 +31,14 @@ def vision_inputs_for(cfg, model, tokenizer):
 def image_chat(engine, messages: Sequence[Any], images: Sequence[str]) -> tuple[list[dict], dict[str, Any]]:
     """A vision-language model's prompt: the messages with every `<image>` expanded, and the pixels its forward
     needs ({} for a text prompt)."""
-    vision = engine.vision
-    if vision is None:
+    if engine.vision is None:
         raise ConfigError(f"images were given but the model ({engine.description}) does not take images")
     clear_rope_offset(engine.model)  # the last prompt's image offset must not move this one's positions
+    return expand_images(engine.vision, messages, images)
+
+
+def expand_images(vision, messages: Sequence[Any], images: Sequence[str]) -> tuple[list[dict], dict[str, Any]]:
+    """`image_chat` without touching the model (the API's request threads; the decode thread clears the offset)."""
     turns = [dict(m) if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
     tags = sum(turn["content"].count(vision.placeholder) for turn in turns)
     if tags == 0 and images:
