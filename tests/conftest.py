@@ -171,3 +171,11 @@ def tiny_qwen3_vl_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     from vision_fixtures import build_tiny_qwen_vl
 
     return build_tiny_qwen_vl(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
+@pytest.fixture
+def image_data(tmp_path) -> Path:
+    """A dataset folder with LF's `mllm_demo` entry and six rows over three small images (tests/vision_fixtures.py)."""
+    from vision_fixtures import write_image_dataset
+
+    return write_image_dataset(tmp_path / "data")

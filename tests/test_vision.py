@@ -1,4 +1,5 @@
-"""Image SFT for the Qwen-VL family (data/media.py, data/collate_vision.py, model/vision.py), on a tiny Qwen3-VL."""
+"""Images for the Qwen-VL family, the data side and the model rules (data/media.py, data/collate_vision.py,
+model/vision.py), on a tiny Qwen3-VL; training, chat, dpo, predict, API: tests/test_vision_runs.py."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from vision_fixtures import write_image_dataset, write_images
+from vision_fixtures import write_images
 
 
 def _run_config(model_dir: Path, dataset_dir: Path, out: Path, **extra):
@@ -19,11 +19,6 @@ def _run_config(model_dir: Path, dataset_dir: Path, out: Path, **extra):
                 "template": "qwen3_vl_nothink", "cutoff_len": 512, "output_dir": str(out), "report_to": "none",
                 "per_device_train_batch_size": 2, "max_steps": 2, "overwrite_output_dir": True, **extra}
     return load_config_dict(settings)
-
-
-@pytest.fixture
-def image_data(tmp_path):
-    return write_image_dataset(tmp_path / "data")
 
 
 @pytest.fixture
@@ -238,58 +233,6 @@ def test_lora_all_targets_the_language_model_only(tiny_qwen3_vl_dir, image_data,
         load_model(cfg.model, frozen_only, is_trainable=True)
 
 
-# ------------------------------------------------------------------------------------- end to end
-@pytest.fixture(params=[("qwen3_vl", "Qwen3VLForConditionalGeneration"),
-                        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
-                        ("qwen2_vl", "Qwen2VLForConditionalGeneration")], ids=lambda p: p[0])
-def tiny_vl_family(request, tiny_qwen3_vl_dir, tiny_tokenizer_dir, tmp_path_factory):
-    family, architecture = request.param
-    if family == "qwen3_vl":
-        return tiny_qwen3_vl_dir, architecture
-    from vision_fixtures import build_tiny_qwen_vl
-
-    return build_tiny_qwen_vl(tiny_tokenizer_dir, tmp_path_factory.mktemp(f"tiny_{family}"), family), architecture
-
-
-def test_train_chat_export(tiny_vl_family, image_data, tmp_path, monkeypatch, capsys):
-    """`tuneforge train` (LoRA, 2 steps) on image rows, a chat with the adapter (text, then about an image), and a
-    merged export that plain transformers loads as an image-text model with its image processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText
-
-    from tuneforge.cli.main import main
-
-    tiny_qwen3_vl_dir, architecture = tiny_vl_family
-
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    base = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink"}
-    train = {**base, "image_max_pixels": 262144, "video_max_pixels": 16384, "stage": "sft", "do_train": True,
-             "finetuning_type": "lora", "lora_target": "all", "dataset": "mllm_demo", "dataset_dir": str(image_data),
-             "cutoff_len": 512, "output_dir": str(tmp_path / "lora"), "report_to": "none",
-             "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1}
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
-    assert main(["train", str(tmp_path / "train.yaml")]) == 0
-    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "lora" / "preprocessor_config.json").is_file()
-    log = [json.loads(line) for line in (tmp_path / "lora" / "trainer_log.jsonl").read_text().splitlines()]
-    assert [row["current_steps"] for row in log if "loss" in row] == [1, 2]
-    import re
-
-    chat = ["chat", f"model_name_or_path={tiny_qwen3_vl_dir}", f"adapter_name_or_path={tmp_path / 'lora'}",
-            "template=qwen3_vl_nothink", "max_new_tokens=4", "--prompt", "What is this?"]
-    prompt_tokens = []
-    for image in ([], ["--image", str(image_data / "images" / "img0.png")]):
-        capsys.readouterr()
-        assert main(chat + image) == 0
-        prompt_tokens.append(int(re.search(r"prompt (\d+) tokens", capsys.readouterr().err).group(1)))
-    assert prompt_tokens[1] - prompt_tokens[0] == 6  # <|vision_start|>, 4 x <|image_pad|> (64x64), <|vision_end|>
-    export = {**base, "adapter_name_or_path": str(tmp_path / "lora"), "export_dir": str(tmp_path / "merged")}
-    (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
-    assert main(["export", str(tmp_path / "export.yaml")]) == 0
-    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
-    assert type(merged).__name__ == architecture
-    assert AutoImageProcessor.from_pretrained(tmp_path / "merged").merge_size == 2
-
-
 def test_the_shipped_image_demo(tiny_qwen3_vl_dir, repo_root, tmp_path, monkeypatch):
     """data/mllm_demo.json (LF's `mllm_demo` entry, data/make_mllm_demo.py): every row encodes, 96x96 images -> a
     6x6 patch grid -> 9 image tokens each."""
@@ -306,115 +249,6 @@ def test_the_shipped_image_demo(tiny_qwen3_vl_dir, repo_root, tmp_path, monkeypa
     assert all(s["input_ids"].count(pad) == 9 * len(s["images"]) for s in bundle.train)
 
 
-def test_chat_about_an_image_is_transformers_generate(tiny_qwen3_vl_dir, image_data):
-    """The chat engine's image prompt and greedy decoding give what transformers' own `generate` gives with the
-    same ids and pixels; a text prompt after it starts from plain positions again."""
-    import torch
-
-    from tuneforge.config.parser import load_config_dict
-    from tuneforge.infer.engine import ChatEngine
-
-    cfg = load_config_dict({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
-                            "do_sample": False, "max_new_tokens": 6}, require_output_dir=False)
-    engine = ChatEngine.from_config(cfg)
-    image = str(image_data / "images" / "img1.png")  # 96x64: 6 image tokens
-    answer = engine.chat([{"role": "user", "content": "What colour is this?"}], images=[image])
-    messages, pixels = [{"role": "user", "content": "<|vision_start|>" + "<|image_pad|>" * 6 + "<|vision_end|>"
-                         "What colour is this?"}], engine.vision.pixels([image])
-    prompt = torch.tensor([engine.encode_prompt(messages)])
-    marks = (prompt == engine.vision.image_token_id).long()
-    with torch.inference_mode():
-        out = engine.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), mm_token_type_ids=marks,
-                                    max_new_tokens=6, do_sample=False, eos_token_id=list(engine.stop_ids),
-                                    **pixels)
-    new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in engine.stop_ids]
-    assert answer == engine.tokenizer.decode(new, skip_special_tokens=True)
-    assert engine.last_stats.prompt_tokens == prompt.shape[1]
-    offsets = [m for m in engine.model.modules() if getattr(m, "rope_deltas", None) is not None]
-    assert offsets and offsets[0].rope_deltas.item() == -3  # 6 image tokens on a 2x3 grid: 3 positions fewer
-    text = [{"role": "user", "content": "Hello there"}]
-    assert engine.chat(text) == ChatEngine.from_config(cfg).chat(text)
-    assert not [m for m in engine.model.modules() if getattr(m, "rope_deltas", None) is not None]  # cleared
-
-
-# ------------------------------------------------------------------------------------- dpo
-def test_padded_pair_logps_equal_the_packed_ones(tiny_llama_dir):
-    """The padded layout of a vision-language model's pairs gives the packed layout's sums and counts (also
-    LD-DPO's, whose positions are the padded columns, as in LF)."""
-    import torch
-
-    from tuneforge.config.args import FinetuningArguments, ModelArguments
-    from tuneforge.data.collate import PaddedCollator
-    from tuneforge.model.loader import load_model
-    from tuneforge.train.preference import PairwisePackedCollator, sequence_logps
-
-    model = load_model(ModelArguments(model_name_or_path=str(tiny_llama_dir)), FinetuningArguments(finetuning_type="full"),
-                       is_trainable=False)
-    features = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9],
-                 "rejected_input_ids": [5, 6, 7, 10], "rejected_labels": [-100, -100, 7, 10]},
-                {"input_ids": [11, 12, 13], "labels": [-100, 12, 13],
-                 "rejected_input_ids": [11, 12, 14, 15, 16, 17], "rejected_labels": [-100, 12, 14, 15, 16, 17]}]
-    packed = PairwisePackedCollator()(features)
-    rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features] + \
-           [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"]} for f in features]
-    padded = PaddedCollator(pad_token_id=0)(rows)
-    with torch.no_grad():
-        for ld_alpha in (None, 0.5):
-            sums, counts = sequence_logps(model, packed, ld_alpha=ld_alpha)
-            padded_sums, padded_counts = sequence_logps(model, padded, ld_alpha=ld_alpha)
-            assert counts.tolist() == padded_counts.tolist() == [3, 2, 2, 5]
-            assert torch.allclose(sums, padded_sums, atol=1e-5), (sums, padded_sums)
-
-
-def test_dpo_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
-    """Stage dpo (LoRA, its own reference) on LF's rlhf_v layout: both answers see the image; it trains."""
-    from tuneforge.cli.main import main
-    from vision_fixtures import write_image_ranking_dataset
-
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    data = write_image_ranking_dataset(tmp_path / "data")
-    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "dpo",
-                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "pref_beta": 0.1,
-                "dataset": "rlhf_demo", "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none",
-                "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 2, "max_steps": 2,
-                "logging_steps": 1, "learning_rate": 1e-3}
-    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(settings))
-    from tuneforge.config.parser import load_config
-    from tuneforge.data.collate_vision import VisionPairwiseCollator
-    from tuneforge.data.pipeline import build_datasets
-    from tuneforge.train import workflow
-
-    cfg = load_config(tmp_path / "dpo.yaml")
-    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    bundle = build_datasets(cfg, tokenizer, template, stage="dpo")
-    batch = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)([bundle.train[0], bundle.train[1]])
-    assert batch["input_ids"].shape[0] == 4 and batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]] * 2
-    assert batch["mm_token_type_ids"].sum(1).tolist() == [4, 6, 4, 6]  # chosen 0, 1, then rejected 0, 1
-    assert main(["train", str(tmp_path / "dpo.yaml")]) == 0
-    log = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
-    first = next(row for row in log if "loss" in row)
-    assert abs(first["loss"] - 0.6931) < 1e-3  # the policy starts as its reference: -log sigmoid(0)
-    assert "rewards/accuracies" in first
-
-
-def test_web_ui_chat_session_about_an_image(tiny_qwen3_vl_dir, image_data):
-    """The Chat tab's session: an image goes with a message as `<image>` before its text; later turns keep it."""
-    from tuneforge.webui.chat import ChatSession
-
-    session = ChatSession()
-    session.load({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
-                  "finetuning_type": "lora", "do_sample": False, "max_new_tokens": 3})
-    image = str(image_data / "images" / "img0.png")
-    first = [{"role": "user", "content": session.image_tag + "What is this?"}]
-    answer = "".join(session.stream(first, images=[image], do_sample=False, max_new_tokens=3))
-    with_image = session.engine.last_stats.prompt_tokens
-    follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And now?"}]
-    "".join(session.stream(follow, images=[image], do_sample=False, max_new_tokens=3))
-    assert session.engine.last_stats.prompt_tokens > with_image
-    "".join(session.stream([{"role": "user", "content": "What is this?"}], do_sample=False, max_new_tokens=3))
-    assert session.engine.last_stats.prompt_tokens == with_image - 6  # without the image's 6 tokens
-
-
 def test_tokenized_path_keeps_the_images(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch):
     """LF's `tokenized_path`: the saved samples keep their image paths and a later run gets its image settings."""
     from tuneforge.data.pipeline import build_datasets
@@ -427,63 +261,3 @@ def test_tokenized_path_keeps_the_images(tiny_qwen3_vl_dir, image_data, tmp_path
     again = build_datasets(cfg, tokenizer, template, stage="sft")
     assert again.vision is not None and again.train["images"] == first.train["images"]
     assert again.train["input_ids"] == first.train["input_ids"]
-
-
-def test_predict_on_image_rows(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch):
-    """`do_predict` on image data (LF's prediction): each row is answered with its images; equal to a chat about
-    the same image with the same settings."""
-    from tuneforge.cli.main import main
-    from tuneforge.config.parser import load_config_dict
-    from tuneforge.infer.engine import ChatEngine
-
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "sft",
-                "do_predict": True, "predict_with_generate": True, "eval_dataset": "mllm_demo",
-                "dataset_dir": str(image_data), "cutoff_len": 512, "output_dir": str(tmp_path / "pred"),
-                "report_to": "none", "max_new_tokens": 4, "do_sample": False, "finetuning_type": "full"}
-    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(settings))
-    assert main(["train", str(tmp_path / "predict.yaml")]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "pred" / "generated_predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and rows[0]["prompt"].count("<|image_pad|>") == 4
-    engine = ChatEngine.from_config(load_config_dict(settings))
-    chat = engine.chat([{"role": "user", "content": "<image>What colour is this?"}],
-                       images=[str(image_data / "images" / "img0.png")])
-    assert rows[0]["predict"] == chat
-
-
-def test_api_image_parts(tiny_qwen3_vl_dir, image_data):
-    """OpenAI-style `image_url` parts (data: URLs) for a Qwen-VL model: the answer is the chat's about the same
-    image, usage counts the image tokens, a text request in the same batch is unaffected; other URLs are 400s."""
-    import base64
-
-    import openai
-
-    from test_api import Served
-    from tuneforge.api.server import ApiService
-    from tuneforge.config.parser import load_config_dict
-    from tuneforge.infer.batch_worker import BatchWorker
-    from tuneforge.infer.engine import ChatEngine
-
-    cfg = load_config_dict({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
-                            "do_sample": False, "max_new_tokens": 5}, require_output_dir=False)
-    engine = ChatEngine.from_config(cfg)
-    image = image_data / "images" / "img1.png"
-    expected = engine.chat([{"role": "user", "content": "What is this?"}], images=[str(image)])
-    prompt_tokens = engine.last_stats.prompt_tokens  # with the image's 6 tokens + vision start / end
-    expected_text = engine.chat([{"role": "user", "content": "Hello"}])
-    server = Served(ApiService("tiny-vl", engine, BatchWorker(engine, max_batch=2)))
-    try:
-        client = server.client()
-        url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
-        reply = client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}])
-        assert reply.choices[0].message.content == expected
-        text = client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": "Hello"}])
-        assert text.choices[0].message.content == expected_text  # no image offset left for text prompts
-        assert reply.usage.prompt_tokens == prompt_tokens
-        for bad in ("https://example.com/cat.png", "file:///etc/passwd", "data:image/png;base64,@@@"):
-            with pytest.raises(openai.BadRequestError, match="image_url"):
-                client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": bad}}, {"type": "text", "text": "?"}]}])
-    finally:
-        server.close()
