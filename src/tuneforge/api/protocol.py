@@ -104,9 +104,8 @@ def text_of(message: ChatMessage, index: int, images: list[bytes] | None = None,
             continue
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             raise ApiError(400, f"messages[{index}].content: only text parts are supported (found a "
-                                f"{part.get('type')!r} part); images in the API are not supported yet by tuneforge "
-                                "(a Qwen-VL model answers about images in `tuneforge chat --image FILE`)",
-                           param="messages")
+                                f"{part.get('type')!r} part); image_url parts go in user messages to a served "
+                                "vision-language model (Qwen-VL)", param="messages")
         texts.append(part["text"])
     return "".join(texts)
 
