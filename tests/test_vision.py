@@ -261,3 +261,21 @@ def test_tokenized_path_keeps_the_images(tiny_qwen3_vl_dir, image_data, tmp_path
     again = build_datasets(cfg, tokenizer, template, stage="sft")
     assert again.vision is not None and again.train["images"] == first.train["images"]
     assert again.train["input_ids"] == first.train["input_ids"]
+
+
+def test_data_check_on_image_rows(tiny_qwen3_vl_dir, repo_root, tmp_path, monkeypatch):
+    """`tuneforge data check`: rows asking the same words about different images are not duplicates or conflicts,
+    nor a near-duplicate cluster; their image tokens count toward the lengths, as in training."""
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.data.check import run_check
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    cfg = load_config_dict({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
+                            "dataset": "mllm_demo", "dataset_dir": str(repo_root / "data")}, require_output_dir=False)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    report = run_check(cfg, tokenizer, template)
+    kinds = {finding.kind for finding in report.findings}
+    assert not kinds & {"duplicate", "conflict", "near_duplicates", "fact_data"}, kinds
+    # the longest prompt, the two-image row: 65 tokens with its 2 x 11 image tokens, 61 with `<image>` as text
+    assert report.tokens["prompt"]["max"] == 65

@@ -20,6 +20,7 @@ from tuneforge.data.check_report import CheckReport, Finding, Suggestion
 from tuneforge.data.facts import contains_value, hidden_fields, parse_fact_answer
 from tuneforge.data.formats import Conversation
 from tuneforge.data.loaders import origin_of
+from tuneforge.data.media import run_vision_inputs
 from tuneforge.data.near_duplicates import describe_varies, find_clusters, skeleton
 from tuneforge.data.registry import load_dataset_specs
 from tuneforge.config.args import DataArguments, split_names
@@ -58,7 +59,8 @@ def view(conv: Conversation, kind: str) -> RowView:
         before, answers = messages[:-1], (messages[-1].content,)
     else:
         before, answers = messages, ()
-    context = (conv.system, conv.tools, tuple((m.role, m.content) for m in before))
+    # a row's images are part of what it asks: the same text about another image is another question
+    context = (conv.system, conv.tools, tuple((m.role, m.content) for m in before), conv.images or ())
     return RowView(before[-1].content if before else "", context, answers, conv.source)
 
 
@@ -82,7 +84,8 @@ def run_check(cfg: RunConfig, tokenizer, template) -> CheckReport:
     specs = training_specs(cfg)
     seed = cfg.training.seed
     data_report = DataReport()
-    mixed = read_conversations(specs, "train", data, 42 if seed is None else int(seed), data_report)
+    vision = run_vision_inputs(cfg, tokenizer, stage, specs)  # images: their tokens count, as in training
+    mixed = read_conversations(specs, "train", data, 42 if seed is None else int(seed), data_report, vision)
     convs = [conv for _, conv in mixed]
     kind = stage_record(stage).data  # what the stage's rows look like (config/stages.py)
     views = [view(conv, kind) for conv in convs]
@@ -114,11 +117,13 @@ def run_check(cfg: RunConfig, tokenizer, template) -> CheckReport:
     report.findings += duplicates(views)
     if kind == "supervised":
         report.findings += conflicts(views)
-    clusters = find_clusters([v.prompt for v in views], describe=CLUSTERS_KEPT) if kind != "text" else []
+    # rows about images vary in the image, not the words: clusters and fact data are the text rows' alone
+    texts = [v for v, conv in zip(views, convs) if not conv.images]
+    clusters = find_clusters([v.prompt for v in texts], describe=CLUSTERS_KEPT) if kind != "text" else []
     if clusters:
-        report.findings.append(near_duplicates(views, clusters))
+        report.findings.append(near_duplicates(texts, clusters))
     if kind == "supervised":
-        report.findings += fact_data(views, clusters, cfg, report.notes)
+        report.findings += fact_data(texts, clusters, cfg, report.notes)
     lengths = measure(convs, template, tokenizer, data, kind)
     report.tokens = token_summary(lengths, cutoff, kind)
     report.findings += truncation(lengths, views, cutoff)
