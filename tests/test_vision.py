@@ -58,7 +58,8 @@ def test_lf_resize_before_the_image_processor(tiny_qwen3_vl_dir, tmp_path):
     """LF: down to image_max_pixels keeping the aspect, then both sides at least 28 pixels."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from tuneforge.data.media import VisionInputs, read_model_config
+    from tuneforge.data.media import VisionInputs
+    from tuneforge.utils.vision_models import read_model_config
 
     names = write_images(tmp_path, sizes=((96, 64), (2000, 5), (6000, 5)))
     parts = (AutoImageProcessor.from_pretrained(tiny_qwen3_vl_dir), AutoTokenizer.from_pretrained(tiny_qwen3_vl_dir),

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -24,24 +23,10 @@ from typing import Any
 
 from tuneforge.data.formats import Conversation, Message, RowError
 from tuneforge.errors import DataError, NotSupportedError
-from tuneforge.utils.vision_models import IMAGE_PLACEHOLDER_DEFAULT, SUPPORTED_NAMES, stage_problem, vision_family
+from tuneforge.utils.vision_models import (IMAGE_PLACEHOLDER_DEFAULT, SUPPORTED_NAMES, read_model_config,
+                                          stage_problem, vision_family)
 
 MIN_SIDE, MAX_ASPECT, ASPECT_FIX = 28, 200, 180  # LF's Qwen2VLPlugin._preprocess_image
-
-
-def read_model_config(source: str) -> dict[str, Any] | None:
-    """config.json of a model folder (or of a hub id in the local hub cache), or None when there is none."""
-    path = Path(source) / "config.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    if Path(source).is_dir():
-        return None
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(source).to_dict()
-    except Exception:  # noqa: BLE001 -- no readable config: not a vision model here; loading the model says why
-        return None
 
 
 class VisionInputs:

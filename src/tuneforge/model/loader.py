@@ -17,6 +17,7 @@ from typing import Any
 from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.vision import multimodal_problem, vision_model_class
+from tuneforge.utils.vision_models import read_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
             kwargs["config"] = _rope_scaled_config(model_args, gguf[0], gguf_file=gguf[1])
         model = load_gguf_dense(path, **kwargs)
     else:
-        model_class = vision_model_class(_check_model_folder(path)) or AutoModelForCausalLM
+        model_class = vision_model_class(_check_model_folder(path) or read_model_config(path)) or AutoModelForCausalLM
         if model_class is not AutoModelForCausalLM:  # padded batches; positions jump over images (model/vision.py)
             kwargs["attn_implementation"] = attn = "sdpa" if attn.startswith("tuneforge") else attn
         if model_args.rope_scaling is not None:

@@ -4,12 +4,14 @@ The Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE): a ViT ("vision 
 (the "multi-modal projector") turns into language-model embeddings, one per `<|image_pad|>` token of the text.
 The module keys are LLaMA-Factory 0.9.5's (`model/model_utils/visual.py`), matched as substrings of parameter and
 module names: they hold for transformers 5's layout (`model.visual.*`, `model.language_model.*`, `lm_head`).
-Nothing here imports torch or transformers: the config layer, the data pipeline and the model loader share it.
+Nothing here imports torch or transformers at import time: the data pipeline and the model loader share it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -38,6 +40,21 @@ IMAGE_PLACEHOLDER_DEFAULT = "<image>"
 def vision_family(config: dict[str, Any]) -> VisionFamily | None:
     """The family of a model whose config.json is `config`, or None (a text model, or one not supported)."""
     return FAMILIES.get(str(config.get("model_type", "")))
+
+
+def read_model_config(source: str) -> dict[str, Any] | None:
+    """config.json of a model folder, or of a hub id (the hub cache, else the hub), or None when there is none."""
+    path = Path(source) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if Path(source).is_dir():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(source).to_dict()
+    except Exception:  # noqa: BLE001 -- no readable config: not a vision model here; loading the model says why
+        return None
 
 
 def forbidden_modules(family: VisionFamily, *, freeze_vision_tower: bool, freeze_multi_modal_projector: bool,
