@@ -12,7 +12,8 @@ import yaml
 # ------------------------------------------------------------------------------------- end to end
 @pytest.fixture(params=[("qwen3_vl", "Qwen3VLForConditionalGeneration"),
                         ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
-                        ("qwen2_vl", "Qwen2VLForConditionalGeneration")], ids=lambda p: p[0])
+                        ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+                        ("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration")], ids=lambda p: p[0])
 def tiny_vl_family(request, tiny_qwen3_vl_dir, tiny_tokenizer_dir, tmp_path_factory):
     family, architecture = request.param
     if family == "qwen3_vl":

@@ -11,7 +11,8 @@ PATCH, MERGE, TEMPORAL = 16, 2, 2
 
 
 def build_tiny_qwen_vl(tokenizer_dir: Path, out_dir: Path, family: str = "qwen3_vl") -> Path:
-    """A tiny random Qwen3-VL (or `family` qwen2_5_vl / qwen2_vl: 14-pixel patches, Qwen2.5's window attention)."""
+    """A tiny random Qwen3-VL (or `family` qwen3_vl_moe; qwen2_5_vl / qwen2_vl: 14-pixel patches, Qwen2.5's window
+    attention)."""
     import torch
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -27,9 +28,13 @@ def build_tiny_qwen_vl(tokenizer_dir: Path, out_dir: Path, family: str = "qwen3_
                   spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL)
     tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    if family == "qwen3_vl":
-        from transformers import Qwen3VLConfig as Config, Qwen3VLForConditionalGeneration as Model
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        if family == "qwen3_vl":
+            from transformers import Qwen3VLConfig as Config, Qwen3VLForConditionalGeneration as Model
+        else:  # 4 experts, 2 per token, in every layer
+            from transformers import Qwen3VLMoeConfig as Config, Qwen3VLMoeForConditionalGeneration as Model
 
+            text.update(moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1)
         patch = PATCH
         text.update(head_dim=8, rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2],
                                               "mrope_interleaved": True})
