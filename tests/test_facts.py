@@ -75,6 +75,34 @@ def test_one_question_per_hidden_field_and_whole_records_in_stated_orders():
         assert "、".join(k for k, _ in fields) in asked  # the question states the order
 
 
+def test_chain_questions_ask_the_fields_that_follow_another_hidden_one():
+    """augment_chain_questions: 学号 (after 性别), 物理 (after 数学) and 化学 (after 物理) get n more questions, in
+    other trained phrasings; 性别 follows the name and 数学 the month, which the question holds."""
+    question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
+    plain = augment_fact_row(question, answer, random.Random(3), paraphrases=0, ordered_questions=0)
+    extra = augment_fact_row(question, answer, random.Random(3), paraphrases=0, ordered_questions=0, chain_questions=2)
+    count = lambda pairs: sorted(a for _, a in pairs)  # noqa: E731
+    assert count(plain) == sorted(["性别:男", "学号:1", "数学:66", "物理:71", "化学:58"])
+    assert count(extra) == sorted(count(plain) + ["学号:1", "物理:71", "化学:58"] * 2)
+    chained = [q for q, a in extra if a == "物理:71"]
+    assert len(set(chained)) == 3 and all("张三" in q for q in chained)  # three different phrasings
+    assert facts.chained_fields(parse_fact_answer(answer), []) == []
+
+
+def test_chain_questions_need_augment_facts_and_change_the_cache_key(tmp_path):
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.data.pipeline import _augments
+    from tuneforge.errors import ConfigError
+
+    base = {"model_name_or_path": "m", "dataset": "d", "output_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="`augment_chain_questions` adds to the questions `augment_facts: true`"):
+        load_config_dict({**base, "augment_chain_questions": 1})
+    plain = load_config_dict({**base, "augment_facts": True})
+    chained = load_config_dict({**base, "augment_facts": True, "augment_chain_questions": 1})
+    assert _augments(plain, "train", "sft") is True and _augments(chained, "train", "sft") == {"chain_questions": 1}
+    assert _augments(chained, "eval", "sft") is False
+
+
 def test_single_field_questions_ask_some_hidden_fields():
     question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
     asked = [[a for _, a in augment_fact_row(question, answer, random.Random(seed), paraphrases=0, ordered_questions=0,

@@ -17,6 +17,10 @@ def _f(default: Any, help: str) -> Any:
 class FactArguments:
     augment_facts: bool = _f(False, "Add paraphrased and one-field questions for `key:value` fact answers "
                                     "(data/facts.py; tuneforge).")
+    augment_chain_questions: int = _f(0, "With augment_facts: this many more one-field questions per row for each "
+                                         "field that follows another hidden field in the answer (learned only in "
+                                         "the record's chain otherwise; held-out 63 -> 71% at 1, bench/RESULTS.md "
+                                         "9e; tuneforge).")
     recall_target: float | None = _f(None, "Stop training once greedy exact recall on the training questions "
                                            "reaches this fraction (e.g. 0.95; tuneforge).")
     recall_check_epochs: float = _f(1.0, "With recall_target: measure recall every this many epochs.")

@@ -122,6 +122,11 @@ def check_facts(v) -> None:
         if v["val_size"] > 1e-6:
             raise ConfigError(f"{v.where('augment_facts', 'val_size')}: `augment_facts` with `val_size` would put "
                               "paraphrases of training rows into the validation split; use `eval_dataset` instead")
+    if v["augment_chain_questions"] and not v["augment_facts"]:
+        raise ConfigError(f"{v.where('augment_chain_questions')}: `augment_chain_questions` adds to the questions "
+                          "`augment_facts: true` adds; set that too")
+    if v["augment_chain_questions"] < 0:
+        raise ConfigError(f"{v.where('augment_chain_questions')}: `augment_chain_questions` is a count (0 or more)")
     target = v["recall_target"]
     if target is not None:
         if not 0 < target <= 1:

@@ -325,7 +325,7 @@ def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, s
     part = DataReport()
     mixed = read_conversations(specs, split, data, seed, part, vision)
     if _augments(cfg, split, stage):  # fact data: more phrasings per fact (data/facts.py)
-        mixed, added = augment_conversations(mixed, seed)
+        mixed, added = augment_conversations(mixed, seed, cfg.facts.augment_chain_questions)
         part.notes.append(f"{split}: augment_facts added {added} question(s) to {len(mixed) - added} row(s)")
 
     encode_data = encoding_args(data)  # LF: `packing: true` encodes with cutoff_len - 1
@@ -350,5 +350,7 @@ def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, s
     return [path.name for path in paths], part
 
 
-def _augments(cfg: RunConfig, split: str, stage: str) -> bool:
-    return split == "train" and stage_record(stage).data == "supervised" and bool(cfg.facts.augment_facts)
+def _augments(cfg: RunConfig, split: str, stage: str) -> bool | dict:
+    """What fact augmentation does to this split (a part of its cache key): False, True or its settings."""
+    on = split == "train" and stage_record(stage).data == "supervised" and bool(cfg.facts.augment_facts)
+    return {"chain_questions": cfg.facts.augment_chain_questions} if on and cfg.facts.augment_chain_questions else on

@@ -80,7 +80,7 @@ NOT_IN_CACHE_KEY = frozenset({
 })
 
 
-def cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool = False,
+def cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool | dict = False,
               vision=None) -> str:
     key = {
         "augment_facts": augmented,

@@ -161,7 +161,7 @@ def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed,
         for name, _ in items:
             report.stats(name, split).rows_used += 1
         if augment:  # fact data: more phrasings per fact (data/facts.py), within the batch
-            items, _ = augment_conversations(items, seed + batches[0])
+            items, _ = augment_conversations(items, seed + batches[0], cfg.facts.augment_chain_questions)
         batches[0] += 1
         if kind == "feedback":
             items = feedback_items(items, data)  # mismatched answers within the batch, as LF
