@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from ..utils.vision_models import SUPPORTED_NAMES
 from .stages import STAGES as _STAGE_RECORDS
 
-_MULTIMODAL = ("only image inputs of the Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) are supported yet; other "
-               "vision/audio-language models, videos and audio are not")
+_MULTIMODAL = (f"only image inputs of {SUPPORTED_NAMES} models are supported yet; other vision/audio-language "
+               "models, videos and audio are not")
 _ENGINE = "only the huggingface inference backend is implemented"
 _FP8 = ("FP8 training is not implemented yet; it needs an NVIDIA GPU with FP8 tensor cores (Ada, Hopper or newer) "
         "and torchao or Transformer Engine")
