@@ -35,6 +35,25 @@ KIND_COLUMNS = {
 _CUT_IMAGE = "longer than cutoff_len ({}) and has images (not cut: raise cutoff_len)"
 
 
+def _with_image_column(columns: dict[str, list], items) -> dict[str, list]:
+    """`columns` plus an `images` column when the rows are a vision-language model's (data/media.py gives each
+    such row an `images` tuple; other runs' rows have None)."""
+    if any(item[1].images is not None for item in items):
+        columns["images"] = []
+    return columns
+
+
+def _keep_images(columns: dict[str, list], conv) -> None:
+    if "images" in columns:
+        columns["images"].append(list(conv.images or ()))
+
+
+def _drop_cut_image(result, conv, data) -> None:
+    """A cut sample with images is dropped: a cut image fails in LF's training (sft and pairwise encodings)."""
+    if result.truncated and conv.images and not result.dropped:
+        result.dropped = _CUT_IMAGE.format(data.cutoff_len)
+
+
 def features(kind: str = "supervised", images: bool = False):
     """The encoded columns of a kind; `images`: sft / pairwise / prompt samples of a vision-language model's run
     also keep their image files' paths (data/media.py)."""
@@ -108,23 +127,19 @@ encode_sft_rows.in_chunks = encode_sft_chunks  # data/workers.py writes each chu
 
 def _assemble_sft(rows, pieces, token_table, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
     encode = token_table.result().__getitem__
-    columns: dict[str, list] = {"input_ids": [], "labels": []}
-    if any(conv.images is not None for _, conv in rows):  # a vision-language model's run (data/media.py)
-        columns["images"] = []
+    columns = _with_image_column({"input_ids": [], "labels": []}, rows)
     for (name, conv), row in zip(rows, pieces):
         if row is None:
             continue
         result = row if isinstance(row, encoding.SftEncoding) else \
             encoding.encode_sft_pieces(row, encode, template, tokenizer, data)
-        if result.truncated and conv.images and not result.dropped:  # a cut image fails in LF's training
-            result.dropped = _CUT_IMAGE.format(data.cutoff_len)
+        _drop_cut_image(result, conv, data)
         if not record(report, name, conv, result, split):
             continue
         report.kept(name, result.input_ids, result.labels, split)
         columns["input_ids"].append(result.input_ids)
         columns["labels"].append(result.labels)
-        if "images" in columns:
-            columns["images"].append(list(conv.images or ()))
+        _keep_images(columns, conv)
     return columns
 
 
@@ -161,23 +176,19 @@ def _plain_backend(tokenizer):
 
 
 def encode_pairwise_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {name: [] for name in KIND_COLUMNS["pairwise"]}
-    images = any(conv.images is not None for _, conv in items)  # a vision-language model's run (data/media.py)
+    columns = _with_image_column({name: [] for name in KIND_COLUMNS["pairwise"]}, items)
     for name, conv in items:
         result = encode_row(report, name, conv, split,
                             encoding.encode_pairwise_with_info, conv, template, tokenizer, data)
-        if result is not None and result.truncated and conv.images and not result.dropped:
-            result.dropped = _CUT_IMAGE.format(data.cutoff_len)
+        if result is not None:
+            _drop_cut_image(result, conv, data)
         if result is None or not record(report, name, conv, result, split):
             continue
         # the report counts both answers: tokens of prompt+chosen and prompt+rejected
         report.kept(name, result.input_ids + result.rejected_input_ids, result.labels + result.rejected_labels, split)
         for key in KIND_COLUMNS["pairwise"]:
             columns[key].append(getattr(result, key))
-        if images:
-            columns.setdefault("images", []).append(list(conv.images or ()))
-    if images:
-        columns.setdefault("images", [])
+        _keep_images(columns, conv)
     return columns
 
 
@@ -212,9 +223,7 @@ def feedback_note(tags: list[bool], split) -> str | None:
 
 
 def encode_prompt_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {"input_ids": [], "labels": []}
-    if any(conv.images is not None for _, conv in items):  # a vision-language model's prediction (data/media.py)
-        columns["images"] = []
+    columns = _with_image_column({"input_ids": [], "labels": []}, items)
     for name, conv in items:
         result = encode_row(report, name, conv, split, encoding.encode_prompt_only, conv, template, tokenizer, data)
         if result is None:
@@ -230,8 +239,7 @@ def encode_prompt_rows(items, template, tokenizer, data, report: DataReport, spl
         stats.tokens += len(result["input_ids"])
         columns["input_ids"].append(result["input_ids"])
         columns["labels"].append(result["labels"])
-        if "images" in columns:
-            columns["images"].append(list(conv.images or ()))
+        _keep_images(columns, conv)
     return columns
 
 
