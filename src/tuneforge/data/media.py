@@ -98,20 +98,26 @@ class VisionInputs:
     # ------------------------------------------------------------------------------------------ one row
     def expand(self, conv: Conversation, dataset_dir: Path | None) -> Conversation:
         """`conv` with its image paths resolved and each `<image>` replaced by the model's image tokens."""
+        return self.expand_with_pixels(conv, dataset_dir)[0]
+
+    def expand_with_pixels(self, conv: Conversation, dataset_dir: Path | None) -> tuple[Conversation, dict[str, Any]]:
+        """`expand`, and the images' `pixels` it read to count their tokens ({} without images): a prompt answered
+        now (chat, API) uses them as they are; encoded samples keep their paths and are read again per batch."""
         paths = [self._resolve(p, dataset_dir, conv.source) for p in conv.images or ()]
         tags = sum(m.content.count(self.placeholder) for m in conv.messages)
         if tags != len(paths):
             raise RowError(conv.source, f"{len(paths)} image(s) in the images column but {tags} `{self.placeholder}` "
                            f"tag(s) in the messages; put one `{self.placeholder}` where each image belongs")
         if not paths:
-            return dataclasses.replace(conv, images=())
+            return dataclasses.replace(conv, images=()), {}
         try:
-            grids = self.pixels(paths)["image_grid_thw"]
+            pixels = self.pixels(paths)
         except (OSError, ValueError) as err:
             raise RowError(conv.source, f"an image could not be read ({err})") from None
-        spans = iter(self.vision_start + self.image_token * self.token_count(g) + self.vision_end for g in grids)
+        spans = iter(self.vision_start + self.image_token * self.token_count(g) + self.vision_end
+                     for g in pixels["image_grid_thw"])
         messages = tuple(Message(m.role, _replace_each(m.content, self.placeholder, spans)) for m in conv.messages)
-        return dataclasses.replace(conv, messages=messages, images=tuple(paths))
+        return dataclasses.replace(conv, messages=messages, images=tuple(paths)), pixels
 
     def _resolve(self, path: str, dataset_dir: Path | None, source: str) -> str:
         """LF's rule: `media_dir / path` when that file exists, else the path as it is."""

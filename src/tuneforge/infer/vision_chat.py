@@ -48,9 +48,9 @@ def expand_images(vision, messages: Sequence[Any], images: Sequence[str]) -> tup
         first["content"] = vision.placeholder * len(images) + first["content"]
     conv = Conversation(messages=tuple(Message(t["role"], t["content"]) for t in turns), images=tuple(images),
                         source="the chat")
-    expanded = vision.expand(conv, None)  # RowError (a DataError) names a missing file or a count mismatch
+    expanded, pixels = vision.expand_with_pixels(conv, None)  # RowError (a DataError): a missing file, a count
     turns = [{**turn, "content": message.content} for turn, message in zip(turns, expanded.messages)]
-    return turns, (vision.pixels(list(expanded.images)) if expanded.images else {})
+    return turns, pixels
 
 
 def image_pixels(engine, images: Sequence[str]) -> dict[str, Any]:
