@@ -280,3 +280,17 @@ def test_data_check_on_image_rows(tiny_qwen3_vl_dir, repo_root, tmp_path, monkey
     assert not kinds & {"duplicate", "conflict", "near_duplicates", "fact_data"}, kinds
     # the longest prompt, the two-image row: 65 tokens with its 2 x 11 image tokens, 61 with `<image>` as text
     assert report.tokens["prompt"]["max"] == 65
+
+
+def test_image_max_pixels_from_the_config_reaches_the_encoding(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch):
+    """`image_max_pixels: 1024` (LF's key) shrinks every image first: 64x64 and 96x64 become one merged patch (1
+    token instead of 4 and 6), 40x120 -> 18x55 -> 28x55 (sides >= 28) -> a 4x2 patch grid (2 tokens instead of 4)."""
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out", image_max_pixels=1024)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage="sft")
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert [s["input_ids"].count(pad) for s in bundle.train] == [1, 1, 2, 1, 1, 2 + 1]  # rows: img 0 1 2 0 1 (2+0)
