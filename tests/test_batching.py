@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tuneforge.infer.decoding import cache_argument
 from tuneforge.infer.engine import ChatEngine
 from tuneforge.infer.slot_cache import SlotKVCache
 from test_infer import USER, MiniChatML, scripted_engine
@@ -155,7 +156,7 @@ def test_bf16_batch_weights_prepacked_give_the_plain_copies_logits(request, fixt
             for prompt in prompts[:count]:
                 kv = new_kv_cache(engine.model)
                 with torch.inference_mode():
-                    engine.model(input_ids=torch.tensor([prompt]), past_key_values=kv, use_cache=True)
+                    engine.model(input_ids=torch.tensor([prompt]), **cache_argument(engine.model, kv), use_cache=True)
                 assert step.prepare_cache(kv)
                 cache.add([layer.keys for layer in kv.layers], [layer.values for layer in kv.layers])
             with torch.inference_mode():

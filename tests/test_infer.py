@@ -12,7 +12,8 @@ import torch
 
 from tuneforge.errors import ConfigError
 from tuneforge.infer.chat_cli import run_chat
-from tuneforge.infer.decoding import GrowableLayer, IncrementalDecoder, StopWordFilter, new_kv_cache, pick_next_token
+from tuneforge.infer.decoding import (GrowableLayer, IncrementalDecoder, StopWordFilter, cache_argument, new_kv_cache,
+                                      pick_next_token)
 from tuneforge.infer.engine import ChatEngine, GenerationSettings
 
 
@@ -350,11 +351,11 @@ def test_lean_step_logits_equal_model_forward(request, fixture_dir):
     prompt = torch.arange(10, 60).view(1, -1)
     with torch.inference_mode():
         ours, theirs = new_kv_cache(model), new_kv_cache(model)
-        model(input_ids=prompt, past_key_values=ours, use_cache=True)
-        model(input_ids=prompt, past_key_values=theirs, use_cache=True)
+        model(input_ids=prompt, **cache_argument(model, ours), use_cache=True)
+        model(input_ids=prompt, **cache_argument(model, theirs), use_cache=True)
         for position, token in enumerate([5, 77, 300, 2], start=50):
             step = torch.tensor([[token]])
-            expected = model(input_ids=step, past_key_values=theirs, use_cache=True).logits[0, -1]
+            expected = model(input_ids=step, **cache_argument(model, theirs), use_cache=True).logits[0, -1]
             assert torch.equal(lean.step(step, ours, position), expected)
 
 
@@ -422,13 +423,13 @@ def test_lean_step_in_bf16_attends_in_float32_on_cpu(tiny_llama_dir):
     prompt = torch.arange(10, 60).view(1, -1)
     with torch.inference_mode():
         ours, theirs = new_kv_cache(model), new_kv_cache(model)
-        model(input_ids=prompt, past_key_values=ours, use_cache=True)
-        model(input_ids=prompt, past_key_values=theirs, use_cache=True)
+        model(input_ids=prompt, **cache_argument(model, ours), use_cache=True)
+        model(input_ids=prompt, **cache_argument(model, theirs), use_cache=True)
         assert lean.prepare_cache(ours)
         assert ours.layers[0].keys.dtype == torch.float32 and ours.layers[0].keys.shape[-2] == 50
         for position, token in enumerate([5, 77, 300], start=50):
             step = torch.tensor([[token]])
-            expected = model(input_ids=step, past_key_values=theirs, use_cache=True).logits[0, -1].float()
+            expected = model(input_ids=step, **cache_argument(model, theirs), use_cache=True).logits[0, -1].float()
             got = lean.step(step, ours, position)
             assert got.dtype == torch.bfloat16
             assert (got.float() - expected).abs().max() <= 4e-3  # bf16 rounding only (logits ~0.3, bf16 ulp 2e-3)

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from tuneforge.infer.decoding import new_kv_cache, pick_next_token
+from tuneforge.infer.decoding import cache_argument, new_kv_cache, pick_next_token
 
 
 @dataclass(eq=False)
@@ -126,7 +126,8 @@ class BatchDecoder:
                 request.seen[torch.tensor(request.prompt_ids, device=device)] = True
             cache = new_kv_cache(engine.model)
             input_ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=device)
-            out = engine.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = engine.model(input_ids=input_ids, **cache_argument(engine.model, cache), use_cache=True,
+                               logits_to_keep=1)
             request.logits = out.logits[0, -1]
             if self.lean is not None and self.lean.prepare_cache(cache):
                 if self.slots is None:
@@ -183,6 +184,6 @@ class BatchDecoder:
         for request in self.active:
             if request.cache is not None:  # a model the lean step does not support: its own forward
                 token = torch.tensor([[request.generated[-1]]], dtype=torch.long, device=engine.device)
-                out = engine.model(input_ids=token, past_key_values=request.cache, use_cache=True)
+                out = engine.model(input_ids=token, **cache_argument(engine.model, request.cache), use_cache=True)
                 request.logits = out.logits[0, -1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -74,6 +75,23 @@ def _grown(old: torch.Tensor | None, like: torch.Tensor, capacity: int, keep: in
     if old is not None and keep:
         new[..., :keep, :].copy_(old[..., :keep, :])
     return new
+
+
+def cache_argument(model, cache: DynamicCache) -> dict[str, DynamicCache]:
+    """The keyword that hands ``cache`` to ``model``'s forward: ``cache`` in transformers >= 5.24 (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel passes kwargs on
+    return {_cache_keyword(type(base)): cache}
+
+
+_CACHE_KEYWORDS: dict[type, str] = {}
+
+
+def _cache_keyword(model_class: type) -> str:
+    if model_class not in _CACHE_KEYWORDS:
+        parameters = inspect.signature(model_class.forward).parameters
+        _CACHE_KEYWORDS[model_class] = "cache" if "cache" in parameters else "past_key_values"
+    return _CACHE_KEYWORDS[model_class]
 
 
 def new_kv_cache(model) -> DynamicCache:

@@ -23,7 +23,8 @@ import torch
 from tuneforge.config.args import GeneratingArguments
 from tuneforge.errors import ConfigError
 from tuneforge.infer.fast_step import LeanDecodeStep, auto_batch_weights_dtype, auto_decode_weights_dtype
-from tuneforge.infer.decoding import StopWordFilter, TextAssembler, decode_text, new_kv_cache, pick_next_token
+from tuneforge.infer.decoding import (StopWordFilter, TextAssembler, cache_argument, decode_text, new_kv_cache,
+                                      pick_next_token)
 from tuneforge.infer.vision_chat import image_chat, image_pixels, prefill_inputs, vision_inputs_for
 
 
@@ -300,8 +301,8 @@ class ChatEngine:
             with torch.inference_mode():
                 input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
                 extra = prefill_inputs(self.vision, input_ids, pixels) if pixels else {}
-                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                                    **extra).logits[0, -1]
+                logits = self.model(input_ids=input_ids, **cache_argument(self.model, cache), use_cache=True,
+                                    logits_to_keep=1, **extra).logits[0, -1]
                 prefill_seconds = time.perf_counter() - start
                 step_input = torch.empty((1, 1), dtype=torch.long, device=device)
                 position = len(prompt_ids)
@@ -324,7 +325,8 @@ class ChatEngine:
                     if fast_step is not None:
                         logits = fast_step.step(step_input, cache, position)
                     else:
-                        logits = self.model(input_ids=step_input, past_key_values=cache, use_cache=True).logits[0, -1]
+                        logits = self.model(input_ids=step_input, **cache_argument(self.model, cache),
+                                                use_cache=True).logits[0, -1]
                 position += 1
         finally:
             self.last_stats = GenerationStats(len(prompt_ids), generated, time.perf_counter() - start, prefill_seconds)
