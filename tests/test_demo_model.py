@@ -19,7 +19,8 @@ from tuneforge.model.demo import (
     ensure_demo_model,
     greedy_answer,
 )
-from tuneforge.model.loader import load_model, load_tokenizer
+from tuneforge.model.loader import load_model
+from tuneforge.model.tokenizer_loading import load_tokenizer
 
 pytestmark = pytest.mark.demo
 

@@ -13,12 +13,12 @@ from tuneforge.model.attention import PACKED_SDPA
 from tuneforge.model.loader import (
     count_parameters,
     load_model,
-    load_tokenizer,
     looks_local,
     resolve_attn_implementation,
     resolve_dtype,
     resolve_model_path,
 )
+from tuneforge.model.tokenizer_loading import load_tokenizer
 
 
 def model_args(path, **overrides):

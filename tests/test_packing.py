@@ -21,7 +21,8 @@ import torch
 from conftest import IDENTITY_ROWS, write_workspace, data_run_config
 from tuneforge.data import packing
 from tuneforge.data.collate import PackedCollator
-from tuneforge.data.packing import BinCollator, batch_ranges, greedy_knapsack, pack_batch, packing_mode, sft_collator
+from tuneforge.data.collate_bins import BinCollator, sft_collator
+from tuneforge.data.packing import batch_ranges, greedy_knapsack, pack_batch, packing_mode
 
 X = -100
 

@@ -24,7 +24,7 @@ def test_the_same_values_as_a_run(tmp_path):
     light, full = load_config(path, data_only=True), load_config(path)
     assert isinstance(light.training, TrainingValues) and not isinstance(full.training, TrainingValues)
     for key in ("seed", "output_dir", "per_device_train_batch_size", "learning_rate", "num_train_epochs",
-                "overwrite_output_dir", "do_train", "max_steps"):  # as written (HF normalises e.g. report_to)
+                "overwrite_output_dir", "do_train", "max_steps", "use_cpu"):  # as written (HF normalises e.g. report_to)
         assert getattr(light.training, key) == getattr(full.training, key), key
     assert light.training.should_save and light.data == full.data and light.model == full.model
     with light.training.main_process_first(local=True, desc="encoding"):
@@ -34,9 +34,10 @@ def test_the_same_values_as_a_run(tmp_path):
 def test_no_training_arguments_import(tmp_path):
     code = ("import sys; from tuneforge.config.parser import load_config; "
             f"cfg = load_config({str(_config(tmp_path))!r}, data_only=True); "
-            "print(cfg.training.seed, 'peft' in sys.modules, 'transformers.training_args' in sys.modules)")
+            "print(cfg.training.seed, 'peft' in sys.modules, 'transformers.training_args' in sys.modules, "
+            "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["7", "False", "False"]
+    assert out == ["7", "False", "False", "False"]  # use_cpu asks torch for CUDA only when it is read
 
 
 def test_several_processes_get_the_real_class(tmp_path, monkeypatch):

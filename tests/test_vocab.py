@@ -28,7 +28,7 @@ def _load(model_dir, finetuning_type="full", is_trainable=True, **kwargs):
 
 
 def test_new_tokens_are_single_ids_after_loading(tiny_llama_dir, tiny_tokenizer):
-    from tuneforge.model.loader import load_tokenizer
+    from tuneforge.model.tokenizer_loading import load_tokenizer
 
     tokenizer = load_tokenizer(_args(tiny_llama_dir, add_tokens="forgeword, zqxj", add_special_tokens=",".join(NEW_SPECIAL)))
     assert len(tokenizer) == len(tiny_tokenizer) + 4
@@ -71,7 +71,7 @@ def test_existing_tokens_are_not_new(tiny_llama_dir, tiny_tokenizer):
 def test_desc_init_is_the_mean_of_the_description_tokens(tmp_path, tiny_llama_dir, tiny_tokenizer, method):
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.model.loader import load_tokenizer
+    from tuneforge.model.tokenizer_loading import load_tokenizer
 
     descriptions = {"<|tool|>": "call a tool function", "<|result|>": "the result of the function"}
     config = tmp_path / "tokens.yaml"
@@ -103,7 +103,7 @@ def test_desc_init_without_descriptions_falls_back_to_noise_init(tiny_llama_dir,
 
 def test_a_bad_tokens_file_is_one_clear_error(tmp_path, tiny_llama_dir):
     from tuneforge.errors import ConfigError
-    from tuneforge.model.loader import load_tokenizer
+    from tuneforge.model.tokenizer_loading import load_tokenizer
 
     with pytest.raises(ConfigError, match="new_special_tokens_config: .*does not exist"):
         load_tokenizer(_args(tiny_llama_dir, new_special_tokens_config=str(tmp_path / "missing.yaml")))
@@ -154,7 +154,8 @@ def test_lora_run_with_a_new_special_token_saves_adapter_and_tokenizer(tmp_path,
                                                                          tiny_tokenizer):
     from safetensors import safe_open
 
-    from tuneforge.model.loader import load_model, load_tokenizer
+    from tuneforge.model.loader import load_model
+    from tuneforge.model.tokenizer_loading import load_tokenizer
 
     rows = [{**row, "output": f"<|forge|> {row['output']}"} for row in IDENTITY_ROWS]
     out = _train(tmp_path, monkeypatch, tiny_llama_dir, {"add_special_tokens": "<|forge|>"}, rows)

@@ -20,7 +20,8 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
 from tuneforge.model.adapters import attach_adapters
 from tuneforge.model.vocab import prepare_vocab
-from tuneforge.model.loader import load_base_model, load_tokenizer, parse_dtype, resolve_model_source
+from tuneforge.model.loader import load_base_model, parse_dtype, resolve_model_source
+from tuneforge.model.tokenizer_loading import load_tokenizer
 from tuneforge.model.saved_config import saved_dtype
 from tuneforge.model.vision import copy_processor_files
 from tuneforge.config.args import DataArguments, ModelArguments, split_names

@@ -363,8 +363,10 @@ def _build(
         batching = BatchingArguments(**sections["batching"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
-    kwargs = training_kwargs(sections["training"], finetuning.disable_shuffling, finetuning.finetuning_type)
-    if data_only and world_size() == 1:
+    plain_values = data_only and world_size() == 1
+    kwargs = training_kwargs(sections["training"], finetuning.disable_shuffling, finetuning.finetuning_type,
+                             probe_devices=not plain_values)
+    if plain_values:
         from .training_values import TrainingValues
 
         training = TrainingValues(kwargs)

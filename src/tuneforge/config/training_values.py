@@ -25,7 +25,17 @@ class TrainingValues:
     def __init__(self, values: dict[str, Any]) -> None:
         defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                     for f in training_fields()}
+        if "use_cpu" not in values:
+            del defaults["use_cpu"]  # decided when read (__getattr__): probing for CUDA imports torch
         self.__dict__.update({**defaults, **values})
+
+    def __getattr__(self, name: str) -> Any:  # only for what __init__ did not set
+        if name == "use_cpu":
+            from .validate import runs_on_cpu
+
+            self.use_cpu = runs_on_cpu()  # as `training_kwargs` decides it for a run
+            return self.use_cpu
+        raise AttributeError(name)
 
     @contextmanager
     def main_process_first(self, local: bool = True, desc: str = "work"):

@@ -33,6 +33,11 @@ def mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
+def runs_on_cpu() -> bool:
+    """No CUDA or MPS device: HF's `use_cpu` (imports torch)."""
+    return not cuda_available() and not mps_available()
+
+
 def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
@@ -291,14 +296,17 @@ def _check_training(v: _View, *, require_output_dir: bool) -> None:
         )
 
 
-def training_kwargs(section: dict[str, Any], disable_shuffling: bool, finetuning_type: str) -> dict[str, Any]:
-    """Keyword arguments for `TrainingArguments`, with tuneforge's defaults where the user gave none."""
+def training_kwargs(section: dict[str, Any], disable_shuffling: bool, finetuning_type: str, *,
+                    probe_devices: bool = True) -> dict[str, Any]:
+    """Keyword arguments for `TrainingArguments`, with tuneforge's defaults where the user gave none.
+    `probe_devices=False` leaves `use_cpu` unset when the config does not set it (asking for CUDA imports
+    torch: the data commands do without, and `TrainingValues` decides it when read)."""
     kwargs = dict(section)
     if finetuning_type == "lora":
         # as LF: every LoRA parameter gets a gradient, so DDP need not search the graph for unused ones
         kwargs.setdefault("ddp_find_unused_parameters", False)
     kwargs.setdefault("report_to", "none")  # LF users expect no tracker unless they ask for one
-    if "use_cpu" not in kwargs and not cuda_available() and not mps_available():
+    if "use_cpu" not in kwargs and probe_devices and runs_on_cpu():
         # HF refuses bf16 without a GPU unless use_cpu is set; on a CPU-only machine that is what runs anyway.
         kwargs["use_cpu"] = True
     if disable_shuffling:

@@ -39,7 +39,7 @@ class RewardScorer:
     @classmethod
     def from_config(cls, cfg) -> RewardScorer:
         from tuneforge.data.templates import template_for
-        from tuneforge.model.loader import load_tokenizer
+        from tuneforge.model.tokenizer_loading import load_tokenizer
         from tuneforge.model.value_head import load_value_head_model
 
         tokenizer = load_tokenizer(cfg.model)

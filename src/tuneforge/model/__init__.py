@@ -3,7 +3,8 @@ fine-tuning methods (full / freeze / lora) and adapters."""
 
 from tuneforge.model.adapters import apply_finetuning
 from tuneforge.model.demo import DEMO_MODEL_NAME, ensure_demo_model
-from tuneforge.model.loader import count_parameters, load_model, load_tokenizer, resolve_model_path
+from tuneforge.model.loader import count_parameters, load_model, resolve_model_path
+from tuneforge.model.tokenizer_loading import load_tokenizer
 
 __all__ = [
     "DEMO_MODEL_NAME",

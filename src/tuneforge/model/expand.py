@@ -71,7 +71,8 @@ def expand_layers(model_name_or_path: str, output_dir: str | Path, num_expand: i
     from transformers import AutoModelForCausalLM
 
     from tuneforge.config.args import ModelArguments
-    from tuneforge.model.loader import load_base_model, load_tokenizer, resolve_model_source
+    from tuneforge.model.loader import load_base_model, resolve_model_source
+    from tuneforge.model.tokenizer_loading import load_tokenizer
     from tuneforge.model.saved_config import saved_dtype
 
     output = Path(output_dir)

@@ -158,7 +158,7 @@ def resolve_attn_implementation(flash_attn: Any = "auto", *, has_cuda: bool | No
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def _hub_kwargs(model_args: ModelArguments) -> dict:
+def hub_kwargs(model_args: ModelArguments) -> dict:
     return {
         "cache_dir": model_args.cache_dir,
         "revision": model_args.model_revision or "main",  # `model_revision: ""` too
@@ -194,7 +194,7 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
     return {"quantization_config": config, "device_map": device_map}
 
 
-def _call_from_pretrained(fn, path: str, what: str, **kwargs):
+def call_from_pretrained(fn, path: str, what: str, **kwargs):
     """Call a `from_pretrained`, turning hub/network failures into one clear ModelError."""
     try:
         return fn(path, **kwargs)
@@ -214,7 +214,7 @@ def _call_from_pretrained(fn, path: str, what: str, **kwargs):
         ) from exc
 
 
-def _check_model_folder(path: str) -> dict | None:
+def check_model_folder(path: str) -> dict | None:
     """Refuses what is not a loadable model folder; its config.json (None for a hub id)."""
     from tuneforge.utils.folders import finish_interrupted_save
 
@@ -239,64 +239,12 @@ def _check_model_folder(path: str) -> dict | None:
     raise ModelError(f"model_name_or_path: {path} has no config.json; expected a Hugging Face model folder")
 
 
-def _gguf_location(path: str) -> tuple[str, str] | None:
+def gguf_location(path: str) -> tuple[str, str] | None:
     if path.lower().endswith(".gguf") and Path(path).is_file():
         if importlib.util.find_spec("gguf") is None:
             raise ModelError(f"loading {path} needs the `gguf` package: pip install gguf")
         return str(Path(path).parent), Path(path).name
     return None
-
-
-def load_tokenizer(model_args: ModelArguments):
-    """The tokenizer of `model_name_or_path` (right padding; fixing eos/pad is the template's job), with the
-    config's `add_tokens` / `add_special_tokens` / `new_special_tokens_config` added (model/vocab.py)."""
-    from tuneforge.model.vocab import add_new_tokens
-
-    tokenizer = tokenizer_from_files(model_args)
-    add_new_tokens(tokenizer, model_args)
-    return tokenizer
-
-
-def tokenizer_from_files(model_args: ModelArguments):
-    """The saved tokenizer, nothing added: `model_name_or_path`'s, or the last adapter folder's own when that
-    one has tokens the model's lacks (an adapter trained with new tokens: see model/vocab.py)."""
-    from transformers import AutoTokenizer
-
-    path = resolve_model_source(model_args)
-    kwargs = {**_hub_kwargs(model_args), "padding_side": "right"}
-    gguf = _gguf_location(path)
-    if gguf:
-        return _call_from_pretrained(AutoTokenizer.from_pretrained, gguf[0], "tokenizer", gguf_file=gguf[1], **kwargs)
-    _check_model_folder(path)
-    # transformers 5 has fast tokenizers only; `use_fast_tokenizer: false` cannot be honoured.
-    if model_args.use_fast_tokenizer is False:
-        logger.warning("use_fast_tokenizer: false is ignored: transformers 5 always uses the fast tokenizer")
-    tokenizer = _call_from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", **kwargs)
-    return _adapter_tokenizer(model_args, tokenizer) or tokenizer
-
-
-def _adapter_tokenizer(model_args: ModelArguments, base_tokenizer):
-    """The last adapter folder's tokenizer when it has more tokens than `base_tokenizer`, else None."""
-    from transformers import AutoTokenizer
-
-    from tuneforge.config.args import split_names
-
-    adapters = split_names(model_args.adapter_name_or_path)
-    folder = Path(adapters[-1]).expanduser() if adapters else None
-    if folder is None or not (folder / "tokenizer_config.json").is_file():
-        return None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="right",
-                                                  trust_remote_code=bool(model_args.trust_remote_code))
-    except (OSError, ValueError) as exc:
-        logger.warning("adapter %s has a tokenizer that does not load (%s); using the model's", folder,
-                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return None
-    if len(tokenizer) <= len(base_tokenizer):
-        return None
-    added = tokenizer.convert_ids_to_tokens(list(range(len(base_tokenizer), len(tokenizer))))
-    logger.info("using the tokenizer saved with adapter %s: it adds %s", folder, ", ".join(added))
-    return tokenizer
 
 
 def load_gguf_dense(gguf_path: str | os.PathLike, **kwargs):
@@ -326,8 +274,8 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
     path = resolve_model_source(model_args)
     dtype = resolve_dtype(model_args.infer_dtype, compute_dtype, is_trainable=is_trainable)
     attn = resolve_attn_implementation(model_args.flash_attn)
-    kwargs = {**_hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
-    gguf = _gguf_location(path)
+    kwargs = {**hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
+    gguf = gguf_location(path)
     if gguf:
         if model_args.quantization_bit is not None:
             raise NotSupportedError("QLoRA (`quantization_bit`) on a .gguf file is not supported yet; "
@@ -336,13 +284,13 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
             kwargs["config"] = _rope_scaled_config(model_args, gguf[0], gguf_file=gguf[1])
         model = load_gguf_dense(path, **kwargs)
     else:
-        model_class = vision_model_class(_check_model_folder(path) or read_model_config(path)) or AutoModelForCausalLM
+        model_class = vision_model_class(check_model_folder(path) or read_model_config(path)) or AutoModelForCausalLM
         if model_class is not AutoModelForCausalLM:  # padded batches; positions jump over images (model/vision.py)
             kwargs["attn_implementation"] = attn = "sdpa" if attn.startswith("tuneforge") else attn
         if model_args.rope_scaling is not None:
             kwargs["config"] = _rope_scaled_config(model_args, path)
         kwargs.update(quantization_kwargs(model_args, dtype))
-        model = _call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
+        model = call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
         if "quantization_config" in kwargs and is_trainable:
             from peft import prepare_model_for_kbit_training
 
@@ -386,7 +334,7 @@ def _rope_scaled_config(model_args: ModelArguments, path: str, **extra):
     """The model's config with `rope_scaling` applied (`configure_rope`), for `from_pretrained(config=...)`."""
     from transformers import AutoConfig
 
-    config = _call_from_pretrained(AutoConfig.from_pretrained, path, "model config", **_hub_kwargs(model_args), **extra)
+    config = call_from_pretrained(AutoConfig.from_pretrained, path, "model config", **hub_kwargs(model_args), **extra)
     from tuneforge.model.rope import configure_rope
 
     configure_rope(config, model_args.rope_scaling, model_args.model_max_length)

@@ -1,6 +1,6 @@
 """New tokens and the embedding rows for them, with LLaMA-Factory 0.9.5's meaning.
 
-Tokenizer side (LF `patch_tokenizer`, called by `loader.load_tokenizer`):
+Tokenizer side (LF `patch_tokenizer`, called by `tokenizer_loading.load_tokenizer`):
 * `add_tokens: a,b` adds plain tokens, `add_special_tokens: <x>,<y>` special ones (one id each, kept
   whole by the tokenizer); `new_special_tokens_config: tokens.yaml` (a YAML mapping token -> description)
   names the special tokens instead, and wins over `add_special_tokens`.
@@ -19,7 +19,7 @@ model built from a config, training or not):
   `additional_target`) unless `additional_target` is set, so the new rows train and are saved with the
   adapter (tied embeddings stay tied).
 * Loading an adapter whose saved embeddings have more rows than the model grows the model first
-  (`fit_embeddings_to_adapter`), and `loader.load_tokenizer` takes the adapter folder's own tokenizer when
+  (`fit_embeddings_to_adapter`), and `tokenizer_loading.load_tokenizer` takes the adapter folder's own tokenizer when
   it has tokens the base tokenizer lacks -- so chat and export of such an adapter need no extra keys.
 
 Deliberate differences from LF: a description initialises the row of its own token (LF writes the i-th
@@ -211,7 +211,7 @@ def prepare_vocab(model, model_args: ModelArguments) -> bool:
     LoRA train and save the embeddings."""
     if not (model_args.resize_vocab or adds_tokens(model_args)):
         return False
-    from tuneforge.model.loader import tokenizer_from_files
+    from tuneforge.model.tokenizer_loading import tokenizer_from_files
 
     tokenizer = tokenizer_from_files(model_args)
     added = add_new_tokens(tokenizer, model_args)

@@ -48,14 +48,14 @@ def load_tokenizer_and_template(cfg):
     from tuneforge.config.stages import stage_record
 
     if stage_record(cfg.finetuning.stage).data == "text":
-        from tuneforge.model.loader import load_tokenizer
+        from tuneforge.model.tokenizer_loading import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer, None
     from tuneforge.data.templates import check_template_matches, template_for
-    from tuneforge.model.loader import load_tokenizer
+    from tuneforge.model.tokenizer_loading import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     template = template_for(cfg.data, tokenizer)
@@ -87,7 +87,7 @@ def sft_batch_collator(cfg, tokenizer, model, vision=None):
     """sft's collator (data/packing.py): per-batch padding-free, padded or LF's bins; on tuneforge's packed SDPA
     the prompt prefix the samples of a batch share (a system prompt) is computed once per batch. A vision-language
     model's batches (`vision`: the data bundle's image settings) are padded and carry the images' pixels."""
-    from tuneforge.data.packing import sft_collator
+    from tuneforge.data.collate_bins import sft_collator
     from tuneforge.model.attention import runs_packed_sdpa
 
     if vision is not None:
