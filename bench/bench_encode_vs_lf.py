@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_encode_vs_lf.py                          # 20,000 and 200,000 rows, 1 and 2 workers
     .venv/bin/python bench/bench_encode_vs_lf.py --rows 20000 --workers 1 --skip-commands
+    .venv/bin/python bench/bench_encode_vs_lf.py --rows 20000 --workers 1 --repeat 3     # medians of 3, sides alternating
 
 The rows: `bench_encode_workers.make_rows` (generated alpaca rows, ~180 tokens each, ~10% Chinese), the demo
 model's tokenizer, `template: smollm2` on both sides (LF needs a name; tuneforge's built-in renders as LF's),
@@ -122,6 +123,12 @@ def measure_encoding(side: str, config: Path, work: Path, run: str) -> dict:
     return {**json.loads(out.read_text()), "process_s": wall, "peak_rss_gib": peak / 2**30}
 
 
+def median_run(attempts: list[dict]) -> dict:
+    """The attempt with the median encoding time (the upper one of two), with every attempt's seconds."""
+    ordered = sorted(attempts, key=lambda r: r["encode_s"])
+    return {**ordered[len(ordered) // 2], "encode_s_all": [r["encode_s"] for r in attempts]}
+
+
 def measure_command(argv: list[str], ready_marker: str | None, work: Path, run: str) -> float:
     """Seconds from start until the command exits (or prints `ready_marker`, then it is stopped)."""
     started = time.perf_counter()
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per encoding case, sides alternating; the median")
     parser.add_argument("--skip-commands", action="store_true", help="only the encoding measurements")
     parser.add_argument("--tuneforge-only", action="store_true", help="no LLaMA-Factory runs (e.g. for 1M rows)")
     parser.add_argument("--out", default=str(BENCH / "results" / "encode_vs_lf.json"))
@@ -166,13 +174,20 @@ def main(argv: list[str] | None = None) -> int:
             for workers in args.workers:
                 cases = ([] if args.tuneforge_only else [("llamafactory", "smollm2")]) + [("tuneforge", "smollm2")] + \
                         ([("tuneforge", "auto")] if workers == 1 else [])
-                for side, template in cases:
-                    run = f"{side}-{template}-{count}-{workers}"
-                    result = measure_encoding(side, write_config(work, side, workers, template), work, run)
+                runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+                for attempt in range(args.repeat):  # the sides alternate, so a slow minute hits both
+                    for side, template in cases:
+                        run = f"{side}-{template}-{count}-{workers}-{attempt}"
+                        runs[(side, template)].append(
+                            measure_encoding(side, write_config(work, side, workers, template), work, run))
+                for (side, template), attempts in runs.items():
+                    result = median_run(attempts)
                     result.update(side=side, template=template, rows=count, workers=workers,
                                   rows_per_s=count / result["encode_s"])
                     results.append(result)
-                    print(f"{side:<13} {template:<8} {count:>7,} rows  {workers} worker(s): encode {result['encode_s']:6.1f} s "
+                    spread = (f" (median of {len(attempts)}: {min(r['encode_s'] for r in attempts):.1f}-"
+                              f"{max(r['encode_s'] for r in attempts):.1f} s)" if len(attempts) > 1 else "")
+                    print(f"{side:<13} {template:<8} {count:>7,} rows  {workers} worker(s): encode {result['encode_s']:6.1f} s{spread} "
                           f"= {result['rows_per_s']:6,.0f} rows/s, process {result['process_s']:6.1f} s, peak RSS "
                           f"{result['peak_rss_gib']:.2f} GiB, {result['samples']:,} samples, {result['tokens']:,} tokens",
                           flush=True)
@@ -181,23 +196,28 @@ def main(argv: list[str] | None = None) -> int:
                 for ours in (r for r in results if r["side"] == "tuneforge" and r["rows"] == count and r["workers"] == workers):
                     print(f"  {count:,} rows, {workers} worker(s), tuneforge {ours['template']}: "
                           f"{ours['rows_per_s'] / lf['rows_per_s']:.2f}x LLaMA-Factory's rows/s", flush=True)
-        commands = {}
+        commands, walls = {}, {}
         if not args.skip_commands and not args.tuneforge_only:
             count = args.rows[0]
             (work / "data" / "bench.json").write_text(json.dumps(make_rows(count), ensure_ascii=False), encoding="utf-8")
-            lf_cli = str(LF_PYTHON.parent / "llamafactory-cli")
-            commands["llamafactory-cli train"] = measure_command(
-                [lf_cli, "train", str(write_config(work, "llamafactory", 1, "smollm2"))], "training example:", work, "cmd-lf")
-            for template in ("smollm2", "auto"):
-                commands[f"tuneforge data preview ({template})"] = measure_command(
-                    [str(Path(sys.executable).parent / "tuneforge"), "data", "preview",
-                     str(write_config(work, "tuneforge", 1, template))], None, work, f"cmd-tf-{template}")
+            lf_cli, tuneforge_cli = str(LF_PYTHON.parent / "llamafactory-cli"), str(Path(sys.executable).parent / "tuneforge")
+            for attempt in range(args.repeat):  # alternating, each run with empty caches of its own
+                walls.setdefault("llamafactory-cli train", []).append(measure_command(
+                    [lf_cli, "train", str(write_config(work, "llamafactory", 1, "smollm2"))], "training example:", work,
+                    f"cmd-lf-{attempt}"))
+                for template in ("smollm2", "auto"):
+                    walls.setdefault(f"tuneforge data preview ({template})", []).append(measure_command(
+                        [tuneforge_cli, "data", "preview", str(write_config(work, "tuneforge", 1, template))], None, work,
+                        f"cmd-tf-{template}-{attempt}"))
+            commands = {name: sorted(times)[len(times) // 2] for name, times in walls.items()}
             lf_wall = commands["llamafactory-cli train"]
             for name, wall in commands.items():
-                print(f"whole command, {count:,} rows: {name:<34} {wall:6.1f} s  ({lf_wall / wall:.2f}x faster than LF)")
+                spread = f"  (runs: {', '.join(f'{t:.1f}' for t in walls[name])} s)" if args.repeat > 1 else ""
+                print(f"whole command, {count:,} rows: {name:<34} {wall:6.1f} s  ({lf_wall / wall:.2f}x faster than LF){spread}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"encoding": results, "commands": commands}, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({"encoding": results, "commands": commands,
+                                          "command_runs": walls if commands else {}}, indent=2) + "\n")
     return 0
 
 
