@@ -48,7 +48,15 @@ def _file_fingerprint(spec: DatasetSpec) -> Any:
 
 
 def _tokenizer_fingerprint(tokenizer) -> Any:
-    vocab = hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        # the whole fast tokenizer (vocabulary, merges, normalizer, pre-tokenizer, added tokens): two tokenizers
+        # with one vocabulary can still cut text differently. Its JSON starts with the per-call settings
+        # (version, truncation, padding), which are left out; the rest is in a fixed order (ids, not a hash map).
+        spec = backend.to_str()
+        vocab = hashlib.sha1(spec[max(spec.find('"added_tokens"'), 0):].encode()).hexdigest()
+    else:
+        vocab = hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     template = hashlib.sha1(str(getattr(tokenizer, "chat_template", "")).encode()).hexdigest()
     return [type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), vocab, template,
             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
