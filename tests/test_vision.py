@@ -294,3 +294,16 @@ def test_image_max_pixels_from_the_config_reaches_the_encoding(tiny_qwen3_vl_dir
     bundle = build_datasets(cfg, tokenizer, template, stage="sft")
     pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert [s["input_ids"].count(pad) for s in bundle.train] == [1, 1, 2, 1, 1, 2 + 1]  # rows: img 0 1 2 0 1 (2+0)
+
+
+def test_recall_target_on_image_data_is_refused(image_data, tmp_path):
+    """The train-until-learned check packs text rows: on image rows it would read `<image>` as text, so it says so."""
+    from tuneforge.config.parser import load_config
+    from tuneforge.errors import NotSupportedError
+    from tuneforge.train.recall_stop import recall_check_samples
+
+    config = {"model_name_or_path": "m", "stage": "sft", "do_train": True, "dataset": "mllm_demo",
+              "dataset_dir": str(image_data), "output_dir": str(tmp_path / "out"), "recall_target": 0.9}
+    (tmp_path / "train.yaml").write_text(json.dumps(config))
+    with pytest.raises(NotSupportedError, match="`recall_target` on .*mllm_demo.* \\(it has images\\)"):
+        recall_check_samples(load_config(str(tmp_path / "train.yaml")), tokenizer=None, template=None)

@@ -229,3 +229,45 @@ def test_api_image_parts(tiny_qwen3_vl_dir, image_data):
                     {"type": "image_url", "image_url": {"url": bad}}, {"type": "text", "text": "?"}]}])
     finally:
         server.close()
+
+
+def test_recall_asks_each_image_row_with_its_images(tiny_qwen3_vl_dir, tiny_llama_dir, image_data, tmp_path,
+                                                    monkeypatch):
+    """`eval recall` on image rows: each training question goes to the model with its own image(s) (the answer is the
+    chat engine's greedy answer to that question and image); a text model is refused before any model loads."""
+    from tuneforge.config.parser import load_config
+    from tuneforge.errors import DataError
+    from tuneforge.evaluate.recall import RecallOptions, run_recall
+    from tuneforge.evaluate.recall_data import training_questions
+    from tuneforge.infer.engine import ChatEngine
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    config = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "sft",
+              "do_train": True, "finetuning_type": "full", "dataset": "mllm_demo", "dataset_dir": str(image_data),
+              "cutoff_len": 512, "output_dir": str(tmp_path / "out"), "report_to": "none"}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    cfg = load_config(str(tmp_path / "train.yaml"))
+    questions, skipped = training_questions(cfg)
+    assert skipped == 0 and [len(q.images) for q in questions] == [1, 1, 1, 1, 1, 2]
+    assert questions[1].images == (str((image_data / "images" / "img1.png").resolve()),)
+
+    results = run_recall(cfg, RecallOptions(samples=3, seed=0, drift=False, output=str(tmp_path / "r.json")),
+                         emit=lambda line: None)
+    rows = results["recall"]["rows"]
+    assert len(rows) == 3 and "skipped" in results["heldout"]  # no key:value answers
+    engine = ChatEngine.from_config(cfg)
+    asked = {q.source: q for q in questions}
+    for row in rows:
+        item = asked[row["source"]]
+        budget = len(engine.tokenizer.encode(item.expected, add_special_tokens=False)) + 8
+        text_only = [{"role": "user", "content": item.question.replace("<image>", "")}]
+        engine.chat(text_only, do_sample=False, max_new_tokens=1)
+        without_images = engine.last_stats.prompt_tokens
+        alone = engine.chat([{"role": "user", "content": item.question}], images=item.images, do_sample=False,
+                            max_new_tokens=budget)
+        assert row["answer"] == alone
+        assert engine.last_stats.prompt_tokens - without_images >= 6 * len(item.images)  # the images' tokens
+
+    text_model = load_config(str(tmp_path / "train.yaml"), [f"model_name_or_path={tiny_llama_dir}"])
+    with pytest.raises(DataError, match="has images but the model .* does not take images"):
+        run_recall(text_model, RecallOptions(drift=False), emit=lambda line: None)

@@ -42,7 +42,7 @@ class VisionInputs:
                                                   int(model_config["vision_end_token_id"])])
         self.image_token, self.vision_start, self.vision_end = tokens
         self.merge_length = int(getattr(image_processor, "merge_size", 2)) ** 2
-        self.placeholder = os.environ.get("IMAGE_PLACEHOLDER", IMAGE_PLACEHOLDER_DEFAULT)
+        self.placeholder = image_placeholder()
 
     @classmethod
     def for_run(cls, model_args, data_args, tokenizer, config_dir: Path | None = None) -> VisionInputs | None:
@@ -59,7 +59,7 @@ class VisionInputs:
             raise DataError(f"model_name_or_path: {source} is a vision-language model but its image processor "
                             f"(preprocessor_config.json) could not be loaded: {err}") from None
         return cls(processor, tokenizer, config, max_pixels=model_args.image_max_pixels,
-                   min_pixels=model_args.image_min_pixels, media_dir=_media_dir(data_args.media_dir, config_dir))
+                   min_pixels=model_args.image_min_pixels, media_dir=media_folder(data_args.media_dir, config_dir))
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the encoded samples, for the data cache key."""
@@ -103,7 +103,7 @@ class VisionInputs:
     def expand_with_pixels(self, conv: Conversation, dataset_dir: Path | None) -> tuple[Conversation, dict[str, Any]]:
         """`expand`, and the images' `pixels` it read to count their tokens ({} without images): a prompt answered
         now (chat, API) uses them as they are; encoded samples keep their paths and are read again per batch."""
-        paths = [self._resolve(p, dataset_dir, conv.source) for p in conv.images or ()]
+        paths = [resolve_image(p, self.media_dir or dataset_dir, conv.source) for p in conv.images or ()]
         tags = sum(m.content.count(self.placeholder) for m in conv.messages)
         if tags != len(paths):
             raise RowError(conv.source, f"{len(paths)} image(s) in the images column but {tags} `{self.placeholder}` "
@@ -119,23 +119,29 @@ class VisionInputs:
         messages = tuple(Message(m.role, _replace_each(m.content, self.placeholder, spans)) for m in conv.messages)
         return dataclasses.replace(conv, messages=messages, images=tuple(paths)), pixels
 
-    def _resolve(self, path: str, dataset_dir: Path | None, source: str) -> str:
-        """LF's rule: `media_dir / path` when that file exists, else the path as it is."""
-        folder = self.media_dir or dataset_dir
-        joined = Path(folder) / path if folder is not None else Path(path)
-        for candidate in (joined, Path(path)):
-            if candidate.is_file():
-                return str(candidate.resolve())
-        raise RowError(source, f"image file not found: {path} (looked for {joined}"
-                       f"{'' if joined == Path(path) else f' and {path}'}; set `media_dir` to the images' folder)")
-
 
 def _replace_each(text: str, placeholder: str, replacements) -> str:
     parts = text.split(placeholder)
     return parts[0] + "".join(next(replacements) + part for part in parts[1:])
 
 
-def _media_dir(media_dir: str | None, config_dir: Path | None) -> Path | None:
+def image_placeholder() -> str:
+    """What marks an image's place in dataset text: `<image>`, or LF's IMAGE_PLACEHOLDER environment variable."""
+    return os.environ.get("IMAGE_PLACEHOLDER", IMAGE_PLACEHOLDER_DEFAULT)
+
+
+def resolve_image(path: str, folder: Path | None, source: str) -> str:
+    """LF's rule: `folder / path` (`media_dir`, else the dataset's folder) when that file exists, else the path
+    as it is; a RowError naming both when neither is a file."""
+    joined = Path(folder) / path if folder is not None else Path(path)
+    for candidate in (joined, Path(path)):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise RowError(source, f"image file not found: {path} (looked for {joined}"
+                   f"{'' if joined == Path(path) else f' and {path}'}; set `media_dir` to the images' folder)")
+
+
+def media_folder(media_dir: str | None, config_dir: Path | None) -> Path | None:
     if not media_dir:
         return None
     for base in (Path.cwd(), config_dir):

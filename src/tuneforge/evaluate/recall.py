@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tuneforge.data.facts import heldout_questions, question_subject, trained_phrasing_question
+from tuneforge.errors import DataError
 from tuneforge.evaluate import recall_metrics as metrics
 from tuneforge.evaluate.recall_data import (
-    adapters_text, choose_sample, load_drift_questions, resolve_targets, results_path, run_seed, training_questions,
+    adapters_text, choose_sample, load_drift_questions, resolve_targets, results_path, run_seed, takes_images,
+    training_questions,
 )
 
 RECALL_EXTRA_TOKENS = 8     # room to see what follows the expected answer (an exact answer must stop)
@@ -54,10 +56,11 @@ def answer_budget(engine, expected: str, extra: int) -> int:
 
 
 def question(text: str, *, max_new_tokens: int, history: Sequence[dict] = (), system: str | None = None,
-             tools: str | None = None) -> dict:
-    """One conversation for `ask_all`."""
-    return {"messages": [*history, {"role": "user", "content": text}], "system": system or None,
-            "tools": tools or None, "max_new_tokens": max_new_tokens}
+             tools: str | None = None, images: Sequence[str] = ()) -> dict:
+    """One conversation for `ask_all` (`images`: its files, for a vision-language model; answered one by one)."""
+    asked = {"messages": [*history, {"role": "user", "content": text}], "system": system or None,
+             "tools": tools or None, "max_new_tokens": max_new_tokens}
+    return {**asked, "images": list(images)} if images else asked
 
 
 def ask_all(engine, questions: Sequence[dict], progress: "_Progress", on_answer=None) -> list[str]:
@@ -96,6 +99,10 @@ def run_recall(cfg, options: RecallOptions = RecallOptions(), emit: Callable[[st
     questions, skipped = training_questions(cfg)  # data problems surface before any model loads
     asked = choose_sample(questions, options.samples, seed)
     targets = resolve_targets(cfg, options.base_model)
+    with_images = next((item for item in asked if item.images), None)
+    if with_images is not None and not takes_images(targets.model_args):
+        raise DataError(f"{with_images.source} has images but the model ({_describe_args(targets.model_args)}) does "
+                        "not take images: eval recall on image rows needs the vision-language model trained on them")
     for note in targets.notes:
         emit(f"[tuneforge] {note}")
     drift_items = load_drift_questions(options.drift_questions) if options.drift and targets.base_args else None
@@ -163,6 +170,7 @@ def _recall_section(engine, asked, emit) -> dict:
         return f"exact so far {sum(exact)}"
 
     answers = ask_all(engine, [question(item.question, history=item.history, system=item.system, tools=item.tools,
+                                        images=item.images,
                                         max_new_tokens=answer_budget(engine, item.expected, RECALL_EXTRA_TOKENS))
                                for item in asked], _Progress(emit, "recall", len(asked)), check)
     rows, field_lists = [], []
@@ -209,7 +217,7 @@ def _heldout_section(engine, asked, per_row, emit) -> dict:
     controls = [trained_phrasing_question(item.question, field, number) for number, (item, (_, field, _)) in
                 enumerate(items)]
     texts = [text for _, (text, _, _) in items] + controls  # every held-out question, then every control
-    asks = [question(text, history=item.history, system=item.system, tools=item.tools,
+    asks = [question(text, history=item.history, system=item.system, tools=item.tools, images=item.images,
                      max_new_tokens=answer_budget(engine, value, HELDOUT_EXTRA_TOKENS))
             for (item, (_, _, value)), text in zip(items + items, texts)]
     answers = ask_all(engine, asks, _Progress(emit, "held-out", len(asks)))

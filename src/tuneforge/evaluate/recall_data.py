@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.errors import ConfigError, DataError, NotSupportedError
+from tuneforge.data.formats import RowError
+from tuneforge.data.media import image_placeholder, media_folder, resolve_image
+from tuneforge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from tuneforge.config.parser import RunConfig
@@ -33,6 +35,7 @@ class TrainingQuestion:
     system: str = ""
     tools: str = ""
     source: str = ""              # "data/x.json row 3"
+    images: tuple[str, ...] = ()  # resolved image files, one per `<image>` in the turns (a vision-language model)
 
 
 def run_seed(cfg: RunConfig) -> int:
@@ -55,25 +58,46 @@ def training_questions(cfg: RunConfig) -> tuple[list[TrainingQuestion], int]:
     config_dir = Path(cfg.config_path).parent if cfg.config_path else None
     specs = load_dataset_specs(data.dataset, data.dataset_dir or "data", config_dir)
     check_stage(specs, "sft")  # ranking data has no single answer to recall
-    with_images = [spec for spec in specs if spec.columns.images]
-    if with_images:
-        raise NotSupportedError(f"{with_images[0].where} has images: eval recall with image inputs is not "
-                                "supported yet by tuneforge")
     report = DataReport()
     mixed = read_conversations(specs, "train", data, run_seed(cfg), report)  # the rows training reads
     skipped = sum(sum(report.stats(spec.name).dropped.values()) for spec in specs)
+    media = media_folder(data.media_dir, config_dir)  # where training looks for the images (data/media.py)
+    folders = {spec.name: media or spec.dataset_dir for spec in specs}
     questions = []
-    for _, conv in mixed:
+    for name, conv in mixed:
         messages = conv.messages
-        if len(messages) < 2 or messages[-1].role != "assistant" or not messages[-1].content.strip():
+        images = _row_images(conv, folders.get(name))
+        if len(messages) < 2 or messages[-1].role != "assistant" or not messages[-1].content.strip() or images is None:
             skipped += 1
             continue
         history = tuple({"role": m.role, "content": m.content} for m in messages[:-2])
         questions.append(TrainingQuestion(messages[-2].content, messages[-1].content, history,
-                                          conv.system, conv.tools, conv.source))
+                                          conv.system, conv.tools, conv.source, images))
     if not questions:
         raise DataError(f"dataset {', '.join(s.name for s in specs)}: no row is a question with an answer to recall")
     return questions, skipped
+
+
+def _row_images(conv, folder) -> tuple[str, ...] | None:
+    """The row's image files, resolved as training resolves them; None when training drops the row for them (a
+    missing file, or images and `<image>` tags that do not pair up: data/media.py)."""
+    if not conv.images:
+        return ()
+    try:
+        paths = tuple(resolve_image(path, folder, conv.source) for path in conv.images)
+    except RowError:
+        return None
+    tags = sum(m.content.count(image_placeholder()) for m in conv.messages)
+    return paths if tags == len(paths) else None
+
+
+def takes_images(model_args) -> bool:
+    """Whether the model `model_args` loads is a vision-language model tuneforge feeds images (its config.json)."""
+    from tuneforge.model.loader import resolve_model_source
+    from tuneforge.utils.vision_models import read_model_config, vision_family
+
+    config = read_model_config(resolve_model_source(model_args))
+    return config is not None and vision_family(config) is not None
 
 
 def choose_sample(rows: list, samples: int | None, seed: int) -> list:

@@ -217,27 +217,35 @@ class ChatEngine:
 
     def chat_batch(self, conversations: Sequence[Mapping[str, Any]], max_batch: int = 8, on_done=None,
                    **gen_overrides) -> list[str]:
-        """``chat`` for many conversations decoded together. Each item: ``messages`` (+ ``system``, ``tools``)
-        and any generation overrides of its own (e.g. ``max_new_tokens``); ``on_done(index, text)`` as each
-        finishes."""
+        """``chat`` for many conversations decoded together. Each item: ``messages`` (+ ``system``, ``tools``,
+        ``images``) and any generation overrides of its own (e.g. ``max_new_tokens``); ``on_done(index, text)`` as
+        each finishes. Conversations with images are answered one at a time after the others (``stream_chat``)."""
         from tuneforge.infer.batching import BatchDecoder
 
         decoder = BatchDecoder(self, max_batch)
-        requests = []
-        for conversation in conversations:
-            own = {k: v for k, v in conversation.items() if k not in ("messages", "system", "tools")}
+        requests, batched, alone = [], [], []
+        for index, conversation in enumerate(conversations):
+            own = {k: v for k, v in conversation.items() if k not in ("messages", "system", "tools", "images")}
+            if conversation.get("images"):
+                alone.append((index, conversation, {**gen_overrides, **own}))
+                continue
             settings = self.settings.with_overrides(**{**gen_overrides, **own})
             prompt = self.encode_prompt(conversation["messages"], conversation.get("system"),
                                         conversation.get("tools"), settings)
             requests.append(decoder.add(prompt, settings))
-        answers: list[str] = [""] * len(requests)
+            batched.append(index)
+        answers: list[str] = [""] * len(conversations)
 
-        def finished(index: int, request) -> None:
-            answers[index] = "".join(self.text_deltas(request.generated, request.settings))
+        def finished(index: int, text: str) -> None:
+            answers[index] = text
             if on_done is not None:
-                on_done(index, answers[index])
+                on_done(index, text)
 
-        decoder.drain(requests, finished)
+        decoder.drain(requests, lambda k, request: finished(
+            batched[k], "".join(self.text_deltas(request.generated, request.settings))))
+        for index, conversation, overrides in alone:
+            finished(index, self.chat(conversation["messages"], conversation.get("system"), conversation.get("tools"),
+                                      images=conversation["images"], **overrides))
         return answers
 
     def parse_tool_calls(self, text: str) -> list[tuple[str, str]] | None:
@@ -385,10 +393,3 @@ def describe_config(cfg, template=None) -> str:
     template_name = getattr(template, "name", None) or cfg.data.template or "auto"
     return f"model: {model_args.model_name_or_path} | adapter: {adapter} | template: {template_name}"
 
-
-def as_messages(history: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
-    """(user, assistant) pairs -> alternating message dicts (for front ends that keep pairs)."""
-    messages: list[dict[str, str]] = []
-    for user, assistant in history:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    return messages

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from tuneforge.errors import NotSupportedError
+
 logger = logging.getLogger("tuneforge")
 
 
@@ -30,6 +32,10 @@ def recall_check_samples(cfg, tokenizer, template) -> list[dict[str, list[int]]]
 
     plain = replace(cfg, facts=replace(cfg.facts, augment_facts=False))
     specs = load_dataset_specs(cfg.data.dataset, cfg.data.dataset_dir or "data", cfg.config_dir)
+    with_images = [spec for spec in specs if spec.columns.images]
+    if with_images:  # the check packs text rows; it would read the `<image>` tags as text, without the images
+        raise NotSupportedError(f"`recall_target` on {with_images[0].where} (it has images) is not supported yet by "
+                                "tuneforge; unset it and measure after training with `tuneforge eval recall`")
     dataset = build_split(specs, "train", plain, tokenizer, template, "sft", cfg.training.seed, DataReport())
     indices = list(range(len(dataset)))
     random.Random(cfg.training.seed).shuffle(indices)
