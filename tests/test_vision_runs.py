@@ -151,6 +151,51 @@ def test_dpo_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
     first = next(row for row in log if "loss" in row)
     assert abs(first["loss"] - 0.6931) < 1e-3  # the policy starts as its reference: -log sigmoid(0)
     assert "rewards/accuracies" in first
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()  # every stage saves the image processor
+
+
+def test_reward_model_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
+    """Stage rm (LoRA + value head) on LF's rlhf_v layout: the scores read the images (other pixels, other
+    scores); it trains, saves the head and the image processor, and scores the pairs with do_predict."""
+    import torch
+
+    from tuneforge.cli.main import main
+    from tuneforge.config.parser import load_config
+    from tuneforge.data.collate_vision import VisionPairwiseCollator
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.value_head import load_value_head_model
+    from tuneforge.train import workflow
+    from tuneforge.train.rm import pair_scores
+    from vision_fixtures import write_image_ranking_dataset
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    data = write_image_ranking_dataset(tmp_path / "data")
+    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "rm",
+                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "dataset": "rlhf_demo",
+                "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none", "output_dir": str(tmp_path / "rm"),
+                "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1, "learning_rate": 1e-3,
+                "do_predict": True, "eval_dataset": "rlhf_demo"}
+    (tmp_path / "rm.yaml").write_text(yaml.safe_dump(settings))
+    cfg = load_config(tmp_path / "rm.yaml")
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage="rm")
+    batch = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)([bundle.train[0], bundle.train[1]])
+    torch.manual_seed(0)
+    model = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=True).eval()
+    with torch.no_grad():
+        chosen, rejected = pair_scores(model, batch)
+        moved = pair_scores(model, {**batch, "pixel_values": batch["pixel_values"] + 1.0})
+    assert chosen.shape == rejected.shape == (2,) and torch.isfinite(torch.cat((chosen, rejected))).all()
+    assert not torch.allclose(torch.cat(moved), torch.cat((chosen, rejected)))  # the images reach the scores
+
+    assert main(["train", str(tmp_path / "rm.yaml")]) == 0
+    out = tmp_path / "rm"
+    for name in ("adapter_model.safetensors", "value_head.safetensors", "preprocessor_config.json"):
+        assert (out / name).is_file(), name
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [row["current_steps"] for row in log if "loss" in row] == [1, 2]
+    predictions = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and set(predictions[0]) == {"chosen", "rejected"}
 
 
 def test_web_ui_chat_session_about_an_image(tiny_qwen3_vl_dir, image_data):

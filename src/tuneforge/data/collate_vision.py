@@ -47,7 +47,7 @@ class VisionCollator:
 
 
 class VisionPairwiseCollator:
-    """Pairwise samples (stage dpo) of a vision-language model: padded rows `[chosen_0 .. chosen_{B-1}, rejected_0
+    """Pairwise samples (stages dpo, rm) of a vision-language model: padded rows `[chosen_0 .. chosen_{B-1}, rejected_0
     .. rejected_{B-1}]`, each with its sample's images (both answers see them, as in LF), and the pixels."""
 
     def __init__(self, pad_token_id: int, vision) -> None:

@@ -42,6 +42,7 @@ from tuneforge.model.attention import segment_starts
 logger = logging.getLogger(__name__)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # a vision-language batch's extra inputs
 _WEIGHT_KEY, _BIAS_KEY = "v_head.summary.weight", "v_head.summary.bias"
 
 
@@ -98,24 +99,29 @@ class ValueHeadModel(nn.Module):
         return disable() if callable(disable) and hasattr(self.pretrained_model, "peft_config") else contextlib.nullcontext()
 
     # ---- forward ------------------------------------------------------------------------------
-    def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        """Last hidden states [B, T, H] (final norm applied), without computing any logits."""
-        from tuneforge.model.lm_parts import resolve_lm_parts
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, **images: Any) -> torch.Tensor:
+        """Last hidden states [B, T, H] (final norm applied), without computing any logits. `images`: a
+        vision-language model's `pixel_values`, `image_grid_thw`, `mm_token_type_ids` (data/collate_vision.py),
+        which its inner model (vision tower + language model, no LM head) takes."""
+        from tuneforge.model.lm_parts import resolve_lm_parts, unwrap_peft
 
-        kwargs = {"input_ids": input_ids, "use_cache": False}
+        kwargs = {"input_ids": input_ids, "use_cache": False, **images}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         parts, _ = resolve_lm_parts(self.pretrained_model)
-        if parts is not None:
-            out = parts.decoder(**kwargs)
+        inner = getattr(unwrap_peft(self.pretrained_model), "base_model", None) if images else None
+        decoder = parts.decoder if parts is not None else inner
+        if decoder is not None:
+            out = decoder(**kwargs)
             return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         out = self.pretrained_model(**kwargs, output_hidden_states=True, return_dict=True)
         return out.hidden_states[-1]
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_: Any) -> torch.Tensor:
-        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **images: Any) -> torch.Tensor:
+        images = {key: images[key] for key in IMAGE_INPUTS if images.get(key) is not None}
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, **images)
         return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
 
     def sequence_values(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:

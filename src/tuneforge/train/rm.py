@@ -38,12 +38,15 @@ class RewardObjective:
 
 
 def pair_scores(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of the chosen and the rejected answers of a `PairwisePackedCollator` batch: the value at each
-    sequence's last token (the forward goes through any wrapper)."""
-    from tuneforge.model.value_head import last_token_indices
+    """Scores of the chosen and the rejected answers of a `PairwisePackedCollator` batch (or a vision-language
+    model's `VisionPairwiseCollator` one: padded rows and their pixels): the value at each sequence's last token
+    (the forward goes through any wrapper)."""
+    from tuneforge.model.value_head import IMAGE_INPUTS, last_token_indices
 
-    values = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"])
-    rows, columns = last_token_indices(inputs["input_ids"], position_ids=inputs["position_ids"])
+    layout = {key: inputs[key] for key in ("position_ids", "attention_mask", *IMAGE_INPUTS) if key in inputs}
+    values = model(input_ids=inputs["input_ids"], **layout)
+    rows, columns = last_token_indices(inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                       position_ids=inputs.get("position_ids"))
     scores = values[rows, columns]
     half = scores.shape[0] // 2
     return scores[:half], scores[half:]
@@ -108,8 +111,12 @@ def run_rm(cfg) -> dict:
     model = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=cfg.training.do_train,
                                   compute_dtype=workflow.compute_dtype(cfg))
 
-    # trainer: chosen and rejected answers of a batch in one padding-free row
+    # trainer: chosen and rejected answers of a batch in one padding-free row (images: padded rows)
     collator = PairwisePackedCollator(share_prefix=runs_packed_sdpa(model))  # a shared system prompt runs once
+    if bundle.vision is not None:  # a vision-language model: padded rows with the images' pixels
+        from tuneforge.data.collate_vision import VisionPairwiseCollator
+
+        collator = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator,
                                                     RewardObjective())
 

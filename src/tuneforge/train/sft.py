@@ -44,8 +44,6 @@ def run_sft(cfg) -> dict:
     trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator, objective=objective,
                                                    extra_log_keys=log_keys, trainer_class=sft_trainer_class(cfg))
     recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
-    if bundle.vision is not None:  # saved next to the model / adapter, as LF saves the processor
-        trainer.image_processor = bundle.vision.image_processor
 
     # train + save
     metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)

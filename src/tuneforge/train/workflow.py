@@ -131,6 +131,8 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         finetuning_args=cfg.finetuning,  # use_galore / use_apollo / use_badam / use_adam_mini / use_muon
     )
     setup_reporting(trainer.callback_handler, cfg)  # logging_dir, use_swanlab (train/reporting.py)
+    if bundle.vision is not None:  # saved next to the model / adapter, as LF saves the processor
+        trainer.image_processor = bundle.vision.image_processor
     if cfg.finetuning.pissa_convert:  # LF: the PiSSA adapter also saved as a plain LoRA adapter (train/pissa.py)
         from tuneforge.train.pissa import PissaConvertCallback
 

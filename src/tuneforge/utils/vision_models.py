@@ -74,7 +74,7 @@ def matches_any(name: str, keys: tuple[str, ...]) -> bool:
     return any(key in name for key in keys)
 
 
-TRAINING_STAGES = ("sft", "dpo")  # what a vision-language model trains with here (LF also has kto, rm, ...)
+TRAINING_STAGES = ("sft", "dpo", "rm")  # what a vision-language model trains with here (LF also has kto, ppo)
 
 
 def stage_problem(stage: str) -> str | None:
