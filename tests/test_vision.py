@@ -138,7 +138,7 @@ def test_a_text_model_refuses_image_data(tiny_llama_dir, image_data, tmp_path, m
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"stage": "kto"}, "stage `kto` with a vision-language model is not supported yet"),
+    ({"stage": "pt"}, "stage `pt` with a vision-language model is not supported yet"),
     ({"packing": True}, "`packing` / `neat_packing` with a vision-language model is not supported yet"),
     ({"streaming": True, "max_steps": 2}, "`streaming: true` with a vision-language model is not supported yet"),
 ])

@@ -154,6 +154,50 @@ def test_dpo_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()  # every stage saves the image processor
 
 
+def test_kto_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
+    """Stage kto (LoRA, its own reference) on images: the rated and the KL answers see the sample's image; the
+    padded KL log-probs equal a forward of those rows alone; it trains (loss 0.5 at the start)."""
+    import torch
+
+    from tuneforge.cli.main import main
+    from tuneforge.config.parser import load_config
+    from tuneforge.data.collate_vision import VisionCollator, VisionFeedbackCollator
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.model.loader import load_model
+    from tuneforge.train import workflow
+    from tuneforge.train.preference import sequence_logps
+    from vision_fixtures import write_image_feedback_dataset
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    data = write_image_feedback_dataset(tmp_path / "data")
+    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "kto",
+                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "pref_beta": 0.1,
+                "dataset": "kto_images", "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none",
+                "output_dir": str(tmp_path / "kto"), "per_device_train_batch_size": 4, "max_steps": 2,
+                "logging_steps": 1, "learning_rate": 1e-3}
+    (tmp_path / "kto.yaml").write_text(yaml.safe_dump(settings))
+    cfg = load_config(tmp_path / "kto.yaml")
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    bundle = build_datasets(cfg, tokenizer, template, stage="kto")
+    features = [bundle.train[i] for i in range(2)]
+    batch = VisionFeedbackCollator(tokenizer.pad_token_id, bundle.vision)(features)
+    assert batch["kto_tags"].tolist() == [True, False] and batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]]
+    assert batch["kl_mm_token_type_ids"].sum(1).tolist() == batch["mm_token_type_ids"].sum(1).tolist() == [4, 6]
+    kl_alone = VisionCollator(tokenizer.pad_token_id, bundle.vision)(
+        [{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"], "images": f["images"]} for f in features])
+    model = load_model(cfg.model, cfg.finetuning, is_trainable=False).eval()
+    with torch.no_grad():
+        kl_sums, kl_counts = sequence_logps(model, batch, prefix="kl_")
+        alone_sums, alone_counts = sequence_logps(model, kl_alone)
+    assert torch.equal(kl_counts, alone_counts) and torch.allclose(kl_sums, alone_sums, atol=1e-5)
+
+    assert main(["train", str(tmp_path / "kto.yaml")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "kto" / "trainer_log.jsonl").read_text().splitlines()]
+    first = next(row for row in log if "loss" in row)
+    assert abs(first["loss"] - 0.5) < 1e-3  # the policy starts as its reference: 1 - sigmoid(0) per sample
+    assert (tmp_path / "kto" / "preprocessor_config.json").is_file()
+
+
 def test_reward_model_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
     """Stage rm (LoRA + value head) on LF's rlhf_v layout: the scores read the images (other pixels, other
     scores); it trains, saves the head and the image processor, and scores the pairs with do_predict."""

@@ -116,3 +116,22 @@ def write_image_ranking_dataset(dataset_dir: Path, rows: int = 4) -> Path:
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.exists() else {}
     info_file.write_text(json.dumps({**info, "rlhf_demo": RANKING_ENTRY}), encoding="utf-8")
     return dataset_dir
+
+
+FEEDBACK_ENTRY = {**MLLM_DEMO_ENTRY, "file_name": "kto_images.json",
+                  "columns": {"messages": "messages", "kto_tag": "label", "images": "images"}}  # LF's kto layout
+
+
+def write_image_feedback_dataset(dataset_dir: Path, rows: int = 4) -> Path:
+    """kto rows about the images (LF's `kto_en_demo` layout + an `images` column), right and wrong answers
+    alternating, registered as `kto_images` next to whatever dataset_info.json already holds."""
+    names = write_images(dataset_dir / "images")
+    data = [{"messages": [{"role": "user", "content": "<image>What colour is this?"},
+                          {"role": "assistant", "content": f"It is colour number {i % len(names)}."
+                           if i % 2 == 0 else "I cannot see any image."}],
+             "label": i % 2 == 0, "images": [f"images/{names[i % len(names)]}"]} for i in range(rows)]
+    (dataset_dir / "kto_images.json").write_text(json.dumps(data), encoding="utf-8")
+    info_file = dataset_dir / "dataset_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.exists() else {}
+    info_file.write_text(json.dumps({**info, "kto_images": FEEDBACK_ENTRY}), encoding="utf-8")
+    return dataset_dir

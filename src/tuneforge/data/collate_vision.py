@@ -58,3 +58,22 @@ class VisionPairwiseCollator:
         rejected = [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"], "images": f.get("images")}
                     for f in features]
         return self.rows(chosen + rejected)
+
+
+class VisionFeedbackCollator:
+    """kto samples of a vision-language model: the rated answers as padded rows with their images and pixels, the
+    mismatched (KL) answers as `kl_` rows over the same prompts and images (as in LF), and `kto_tags` [B]."""
+
+    def __init__(self, pad_token_id: int, vision) -> None:
+        self.rows = VisionCollator(pad_token_id, vision)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        target = self.rows([{"input_ids": f["input_ids"], "labels": f["labels"], "images": f.get("images")}
+                            for f in features])
+        kl = self.rows([{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"]} for f in features])
+        if not torch.equal(kl["mm_token_type_ids"].sum(1), target["mm_token_type_ids"].sum(1)):
+            raise DataError("a kto sample's KL sequence has other image tokens than its rated one; set "
+                            "`overwrite_cache: true` to encode the data again")
+        kl.update({key: target[key] for key in ("pixel_values", "image_grid_thw") if key in target})  # read once
+        return {**target, **{f"kl_{key}": value for key, value in kl.items()},
+                "kto_tags": torch.tensor([bool(f["kto_tag"]) for f in features], dtype=torch.bool)}

@@ -55,8 +55,8 @@ def _drop_cut_image(result, conv, data) -> None:
 
 
 def features(kind: str = "supervised", images: bool = False):
-    """The encoded columns of a kind; `images`: sft / pairwise / prompt samples of a vision-language model's run
-    also keep their image files' paths (data/media.py)."""
+    """The encoded columns of a kind; `images`: sft / pairwise / feedback / prompt samples of a vision-language
+    model's run also keep their image files' paths (data/media.py)."""
     from datasets import Features, List, Value
 
     columns = {name: Value("bool") if name == "kto_tag" else List(Value("int32")) for name in KIND_COLUMNS[kind]}
@@ -201,15 +201,19 @@ def feedback_items(mixed, data: DataArguments) -> list[tuple]:
 
 
 def encode_feedback_rows(items, template, tokenizer, data, report: DataReport, split) -> dict[str, list]:
-    columns: dict[str, list] = {name: [] for name in KIND_COLUMNS["feedback"]}
+    """kto samples; a vision-language model's keep their images (the KL sequence shows the same ones, as in LF)."""
+    columns = _with_image_column({name: [] for name in KIND_COLUMNS["feedback"]}, items)
     for name, conv, kl_answer in items:
         result = encode_row(report, name, conv, split,
                             encoding.encode_feedback_with_info, conv, kl_answer, template, tokenizer, data)
+        if result is not None:
+            _drop_cut_image(result, conv, data)
         if result is None or not record(report, name, conv, result, split):
             continue
         report.kept(name, result.input_ids, result.labels, split)
-        for key in columns:
+        for key in KIND_COLUMNS["feedback"]:
             columns[key].append(getattr(result, key))
+        _keep_images(columns, conv)
     return columns
 
 

@@ -38,11 +38,11 @@ from torch import nn
 from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ModelError
 from tuneforge.model.attention import segment_starts
+from tuneforge.utils.vision_models import IMAGE_INPUTS
 
 logger = logging.getLogger(__name__)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
-IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # a vision-language batch's extra inputs
 _WEIGHT_KEY, _BIAS_KEY = "v_head.summary.weight", "v_head.summary.bias"
 
 

@@ -19,7 +19,7 @@ from tuneforge.train.preference import reference_logps, sequence_logps
 
 
 class KTOObjective:
-    """Loss + metrics of one `FeedbackPackedCollator` batch."""
+    """Loss + metrics of one `FeedbackPackedCollator` batch (or `VisionFeedbackCollator`: padded rows, images)."""
 
     input_columns = ("input_ids", "labels", "kl_input_ids", "kl_labels", "kto_tag")
 
@@ -88,6 +88,10 @@ def run_kto(cfg) -> dict:
     # trainer: rated answers in one padding-free row, KL answers in another
     # a system prompt all sequences share runs once when the policy and the reference read that layout
     collator = FeedbackPackedCollator(share_prefix=runs_packed_sdpa(model, objective.ref_model))
+    if bundle.vision is not None:  # a vision-language model: padded rows with the images' pixels
+        from tuneforge.data.collate_vision import VisionFeedbackCollator
+
+        collator = VisionFeedbackCollator(tokenizer.pad_token_id, bundle.vision)
     trainer, log_callback = build_objective_trainer(cfg, model, tokenizer, bundle, collator, objective)
 
     # train + save

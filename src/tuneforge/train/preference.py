@@ -27,6 +27,7 @@ from tuneforge.model.attention import segment_starts
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX
 from tuneforge.train.sharding import is_fsdp2
+from tuneforge.utils.vision_models import IMAGE_INPUTS
 
 _FORWARD_KEYS = ("input_ids", "position_ids")
 
@@ -110,12 +111,13 @@ def label_token_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.T
     return token_logps, owner, keep
 
 
-def padded_label_logps(model: nn.Module, inputs: Mapping[str, torch.Tensor]):
+def padded_label_logps(model: nn.Module, inputs: Mapping[str, torch.Tensor], prefix: str = ""):
     """log p of every label token of right-padded rows ([N, T] with `attention_mask`; a vision-language model's
-    batch, data/collate_vision.py, whose forward also takes the pixels): (log-probs, the row of each, the column
-    of the token predicting it -- its position in the sequence), in row order."""
-    labels = inputs["labels"]
-    forward = {key: value for key, value in inputs.items() if key != "labels"}
+    batch, data/collate_vision.py, whose forward also takes the pixels), the rows under `prefix` (kto's `kl_`):
+    (log-probs, the row of each, the column of the token predicting it -- its position in the sequence)."""
+    labels = inputs[f"{prefix}labels"]
+    forward = {key: inputs[prefix + key] for key in ("input_ids", "attention_mask", *IMAGE_INPUTS)
+               if prefix + key in inputs}
     logits = model(**forward, use_cache=False).logits[:, :-1]
     keep = labels[:, 1:] != IGNORE_INDEX
     token_logps = -F.cross_entropy(logits[keep].float(), labels[:, 1:][keep], reduction="none")
@@ -136,9 +138,9 @@ def sequence_logps(
     one: N/2 chosen sequences, then their N/2 rejected ones) the sums are `length_desensitized_sums`; the
     counts stay the plain label counts, as in LF.
     """
-    if f"{prefix}position_ids" not in inputs and "attention_mask" in inputs and not prefix:
-        token_logps, owner, positions = padded_label_logps(model, inputs)  # a vision-language model's rows
-        counts = torch.bincount(owner, minlength=inputs["input_ids"].shape[0])
+    if f"{prefix}position_ids" not in inputs and f"{prefix}attention_mask" in inputs:
+        token_logps, owner, positions = padded_label_logps(model, inputs, prefix)  # a vision-language model's rows
+        counts = torch.bincount(owner, minlength=inputs[f"{prefix}input_ids"].shape[0])
         if ld_alpha is not None:
             return length_desensitized_sums(token_logps, owner, positions, counts, ld_alpha), counts
         sums = torch.zeros(counts.shape[0], dtype=torch.float32, device=token_logps.device)

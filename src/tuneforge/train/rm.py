@@ -41,7 +41,8 @@ def pair_scores(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the chosen and the rejected answers of a `PairwisePackedCollator` batch (or a vision-language
     model's `VisionPairwiseCollator` one: padded rows and their pixels): the value at each sequence's last token
     (the forward goes through any wrapper)."""
-    from tuneforge.model.value_head import IMAGE_INPUTS, last_token_indices
+    from tuneforge.model.value_head import last_token_indices
+    from tuneforge.utils.vision_models import IMAGE_INPUTS
 
     layout = {key: inputs[key] for key in ("position_ids", "attention_mask", *IMAGE_INPUTS) if key in inputs}
     values = model(input_ids=inputs["input_ids"], **layout)

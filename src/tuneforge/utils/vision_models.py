@@ -74,7 +74,9 @@ def matches_any(name: str, keys: tuple[str, ...]) -> bool:
     return any(key in name for key in keys)
 
 
-TRAINING_STAGES = ("sft", "dpo", "rm")  # what a vision-language model trains with here (LF also has kto, ppo)
+# what a vision-language batch carries besides the padded rows (data/collate_vision.py), for the model's forward
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+TRAINING_STAGES = ("sft", "dpo", "rm", "kto")  # what a vision-language model trains with here (LF also has ppo)
 
 
 def stage_problem(stage: str) -> str | None:
