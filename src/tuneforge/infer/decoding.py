@@ -78,8 +78,8 @@ def _grown(old: torch.Tensor | None, like: torch.Tensor, capacity: int, keep: in
 
 
 def cache_argument(model, cache: DynamicCache) -> dict[str, DynamicCache]:
-    """The keyword that hands ``cache`` to ``model``'s forward: ``cache`` in transformers >= 5.24 (where
-    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    """The keyword that hands ``cache`` to ``model``'s forward: ``cache`` where the forward names it so (transformers
+    5.24 deprecates ``past_key_values``, its removal announced for 5.40), else ``past_key_values``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel passes kwargs on
     return {_cache_keyword(type(base)): cache}
 

@@ -334,7 +334,7 @@ class ChatEngine:
                         logits = fast_step.step(step_input, cache, position)
                     else:
                         logits = self.model(input_ids=step_input, **cache_argument(self.model, cache),
-                                                use_cache=True).logits[0, -1]
+                                            use_cache=True).logits[0, -1]
                 position += 1
         finally:
             self.last_stats = GenerationStats(len(prompt_ids), generated, time.perf_counter() - start, prefill_seconds)
