@@ -77,15 +77,11 @@ _DS_REFUSED = {} if importlib.util.find_spec("deepspeed") else {
 _V1_FLASH = "`flash_attn: flash_attention2` is not a v1 value"  # LF v1 refuses these two files as well
 _MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
 _CUDA = "(QLoRA) is not supported on this machine: it needs a CUDA GPU"
-_FA2 = "flash_attn: fa2 needs a CUDA GPU, which this machine does not have"
 
 # example path -> text the refusal message contains. Every example not listed here must load.
 EXPECTED_REFUSED = {
-    # Ascend examples: `use_v1_kernels` loads (LF has no v1 kernel for a CPU), `flash_attn: fa2` needs the hardware
-    "examples/ascend/qwen3_5_full_sft_fsdp2.yaml": _FA2,
-    "examples/ascend/qwen3_full_sft_fsdp2.yaml": _FA2,
-    "examples/ascend/qwen3moe_full_sft_fsdp.yaml": _FA2,
-    "examples/ascend/qwen3vlmoe_full_sft_fsdp2.yaml": _FA2,  # qwen3vlmoe_lora_sft_fsdp.yaml loads (flash_attn disabled)
+    # Ascend examples load: `use_v1_kernels` (LF has no v1 kernel for a CPU) and `flash_attn: fa2` (a warning and
+    # PyTorch SDPA where FlashAttention-2 cannot run, as in LF)
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
@@ -120,7 +116,8 @@ EXPECTED_REFUSED = {
 # --------------------------------------------------------------------------- running one example
 
 
-LOCAL_SETS = {"rlhf_v": "rlhf_demo"}  # LF's hub datasets -> local ones of the same layout in the workspace
+# LF's hub datasets -> local ones of the same layout in the workspace
+LOCAL_SETS = {"rlhf_v": "rlhf_demo", "llava_1k_en": "mllm_demo", "llava_1k_zh": "mllm_demo"}
 
 
 def map_datasets(value):
@@ -315,7 +312,7 @@ def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
 
 
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 32  # of the 47 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed
+    assert len(TRAINING_THAT_LOADS) == 36  # of the 51 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])

@@ -116,8 +116,16 @@ def test_attention_implementation():
     assert resolve_attn_implementation("auto") == PACKED_SDPA
     assert resolve_attn_implementation("sdpa") == PACKED_SDPA
     assert resolve_attn_implementation("disabled") == "eager"
-    with pytest.raises(NotSupportedError, match=r"^flash_attn: fa2 needs a CUDA GPU, which this machine does not have\. Use `flash_attn: auto`"):
-        resolve_attn_implementation("fa2", has_cuda=False)
+    with pytest.raises(NotSupportedError, match=r"^flash_attn: fa3 needs a CUDA GPU, which this machine does not have\. Use `flash_attn: auto`"):
+        resolve_attn_implementation("fa3", has_cuda=False)
+
+
+def test_fa2_without_flash_attention_is_sdpa_with_a_warning(caplog):
+    """LF's rule: `flash_attn: fa2` where FlashAttention-2 cannot run warns and keeps the default attention."""
+    with caplog.at_level("WARNING"):
+        assert resolve_attn_implementation("fa2", has_cuda=False) == PACKED_SDPA
+    assert "flash_attn: fa2 asks for FlashAttention-2, which needs a CUDA GPU" in caplog.text
+    assert "using PyTorch SDPA instead" in caplog.text
     with pytest.raises(ConfigError, match="flash_attn: `fa9` is not one of auto, disabled, sdpa, fa2, fa3"):
         resolve_attn_implementation("fa9")
 

@@ -82,7 +82,8 @@ class ModelArguments:
     model_max_length: int | None = _f(None, "Longest input the model is loaded for (derived from cutoff_len).",
                                       derived=True)
     flash_attn: Literal["auto", "disabled", "eager", "sdpa", "fa2", "fa3"] = _f(
-        "auto", "Attention kernel: auto (= sdpa), sdpa, disabled/eager, fa2 or fa3 (CUDA)."
+        "auto", "Attention kernel: auto (= sdpa), sdpa, disabled/eager, fa2 or fa3 (CUDA; fa2 without it: a warning "
+        "and sdpa, as LF)."
     )
     shift_attn: bool = _f(False, "LongLoRA shift short attention (S^2-Attn).")
     mixture_of_depths: Literal["convert", "load"] | None = _f(None, "Convert to or load a mixture-of-depths model.")

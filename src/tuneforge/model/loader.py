@@ -130,10 +130,18 @@ def resolve_dtype(infer_dtype: Any = "auto", compute_dtype: Any = None, *, is_tr
 
 
 def resolve_attn_implementation(flash_attn: Any = "auto", *, has_cuda: bool | None = None) -> str:
-    """LF `flash_attn` (auto | disabled | sdpa | fa2 | fa3) -> transformers `attn_implementation`."""
+    """LF `flash_attn` (auto | disabled | sdpa | fa2 | fa3) -> transformers `attn_implementation`. `fa2` where
+    FlashAttention-2 cannot run is a warning and the default attention, as in LF (its configs run unchanged on
+    a machine without it); `fa3` there is refused."""
     import torch
 
     value = str(flash_attn or "auto").lower()
+    if value in ("fa2", "fa3") and has_cuda is None:
+        has_cuda = torch.cuda.is_available()
+    if value == "fa2" and not _flash_attention_runs("flash_attn", has_cuda):
+        logger.warning("flash_attn: fa2 asks for FlashAttention-2, which needs a CUDA GPU and the `flash_attn` "
+                       "package: using PyTorch SDPA instead (as LLaMA-Factory does; same attention, another kernel)")
+        value = "auto"
     if value in ("auto", "sdpa"):
         # PyTorch SDPA; packed training rows run one causal call per sample (model/attention.py).
         from tuneforge.model.attention import register_packed_sdpa
@@ -145,14 +153,17 @@ def resolve_attn_implementation(flash_attn: Any = "auto", *, has_cuda: bool | No
     if value not in packages:
         raise ConfigError(f"flash_attn: `{flash_attn}` is not one of auto, disabled, sdpa, fa2, fa3")
     package, implementation = packages[value]
-    has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
-    if not has_cuda or importlib.util.find_spec(package) is None:
+    if not _flash_attention_runs(package, has_cuda):
         missing = "a CUDA GPU" if not has_cuda else f"the `{package}` package"
         raise NotSupportedError(
             f"flash_attn: {value} needs {missing}, which this machine does not have. "
             f"Use `flash_attn: auto` (PyTorch SDPA) instead."
         )
     return implementation
+
+
+def _flash_attention_runs(package: str, has_cuda: bool) -> bool:
+    return has_cuda and importlib.util.find_spec(package) is not None
 
 
 # ----------------------------------------------------------------------------------------------
