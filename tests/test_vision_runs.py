@@ -1,5 +1,6 @@
 """Images for the Qwen-VL family end to end on tiny models: train -> chat -> export (Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL), chat parity with transformers' generate, dpo, do_predict, the web UI's chat session and the API."""
+Qwen3-VL), chat parity with transformers' generate, eval recall, do_predict, the web UI's chat session and the API
+(the preference stages: tests/test_vision_stages.py)."""
 
 from __future__ import annotations
 
@@ -120,126 +121,6 @@ def test_padded_pair_logps_equal_the_packed_ones(tiny_llama_dir):
             padded_sums, padded_counts = sequence_logps(model, padded, ld_alpha=ld_alpha)
             assert counts.tolist() == padded_counts.tolist() == [3, 2, 2, 5]
             assert torch.allclose(sums, padded_sums, atol=1e-5), (sums, padded_sums)
-
-
-def test_dpo_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
-    """Stage dpo (LoRA, its own reference) on LF's rlhf_v layout: both answers see the image; it trains."""
-    from tuneforge.cli.main import main
-    from vision_fixtures import write_image_ranking_dataset
-
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    data = write_image_ranking_dataset(tmp_path / "data")
-    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "dpo",
-                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "pref_beta": 0.1,
-                "dataset": "rlhf_demo", "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none",
-                "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 2, "max_steps": 2,
-                "logging_steps": 1, "learning_rate": 1e-3}
-    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(settings))
-    from tuneforge.config.parser import load_config
-    from tuneforge.data.collate_vision import VisionPairwiseCollator
-    from tuneforge.data.pipeline import build_datasets
-    from tuneforge.train import workflow
-
-    cfg = load_config(tmp_path / "dpo.yaml")
-    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    bundle = build_datasets(cfg, tokenizer, template, stage="dpo")
-    batch = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)([bundle.train[0], bundle.train[1]])
-    assert batch["input_ids"].shape[0] == 4 and batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]] * 2
-    assert batch["mm_token_type_ids"].sum(1).tolist() == [4, 6, 4, 6]  # chosen 0, 1, then rejected 0, 1
-    assert main(["train", str(tmp_path / "dpo.yaml")]) == 0
-    log = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
-    first = next(row for row in log if "loss" in row)
-    assert abs(first["loss"] - 0.6931) < 1e-3  # the policy starts as its reference: -log sigmoid(0)
-    assert "rewards/accuracies" in first
-    assert (tmp_path / "out" / "preprocessor_config.json").is_file()  # every stage saves the image processor
-
-
-def test_kto_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
-    """Stage kto (LoRA, its own reference) on images: the rated and the KL answers see the sample's image; the
-    padded KL log-probs equal a forward of those rows alone; it trains (loss 0.5 at the start)."""
-    import torch
-
-    from tuneforge.cli.main import main
-    from tuneforge.config.parser import load_config
-    from tuneforge.data.collate_vision import VisionCollator, VisionFeedbackCollator
-    from tuneforge.data.pipeline import build_datasets
-    from tuneforge.model.loader import load_model
-    from tuneforge.train import workflow
-    from tuneforge.train.preference import sequence_logps
-    from vision_fixtures import write_image_feedback_dataset
-
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    data = write_image_feedback_dataset(tmp_path / "data")
-    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "kto",
-                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "pref_beta": 0.1,
-                "dataset": "kto_images", "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none",
-                "output_dir": str(tmp_path / "kto"), "per_device_train_batch_size": 4, "max_steps": 2,
-                "logging_steps": 1, "learning_rate": 1e-3}
-    (tmp_path / "kto.yaml").write_text(yaml.safe_dump(settings))
-    cfg = load_config(tmp_path / "kto.yaml")
-    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    bundle = build_datasets(cfg, tokenizer, template, stage="kto")
-    features = [bundle.train[i] for i in range(2)]
-    batch = VisionFeedbackCollator(tokenizer.pad_token_id, bundle.vision)(features)
-    assert batch["kto_tags"].tolist() == [True, False] and batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]]
-    assert batch["kl_mm_token_type_ids"].sum(1).tolist() == batch["mm_token_type_ids"].sum(1).tolist() == [4, 6]
-    kl_alone = VisionCollator(tokenizer.pad_token_id, bundle.vision)(
-        [{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"], "images": f["images"]} for f in features])
-    model = load_model(cfg.model, cfg.finetuning, is_trainable=False).eval()
-    with torch.no_grad():
-        kl_sums, kl_counts = sequence_logps(model, batch, prefix="kl_")
-        alone_sums, alone_counts = sequence_logps(model, kl_alone)
-    assert torch.equal(kl_counts, alone_counts) and torch.allclose(kl_sums, alone_sums, atol=1e-5)
-
-    assert main(["train", str(tmp_path / "kto.yaml")]) == 0
-    log = [json.loads(line) for line in (tmp_path / "kto" / "trainer_log.jsonl").read_text().splitlines()]
-    first = next(row for row in log if "loss" in row)
-    assert abs(first["loss"] - 0.5) < 1e-3  # the policy starts as its reference: 1 - sigmoid(0) per sample
-    assert (tmp_path / "kto" / "preprocessor_config.json").is_file()
-
-
-def test_reward_model_on_images(tiny_qwen3_vl_dir, tmp_path, monkeypatch):
-    """Stage rm (LoRA + value head) on LF's rlhf_v layout: the scores read the images (other pixels, other
-    scores); it trains, saves the head and the image processor, and scores the pairs with do_predict."""
-    import torch
-
-    from tuneforge.cli.main import main
-    from tuneforge.config.parser import load_config
-    from tuneforge.data.collate_vision import VisionPairwiseCollator
-    from tuneforge.data.pipeline import build_datasets
-    from tuneforge.model.value_head import load_value_head_model
-    from tuneforge.train import workflow
-    from tuneforge.train.rm import pair_scores
-    from vision_fixtures import write_image_ranking_dataset
-
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    data = write_image_ranking_dataset(tmp_path / "data")
-    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "rm",
-                "do_train": True, "finetuning_type": "lora", "lora_target": "all", "dataset": "rlhf_demo",
-                "dataset_dir": str(data), "cutoff_len": 512, "report_to": "none", "output_dir": str(tmp_path / "rm"),
-                "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1, "learning_rate": 1e-3,
-                "do_predict": True, "eval_dataset": "rlhf_demo"}
-    (tmp_path / "rm.yaml").write_text(yaml.safe_dump(settings))
-    cfg = load_config(tmp_path / "rm.yaml")
-    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    bundle = build_datasets(cfg, tokenizer, template, stage="rm")
-    batch = VisionPairwiseCollator(tokenizer.pad_token_id, bundle.vision)([bundle.train[0], bundle.train[1]])
-    torch.manual_seed(0)
-    model = load_value_head_model(cfg.model, cfg.finetuning, is_trainable=True).eval()
-    with torch.no_grad():
-        chosen, rejected = pair_scores(model, batch)
-        moved = pair_scores(model, {**batch, "pixel_values": batch["pixel_values"] + 1.0})
-    assert chosen.shape == rejected.shape == (2,) and torch.isfinite(torch.cat((chosen, rejected))).all()
-    assert not torch.allclose(torch.cat(moved), torch.cat((chosen, rejected)))  # the images reach the scores
-
-    assert main(["train", str(tmp_path / "rm.yaml")]) == 0
-    out = tmp_path / "rm"
-    for name in ("adapter_model.safetensors", "value_head.safetensors", "preprocessor_config.json"):
-        assert (out / name).is_file(), name
-    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
-    assert [row["current_steps"] for row in log if "loss" in row] == [1, 2]
-    predictions = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 4 and set(predictions[0]) == {"chosen", "rejected"}
 
 
 def test_web_ui_chat_session_about_an_image(tiny_qwen3_vl_dir, image_data):
