@@ -140,7 +140,6 @@ def test_a_text_model_refuses_image_data(tiny_llama_dir, image_data, tmp_path, m
 @pytest.mark.parametrize("extra, message", [
     ({"stage": "pt"}, "stage `pt` with a vision-language model is not supported yet"),
     ({"packing": True}, "`packing` / `neat_packing` with a vision-language model is not supported yet"),
-    ({"streaming": True, "max_steps": 2}, "`streaming: true` with a vision-language model is not supported yet"),
 ])
 def test_what_images_are_not_supported_with(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch, extra, message):
     from tuneforge.data.pipeline import build_datasets
@@ -307,3 +306,33 @@ def test_recall_target_on_image_data_is_refused(image_data, tmp_path):
     (tmp_path / "train.yaml").write_text(json.dumps(config))
     with pytest.raises(NotSupportedError, match="`recall_target` on .*mllm_demo.* \\(it has images\\)"):
         recall_check_samples(load_config(str(tmp_path / "train.yaml")), tokenizer=None, template=None)
+
+
+def test_streamed_image_rows_are_the_encoded_ones(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch):
+    """`streaming: true` with images: the streamed samples are the cached encoding's (ids, labels, image files), and
+    the bundle carries the image settings its collator needs."""
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    samples = {}
+    for streaming in (False, True):
+        cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out", streaming=streaming)
+        tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+        bundle = build_datasets(cfg, tokenizer, template, stage="sft")
+        assert bundle.vision is not None
+        samples[streaming] = sorted((tuple(row["input_ids"]), tuple(row["labels"]), tuple(row["images"]))
+                                    for row in bundle.train)
+    assert len(samples[True]) == 6 and samples[True] == samples[False]
+    assert sum(len(images) for _, _, images in samples[True]) == 7  # one row shows two images
+
+    from tuneforge.cli.main import main
+
+    settings = {"model_name_or_path": str(tiny_qwen3_vl_dir), "stage": "sft", "do_train": True, "streaming": True,
+                "finetuning_type": "lora", "lora_target": "all", "dataset": "mllm_demo", "dataset_dir": str(image_data),
+                "template": "qwen3_vl_nothink", "cutoff_len": 512, "output_dir": str(tmp_path / "run"),
+                "report_to": "none", "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1}
+    (tmp_path / "run.yaml").write_text(json.dumps(settings))
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0  # the streamed batches carry their pixels
+    log = (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["current_steps"] for line in log if '"loss"' in line] == [1, 2]

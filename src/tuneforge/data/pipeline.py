@@ -46,7 +46,7 @@ from tuneforge.data.split_cache import cache_key, cache_root, load_cached, publi
 from tuneforge.data.stage_encode import (ROW_ENCODERS, encoded_features, feedback_items, feedback_note, features,
                                          pt_block_chunks)
 from tuneforge.data.workers import encode_rows
-from tuneforge.errors import ConfigError, DataError, NotSupportedError
+from tuneforge.errors import ConfigError, DataError
 
 TOKENIZED_FORMAT = "tuneforge-tokenized-1"
 TOKENIZED_INFO = "tuneforge_data.json"
@@ -79,22 +79,24 @@ def _build_datasets(cfg: RunConfig, tokenizer, template, stage: str) -> DatasetB
     if data.streaming:  # IterableDatasets encoded while training (data/streaming.py)
         from tuneforge.data.streaming import build_streaming_datasets
 
-        if run_vision_inputs(cfg, tokenizer, stage, []) is not None:
-            raise NotSupportedError("`streaming: true` with a vision-language model is not supported yet by "
-                                    "tuneforge; unset `streaming`")
-
         return build_streaming_datasets(cfg, tokenizer, template, stage)
     if data.tokenized_path and _has_tokenized_data(data.tokenized_path):
-        bundle = load_tokenized(data.tokenized_path, stage)
-        if "images" in bundle.train.column_names:  # saved by a vision-language model's run: its images' settings
-            bundle.vision = run_vision_inputs(cfg, tokenizer, stage, [])
-            if bundle.vision is None:
-                raise DataError(f"tokenized_path: {data.tokenized_path} holds samples with images, but the model "
-                                f"({cfg.model.model_name_or_path}) does not take images")
-        return bundle
+        return load_tokenized_for_run(cfg, tokenizer, stage)
     bundle = _encode_datasets(cfg, tokenizer, template, stage)
     if data.tokenized_path and cfg.training.should_save:  # LF: the main process saves
         save_tokenized(data.tokenized_path, bundle, stage)
+    return bundle
+
+
+def load_tokenized_for_run(cfg: RunConfig, tokenizer, stage: str) -> DatasetBundle:
+    """`tokenized_path`'s samples; saved by a vision-language model's run, with the run's image settings."""
+    path = cfg.data.tokenized_path
+    bundle = load_tokenized(path, stage)
+    if "images" in bundle.train.column_names:
+        bundle.vision = run_vision_inputs(cfg, tokenizer, stage, [])
+        if bundle.vision is None:
+            raise DataError(f"tokenized_path: {path} holds samples with images, but the model "
+                            f"({cfg.model.model_name_or_path}) does not take images")
     return bundle
 
 

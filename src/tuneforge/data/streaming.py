@@ -12,7 +12,8 @@ convert and encode rows while the run trains, so training starts without encodin
 
 As in LF: `max_steps` is required (an iterable has no length, config/validate.py), `max_samples` and a fractional
 `val_size` are refused, `num_samples` is not applied, and `tokenized_path` can only load (the encoded data is
-never complete in a streamed run). Stage ppo reads its prompts up front and is refused. The data report counts
+never complete in a streamed run). Stage ppo reads its prompts up front and is refused. A vision-language
+model's rows keep their images (expanded as data/media.py does, read again per batch by its collator). The data report counts
 what has been read so far; a sample of the first batch is encoded before training to fail early when a dataset
 has no usable rows. Hub datasets are downloaded as usual and then streamed.
 """
@@ -28,6 +29,7 @@ from tuneforge.config.stages import stage_record
 from tuneforge.data.facts import augment_conversations
 from tuneforge.data.formats import RowError, check_column_mapping, convert_row
 from tuneforge.data.loaders import iter_hub_rows, iter_local_rows, origin_of
+from tuneforge.data.media import run_vision_inputs
 from tuneforge.data.packing import encoding_args, pack_batch, packing_mode
 from tuneforge.data.report import DataReport
 from tuneforge.data import split_cache
@@ -60,7 +62,7 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
         raise NotSupportedError(f"`streaming: true` is not supported for stage {stage}: it reads all its prompts "
                                 "before training; remove `streaming`")
     if data.tokenized_path:
-        return _load_tokenized(data.tokenized_path, stage)
+        return _load_tokenized(cfg, tokenizer, stage)
     if data.max_samples is not None or (0 < data.val_size < 1):  # config/validate.py refuses these first
         raise ConfigError("streaming: `max_samples` and a fractional `val_size` need the dataset's length")
     if data.mix_strategy not in MIX_STRATEGIES:
@@ -72,11 +74,8 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
         raise ConfigError("`dataset` is not set: name at least one dataset (from dataset_info.json or a file path)")
     train_specs = load_dataset_specs(data.dataset, dataset_dir, config_dir)
     eval_specs = load_dataset_specs(data.eval_dataset, dataset_dir, config_dir)
+    vision = run_vision_inputs(cfg, tokenizer, stage, train_specs + eval_specs)  # a vision-language model's
     pipeline.check_stage(train_specs + eval_specs, stage)
-    with_images = [spec for spec in train_specs + eval_specs if spec.columns.images]
-    if with_images:
-        raise NotSupportedError(f"{with_images[0].where}: image data with `streaming: true` is not supported yet by "
-                                "tuneforge; unset `streaming`")
 
     report = StreamingReport()
     report.notes.append(f"streaming: datasets read and encoded while training, shuffled with buffer_size "
@@ -88,7 +87,7 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
                             "mixed (LLaMA-Factory warns the same); use an interleave_* strategy to mix them")
 
     def split_of(specs, split, into):
-        return stream_split(specs, split, cfg, tokenizer, template, stage, seed, into)
+        return stream_split(specs, split, cfg, tokenizer, template, stage, seed, into, vision)
 
     for specs, split in ((train_specs, "train"), (eval_specs, "eval")):
         if specs:  # fail now, not at the first step, when no row of a split can be used
@@ -115,31 +114,33 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
         evaluation = split_of(eval_specs, "eval", report).shuffle(buffer_size=data.buffer_size, seed=seed)
     # what a resumed run compares (train/resume.py): the data's identity (files, settings, tokenizer), not samples
     train.tuneforge_fingerprint = split_cache.cache_key(train_specs, "train", data, tokenizer, template, stage, seed,
-                                                      pipeline._augments(cfg, "train", stage))
-    return pipeline.DatasetBundle(train, evaluation, report, eval_sets)
+                                                      pipeline._augments(cfg, "train", stage), vision)
+    return pipeline.DatasetBundle(train, evaluation, report, eval_sets, vision)
 
 
-def _load_tokenized(path: str, stage: str):
+def _load_tokenized(cfg: RunConfig, tokenizer, stage: str):
     """LF: streaming loads an existing tokenized_path as an iterable dataset; it cannot save one."""
     from tuneforge.data import pipeline
 
+    path = cfg.data.tokenized_path
     if not pipeline._has_tokenized_data(path):
         raise ConfigError(f"tokenized_path: {path} holds no tokenized data yet, and a streamed run cannot save it "
                           "(it never has the whole encoded dataset); run once without `streaming` to save it")
-    bundle = pipeline.load_tokenized(path, stage)
+    bundle = pipeline.load_tokenized_for_run(cfg, tokenizer, stage)
     bundle.train = bundle.train.to_iterable_dataset()
     bundle.train.tuneforge_fingerprint = f"tokenized_path:{Path(path).resolve()}"
     return bundle
 
 
-def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, report: DataReport):
+def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed, report: DataReport, vision=None):
     """One split as an encoded `IterableDataset`: the datasets' rows mixed, then encoded in batches of
-    `preprocessing_batch_size` rows with the pipeline's encoders; what happens is counted in `report`."""
+    `preprocessing_batch_size` rows with the pipeline's encoders; what happens is counted in `report`. `vision`: a
+    vision-language model's image settings (data/media.py): each row's `<image>` tags expanded, its paths kept."""
     from datasets import Features, List, Value, concatenate_datasets, interleave_datasets
 
     data = cfg.data
     kind = stage_record(stage).data
-    sources = [_conversation_stream(spec, split, report) for spec in specs]
+    sources = [_conversation_stream(spec, split, report, vision) for spec in specs]
     if len(sources) == 1 or data.mix_strategy == "concat":
         mixed = sources[0] if len(sources) == 1 else concatenate_datasets(sources)
     else:
@@ -151,7 +152,7 @@ def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed,
     encode_data = encoding_args(data)  # LF: `packing: true` encodes with cutoff_len - 1
     packed = kind == "supervised" and packing_mode(data) == "bins"
     augment = split == "train" and kind == "supervised" and bool(cfg.facts.augment_facts)
-    schema = features(kind)
+    schema = features(kind, images=vision is not None)
     if packed:
         schema = Features({key: List(Value("int32")) for key in ("input_ids", "labels", "position_ids")})
     batches = [0]
@@ -177,8 +178,9 @@ def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed,
                      features=schema)
 
 
-def _conversation_stream(spec, split, report: DataReport):
-    """One dataset's converted rows, read lazily: an `IterableDataset` of pickled (name, Conversation)."""
+def _conversation_stream(spec, split, report: DataReport, vision=None):
+    """One dataset's converted rows, read lazily: an `IterableDataset` of pickled (name, Conversation); with
+    `vision`, images resolved and `<image>` expanded (a row whose images do not fit is reported as dropped)."""
     from datasets import Features, IterableDataset, Value
 
     def rows():
@@ -191,6 +193,12 @@ def _conversation_stream(spec, split, report: DataReport):
                 conversation = convert_row(row.values, spec, row.source)
             except RowError as err:
                 report.dropped(spec.name, f"invalid {spec.formatting} row", f"{err.source} ({err.problem})", split)
+                report.stats(spec.name, split).rows_used += 1
+                continue
+            try:
+                conversation = conversation if vision is None else vision.expand(conversation, spec.dataset_dir)
+            except RowError as err:  # as data/rows.py reports it
+                report.dropped(spec.name, "its images do not fit its text", f"{err.source} ({err.problem})", split)
                 report.stats(spec.name, split).rows_used += 1
                 continue
             yield {"item": pickle.dumps((spec.name, conversation))}

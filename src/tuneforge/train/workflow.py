@@ -109,6 +109,10 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
     from tuneforge.train.trainer import TuneforgeTrainer
 
     training_args = training_args_with_checkpointing(cfg) if cfg.training.do_train else cfg.training
+    if bundle.vision is not None and cfg.data.streaming:
+        # accelerate would read a streamed split in the main process and cut every tensor of a batch into per-process
+        # slices of batch-size rows along dim 0: the pixels (one row per image patch) would be cut too
+        training_args.accelerator_config.dispatch_batches = False
     if cfg.finetuning.compute_accuracy:
         extra_log_keys = (*extra_log_keys, "accuracy")  # eval_accuracy in trainer_log.jsonl and on the console
     if bundle.eval_sets is not None:  # eval_on_each_dataset: eval_<name>_loss, eval_<name>_accuracy, ...
