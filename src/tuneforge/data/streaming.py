@@ -13,9 +13,9 @@ convert and encode rows while the run trains, so training starts without encodin
 As in LF: `max_steps` is required (an iterable has no length, config/validate.py), `max_samples` and a fractional
 `val_size` are refused, `num_samples` is not applied, and `tokenized_path` can only load (the encoded data is
 never complete in a streamed run). Stage ppo reads its prompts up front and is refused. A vision-language
-model's rows keep their images (expanded as data/media.py does, read again per batch by its collator). The data report counts
-what has been read so far; a sample of the first batch is encoded before training to fail early when a dataset
-has no usable rows. Hub datasets are downloaded as usual and then streamed.
+model's rows keep their images (expanded as data/media.py does, read again per batch by its collator). The data
+report counts what has been read so far; a sample of the first batch is encoded before training to fail early when
+a dataset has no usable rows. Hub datasets are downloaded as usual and then streamed.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def build_streaming_datasets(cfg: RunConfig, tokenizer, template, stage: str):
         raise ConfigError("`dataset` is not set: name at least one dataset (from dataset_info.json or a file path)")
     train_specs = load_dataset_specs(data.dataset, dataset_dir, config_dir)
     eval_specs = load_dataset_specs(data.eval_dataset, dataset_dir, config_dir)
-    vision = run_vision_inputs(cfg, tokenizer, stage, train_specs + eval_specs)  # a vision-language model's
+    vision = run_vision_inputs(cfg, tokenizer, stage, train_specs + eval_specs)  # image settings, or None
     pipeline.check_stage(train_specs + eval_specs, stage)
 
     report = StreamingReport()
