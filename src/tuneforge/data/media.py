@@ -103,11 +103,7 @@ class VisionInputs:
     def expand_with_pixels(self, conv: Conversation, dataset_dir: Path | None) -> tuple[Conversation, dict[str, Any]]:
         """`expand`, and the images' `pixels` it read to count their tokens ({} without images): a prompt answered
         now (chat, API) uses them as they are; encoded samples keep their paths and are read again per batch."""
-        paths = [resolve_image(p, self.media_dir or dataset_dir, conv.source) for p in conv.images or ()]
-        tags = sum(m.content.count(self.placeholder) for m in conv.messages)
-        if tags != len(paths):
-            raise RowError(conv.source, f"{len(paths)} image(s) in the images column but {tags} `{self.placeholder}` "
-                           f"tag(s) in the messages; put one `{self.placeholder}` where each image belongs")
+        paths = row_image_paths(conv, self.media_dir or dataset_dir, self.placeholder)
         if not paths:
             return dataclasses.replace(conv, images=()), {}
         try:
@@ -123,6 +119,17 @@ class VisionInputs:
 def _replace_each(text: str, placeholder: str, replacements) -> str:
     parts = text.split(placeholder)
     return parts[0] + "".join(next(replacements) + part for part in parts[1:])
+
+
+def row_image_paths(conv: Conversation, folder: Path | None, placeholder: str) -> list[str]:
+    """A row's image files, resolved (`resolve_image`), one per `placeholder` in its messages; a RowError when a
+    file is missing or the files and the tags do not pair up."""
+    paths = [resolve_image(p, folder, conv.source) for p in conv.images or ()]
+    tags = sum(m.content.count(placeholder) for m in conv.messages)
+    if tags != len(paths):
+        raise RowError(conv.source, f"{len(paths)} image(s) in the images column but {tags} `{placeholder}` "
+                       f"tag(s) in the messages; put one `{placeholder}` where each image belongs")
+    return paths
 
 
 def image_placeholder() -> str:

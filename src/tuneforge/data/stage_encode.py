@@ -49,7 +49,7 @@ def _keep_images(columns: dict[str, list], conv) -> None:
 
 
 def _drop_cut_image(result, conv, data) -> None:
-    """A cut sample with images is dropped: a cut image fails in LF's training (sft and pairwise encodings)."""
+    """A cut sample with images is dropped: a cut image fails in LF's training (sft, pairwise, feedback)."""
     if result.truncated and conv.images and not result.dropped:
         result.dropped = _CUT_IMAGE.format(data.cutoff_len)
 

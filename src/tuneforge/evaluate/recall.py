@@ -58,9 +58,8 @@ def answer_budget(engine, expected: str, extra: int) -> int:
 def question(text: str, *, max_new_tokens: int, history: Sequence[dict] = (), system: str | None = None,
              tools: str | None = None, images: Sequence[str] = ()) -> dict:
     """One conversation for `ask_all` (`images`: its files, for a vision-language model; answered one by one)."""
-    asked = {"messages": [*history, {"role": "user", "content": text}], "system": system or None,
-             "tools": tools or None, "max_new_tokens": max_new_tokens}
-    return {**asked, "images": list(images)} if images else asked
+    return {"messages": [*history, {"role": "user", "content": text}], "system": system or None,
+            "tools": tools or None, "images": list(images), "max_new_tokens": max_new_tokens}
 
 
 def ask_all(engine, questions: Sequence[dict], progress: "_Progress", on_answer=None) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneforge.data.formats import RowError
-from tuneforge.data.media import image_placeholder, media_folder, resolve_image
+from tuneforge.data.media import image_placeholder, media_folder, row_image_paths
 from tuneforge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -84,11 +84,9 @@ def _row_images(conv, folder) -> tuple[str, ...] | None:
     if not conv.images:
         return ()
     try:
-        paths = tuple(resolve_image(path, folder, conv.source) for path in conv.images)
+        return tuple(row_image_paths(conv, folder, image_placeholder()))
     except RowError:
         return None
-    tags = sum(m.content.count(image_placeholder()) for m in conv.messages)
-    return paths if tags == len(paths) else None
 
 
 def takes_images(model_args) -> bool:
