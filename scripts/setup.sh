@@ -23,9 +23,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   quiet_pip install "$TORCH_SPEC"
 fi
 echo "[setup] installing tuneforge (editable) and its dependencies"
-quiet_pip install -e ".[dev,webui,api,metrics,tensorboard,swanlab,badam,adam-mini]"
-# GaLore / APOLLO without their bitsandbytes dependency (~125 MB, only for their 8-bit variants): tuneforge
-# loads the plain optimizers without it (train/optimizers.py); `pip install 'tuneforge[galore]'` adds it.
+quiet_pip install -e ".[dev,webui,api,metrics,tensorboard,swanlab,badam,adam-mini,qlora]"
+# GaLore / APOLLO without dependency resolution (it could fetch another torch); their bitsandbytes dependency
+# (for their 8-bit variants) comes with the qlora extra above.
 quiet_pip install --no-deps galore-torch apollo-torch
 # DeepSpeed without its own dependency resolution (it would fetch another torch); its few pure-python needs
 # by name. On a CPU it runs ZeRO-2/3 over gloo (tests/test_deepspeed.py); its CPU ops compile on first use.

@@ -69,7 +69,7 @@ def cpu_only(monkeypatch):
     """Make hardware detection deterministic: a machine without CUDA, MPS or bitsandbytes."""
     monkeypatch.setattr(validate, "cuda_available", lambda: False)
     monkeypatch.setattr(validate, "mps_available", lambda: False)
-    monkeypatch.setattr(validate, "bitsandbytes_available", lambda: False)
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: None)
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
@@ -261,17 +261,42 @@ def test_fp16_on_cpu_is_refused_and_bf16_is_allowed():
     assert cfg.training.bf16 is True and cfg.training.use_cpu is True
 
 
-def test_qlora_needs_cuda_and_bitsandbytes(monkeypatch):
-    with pytest.raises(NotSupportedError, match=r"needs a CUDA GPU and bitsandbytes \(`pip install tuneforge\[qlora\]`\)"):
-        load_config_dict({**BASE, "quantization_bit": 4})
-    monkeypatch.setattr(validate, "cuda_available", lambda: True)
+def test_qlora_needs_bitsandbytes_and_its_cpu_backend_without_cuda(monkeypatch):
     with pytest.raises(NotSupportedError) as err:
         load_config_dict({**BASE, "quantization_bit": 4}, source="q.yaml")
     assert str(err.value) == (
         "q.yaml: `quantization_bit: 4` (QLoRA) needs bitsandbytes, which is not installed: pip install tuneforge[qlora]"
     )
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: (0, 45))
+    with pytest.raises(NotSupportedError) as err:
+        load_config_dict({**BASE, "quantization_bit": 8}, source="q.yaml")
+    assert str(err.value) == ("q.yaml: `quantization_bit: 8` (QLoRA) without a CUDA GPU needs bitsandbytes >= 0.49 "
+                              "(its CPU backend); 0.45 is installed: pip install -U tuneforge[qlora]")
+    monkeypatch.setattr(validate, "cuda_available", lambda: True)
+    assert load_config_dict({**BASE, "quantization_bit": 4}).model.quantization_bit == 4
+    monkeypatch.setattr(validate, "cuda_available", lambda: False)
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: (0, 50))
+    assert load_config_dict({**BASE, "quantization_bit": 4}).model.quantization_bit == 4
     with pytest.raises(ConfigError, match="`quantization_bit` must be 4 or 8, got 3"):
         load_config_dict({**BASE, "quantization_bit": 3})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"adapter_name_or_path": "a1,a2"}, "a quantized model takes one adapter, got 2; merge them into the unquantized "
+                                        "model first (`tuneforge export`)"),
+    ({"adapter_name_or_path": "a1", "create_new_adapter": True, "do_train": True, "dataset": "d", "output_dir": "o"},
+     "`create_new_adapter` would merge the adapter into the quantized model; merge it into the unquantized model "
+     "first"),
+    ({"quantization_device_map": "auto", "do_train": True, "dataset": "d", "output_dir": "o"},
+     "`quantization_device_map: auto` is for inference; a training run keeps each process's model on its own "
+     "device"),
+    ({"finetuning_type": "freeze"}, "`quantization_bit` (QLoRA) only works with `finetuning_type: lora` (or oft)"),
+])
+def test_qlora_rules_of_llamafactory(monkeypatch, extra, message):
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: (0, 50))
+    with pytest.raises(ConfigError) as err:
+        load_config_dict({**BASE, "quantization_bit": 4, **extra}, source="q.yaml")
+    assert str(err.value).endswith(message)
 
 
 def test_training_requires_dataset_and_output_dir():

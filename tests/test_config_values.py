@@ -17,7 +17,7 @@ TRAIN = {"model_name_or_path": "some/model", "do_train": True, "dataset": "a", "
 def cpu_only(monkeypatch):
     monkeypatch.setattr(validate, "cuda_available", lambda: False)
     monkeypatch.setattr(validate, "mps_available", lambda: False)
-    monkeypatch.setattr(validate, "bitsandbytes_available", lambda: False)
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: None)
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -171,12 +171,18 @@ def test_interrupted_demo_conversion_leaves_no_model_folder(tmp_path, monkeypatc
 
 
 def test_qlora_places_each_process_on_its_own_gpu(monkeypatch):
-    """Under torchrun every process loads its quantized copy onto GPU LOCAL_RANK (issue 14: not all onto GPU 0)."""
+    """Under torchrun every process loads its quantized copy onto GPU LOCAL_RANK (issue 14: not all onto GPU 0);
+    without a GPU the model stays on the CPU (bitsandbytes' CPU backend)."""
+    import torch
+
     from tuneforge.config.args import ModelArguments
-    from tuneforge.model.loader import quantization_kwargs
+    from tuneforge.model.quantization import quantization_kwargs
 
     args = ModelArguments(model_name_or_path="m", quantization_bit=4)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert quantization_kwargs(args, None)["device_map"] == {"": "cpu"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert quantization_kwargs(args, None)["device_map"] == {"": 0}
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert quantization_kwargs(args, None)["device_map"] == {"": 3}

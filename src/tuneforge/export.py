@@ -103,6 +103,10 @@ def check_export_args(margs: ModelArguments) -> Path:
         raise NotSupportedError("export_legacy_format: true (.bin weights) is not supported: transformers 5 saves safetensors only")
     if margs.export_quantization_bit is not None:
         raise NotSupportedError("export_quantization_bit is not supported yet: export unquantized and quantize afterwards")
+    if margs.quantization_bit is not None:  # LF: "Cannot merge adapters to a quantized model."
+        raise NotSupportedError("quantization_bit: an export merges the adapters into the full-precision model; "
+                                "remove `quantization_bit` from the export config (the adapter trained on the "
+                                "quantized model merges into the original weights)")
     if margs.export_hub_model_id:
         raise NotSupportedError("export_hub_model_id (push to the hub) is not supported yet: upload the export_dir folder yourself")
     size = margs.export_size

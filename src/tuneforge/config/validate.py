@@ -6,8 +6,10 @@ can name the file (or the command-line override) that set the key.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,18 @@ def runs_on_cpu() -> bool:
     return not cuda_available() and not mps_available()
 
 
-def bitsandbytes_available() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
+def bitsandbytes_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed bitsandbytes, None without it (read from its metadata: no import)."""
+    try:
+        text = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    major, minor = (re.findall(r"\d+", text) + ["0", "0"])[:2]
+    return int(major), int(minor)
+
+
+# bitsandbytes quantizes, dequantizes and backpropagates 4 / 8-bit weights on a CPU from this version on
+BITSANDBYTES_CPU = (0, 49)
 
 
 def deepspeed_available() -> bool:
@@ -218,6 +230,11 @@ def _check_hardware(v: _View) -> None:
     if v["fp16"] and v["bf16"]:
         raise ConfigError(f"{v.where('fp16', 'bf16')}: `fp16` and `bf16` cannot both be true; pick one")
 
+    _check_quantization(v)
+
+
+def _check_quantization(v: _View) -> None:
+    """QLoRA: the rules LLaMA-Factory's parser applies, and bitsandbytes able to run on this machine."""
     bits = v["quantization_bit"]
     for key in ("quantization_bit", "ref_model_quantization_bit", "reward_model_quantization_bit"):
         if v[key] not in (None, 4, 8):
@@ -227,15 +244,28 @@ def _check_hardware(v: _View) -> None:
     where = v.where("quantization_bit")
     if v["finetuning_type"] not in ADAPTER_METHODS:  # LF: lora or oft on a quantized model
         raise ConfigError(f"{where}: `quantization_bit` (QLoRA) only works with `finetuning_type: lora` (or oft)")
-    if not cuda_available():
-        raise NotSupportedError(
-            f"{where}: `quantization_bit: {bits}` (QLoRA) is not supported on this machine: it needs a CUDA GPU "
-            "and bitsandbytes (`pip install tuneforge[qlora]`); on CPU remove `quantization_bit`"
-        )
-    if not bitsandbytes_available():
+    adapters = split_names(v["adapter_name_or_path"])
+    if len(adapters) > 1:  # merging an adapter into 4/8-bit weights would round it away (LF: one adapter)
+        raise ConfigError(f"{v.where('quantization_bit', 'adapter_name_or_path')}: a quantized model takes one "
+                          f"adapter, got {len(adapters)}; merge them into the unquantized model first "
+                          "(`tuneforge export`)")
+    if adapters and v["create_new_adapter"] and v["do_train"]:
+        raise ConfigError(f"{v.where('quantization_bit', 'create_new_adapter')}: `create_new_adapter` would merge "
+                          "the adapter into the quantized model; merge it into the unquantized model first")
+    if v["quantization_device_map"] == "auto" and v["do_train"]:
+        raise ConfigError(f"{v.where('quantization_device_map')}: `quantization_device_map: auto` is for "
+                          "inference; a training run keeps each process's model on its own device")
+    version = bitsandbytes_version()
+    if version is None:
         raise NotSupportedError(
             f"{where}: `quantization_bit: {bits}` (QLoRA) needs bitsandbytes, which is not installed: "
             "pip install tuneforge[qlora]"
+        )
+    if version < BITSANDBYTES_CPU and not cuda_available():
+        raise NotSupportedError(
+            f"{where}: `quantization_bit: {bits}` (QLoRA) without a CUDA GPU needs bitsandbytes >= "
+            f"{'.'.join(map(str, BITSANDBYTES_CPU))} (its CPU backend); {'.'.join(map(str, version))} is installed: "
+            "pip install -U tuneforge[qlora]"
         )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model.adapter_check import check_adapter_fits
 from tuneforge.model.loader import looks_local
+from tuneforge.model.quantization import is_quantized
 from tuneforge.model.vocab import embedding_module_names, fit_embeddings_to_adapter, prepare_vocab, ties_embeddings
 from tuneforge.config.args import (ADAPTER_METHODS, FinetuningArguments, ModelArguments, effective_lora_alpha,
                                    split_names)
@@ -298,7 +299,10 @@ def _setup_lora(model, finetuning_args: FinetuningArguments, model_args: ModelAr
     oft = finetuning_args.finetuning_type == "oft"
     resume = is_trainable and not finetuning_args.create_new_adapter
     if adapters:
-        model = attach_adapters(model, adapters, model_args, merge_last=not resume, is_trainable=is_trainable)
+        # merging into 4/8-bit weights rounds the adapter away: a quantized model keeps its (single) adapter
+        # attached, as in LLaMA-Factory (config/validate.py refuses several)
+        merge_last = not resume and not is_quantized(model)
+        model = attach_adapters(model, adapters, model_args, merge_last=merge_last, is_trainable=is_trainable)
     if is_trainable and not (adapters and resume):
         config = build_oft_config(model, finetuning_args) if oft else build_lora_config(model, finetuning_args)
         try:

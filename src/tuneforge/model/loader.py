@@ -16,6 +16,7 @@ from typing import Any
 
 from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+from tuneforge.model.quantization import prepare_quantized, quantization_kwargs
 from tuneforge.model.vision import multimodal_problem, vision_model_class
 from tuneforge.utils.vision_models import read_model_config
 
@@ -178,33 +179,6 @@ def hub_kwargs(model_args: ModelArguments) -> dict:
     }
 
 
-def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
-    """`quantization_config` for QLoRA (`quantization_bit` 4 or 8, bitsandbytes on CUDA).
-
-    The config layer already refused QLoRA without CUDA + bitsandbytes, so this only builds the config.
-    """
-    bits = model_args.quantization_bit
-    if bits is None:
-        return {}
-    from transformers import BitsAndBytesConfig
-
-    if bits == 8:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_type=model_args.quantization_type,
-            bnb_4bit_use_double_quant=bool(model_args.double_quantization),
-            bnb_4bit_quant_storage=dtype,
-        )
-    # LF: `quantization_device_map: auto` spreads the quantized model over the visible devices; otherwise each
-    # process of a multi-process run puts its copy on its own GPU (LOCAL_RANK), not all of them on GPU 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    device_map = "auto" if model_args.quantization_device_map == "auto" else {"": local_rank}
-    return {"quantization_config": config, "device_map": device_map}
-
-
 def call_from_pretrained(fn, path: str, what: str, **kwargs):
     """Call a `from_pretrained`, turning hub/network failures into one clear ModelError."""
     try:
@@ -302,11 +276,8 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
             kwargs["config"] = _rope_scaled_config(model_args, path)
         kwargs.update(quantization_kwargs(model_args, dtype))
         model = call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
-        if "quantization_config" in kwargs and is_trainable:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-            logger.info("QLoRA: base weights quantized to %s bits", model_args.quantization_bit)
+        if "quantization_config" in kwargs:
+            model = prepare_quantized(model, model_args.quantization_bit, is_trainable=is_trainable)
     # The KV cache only helps generation; training would keep it alive for nothing.
     model.config.use_cache = not is_trainable
     logger.info("loaded %s (%s, attention: %s)", path, str(dtype).removeprefix("torch."), attn)
@@ -331,10 +302,15 @@ def load_model(model_args: ModelArguments, finetuning_args: FinetuningArguments,
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; tied weights are counted once. A parameter DeepSpeed ZeRO-3 partitioned
-    is empty in this process: its whole size is `ds_numel`."""
+    is empty in this process: its whole size is `ds_numel`; a bitsandbytes 4-bit one packs several weights per
+    element and keeps the original shape in its `quant_state`."""
+    import math
+
     trainable = total = 0
     for param in model.parameters():
-        size = getattr(param, "ds_numel", None) or param.numel()
+        quant_state = getattr(param, "quant_state", None)
+        size = getattr(param, "ds_numel", None) or (math.prod(quant_state.shape) if quant_state is not None
+                                                    else param.numel())
         total += size
         if param.requires_grad:
             trainable += size

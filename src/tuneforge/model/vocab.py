@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tuneforge.config.args import ModelArguments, split_names
 from tuneforge.errors import ConfigError, NotSupportedError
+from tuneforge.model.quantization import is_quantized
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +162,6 @@ def _description_rows(weight, old_rows: int, descriptions: dict[str, str], token
         weight[row] = base.to(weight.dtype)
 
 
-def _is_quantized(model) -> bool:
-    return bool(getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False)
-                or getattr(model, "quantization_method", None))
-
-
 def ties_embeddings(model) -> bool:
     output = model.get_output_embeddings()
     return output is not None and output.weight is model.get_input_embeddings().weight
@@ -180,7 +176,7 @@ def resize_embedding_layer(model, tokenizer, descriptions: dict[str, str] | None
     old_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) <= old_rows:
         return 0
-    if _is_quantized(model):
+    if is_quantized(model):
         raise NotSupportedError("resize_vocab: cannot resize the embeddings of a quantized model (quantization_bit "
                                 "is set); train the new tokens without quantization")
     if not isinstance(model.get_output_embeddings(), torch.nn.Linear):

@@ -33,6 +33,35 @@ def setup_logging(level: int = logging.INFO) -> None:
         quiet_libraries()
     # peft calls a transformers method that transformers 5 deprecated; nothing for a user to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    _quiet_bitsandbytes()
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message starts with one of `prefixes` (after the first, when `once`)."""
+
+    def __init__(self, *prefixes: str, once: bool = False):
+        super().__init__()
+        self.prefixes, self.once, self.seen = prefixes, once, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        prefix = next((p for p in self.prefixes if str(record.msg).startswith(p)), None)
+        if prefix is None:
+            return True
+        first = self.once and prefix not in self.seen
+        self.seen.add(prefix)
+        return first
+
+
+def _quiet_bitsandbytes() -> None:
+    """peft imports bitsandbytes whenever it is installed. Its CPU backend then logs that an optional kernel
+    package (fetched from the Hugging Face Hub at run time) is missing, on every run; and 8-bit QLoRA logs
+    the same float16 cast on every matrix product."""
+    for name, drop in (("bitsandbytes.backends.cpu.ops", _DropMessages("Failed to load CPU gemm_4bit_forward")),
+                       ("bitsandbytes.autograd._functions", _DropMessages("MatMul8bitLt: inputs will be cast",
+                                                                          once=True))):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in target.filters):
+            target.addFilter(drop)
 
 
 def quiet_libraries() -> None:
