@@ -16,7 +16,7 @@ reads any data or weights.
 Every outcome is pinned: an example in EXPECTED_REFUSED must be refused with a message containing the
 text given there, every other example must load. A change in tuneforge that makes an example load, or
 refuse it differently, fails here and the table is updated on purpose. The hardware is fixed to a
-CPU-only machine without bitsandbytes, as in tests/test_config.py, with the packages of LF's own optimizers
+CPU-only machine, as in tests/test_config.py, with the packages of LF's own optimizers
 (galore-torch, apollo-torch, badam, adam-mini) counted as installed.
 """
 
@@ -76,7 +76,14 @@ _DS_REFUSED = {} if importlib.util.find_spec("deepspeed") else {
     "examples/v1/train_full/train_full_deepspeed.yaml": _DS_MISSING}
 _V1_FLASH = "`flash_attn: flash_attention2` is not a v1 value"  # LF v1 refuses these two files as well
 _MCA = "are Megatron-Core settings"  # LF's `USE_MCA=1` files (mcore_adapter)
-_CUDA = "(QLoRA) is not supported on this machine: it needs a CUDA GPU"
+# QLoRA examples load where the `qlora` extra is installed (bitsandbytes' CPU backend: tests/test_qlora.py)
+_BNB_MISSING = "(QLoRA) needs bitsandbytes, which is not installed: pip install tuneforge[qlora]"
+_QLORA_REFUSED = {} if importlib.util.find_spec("bitsandbytes") else {
+    "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _BNB_MISSING,  # FSDP comes from its accelerate launcher
+    "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": _BNB_MISSING,  # qoft/*_{awq,gptq}.yaml load (see train_qlora)
+    "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _BNB_MISSING,
+    "examples/train_qlora/qwen3_lora_sft_otfq.yaml": _BNB_MISSING,
+    "examples/v1/train_qlora/quantization.yaml": _BNB_MISSING}
 
 # example path -> text the refusal message contains. Every example not listed here must load.
 EXPECTED_REFUSED = {
@@ -84,10 +91,8 @@ EXPECTED_REFUSED = {
     # PyTorch SDPA where FlashAttention-2 cannot run, as in LF)
     "examples/extras/fp8/llama3_fp8_deepspeed_sft.yaml": "`fp8` is not supported yet by tuneforge",
     "examples/extras/fp8/llama3_fp8_fsdp_sft.yaml": "`fp8` is not supported yet by tuneforge",
-    "examples/extras/fsdp_qlora/llama3_lora_sft.yaml": _CUDA,  # FSDP comes from its accelerate launcher
     "examples/extras/mod/llama3_full_sft.yaml": "`mixture_of_depths` is not supported yet by tuneforge (LLaMA-Factory "
                                                 "converts and loads MoD models with the `mixture-of-depth` package",
-    "examples/extras/qoft/llama3_oft_sft_bnb_npu.yaml": _CUDA,  # qoft/*_{awq,gptq}.yaml load (see train_qlora)
     "examples/ktransformers/train_lora/deepseek_v2_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/deepseek_v3_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/ktransformers/train_lora/qwen3_5moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
@@ -101,15 +106,13 @@ EXPECTED_REFUSED = {
                                                    "worker a GPU, and this machine has none",
     # train_qlora/llama3_lora_sft_{aqlm,awq,gptq}.yaml load: the quantization is in the (pre-quantized)
     # model's own config.json, which the config loader does not open
-    "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml": _CUDA,
-    "examples/train_qlora/qwen3_lora_sft_otfq.yaml": _CUDA,
     # LF's v1-engine files (`USE_V1=1 llamafactory-cli train`, config/lf_v1.py); the other 8 load
     "examples/v1/train_batching_strategy/train_full_fsdp2_dynamic_padding_free.yaml": _V1_FLASH,
     "examples/v1/train_batching_strategy/train_full_fsdp2_padding_free.yaml": _V1_FLASH,
     "examples/v1/train_full/train_full_liger_kernel.yaml": "`enable_liger_kernel` is not supported yet",
     "examples/v1/train_full/train_full_ulysses_cp.yaml": "context parallelism (`cp_size: 2`, Ulysses)",
-    "examples/v1/train_qlora/quantization.yaml": _CUDA,
     **_DS_REFUSED,
+    **_QLORA_REFUSED,
 }
 
 
@@ -196,10 +199,9 @@ def run_example(path: str, settings: dict, model_dir: Path, vl_model_dir: Path, 
 
 @pytest.fixture(autouse=True)
 def cpu_only(monkeypatch):
-    """Deterministic hardware: a machine without CUDA, MPS or bitsandbytes (as tests/test_config.py)."""
+    """Deterministic hardware: a machine without CUDA or MPS (bitsandbytes as installed: _QLORA_REFUSED)."""
     monkeypatch.setattr(validate, "cuda_available", lambda: False)
     monkeypatch.setattr(validate, "mps_available", lambda: False)
-    monkeypatch.setattr(validate, "bitsandbytes_available", lambda: False)
     # LF's own optimizers (use_galore, use_badam, ...): their packages count as installed, as LF requires them
     monkeypatch.setattr(validate, "optimizer_package_available", lambda module: True)
     # Ray (qwen3_lora_sft_ray.yaml) counts as installed, on a machine that starts its own Ray cluster
@@ -312,7 +314,8 @@ def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
 
 
 def test_the_example_list_that_trains():
-    assert len(TRAINING_THAT_LOADS) == 36  # of the 51 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed
+    # of the 56 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed; 5 of the 41 quantize (the qlora extra)
+    assert len(TRAINING_THAT_LOADS) == (41 if importlib.util.find_spec("bitsandbytes") else 36)
 
 
 @pytest.mark.parametrize("example", TRAINING_THAT_LOADS, ids=[e["path"].removeprefix("examples/") for e in TRAINING_THAT_LOADS])

@@ -57,6 +57,15 @@ def test_v1_freeze_full_and_dotted_overrides(v1_workspace, tiny_llama_dir):
     assert cfg.training.ddp_timeout == 600 and cfg.model.use_v1_kernels is True and not cfg.training.fsdp
 
 
+def test_v1_bnb_quant_config_is_qlora(v1_workspace, tiny_llama_dir, monkeypatch):
+    from tuneforge.config import validate
+
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: (0, 50))  # the CPU backend (tests/test_qlora.py)
+    cfg = load_config_dict(v1(tiny_llama_dir, quant_config={"name": "bnb", "quantization_bit": 8},
+                              peft_config={"name": "lora"}))
+    assert cfg.model.quantization_bit == 8 and cfg.finetuning.finetuning_type == "lora"
+
+
 @pytest.mark.parametrize("settings, error, message", [
     ({"peft_config": {"name": "lora", "lora_rank": 8}}, ConfigError, "`peft_config` \\(lora\\) has no key `lora_rank`"),
     ({"flash_attn": "flash_attention2"}, ConfigError, "`flash_attn: flash_attention2` is not a v1 value"),
@@ -69,8 +78,6 @@ def test_v1_freeze_full_and_dotted_overrides(v1_workspace, tiny_llama_dir):
     ({"dataset": "identity"}, ConfigError, "`dataset` is a v0 key in a LLaMA-Factory v1 config"),
     ({"micro_batchsize": 2}, ConfigError, "unknown key\\(s\\) `micro_batchsize` in a LLaMA-Factory v1 config"),
     ({"train_dataset": "data/v1_sft_demo.jsonl"}, NotSupportedError, "v1's own message format"),
-    ({"quant_config": {"name": "bnb", "quantization_bit": 4}, "peft_config": {"name": "lora"}}, NotSupportedError,
-     "it needs a CUDA GPU"),
     ({"quant_config": {"name": "bnb", "compute_dtype": "bfloat16"}}, NotSupportedError, "`quant_config.compute_dtype`"),
     ({"dist_config": {"name": "fsdp2", "mp_shard_size": 2}}, NotSupportedError, "`dist_config.mp_shard_size`"),
     ({"kernel_config": {"name": "auto", "include_kernels": "npu_fused_rope"}}, NotSupportedError, r"\(kernel ids\)"),
