@@ -72,7 +72,8 @@ def main() -> None:
         if not (Path(model) / "config.json").is_file():
             print(f"building a random Llama-3.2-1B-shaped model in {model} ...", flush=True)
             build_model(Path(model))
-    print(f"| base weights | load | RSS after load | peak RSS | forward + backward, 128 tokens |\n|---|---:|---:|---:|---:|")
+    print("| base weights | load | RSS after load | peak RSS | forward + backward, 128 tokens |")
+    print("|---|---:|---:|---:|---:|")
     for bits in ("none", "8", "4"):
         out = subprocess.run([sys.executable, "-c", MEASURE, model, bits], capture_output=True, text=True)
         if out.returncode:
