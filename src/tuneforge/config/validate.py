@@ -252,6 +252,10 @@ def _check_quantization(v: _View) -> None:
     if adapters and v["create_new_adapter"] and v["do_train"]:
         raise ConfigError(f"{v.where('quantization_bit', 'create_new_adapter')}: `create_new_adapter` would merge "
                           "the adapter into the quantized model; merge it into the unquantized model first")
+    if v["train_from_scratch"]:
+        raise ConfigError(f"{v.where('quantization_bit', 'train_from_scratch')}: `train_from_scratch` builds the model "
+                          "with random weights instead of loading any, so there is nothing to quantize; remove "
+                          "`quantization_bit`")
     if v["quantization_device_map"] == "auto" and v["do_train"]:
         raise ConfigError(f"{v.where('quantization_device_map')}: `quantization_device_map: auto` is for "
                           "inference; a training run keeps each process's model on its own device")

@@ -16,8 +16,11 @@ from typing import Any
 
 from tuneforge.config.args import FinetuningArguments, ModelArguments
 from tuneforge.errors import ConfigError, ModelError, NotSupportedError
+from tuneforge.model.model_options import (configure_moe, print_param_status, upcast_layernorms,
+                                           upcast_lmhead_output)
 from tuneforge.model.quantization import prepare_quantized, quantization_kwargs
 from tuneforge.model.vision import multimodal_problem, vision_model_class
+from tuneforge.utils.distributed import is_main_process
 from tuneforge.utils.vision_models import read_model_config
 
 logger = logging.getLogger(__name__)
@@ -252,8 +255,8 @@ def load_gguf_dense(gguf_path: str | os.PathLike, **kwargs):
 
 
 def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_dtype=None):
-    """The plain `AutoModelForCausalLM` of `model_name_or_path`, no adapters (its config RoPE-scaled first
-    when `rope_scaling` is set: `configure_rope`)."""
+    """The plain `AutoModelForCausalLM` of `model_name_or_path`, no adapters (its config changed first for
+    `rope_scaling` and `moe_aux_loss_coef`; random weights with `train_from_scratch`)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_source(model_args)
@@ -265,19 +268,29 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
         if model_args.quantization_bit is not None:
             raise NotSupportedError("QLoRA (`quantization_bit`) on a .gguf file is not supported yet; "
                                     "convert it to a Hugging Face folder first")
-        if model_args.rope_scaling is not None:
-            kwargs["config"] = _rope_scaled_config(model_args, gguf[0], gguf_file=gguf[1])
-        model = load_gguf_dense(path, **kwargs)
+        if _config_changes(model_args, is_trainable):
+            kwargs["config"] = _model_config(model_args, gguf[0], is_trainable=is_trainable, gguf_file=gguf[1])
+        if model_args.train_from_scratch:
+            model = _from_config(AutoModelForCausalLM, kwargs)
+        else:
+            model = load_gguf_dense(path, **kwargs)
     else:
         model_class = vision_model_class(check_model_folder(path) or read_model_config(path)) or AutoModelForCausalLM
         if model_class is not AutoModelForCausalLM:  # padded batches; positions jump over images (model/vision.py)
             kwargs["attn_implementation"] = attn = "sdpa" if attn.startswith("tuneforge") else attn
-        if model_args.rope_scaling is not None:
-            kwargs["config"] = _rope_scaled_config(model_args, path)
-        kwargs.update(quantization_kwargs(model_args, dtype))
-        model = call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
+        if _config_changes(model_args, is_trainable):
+            kwargs["config"] = _model_config(model_args, path, is_trainable=is_trainable)
+        if model_args.train_from_scratch:
+            model = _from_config(model_class, kwargs)
+        else:
+            kwargs.update(quantization_kwargs(model_args, dtype))
+            model = call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
         if "quantization_config" in kwargs:
             model = prepare_quantized(model, model_args.quantization_bit, is_trainable=is_trainable)
+    if is_trainable and model_args.upcast_layernorm:
+        upcast_layernorms(model)
+    if is_trainable and model_args.upcast_lmhead_output:
+        upcast_lmhead_output(model)
     # The KV cache only helps generation; training would keep it alive for nothing.
     model.config.use_cache = not is_trainable
     logger.info("loaded %s (%s, attention: %s)", path, str(dtype).removeprefix("torch."), attn)
@@ -297,6 +310,8 @@ def load_model(model_args: ModelArguments, finetuning_args: FinetuningArguments,
     trainable, total = count_parameters(model)
     logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
                 f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1))
+    if model_args.print_param_status and is_main_process():
+        print_param_status(model)
     return model
 
 
@@ -317,12 +332,29 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def _rope_scaled_config(model_args: ModelArguments, path: str, **extra):
-    """The model's config with `rope_scaling` applied (`configure_rope`), for `from_pretrained(config=...)`."""
+def _config_changes(model_args: ModelArguments, is_trainable: bool) -> bool:
+    return bool(model_args.rope_scaling is not None or model_args.train_from_scratch
+                or (is_trainable and model_args.moe_aux_loss_coef))
+
+
+def _model_config(model_args: ModelArguments, path: str, *, is_trainable: bool, **extra):
+    """The model's config with `rope_scaling` (`configure_rope`) and `moe_aux_loss_coef` applied, for
+    `from_pretrained(config=...)` or `train_from_scratch`."""
     from transformers import AutoConfig
 
-    config = call_from_pretrained(AutoConfig.from_pretrained, path, "model config", **hub_kwargs(model_args), **extra)
     from tuneforge.model.rope import configure_rope
 
-    configure_rope(config, model_args.rope_scaling, model_args.model_max_length)
+    config = call_from_pretrained(AutoConfig.from_pretrained, path, "model config", **hub_kwargs(model_args), **extra)
+    if model_args.rope_scaling is not None:
+        configure_rope(config, model_args.rope_scaling, model_args.model_max_length)
+    configure_moe(config, model_args.moe_aux_loss_coef, is_trainable=is_trainable)
     return config
+
+
+def _from_config(model_class, kwargs: dict):
+    """`train_from_scratch`: the architecture of the checkpoint's config with random weights (LF), no weights read."""
+    model = model_class.from_config(kwargs["config"], dtype=kwargs["dtype"],
+                                    attn_implementation=kwargs["attn_implementation"],
+                                    trust_remote_code=kwargs.get("trust_remote_code", False))
+    logger.info("train_from_scratch: %s with randomly initialised weights", type(model).__name__)
+    return model
