@@ -250,7 +250,9 @@ def _distributed(dist, values, put, origins) -> None:
         return
     if int(dist.get("cp_size", 1)) > 1:
         raise NotSupportedError(f"{_where(origins, 'dist_config')}: context parallelism (`cp_size: {dist['cp_size']}`, "
-                                f"Ulysses) is not supported yet")
+                                "Ulysses) is not supported yet: LLaMA-Factory v1 splits each sequence over the GPUs "
+                                "and exchanges attention heads inside FlashAttention-2's forward (CUDA and the "
+                                "flash_attn package); without `cp_size` every process holds whole sequences")
     meshes = [key for key in ("mp_replicate_size", "mp_shard_size", "dp_size") if key in dist]
     if meshes:
         raise NotSupportedError(f"{_where(origins, 'dist_config')}: `dist_config.{meshes[0]}` (a hand-made device "
