@@ -202,3 +202,37 @@ def test_pt_blocks_a_batch_at_a_time_are_the_blocks_of_all_documents():
         for batch in (1, 3, 7, 50):
             chunks = list(pt_block_chunks((documents[i:i + batch] for i in range(0, 50, batch)), data))
             assert {key: [b for chunk in chunks for b in chunk[key]] for key in whole} == whole
+
+
+THOUGHTS = ("Q1", "<think>\nfirst thought\n</think>\n\nA1", "Q2", "<think>\nsecond thought\n</think>\n\nA2", "Q3", "A3")
+
+
+@pytest.mark.parametrize("preserve_thinking, kept", [(None, []), (False, []), (True, ["first", "second"])])
+def test_mask_history_drops_history_thoughts_unless_preserve_thinking(tiny_tokenizer, preserve_thinking, kept):
+    """LF: with a reasoning template and `mask_history`, the history turns lose their thoughts and only the trained
+    last turn gets its (empty) one, unless `preserve_thinking` (ids checked against LF 0.9.5's encode_multiturn)."""
+    from tuneforge.data.templates import template_for
+
+    data = args(template="qwen3", mask_history=True, preserve_thinking=preserve_thinking)
+    result = encode_sft_with_info(conv(*THOUGHTS), template_for(data, tiny_tokenizer), tiny_tokenizer, data)
+    text = tiny_tokenizer.decode(result.input_ids)
+    assert [word for word in ("first", "second") if f"{word} thought" in text] == kept
+    assert text.endswith("<|im_start|>user\nQ3<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nA3<|im_end|>\n")
+    trained = tiny_tokenizer.decode([t for t, label in zip(result.input_ids, result.labels) if label != X])
+    assert trained == "<think>\n\n</think>\n\nA3<|im_end|>\n"  # the last turn only (mask_history)
+
+
+def test_without_mask_history_every_thought_stays(tiny_tokenizer):
+    from tuneforge.data.templates import template_for
+
+    data = args(template="qwen3")
+    result = encode_sft_with_info(conv(*THOUGHTS), template_for(data, tiny_tokenizer), tiny_tokenizer, data)
+    assert "first thought" in tiny_tokenizer.decode(result.input_ids)
+
+
+def test_preserve_thinking_with_the_models_own_template_is_refused(tiny_tokenizer):
+    from tuneforge.data.templates import template_for
+    from tuneforge.errors import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match="with `template: auto` the model's own chat template decides"):
+        template_for(args(template="auto", preserve_thinking=True), tiny_tokenizer)

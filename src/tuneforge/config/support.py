@@ -61,7 +61,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "eval_num_beams": "generation during evaluation is not implemented yet",
         "ignore_pad_token_for_loss": "pad tokens are always excluded from the loss",
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
-        "preserve_thinking": "thinking-mode switches for reasoning templates are not implemented yet",
         # methods and optimisers
         "use_mca": "Megatron Core training is not implemented",
         "early_stopping_steps": "early stopping is not implemented yet",

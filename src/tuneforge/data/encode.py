@@ -58,7 +58,10 @@ def sft_pieces(conv: Conversation, template, tokenizer, data_args: DataArguments
     if not hasattr(template, "multiturn_pieces"):  # a template object of the caller's own: its ids as they are
         pairs = template.encode_multiturn(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
         return [list(ids) for pair in pairs for ids in pair]
-    return template.multiturn_pieces(tokenizer, list(conv.messages), system=system, tools=conv.tools or None)
+    extra = {}
+    if getattr(template, "reasoning", False) and data_args.mask_history and not data_args.preserve_thinking:
+        extra["discarding_history_cot"] = True  # LF: only the trained (last) turn keeps its thought
+    return template.multiturn_pieces(tokenizer, list(conv.messages), system=system, tools=conv.tools or None, **extra)
 
 
 def encode_sft_pieces(pieces: list[list[str | int]], encode, template, tokenizer, data_args: DataArguments) -> SftEncoding:

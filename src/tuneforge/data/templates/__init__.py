@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -28,6 +29,7 @@ __all__ = [
 ]  # fmt: skip
 
 ChatTemplate = Union[Template, JinjaTemplate]
+logger = logging.getLogger(__name__)
 _BUILTIN_FILE = Path(__file__).with_name("builtin.json")
 
 
@@ -63,19 +65,26 @@ def get_template(
     *,
     default_system: str | None = None,
     enable_thinking: bool | None = True,
+    preserve_thinking: bool | None = None,
     tool_format: str | None = None,
 ) -> ChatTemplate:
     """The template a run uses. ``None``/``"auto"`` -> the tokenizer's own chat template.
 
     The keyword arguments are LLaMA-Factory's data arguments of the same names: ``default_system``
-    replaces the template's default system prompt, ``enable_thinking`` applies to reasoning templates,
-    ``tool_format`` switches the tool / function-call format. The tokenizer is not modified here;
+    replaces the template's default system prompt, ``enable_thinking`` and ``preserve_thinking`` (keep the
+    thoughts of earlier turns; unset = LF's false) apply to reasoning templates, ``tool_format`` switches the tool /
+    function-call format. The tokenizer is not modified here;
     call ``template.fix_tokenizer(tokenizer)`` once per run.
     """
     if name is None or name == "auto":
         if tool_format is not None:
             raise NotSupportedError(
                 "`tool_format` cannot be combined with `template: auto` (the chat template formats tools)"
+            )
+        if preserve_thinking is not None:
+            raise NotSupportedError(
+                "`preserve_thinking` applies to LLaMA-Factory's reasoning templates (qwen3, deepseekr1, ...); with "
+                "`template: auto` the model's own chat template decides whether earlier turns keep their thoughts"
             )
         return JinjaTemplate(tokenizer, default_system=default_system, enable_thinking=enable_thinking)
 
@@ -98,6 +107,10 @@ def get_template(
         changes["default_system"] = default_system
     if template.reasoning:
         changes["enable_thinking"] = enable_thinking
+        changes["preserve_thinking"] = bool(preserve_thinking)
+    elif preserve_thinking:
+        logger.warning("preserve_thinking: template '%s' is not a reasoning template; the key has no effect (as in "
+                       "LLaMA-Factory)", name)
     if tool_format is not None:  # LF: function slots fall back to the plain assistant defaults
         check_tool_format(tool_format)
         changes["tool_format"] = tool_format
@@ -108,8 +121,8 @@ def get_template(
 
 
 def template_for(data_args: DataArguments, tokenizer: Any) -> ChatTemplate:
-    """The run's template from its data arguments: `template` with `default_system`, `enable_thinking`
-    and `tool_format` applied (LLaMA-Factory's `get_template_and_fix_tokenizer`). Every path that builds
+    """The run's template from its data arguments: `template` with `default_system`, `enable_thinking`,
+    `preserve_thinking` and `tool_format` applied (LLaMA-Factory's `get_template_and_fix_tokenizer`). Every path that builds
     a run's template (training, chat, reward scoring, export, evaluation) goes through here, so none of
     these keys can be dropped."""
     return get_template(
@@ -117,5 +130,6 @@ def template_for(data_args: DataArguments, tokenizer: Any) -> ChatTemplate:
         tokenizer,
         default_system=data_args.default_system,
         enable_thinking=data_args.enable_thinking,
+        preserve_thinking=data_args.preserve_thinking,
         tool_format=data_args.tool_format,
     )

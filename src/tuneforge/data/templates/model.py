@@ -190,9 +190,11 @@ class Template:
                                                                                       discarding_history_cot)]
         return [(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)]
 
-    def multiturn_pieces(self, tokenizer, messages, system=None, tools=None) -> list[list[str | int]]:
+    def multiturn_pieces(self, tokenizer, messages, system=None, tools=None,
+                         discarding_history_cot: bool = False) -> list[list[str | int]]:
         """`encode_multiturn` before tokenization: per message, its texts and token ids (`slots_to_pieces`)."""
-        return [slots_to_pieces(tokenizer, slots) for slots in self._checked_multiturn_slots(messages, system, tools)]
+        return [slots_to_pieces(tokenizer, slots)
+                for slots in self._checked_multiturn_slots(messages, system, tools, discarding_history_cot)]
 
     def _checked_multiturn_slots(self, messages, system, tools, discarding_history_cot: bool = False):
         msgs = normalize_messages(messages)
