@@ -145,6 +145,30 @@ def check_evaluation(v) -> None:
         raise ConfigError(f"{v.where('lang')}: `lang` is {v['lang']!r}; expected en or zh (the prompt language)")
     if v["n_shot"] < 0 or v["batch_size"] < 1:
         raise ConfigError(f"{v.where('n_shot', 'batch_size')}: `n_shot` must be >= 0 and `batch_size` >= 1")
+    _check_early_stopping(v)
+
+
+def _check_early_stopping(v) -> None:
+    """LF's `early_stopping_steps` is HF's EarlyStoppingCallback (patience counted in evaluations), which asserts
+    these at the first step; said here by key instead."""
+    patience = v["early_stopping_steps"]
+    if patience is None or not v["do_train"]:
+        return
+    where = v.where("early_stopping_steps")
+    if patience < 1:
+        raise ConfigError(f"{where}: `early_stopping_steps` is a number of evaluations without improvement, at "
+                          f"least 1; got {patience}")
+    if v["stage"] in ("ppo", "grpo"):
+        raise ConfigError(f"{where}: `early_stopping_steps` watches evaluations, which stage {v['stage']} does not "
+                          "run")
+    if v["eval_strategy"] == "no" or not (v["val_size"] or split_names(v["eval_dataset"])):
+        raise ConfigError(f"{where}: `early_stopping_steps` stops when `metric_for_best_model` has not improved for "
+                          f"{patience} evaluations; the run needs evaluations: `eval_strategy: steps` with "
+                          "`eval_steps`, and `val_size` or `eval_dataset`")
+    if not v["load_best_model_at_end"]:
+        raise ConfigError(f"{where}: `early_stopping_steps` needs `load_best_model_at_end: true` (HF's "
+                          "EarlyStoppingCallback; the best checkpoint is kept and loaded at the end) with "
+                          "`save_strategy` matching `eval_strategy`")
 
 
 def _check_dataset_dir(v) -> None:

@@ -141,6 +141,10 @@ def build_trainer(cfg, model, tokenizer, bundle, collator, *, objective=None, ex
         from tuneforge.train.pissa import PissaConvertCallback
 
         trainer.add_callback(PissaConvertCallback())
+    if cfg.finetuning.early_stopping_steps is not None and cfg.training.do_train:  # LF: HF's callback (validated)
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.finetuning.early_stopping_steps))
     if cfg.finetuning.compute_accuracy and bundle.eval is None:
         logger.warning("compute_accuracy: there is no evaluation set (`eval_dataset` or `val_size`), so no "
                        "eval_accuracy will be reported")
