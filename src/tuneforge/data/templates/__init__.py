@@ -122,9 +122,9 @@ def get_template(
 
 def template_for(data_args: DataArguments, tokenizer: Any) -> ChatTemplate:
     """The run's template from its data arguments: `template` with `default_system`, `enable_thinking`,
-    `preserve_thinking` and `tool_format` applied (LLaMA-Factory's `get_template_and_fix_tokenizer`). Every path that builds
-    a run's template (training, chat, reward scoring, export, evaluation) goes through here, so none of
-    these keys can be dropped."""
+    `preserve_thinking` and `tool_format` applied (LLaMA-Factory's `get_template_and_fix_tokenizer`). Every path
+    that builds a run's template (training, chat, reward scoring, export, evaluation) goes through here, so none
+    of these keys can be dropped."""
     return get_template(
         data_args.template,
         tokenizer,
