@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import math
 
@@ -164,6 +166,12 @@ def test_reference_model_choice(workdir, tiny_llama_dir):
     assert ref is not None and not any(p.requires_grad for p in ref.parameters()) and not ref.training
     full = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o", finetuning_type="full")
     assert type(load_reference_model(full, lora_policy=False)).__name__ == "LlamaForCausalLM"
+    if importlib.util.find_spec("bitsandbytes"):  # LF's ref_model_quantization_bit: that model alone quantized
+        quantized = make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "o", ref_model=str(tiny_llama_dir),
+                             ref_model_quantization_bit=4)
+        ref = load_reference_model(quantized, lora_policy=True)
+        assert type(ref.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+        assert quantized.model.quantization_bit is None  # the policy is not
 
 
 def test_ld_alpha_weights_tokens_beyond_the_shared_length_by_hand():

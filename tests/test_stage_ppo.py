@@ -229,8 +229,8 @@ def test_ppo_config_checked_before_loading(tiny_llama_dir, tmp_path):
         ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", val_size=0.1)
     with pytest.raises(NotSupportedError, match="`compute_accuracy`: PPO has no evaluation"):
         ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", compute_accuracy=True)
-    with pytest.raises(NotSupportedError, match="ref_model_quantization_bit"):
-        ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", ref_model_quantization_bit=4)
+    with pytest.raises(ConfigError, match="`ref_model_quantization_bit` must be 4 or 8, got 3"):
+        ppo_config(tiny_llama_dir, tmp_path, reward_model="rm", ref_model_quantization_bit=3)
     check_ppo_config(ppo_config(tiny_llama_dir, tmp_path, reward_model="rm"))  # fine
 
 
@@ -351,3 +351,18 @@ def test_ppo_loop_follows_the_thread_policy(tiny_llama_dir, tmp_path, monkeypatc
                                 get_threads=lambda: threads["n"])
     loop.train(prompts)
     assert calls == [1, 2]  # one thread while the other process is busy, restored at the end
+
+
+def test_a_full_reward_model_loads_with_reward_model_quantization_bit(tiny_llama_dir, tmp_path, monkeypatch):
+    """LF's create_reward_model: the reward model's own bits (the policy's do not carry over)."""
+    import tuneforge.model.value_head as value_head
+
+    seen = {}
+    monkeypatch.setattr(value_head, "load_value_head_model",
+                        lambda model_args, *args, **kwargs: seen.setdefault("args", model_args))
+    for bits in (None, 8):
+        seen.clear()
+        cfg = ppo_config(tiny_llama_dir, tmp_path, reward_model=str(tiny_llama_dir), reward_model_type="full",
+                         **({"reward_model_quantization_bit": bits} if bits else {}))
+        build_reward_source(cfg, None, None)
+        assert seen["args"].quantization_bit == bits and seen["args"].model_name_or_path == str(tiny_llama_dir)

@@ -63,7 +63,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
         # methods and optimisers
         "use_mca": "Megatron Core training is not implemented",
-        "ref_model_quantization_bit": "quantizing the reference model is not implemented yet",
         # distributed training
         "master_addr": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
         "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself",

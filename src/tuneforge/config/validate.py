@@ -235,20 +235,27 @@ def _check_hardware(v: _View) -> None:
 
 def _check_quantization(v: _View) -> None:
     """QLoRA: the rules LLaMA-Factory's parser applies, and bitsandbytes able to run on this machine."""
-    bits = v["quantization_bit"]
-    for key in ("quantization_bit", "ref_model_quantization_bit", "reward_model_quantization_bit"):
+    keys = {"quantization_bit": "adapter_name_or_path", "ref_model_quantization_bit": "ref_model_adapters",
+            "reward_model_quantization_bit": "reward_model_adapters"}  # each model's bits and its adapters
+    for key, adapters_key in keys.items():
         if v[key] not in (None, 4, 8):
             raise ConfigError(f"{v.where(key)}: `{key}` must be 4 or 8, got {v[key]}")
-    if bits is None:
-        return
+        adapters = split_names(v[adapters_key])
+        if v[key] is not None and len(adapters) > 1:  # merged into 4/8-bit weights they would be rounded away
+            raise ConfigError(f"{v.where(key, adapters_key)}: a quantized model takes one adapter, got "
+                              f"{len(adapters)}; merge them into the unquantized model first (`tuneforge export`)")
+    if v["quantization_bit"] is not None:
+        _check_qlora(v)
+    quantized = [key for key in keys if v[key] is not None]
+    if quantized:
+        _check_bitsandbytes(v, quantized[0])
+
+
+def _check_qlora(v: _View) -> None:
     where = v.where("quantization_bit")
     if v["finetuning_type"] not in ADAPTER_METHODS:  # LF: lora or oft on a quantized model
         raise ConfigError(f"{where}: `quantization_bit` (QLoRA) only works with `finetuning_type: lora` (or oft)")
     adapters = split_names(v["adapter_name_or_path"])
-    if len(adapters) > 1:  # merging an adapter into 4/8-bit weights would round it away (LF: one adapter)
-        raise ConfigError(f"{v.where('quantization_bit', 'adapter_name_or_path')}: a quantized model takes one "
-                          f"adapter, got {len(adapters)}; merge them into the unquantized model first "
-                          "(`tuneforge export`)")
     if adapters and v["create_new_adapter"] and v["do_train"]:
         raise ConfigError(f"{v.where('quantization_bit', 'create_new_adapter')}: `create_new_adapter` would merge "
                           "the adapter into the quantized model; merge it into the unquantized model first")
@@ -259,15 +266,18 @@ def _check_quantization(v: _View) -> None:
     if v["quantization_device_map"] == "auto" and v["do_train"]:
         raise ConfigError(f"{v.where('quantization_device_map')}: `quantization_device_map: auto` is for "
                           "inference; a training run keeps each process's model on its own device")
+
+
+def _check_bitsandbytes(v: _View, key: str) -> None:
+    """bitsandbytes installed, with its CPU backend where there is no CUDA."""
+    what = f"`{key}: {v[key]}`" + (" (QLoRA)" if key == "quantization_bit" else "")
     version = bitsandbytes_version()
     if version is None:
-        raise NotSupportedError(
-            f"{where}: `quantization_bit: {bits}` (QLoRA) needs bitsandbytes, which is not installed: "
-            "pip install tuneforge[qlora]"
-        )
+        raise NotSupportedError(f"{v.where(key)}: {what} needs bitsandbytes, which is not installed: "
+                                "pip install tuneforge[qlora]")
     if version < BITSANDBYTES_CPU and not cuda_available():
         raise NotSupportedError(
-            f"{where}: `quantization_bit: {bits}` (QLoRA) without a CUDA GPU needs bitsandbytes >= "
+            f"{v.where(key)}: {what} without a CUDA GPU needs bitsandbytes >= "
             f"{'.'.join(map(str, BITSANDBYTES_CPU))} (its CPU backend); {'.'.join(map(str, version))} is installed: "
             "pip install -U tuneforge[qlora]"
         )

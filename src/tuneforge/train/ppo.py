@@ -110,13 +110,10 @@ def load_reference(cfg, dtype):
     from tuneforge.model.value_head import ValueHeadModel
 
     finetuning = cfg.finetuning
-    if finetuning.ref_model is None and finetuning.finetuning_type in ADAPTER_METHODS:
+    model_args = workflow.ref_model_arguments(cfg)
+    if model_args is None and finetuning.finetuning_type in ADAPTER_METHODS:
         return None
-    adapters = split_names(finetuning.ref_model_adapters) if finetuning.ref_model else []
-    model_args = cfg.model
-    if finetuning.ref_model is not None:
-        model_args = dataclasses.replace(model_args, model_name_or_path=finetuning.ref_model,
-                                         adapter_name_or_path=tuple(adapters) or None)
+    model_args = model_args or cfg.model
     # reference = the starting point: base + every adapter of adapter_name_or_path, merged
     method = "lora" if split_names(model_args.adapter_name_or_path) else "full"
     frozen = load_model(model_args, dataclasses.replace(finetuning, finetuning_type=method), is_trainable=False,

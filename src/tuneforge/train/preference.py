@@ -208,17 +208,13 @@ def load_reference_model(cfg, *, lora_policy: bool):
     import dataclasses
 
     from tuneforge.model.loader import load_model
-    from tuneforge.train.workflow import compute_dtype
+    from tuneforge.train.workflow import compute_dtype, ref_model_arguments
 
     finetuning = cfg.finetuning
-    if finetuning.ref_model_quantization_bit is not None:
-        from tuneforge.errors import NotSupportedError
-
-        raise NotSupportedError("`ref_model_quantization_bit` is not supported yet; remove it to load the reference model unquantized")
-    if finetuning.ref_model:
-        adapters = finetuning.ref_model_adapters
-        model_args = dataclasses.replace(cfg.model, model_name_or_path=finetuning.ref_model, adapter_name_or_path=adapters)
-        ref_finetuning = dataclasses.replace(finetuning, finetuning_type="lora" if adapters else "full")
+    model_args = ref_model_arguments(cfg)
+    if model_args is not None:
+        ref_finetuning = dataclasses.replace(finetuning, finetuning_type="lora" if model_args.adapter_name_or_path
+                                             else "full")
         return load_model(model_args, ref_finetuning, is_trainable=False, compute_dtype=compute_dtype(cfg))
     if lora_policy:
         return None

@@ -158,10 +158,9 @@ def build_reward_source(cfg, policy, tokenizer, compute_dtype=None) -> RewardSou
     if not location:
         raise ConfigError("stage ppo needs `reward_model`: a reward model trained with `stage: rm` "
                           "(its output_dir), or a URL with `reward_model_type: api`")
-    if getattr(finetuning, "reward_model_quantization_bit", None) is not None:
-        from tuneforge.errors import NotSupportedError
-
-        raise NotSupportedError("reward_model_quantization_bit is not supported yet; remove it to load the reward model unquantized")
+    if finetuning.reward_model_quantization_bit is not None and kind != "full":
+        logger.warning("reward_model_quantization_bit applies to a full reward model (`reward_model_type: full`); "
+                       "with `%s` there is no separate model to quantize (as in LLaMA-Factory)", kind)
     if kind == "api":
         if not str(location).startswith(("http://", "https://")):
             raise ConfigError(f"reward_model: `{location}` is not an http(s) URL, which `reward_model_type: api` expects")
@@ -189,7 +188,8 @@ def _load_full_reward_model(cfg, location: str, compute_dtype):
         raise ConfigError(f"reward_model: {location} is a LoRA adapter; set `reward_model_type: lora` (same base "
                           "model as the policy), or `reward_model: <its base model>` with `reward_model_adapters`")
     model_args = dataclasses.replace(cfg.model, model_name_or_path=location,
-                                     adapter_name_or_path=tuple(adapters) or None, quantization_bit=None)
+                                     adapter_name_or_path=tuple(adapters) or None,
+                                     quantization_bit=cfg.finetuning.reward_model_quantization_bit)
     finetuning_args = dataclasses.replace(cfg.finetuning, finetuning_type="lora" if adapters else "full")
     head_dir = adapters[-1] if adapters else resolve_model_path(location)
     logger.info("reward: full reward model %s%s", location, f" + adapters {','.join(adapters)}" if adapters else "")

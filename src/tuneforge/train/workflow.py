@@ -31,6 +31,25 @@ def compute_dtype(cfg) -> str | None:
     return None
 
 
+def ref_model_arguments(cfg):
+    """The model arguments of `ref_model` (dpo / kto / ppo): its path, `ref_model_adapters` and
+    `ref_model_quantization_bit` in place of the policy's (LF's create_ref_model); None without `ref_model`."""
+    import dataclasses
+
+    from tuneforge.config.args import split_names
+
+    finetuning = cfg.finetuning
+    if not finetuning.ref_model:
+        if finetuning.ref_model_quantization_bit is not None:
+            logger.warning("ref_model_quantization_bit applies to the model `ref_model` names; without it the "
+                           "reference is the policy's starting point, loaded as the policy is (as in LLaMA-Factory)")
+        return None
+    adapters = split_names(finetuning.ref_model_adapters)
+    return dataclasses.replace(cfg.model, model_name_or_path=finetuning.ref_model,
+                               adapter_name_or_path=tuple(adapters) or None,
+                               quantization_bit=finetuning.ref_model_quantization_bit)
+
+
 def seed_everything(cfg) -> None:
     """Seed before the model and its adapters are built, so the same config gives the same run
     (`full_determinism` also makes the kernels deterministic, as in HF)."""
