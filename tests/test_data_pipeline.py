@@ -388,3 +388,23 @@ def test_stage_metrics_of_one_eval_dataset_carry_its_name():
 
     assert _eval_prefix({"eval_loss": 1.0, "epoch": 1}) == "eval_"
     assert _eval_prefix({"eval_nums_runtime": 0.1, "eval_nums_loss": 1.0}) == "eval_nums_"  # rewards/... of dpo
+
+
+@pytest.mark.parametrize("shared, local", [(False, True), (True, False)])
+def test_data_shared_file_system_makes_the_first_process_of_all_encode_first(workdir, tiny_tokenizer, monkeypatch,
+                                                                                shared, local):
+    """LF: each node's first process encodes first, or with `data_shared_file_system` only the global first one (the
+    other nodes then read its cache from the shared file system)."""
+    import contextlib
+
+    cfg = make_cfg("alp", data_shared_file_system=shared)
+    calls = []
+
+    @contextlib.contextmanager
+    def main_process_first(local=True, desc=""):
+        calls.append(local)
+        yield
+
+    monkeypatch.setattr(cfg.training, "main_process_first", main_process_first)
+    build_datasets(cfg, tiny_tokenizer, TokTemplate())
+    assert calls == [local]

@@ -57,7 +57,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "audio_sampling_rate": _MULTIMODAL,
         "train_mm_proj_only": _MULTIMODAL,
         # data
-        "data_shared_file_system": "multi-node training is not implemented yet",
         "eval_num_beams": "generation during evaluation is not implemented yet",
         "ignore_pad_token_for_loss": "pad tokens are always excluded from the loss",
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",

@@ -69,8 +69,9 @@ class DatasetBundle:
 def build_datasets(cfg: RunConfig, tokenizer, template, stage: str = "sft") -> DatasetBundle:
     """The run's encoded splits. In a multi-process run each node's first process encodes (and caches)
     first and the others then read its cache, as LF does: one encoding, and no rank waits on a
-    collective timeout while the others tokenize."""
-    with cfg.training.main_process_first(local=True, desc="encoding the datasets"):
+    collective timeout while the others tokenize. With `data_shared_file_system` (LF: the nodes share
+    the cache's file system) only the first process of all encodes first."""
+    with cfg.training.main_process_first(local=not cfg.data.data_shared_file_system, desc="encoding the datasets"):
         return _build_datasets(cfg, tokenizer, template, stage)
 
 
