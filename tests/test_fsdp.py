@@ -5,6 +5,7 @@ FSDP1 refused on CPU with the reason (accelerate's FSDP1 plugin needs a GPU)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -100,16 +101,19 @@ def test_fsdp2_lora_and_full_train_as_one_process_and_save_whole_weights(workspa
 
 
 def test_accelerate_launch_with_lf_fsdp2_config(workspace, tiny_llama_dir):
-    """LF documents `accelerate launch --config_file examples/accelerate/fsdp_config.yaml ...`: FSDP comes from
-    accelerate's config (FSDP2 here; its `mixed_precision: bf16` makes the losses bf16-rounded)."""
+    """LF documents `accelerate launch --config_file examples/accelerate/fsdp_config.yaml ...` (its extras/fsdp_qlora
+    example: QLoRA under FSDP): FSDP comes from accelerate's config (FSDP2 here; its `mixed_precision: bf16` makes
+    the losses bf16-rounded), the base model 4-bit where the qlora extra is installed."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    qlora = ["quantization_bit=4"] if importlib.util.find_spec("bitsandbytes") else []
     accelerate = Path(sys.executable).with_name("accelerate")
     output = run_command(workspace, [str(accelerate), "launch", "--config_file",
                               str(REPO / "examples" / "accelerate" / "fsdp2_config.yaml"), "-m", "tuneforge", "train",
-                              "train.yaml", "output_dir=acc", "per_device_train_batch_size=4"], {})
+                              "train.yaml", "output_dir=acc", "per_device_train_batch_size=4", *qlora], {})
     assert "FSDP2 on 2 CPU processes (gloo)" in output
+    assert ("QLoRA: base weights quantized to 4 bits" in output) == bool(qlora)
     assert output.count("[tuneforge] done in") == 1
     assert len(losses(workspace / "acc")) == 4
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), workspace / "acc")

@@ -37,7 +37,7 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_type=model_args.quantization_type,
             bnb_4bit_use_double_quant=bool(model_args.double_quantization),
-            bnb_4bit_quant_storage=dtype,
+            bnb_4bit_quant_storage=_storage_dtype(dtype),
         )
     if model_args.quantization_device_map == "auto":  # LF: spread over the visible devices (inference only)
         device_map = "auto"
@@ -46,6 +46,16 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
     else:
         device_map = {"": "cpu"}
     return {"quantization_config": config, "device_map": device_map}
+
+
+def _storage_dtype(dtype):
+    """The tensor type that holds the packed 4-bit weights: the compute dtype, or the one an accelerate launch's
+    `mixed_precision` makes FSDP cast every parameter to (FSDP-QLoRA: a cast of packed weights held in another
+    type would reinterpret their bytes)."""
+    import torch
+
+    mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(os.environ.get("ACCELERATE_MIXED_PRECISION", ""))
+    return mixed or dtype
 
 
 def prepare_quantized(model, bits: int, *, is_trainable: bool):
