@@ -148,3 +148,27 @@ def test_zero3_in_one_process_without_a_launcher(workspace):
     train(workspace, "output_dir=one")
     train(workspace, "output_dir=single", f"deepspeed={DS_EXAMPLES / 'ds_z3_config.json'}")
     assert losses(workspace / "single") == pytest.approx(losses(workspace / "one"), abs=1e-5)
+
+
+@needs_deepspeed
+@pytest.mark.skipif(not importlib.util.find_spec("bitsandbytes"), reason="QLoRA needs the qlora extra")
+def test_zero3_qlora_loads_without_a_device_map_and_trains_as_without_deepspeed(workspace):
+    """LF: under ZeRO-3 the 4-bit model is loaded without a device_map (transformers refuses one with ZeRO-3) and
+    8-bit weights are refused (they do not shard)."""
+    zero3 = f"deepspeed={DS_EXAMPLES / 'ds_z3_config.json'}"
+    train(workspace, "output_dir=one", "quantization_bit=4")
+    train(workspace, "output_dir=z3", "quantization_bit=4", zero3)
+    assert losses(workspace / "z3") == pytest.approx(losses(workspace / "one"), abs=1e-5)
+
+
+def test_quantized_loading_under_weight_sharding(monkeypatch):
+    import transformers.integrations
+
+    from tuneforge.config.args import ModelArguments
+    from tuneforge.errors import NotSupportedError
+    from tuneforge.model.quantization import quantization_kwargs
+
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    assert "device_map" not in quantization_kwargs(ModelArguments(model_name_or_path="m", quantization_bit=4), None)
+    with pytest.raises(NotSupportedError, match="8-bit weights cannot be sharded by DeepSpeed ZeRO-3 or FSDP"):
+        quantization_kwargs(ModelArguments(model_name_or_path="m", quantization_bit=8), None)

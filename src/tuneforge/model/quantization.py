@@ -11,6 +11,7 @@ import logging
 import os
 
 from tuneforge.config.args import ModelArguments
+from tuneforge.errors import NotSupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
             bnb_4bit_use_double_quant=bool(model_args.double_quantization),
             bnb_4bit_quant_storage=_storage_dtype(dtype),
         )
+    if _sharded_loading():  # LF: ZeRO-3 / FSDP place the weights themselves, and only 4-bit weights shard
+        if bits != 4:
+            raise NotSupportedError("quantization_bit: 8-bit weights cannot be sharded by DeepSpeed ZeRO-3 or FSDP "
+                                    "(LLaMA-Factory: only 4-bit); use `quantization_bit: 4`, or ZeRO-2")
+        return {"quantization_config": config}
     if model_args.quantization_device_map == "auto":  # LF: spread over the visible devices (inference only)
         device_map = "auto"
     elif torch.cuda.is_available():  # each process of a multi-process run on its own GPU, not all on GPU 0
@@ -46,6 +52,14 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
     else:
         device_map = {"": "cpu"}
     return {"quantization_config": config, "device_map": device_map}
+
+
+def _sharded_loading() -> bool:
+    """DeepSpeed ZeRO-3, or accelerate's FSDP loading the weights on one process (transformers' own tests)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.modeling_utils import is_fsdp_enabled
+
+    return is_deepspeed_zero3_enabled() or is_fsdp_enabled()
 
 
 def _storage_dtype(dtype):
