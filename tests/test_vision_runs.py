@@ -241,3 +241,30 @@ def test_recall_asks_each_image_row_with_its_images(tiny_qwen3_vl_dir, tiny_llam
     text_model = load_config(str(tmp_path / "train.yaml"), [f"model_name_or_path={tiny_llama_dir}"])
     with pytest.raises(DataError, match="has images but the model .* does not take images"):
         run_recall(text_model, RecallOptions(drift=False), emit=lambda line: None)
+
+
+def test_beam_search_about_an_image_is_transformers_generate(tiny_qwen3_vl_dir, image_data):
+    """num_beams > 1 with images: every beam sees the pixels (transformers' generate with the same ids and pixels
+    gives the same answer; another image gives another one)."""
+    import torch
+
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.infer.engine import ChatEngine
+
+    cfg = load_config_dict({"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink",
+                            "do_sample": False, "num_beams": 3, "max_new_tokens": 6}, require_output_dir=False)
+    engine = ChatEngine.from_config(cfg)
+    question = [{"role": "user", "content": "What colour is this?"}]
+    images = [str(image_data / "images" / f"img{i}.png") for i in range(3)]
+    answers = [engine.chat(question, images=[image]) for image in images]
+    expanded = [{"role": "user", "content": "<|vision_start|>" + "<|image_pad|>" * 6 + "<|vision_end|>"
+                 "What colour is this?"}]  # img1.png, 96x64: 6 image tokens
+    pixels = engine.vision.pixels([images[1]])
+    prompt = torch.tensor([engine.encode_prompt(expanded)])
+    with torch.inference_mode():
+        out = engine.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                                    mm_token_type_ids=(prompt == engine.vision.image_token_id).long(), num_beams=3,
+                                    do_sample=False, eos_token_id=list(engine.stop_ids), **pixels)
+    new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in engine.stop_ids]
+    assert answers[1] == engine.tokenizer.decode(new, skip_special_tokens=True)
+    assert len(set(answers)) > 1

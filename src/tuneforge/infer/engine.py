@@ -165,9 +165,8 @@ class ChatEngine:
         messages, pixels = image_chat(self, messages, images) if images or self.vision else (messages, {})
         prompt_ids = self.encode_prompt(messages, system, tools, settings)
         if settings.num_beams > 1:  # beams only know the answer at the end
-            if pixels:
-                raise ConfigError("num_beams > 1 with images is not supported yet by tuneforge")
-            text = decode_text(self.tokenizer, self.beam_search(prompt_ids, settings), settings.skip_special_tokens)
+            text = decode_text(self.tokenizer, self.beam_search(prompt_ids, settings, pixels),
+                               settings.skip_special_tokens)
             yield StopWordFilter(self.stop_words).cut(text)
             return
         ids = self._decode_ids(prompt_ids, settings, pixels)
@@ -201,8 +200,8 @@ class ChatEngine:
         a vision-language prompt whose image tokens are already in `prompt_ids` (data/media.py)."""
         settings = self.settings.with_overrides(**gen_overrides)
         pixels = image_pixels(self, images) if images else {}
-        if settings.num_beams > 1 and not pixels:
-            return self.beam_search(list(prompt_ids), settings)
+        if settings.num_beams > 1:
+            return self.beam_search(list(prompt_ids), settings, pixels)
         return list(self._decode_ids(list(prompt_ids), settings, pixels))
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_batch: int = 8, on_done=None,
@@ -339,7 +338,8 @@ class ChatEngine:
         finally:
             self.last_stats = GenerationStats(len(prompt_ids), generated, time.perf_counter() - start, prefill_seconds)
 
-    def beam_search(self, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:
+    def beam_search(self, prompt_ids: list[int], settings: GenerationSettings, pixels: dict | None = None) -> list[int]:
+        """`model.generate` with beams; `pixels`: a vision-language prompt's images (each beam sees them)."""
         start = time.perf_counter()
         kwargs = dict(
             num_beams=settings.num_beams, length_penalty=settings.length_penalty, do_sample=not settings.greedy,
@@ -352,7 +352,8 @@ class ChatEngine:
                 torch.manual_seed(int(settings.seed))
         with torch.inference_mode():
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            extra = prefill_inputs(self.vision, input_ids, pixels) if pixels else {}
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs, **extra)
         new = [int(t) for t in out[0, len(prompt_ids):]]
         while new and new[-1] in self.stop_ids:
             new.pop()
