@@ -66,7 +66,7 @@ def test_keys_that_only_matter_with_a_feature_point_at_a_refused_feature():
 
 
 @pytest.mark.parametrize("key, value", [
-    ("use_mca", True), ("crop_to_patches", True), ("data_shared_file_system", True),
+    ("use_mca", True), ("crop_to_patches", True), ("reasoning_effort", "high"),
     ("low_cpu_mem_usage", False), ("use_kv_cache", False), ("infer_backend", "vllm"),
 ])
 def test_refused_keys_are_refused_when_set(key, value):

@@ -12,6 +12,7 @@ from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
 from .grpo_args import GRPOArguments
 from .lf_extra_args import LFExtraArguments
+from .profiler_args import ProfilerArguments
 from .typecheck import TypeMismatch, coerce
 
 SECTIONS: tuple[tuple[str, type | None], ...] = (
@@ -24,6 +25,7 @@ SECTIONS: tuple[tuple[str, type | None], ...] = (
     ("grpo", GRPOArguments),
     ("batching", BatchingArguments),
     ("evaluation", EvaluationArguments),
+    ("profiler", ProfilerArguments),
     ("lf_extras", LFExtraArguments),  # LF keys of features not built yet: always at their defaults
 )
 

@@ -17,6 +17,7 @@ _TITLES = {
     "batching": "micro-batches (LLaMA-Factory v1's batching_strategy)",
     "grpo": "stage grpo (TRL 1.x GRPOConfig names: completions per prompt, rewards, clipping, KL)",
     "evaluation": "multiple-choice evaluation (`tuneforge eval x.yaml`: MMLU / C-Eval / CMMLU layout)",
+    "profiler": "torch profiler traces of training steps (LLaMA-Factory's ProfilerArguments)",
     "lf_extras": "LLaMA-Factory keys of features tuneforge does not have yet",
 }
 

@@ -27,16 +27,7 @@ class LFExtraArguments:
     # RayArguments: the process-group address for Ray workers
     master_addr: str | None = _f(None, "Address for init_process_group (Ray training).")
     master_port: int | None = _f(None, "Port for init_process_group (Ray training).")
-    # ProfilerArguments
-    enable_torch_profiler: bool = _f(False, "Collect torch profiler traces during training.")
-    profiler_output_dir: str | None = _f(None, "Trace folder (default <output_dir>/profiler).")
-    profiler_wait_steps: int = _f(1, "Profiler schedule: steps skipped.")
-    profiler_warmup_steps: int = _f(1, "Profiler schedule: warm-up steps.")
-    profiler_active_steps: int = _f(1, "Profiler schedule: recorded steps.")
-    profiler_repeat: int = _f(1, "Profiler schedule: cycles (0 = continuous).")
-    profiler_record_shapes: bool = _f(True, "Profiler: record tensor shapes.")
-    profiler_profile_memory: bool = _f(True, "Profiler: record memory.")
-    profiler_with_stack: bool = _f(True, "Profiler: record Python stacks.")
+    # ProfilerArguments beyond the torch profiler (config/profiler_args.py)
     profile_modules: str | None = _f(None, "Module name patterns timed with CUDA events.")
     # EvaluationArguments: the task folders are local, nothing is downloaded (the others: config/eval_args.py)
     download_mode: str = _f("reuse_dataset_if_exists", "Download mode of the evaluation datasets.")

@@ -29,6 +29,7 @@ from .catalogue import SECTIONS, all_known_keys, expected_type, field_default, f
 from .eval_args import EvaluationArguments
 from .facts_args import FactArguments
 from .batching_args import BatchingArguments
+from .profiler_args import ProfilerArguments
 from .grpo_args import GRPOArguments
 from .typecheck import TypeMismatch, coerce, describe_type
 
@@ -50,6 +51,7 @@ class RunConfig:
     evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)  # multiple-choice evaluation
     grpo: GRPOArguments = field(default_factory=GRPOArguments)  # stage grpo's keys
     batching: BatchingArguments = field(default_factory=BatchingArguments)  # LF v1's batching_strategy
+    profiler: ProfilerArguments = field(default_factory=ProfilerArguments)  # torch profiler traces
 
     @property
     def config_dir(self) -> Path | None:
@@ -361,6 +363,7 @@ def _build(
         evaluation = EvaluationArguments(**sections["evaluation"])
         grpo = GRPOArguments(**sections["grpo"])
         batching = BatchingArguments(**sections["batching"])
+        profiler = ProfilerArguments(**sections["profiler"])
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
     plain_values = data_only and world_size() == 1
@@ -371,7 +374,7 @@ def _build(
 
         training = TrainingValues(kwargs)
         return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo,
-                         batching)
+                         batching, profiler)
     try:
         from .training_args import TrainingArguments
 
@@ -379,4 +382,4 @@ def _build(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: invalid training arguments: {err}") from None
     return RunConfig(model, data, finetuning, generating, training, config_path, raw, facts, evaluation, grpo,
-                     batching)
+                     batching, profiler)

@@ -67,7 +67,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
         # LLaMA-Factory 0.9.5 keys of features not built yet (config/lf_extra_args.py)
         "use_hyper_parallel": "LF's HyperParallel backend is not integrated",
-        "enable_torch_profiler": "the torch profiler is not integrated yet",
         "profile_modules": "module timing with CUDA events is not implemented yet",
         "download_mode": "evaluation tasks are read from local folders (task_dir); nothing is downloaded",
     }
@@ -95,7 +94,6 @@ ONLY_WITH = MappingProxyType(
         "packing_similarity_threshold": "packing_strategy: semantic_aware",
         "packing_embedding_model": "packing_strategy: semantic_aware",
         "hyper_parallel_args": "use_hyper_parallel",
-        "profiler_": "enable_torch_profiler",
         "video_": "column: videos",  # a dataset's `videos` column: refused (data/registry.py UNSUPPORTED_COLUMNS)
     }
 )

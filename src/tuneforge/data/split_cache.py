@@ -83,7 +83,7 @@ NOT_IN_CACHE_KEY = frozenset({
     "val_size", "eval_on_each_dataset",  # applied after the split is encoded (eval_on_each: one spec per split)
     "tokenized_path",  # where the result is also saved; the same samples either way
     "streaming", "buffer_size",  # a streamed run has no cache (data/streaming.py)
-    "data_shared_file_system",  # refused when set
+    "data_shared_file_system",  # which process encodes first; the same samples
     "media_dir",  # in the vision fingerprint (data/media.py), resolved
 })
 

@@ -10,6 +10,8 @@
   output_dir/swanlab_public_config.json. It replaces `report_to: swanlab`, as in LF. Modes: cloud (needs
   network and a login), local (needs `swanlab[dashboard]`), offline (files only; `swanlab sync` uploads them).
 
+* `enable_torch_profiler` (LF 0.9.5): torch.profiler traces of scheduled steps (train/profiler.py).
+
 The packages are optional extras: `pip install 'tuneforge[tensorboard]'`, `pip install 'tuneforge[swanlab]'`;
 config/validate.py refuses a training config that needs one that is missing.
 """
@@ -28,8 +30,8 @@ SWANLAB_CONFIG = "swanlab_public_config.json"  # LF extras/constants.py
 
 
 def setup_reporting(handler, cfg) -> None:
-    """Point the TensorBoard callback of `handler` (a Trainer's or PPO's CallbackHandler) at `logging_dir`
-    and add the SwanLab callback when `use_swanlab`."""
+    """Point the TensorBoard callback of `handler` (a Trainer's or PPO's CallbackHandler) at `logging_dir`,
+    add the SwanLab callback when `use_swanlab` and the torch profiler's when `enable_torch_profiler`."""
     from transformers.integrations import TensorBoardCallback
 
     logging_dir = cfg.training.logging_dir
@@ -43,6 +45,10 @@ def setup_reporting(handler, cfg) -> None:
         for callback in [c for c in handler.callbacks if isinstance(c, TransformersSwanLab)]:
             handler.remove_callback(callback)  # LF: use_swanlab's callback replaces report_to: swanlab
         handler.add_callback(swanlab_callback(cfg))
+    if cfg.profiler.enable_torch_profiler:
+        from tuneforge.train.profiler import TorchProfilerCallback
+
+        handler.add_callback(TorchProfilerCallback(cfg.profiler))
 
 
 def swanlab_callback(cfg):
