@@ -139,7 +139,7 @@ def test_a_text_model_refuses_image_data(tiny_llama_dir, image_data, tmp_path, m
 
 @pytest.mark.parametrize("extra, message", [
     ({"stage": "pt"}, "stage `pt` with a vision-language model is not supported yet"),
-    ({"packing": True}, "`packing` / `neat_packing` with a vision-language model is not supported yet"),
+    ({"neat_packing": True}, "`neat_packing` with a vision-language model is not supported yet"),
 ])
 def test_what_images_are_not_supported_with(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch, extra, message):
     from tuneforge.data.pipeline import build_datasets
@@ -188,6 +188,37 @@ def test_batches_carry_the_images_and_the_images_reach_the_model(vl_bundle, tiny
     assert abs(model(**other).loss.item() - loss.item()) > 1e-6  # the pixels are read
     text_batch = collator([{k: v for k, v in bundle.train[0].items() if k != "images"} | {"images": []}])
     assert "pixel_values" not in text_batch
+
+
+def test_packed_rows_carry_their_samples_images_and_the_first_sample_reads_as_alone(tiny_qwen3_vl_dir, image_data,
+                                                                                   tmp_path, monkeypatch):
+    """`packing: true` (LF's rows, not neat): a row is one sequence with its samples' images in row order; the model
+    derives the 3-D positions over the whole row, so its first sample gets the logits it gets alone."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    samples_cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out")
+    cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out", packing=True, cutoff_len=160)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    samples = build_datasets(samples_cfg, tokenizer, template, stage="sft").train
+    rows = build_datasets(cfg, tokenizer, template, stage="sft").train
+    assert 1 < len(rows) < len(samples) == 6
+    by_ids = {tuple(s["input_ids"]): s for s in samples}
+    collator = workflow.sft_batch_collator(cfg, tokenizer, None, build_datasets(cfg, tokenizer, template).vision)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl_dir).eval()
+    for row in rows:
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        parts = [by_ids[tuple(row["input_ids"][a:b])] for a, b in zip(starts, starts[1:])]  # each an encoded sample
+        assert row["images"] == [path for part in parts for path in part["images"]]
+        packed, alone = collator([row]), collator([parts[0]])
+        assert packed["image_grid_thw"].shape[0] == len(row["images"])
+        with torch.no_grad():
+            first = model(**packed).logits[0, :starts[1]]
+            torch.testing.assert_close(first, model(**alone).logits[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("finetuning, trainable_parts", [

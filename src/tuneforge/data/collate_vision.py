@@ -3,8 +3,10 @@
 Each sample carries its images' paths (data/media.py); a batch reads them again, as LLaMA-Factory's collator does,
 and adds what the model's forward takes: `pixel_values` (every image's patches, concatenated), `image_grid_thw`
 (one (t, h, w) row per image) and `mm_token_type_ids` (1 at image tokens: transformers computes the model's 3-D
-rotary positions from them). Rows are padded, never packed: the model derives each sample's image positions from
-its own row. A batch without images is a text batch for the same model.
+rotary positions from them). Rows are padded; the model derives the positions of a row's images from the row. A
+`packing: true` row (data/packing.py: its samples' images in row order) is one sequence, as LF's non-neat packed
+rows are: positions run on across its samples and its `position_ids` column is not used. A batch without images
+is a text batch for the same model.
 """
 
 from __future__ import annotations

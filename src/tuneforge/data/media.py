@@ -161,8 +161,6 @@ def media_folder(media_dir: str | None, config_dir: Path | None) -> Path | None:
 def run_vision_inputs(cfg, tokenizer, stage: str, specs) -> VisionInputs | None:
     """A run's image settings when its model is a vision-language model, else None; image data for a text model,
     and what images are not supported with yet, are refused here (the data pipeline asks this first)."""
-    from tuneforge.data.packing import packing_mode
-
     config_dir = Path(cfg.config_path).parent if cfg.config_path else None
     vision = VisionInputs.for_run(cfg.model, cfg.data, tokenizer, config_dir)
     with_images = [spec for spec in specs if spec.columns.images]
@@ -174,7 +172,7 @@ def run_vision_inputs(cfg, tokenizer, stage: str, specs) -> VisionInputs | None:
         return None
     if stage_problem(stage):
         raise NotSupportedError(stage_problem(stage))
-    if packing_mode(cfg.data) == "bins":
-        raise NotSupportedError("`packing` / `neat_packing` with a vision-language model is not supported yet by "
-                                "tuneforge: its batches are padded (each sample keeps its own image positions)")
+    if cfg.data.neat_packing:  # LF: each sample's own 3-D positions and no attention across samples
+        raise NotSupportedError("`neat_packing` with a vision-language model is not supported yet by tuneforge "
+                                "(`packing: true` is: samples attend to the ones before them in their row)")
     return vision

@@ -78,8 +78,10 @@ def greedy_knapsack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return knapsacks
 
 
-def pack_batch(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], capacity: int):
-    """One preprocessing batch -> packed rows `(input_ids, labels, position_ids)`, exactly LF's rows and order."""
+def pack_batch(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], capacity: int,
+               images: Sequence[Sequence[str]] | None = None):
+    """One preprocessing batch -> packed rows `(input_ids, labels, position_ids)`, exactly LF's rows and order;
+    with `images` (a vision-language model's samples) each row also carries its samples' images, in row order."""
     lengths, by_length = [], defaultdict(list)
     for index, ids in enumerate(input_ids):
         lengths.append(len(ids))
@@ -89,13 +91,34 @@ def pack_batch(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int
         row_ids: list[int] = []
         row_labels: list[int] = []
         positions: list[int] = []
+        row_images: list[str] = []
         for length in knapsack:
             index = by_length[length].pop()  # LF takes the last sample of that length first
             row_ids += input_ids[index]
             row_labels += labels[index]
             positions += range(length)
-        rows.append((row_ids, row_labels, positions))
+            row_images += images[index] if images is not None else ()
+        rows.append((row_ids, row_labels, positions) + ((row_images,) if images is not None else ()))
     return rows
+
+
+def pack_columns(columns: dict[str, list], capacity: int) -> dict[str, list]:
+    """`pack_batch` on a batch's columns (`input_ids`, `labels`, and `images` when present) -> the packed rows'
+    columns (+ `position_ids`)."""
+    images = columns.get("images")
+    rows = pack_batch(columns["input_ids"], columns["labels"], capacity, images)
+    keys = PACKED_COLUMNS + (("images",) if images is not None else ())
+    return {key: [row[i] for row in rows] for i, key in enumerate(keys)}
+
+
+def packed_schema(images: bool):
+    from datasets import Features, List, Value
+
+    schema = {key: List(Value("int32")) for key in PACKED_COLUMNS}
+    return Features({**schema, "images": List(Value("string"))} if images else schema)
+
+
+PACKED_COLUMNS = ("input_ids", "labels", "position_ids")
 
 
 def batch_ranges(count: int, batch_size: int, num_proc: int | None) -> list[tuple[int, int]]:
@@ -111,20 +134,15 @@ def batch_ranges(count: int, batch_size: int, num_proc: int | None) -> list[tupl
 def pack_split(dataset, data: DataArguments, report: DataReport, split: str):
     """An encoded sft split (input_ids, labels) -> LF's packed rows (input_ids, labels, position_ids), one
     preprocessing batch in memory at a time, written to an Arrow file of this run's and read back memory-mapped."""
-    from datasets import Features, List, Value
-
     capacity = int(encoding_args(data).cutoff_len)
     batch_size = data.preprocessing_batch_size  # at least 1 (config/validate.py)
-    schema = Features({key: List(Value("int32")) for key in ("input_ids", "labels", "position_ids")})
+    keys = ["input_ids", "labels"] + (["images"] if "images" in dataset.column_names else [])
+    schema = packed_schema(images="images" in keys)
 
     def packed_batches():
         for start, end in batch_ranges(len(dataset), batch_size, data.preprocessing_num_workers):
             batch = dataset[start:end]
-            columns: dict[str, list] = {key: [] for key in schema}
-            for row in pack_batch(batch["input_ids"], batch["labels"], capacity):
-                for key, values in zip(columns, row):
-                    columns[key].append(values)
-            yield columns
+            yield pack_columns({key: batch[key] for key in keys}, capacity)
 
     path = temporary_folder() / "packed.arrow"
     rows = write_chunks(path, schema, packed_batches())

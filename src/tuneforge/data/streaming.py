@@ -30,7 +30,7 @@ from tuneforge.data.facts import augment_conversations
 from tuneforge.data.formats import RowError, check_column_mapping, convert_row
 from tuneforge.data.loaders import iter_hub_rows, iter_local_rows, origin_of
 from tuneforge.data.media import run_vision_inputs
-from tuneforge.data.packing import encoding_args, pack_batch, packing_mode
+from tuneforge.data.packing import encoding_args, pack_columns, packed_schema, packing_mode
 from tuneforge.data.report import DataReport
 from tuneforge.data import split_cache
 from tuneforge.data.rows import MIX_STRATEGIES, _STOPPING
@@ -136,7 +136,7 @@ def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed,
     """One split as an encoded `IterableDataset`: the datasets' rows mixed, then encoded in batches of
     `preprocessing_batch_size` rows with the pipeline's encoders; what happens is counted in `report`. `vision`: a
     vision-language model's image settings (data/media.py): each row's `<image>` tags expanded, its paths kept."""
-    from datasets import Features, List, Value, concatenate_datasets, interleave_datasets
+    from datasets import concatenate_datasets, interleave_datasets
 
     data = cfg.data
     kind = stage_record(stage).data
@@ -154,7 +154,7 @@ def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed,
     augment = split == "train" and kind == "supervised" and bool(cfg.facts.augment_facts)
     schema = features(kind, images=vision is not None)
     if packed:
-        schema = Features({key: List(Value("int32")) for key in ("input_ids", "labels", "position_ids")})
+        schema = packed_schema(images=vision is not None)
     batches = [0]
 
     def encode(batch):
@@ -170,8 +170,7 @@ def stream_split(specs, split, cfg: RunConfig, tokenizer, template, stage, seed,
         if kind == "text":
             columns = pt_blocks(columns["documents"], encode_data)  # blocks within the batch, as LF
         if packed:
-            rows = pack_batch(columns["input_ids"], columns["labels"], int(encode_data.cutoff_len))
-            columns = {key: [row[i] for row in rows] for i, key in enumerate(("input_ids", "labels", "position_ids"))}
+            columns = pack_columns(columns, int(encode_data.cutoff_len))
         return {name: columns[name] for name in schema}
 
     return mixed.map(encode, batched=True, batch_size=data.preprocessing_batch_size, remove_columns=["item"],
