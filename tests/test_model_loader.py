@@ -186,5 +186,7 @@ def test_qlora_places_each_process_on_its_own_gpu(monkeypatch):
     assert quantization_kwargs(args, None)["device_map"] == {"": 0}
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert quantization_kwargs(args, None)["device_map"] == {"": 3}
-    auto = ModelArguments(model_name_or_path="m", quantization_bit=4, quantization_device_map="auto")
+    auto = ModelArguments(model_name_or_path="m", quantization_bit=4, quantization_device_map="auto",
+                          offload_folder="spill")
     assert quantization_kwargs(auto, None)["device_map"] == "auto"
+    assert quantization_kwargs(auto, None)["offload_folder"] == "spill"  # LF: accelerate's disk offload goes there

@@ -41,7 +41,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "use_unsloth_gc": "unsloth is not integrated",
         "enable_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",
         "use_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",
-        "offload_folder": "weight offloading is not implemented",
         "fp8": _FP8,
         "fp8_backend": _FP8,
         "fp8_enable_fsdp_float8_all_gather": _FP8,

@@ -45,9 +45,10 @@ def quantization_kwargs(model_args: ModelArguments, dtype) -> dict:
             raise NotSupportedError("quantization_bit: 8-bit weights cannot be sharded by DeepSpeed ZeRO-3 or FSDP "
                                     "(LLaMA-Factory: only 4-bit); use `quantization_bit: 4`, or ZeRO-2")
         return {"quantization_config": config}
-    if model_args.quantization_device_map == "auto":  # LF: spread over the visible devices (inference only)
-        device_map = "auto"
-    elif torch.cuda.is_available():  # each process of a multi-process run on its own GPU, not all on GPU 0
+    if model_args.quantization_device_map == "auto":  # LF: spread over the visible devices (inference only),
+        return {"quantization_config": config, "device_map": "auto",  # what does not fit goes to offload_folder
+                "offload_folder": model_args.offload_folder}
+    if torch.cuda.is_available():  # each process of a multi-process run on its own GPU, not all on GPU 0
         device_map = {"": int(os.environ.get("LOCAL_RANK", "0") or 0)}
     else:
         device_map = {"": "cpu"}
