@@ -139,7 +139,6 @@ def test_a_text_model_refuses_image_data(tiny_llama_dir, image_data, tmp_path, m
 
 @pytest.mark.parametrize("extra, message", [
     ({"stage": "pt"}, "stage `pt` with a vision-language model is not supported yet"),
-    ({"neat_packing": True}, "`neat_packing` with a vision-language model is not supported yet"),
 ])
 def test_what_images_are_not_supported_with(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch, extra, message):
     from tuneforge.data.pipeline import build_datasets
@@ -219,6 +218,38 @@ def test_packed_rows_carry_their_samples_images_and_the_first_sample_reads_as_al
         with torch.no_grad():
             first = model(**packed).logits[0, :starts[1]]
             torch.testing.assert_close(first, model(**alone).logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_neat_packed_batches_give_every_sample_the_logits_it_gets_alone(tiny_qwen3_vl_dir, image_data, tmp_path,
+                                                                           monkeypatch):
+    """`neat_packing` (LF: per-sample positions, no attention across samples): a batch's rows become one row; every
+    sample gets its own 3-D positions (the model's rope index on the sample and its images) and sees only itself."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.pipeline import build_datasets
+    from tuneforge.train import workflow
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    samples_cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out")
+    cfg = _run_config(tiny_qwen3_vl_dir, image_data, tmp_path / "out", neat_packing=True, cutoff_len=160)
+    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
+    samples = {tuple(s["input_ids"]): s for s in build_datasets(samples_cfg, tokenizer, template, stage="sft").train}
+    bundle = build_datasets(cfg, tokenizer, template, stage="sft")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl_dir).eval()
+    neat = workflow.sft_batch_collator(cfg, tokenizer, model, bundle.vision)
+    alone = workflow.sft_batch_collator(samples_cfg, tokenizer, model, bundle.vision)
+    batch = neat([bundle.train[0], bundle.train[1]])
+    assert batch["position_ids"].shape == (4, 1, batch["input_ids"].shape[1]) and "attention_mask" not in batch
+    ids, text_positions = batch["input_ids"][0].tolist(), batch["position_ids"][0, 0].tolist()
+    starts = [i for i, p in enumerate(text_positions) if p == 0] + [len(ids)]
+    assert len(starts) - 1 >= 3  # the two rows' samples (of 6)
+    with torch.no_grad():
+        logits = model(**batch, use_cache=False).logits[0]  # training runs without a cache: the packed mask
+        for start, end in zip(starts, starts[1:]):
+            own = alone([samples[tuple(ids[start:end])]])
+            torch.testing.assert_close(logits[start:end], model(**own).logits[0], atol=1e-5, rtol=1e-4)
+            assert batch["labels"][0, start] == -100  # never predicted from the sample before it
 
 
 @pytest.mark.parametrize("finetuning, trainable_parts", [

@@ -172,7 +172,4 @@ def run_vision_inputs(cfg, tokenizer, stage: str, specs) -> VisionInputs | None:
         return None
     if stage_problem(stage):
         raise NotSupportedError(stage_problem(stage))
-    if cfg.data.neat_packing:  # LF: each sample's own 3-D positions and no attention across samples
-        raise NotSupportedError("`neat_packing` with a vision-language model is not supported yet by tuneforge "
-                                "(`packing: true` is: samples attend to the ones before them in their row)")
     return vision

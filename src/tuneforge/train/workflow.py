@@ -110,8 +110,11 @@ def sft_batch_collator(cfg, tokenizer, model, vision=None):
     from tuneforge.model.attention import runs_packed_sdpa
 
     if vision is not None:
-        from tuneforge.data.collate_vision import VisionCollator
+        from tuneforge.data.collate_vision import NeatVisionCollator, VisionCollator
 
+        if cfg.data.neat_packing:  # per-sample 3-D positions from the model's own rope index
+            rope_index = next(m.get_rope_index for m in model.modules() if hasattr(m, "get_rope_index"))
+            return NeatVisionCollator(tokenizer.pad_token_id, vision, rope_index)
         return VisionCollator(tokenizer.pad_token_id, vision)
 
     return sft_collator(cfg.data, tokenizer.pad_token_id, share_prefix=runs_packed_sdpa(model),
