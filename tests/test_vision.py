@@ -357,8 +357,9 @@ def test_image_max_pixels_from_the_config_reaches_the_encoding(tiny_qwen3_vl_dir
     assert [s["input_ids"].count(pad) for s in bundle.train] == [1, 1, 2, 1, 1, 2 + 1]  # rows: img 0 1 2 0 1 (2+0)
 
 
-def test_recall_target_on_image_data_is_refused(image_data, tmp_path):
-    """The train-until-learned check packs text rows: on image rows it would read `<image>` as text, so it says so."""
+def test_recall_target_on_image_data_needs_a_vision_language_model(image_data, tmp_path):
+    """The train-until-learned check of image rows reads their images (tests/test_vision_runs.py); without a
+    vision-language model's image settings it says why it cannot."""
     from tuneforge.config.parser import load_config
     from tuneforge.errors import NotSupportedError
     from tuneforge.train.recall_stop import recall_check_samples
@@ -366,7 +367,8 @@ def test_recall_target_on_image_data_is_refused(image_data, tmp_path):
     config = {"model_name_or_path": "m", "stage": "sft", "do_train": True, "dataset": "mllm_demo",
               "dataset_dir": str(image_data), "output_dir": str(tmp_path / "out"), "recall_target": 0.9}
     (tmp_path / "train.yaml").write_text(json.dumps(config))
-    with pytest.raises(NotSupportedError, match="`recall_target` on .*mllm_demo.* \\(it has images\\)"):
+    with pytest.raises(NotSupportedError, match="`recall_target` on .*mllm_demo.* \\(it has images\\) needs a "
+                                                "vision-language model"):
         recall_check_samples(load_config(str(tmp_path / "train.yaml")), tokenizer=None, template=None)
 
 

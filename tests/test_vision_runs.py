@@ -268,3 +268,52 @@ def test_beam_search_about_an_image_is_transformers_generate(tiny_qwen3_vl_dir, 
     new = [t for t in out[0, prompt.shape[1]:].tolist() if t not in engine.stop_ids]
     assert answers[1] == engine.tokenizer.decode(new, skip_special_tokens=True)
     assert len(set(answers)) > 1
+
+
+def test_train_until_learned_on_image_rows(tiny_qwen3_vl_dir, image_data, tmp_path, monkeypatch, capsys):
+    """`recall_target` on image rows: the check reads each sample with its images. The rows ask the same question
+    about different images ("It is colour number k." for image k), so only a model that reads the pixels can
+    reproduce them all; when the check says 100%, the chat engine's greedy answers with the images are the training
+    answers, and the same samples with their images rotated are not all reproduced."""
+    from pathlib import Path
+
+    from tuneforge.cli.main import main
+    from tuneforge.config.parser import load_config
+    from tuneforge.data.collate_vision import VisionCollator
+    from tuneforge.data.media import VisionInputs
+    from tuneforge.infer.engine import ChatEngine
+    from tuneforge.model.loader import load_model
+    from tuneforge.train import workflow
+    from tuneforge.train.recall_stop import recall_check_samples, teacher_forced_exact
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    config = {"model_name_or_path": str(tiny_qwen3_vl_dir), "template": "qwen3_vl_nothink", "stage": "sft",
+              "do_train": True, "finetuning_type": "full", "dataset": "mllm_demo", "dataset_dir": str(image_data),
+              "cutoff_len": 160, "output_dir": str(tmp_path / "full"), "report_to": "none", "learning_rate": 1e-2,
+              "per_device_train_batch_size": 2, "num_train_epochs": 40, "recall_target": 1.0,
+              "recall_check_epochs": 2, "logging_steps": 1}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "train.yaml")]) == 0
+    assert "6/6 training answers reproduced exactly (100%" in capsys.readouterr().out
+    state = json.loads((tmp_path / "full" / "trainer_state.json").read_text())
+    assert state["global_step"] < 40 * 3  # stopped by the rule
+
+    trained = load_config(str(tmp_path / "train.yaml"), [f"model_name_or_path={tmp_path / 'full'}"])
+    engine = ChatEngine.from_config(trained)
+    data = json.loads((image_data / "mllm_demo.json").read_text())
+    for row in data:
+        images = [str(image_data / path) for path in row["images"]]
+        answer = engine.chat(row["messages"][:1], images=images, do_sample=False, max_new_tokens=48)
+        assert answer == row["messages"][1]["content"]
+
+    tokenizer, template = workflow.load_tokenizer_and_template(trained)
+    vision = VisionInputs.for_run(trained.model, trained.data, tokenizer, tmp_path)
+    samples = recall_check_samples(trained, tokenizer, template, vision)
+    model = load_model(trained.model, trained.finetuning, is_trainable=False)
+    collator = VisionCollator(tokenizer.pad_token_id, vision)
+    assert all(teacher_forced_exact(model, samples, image_collator=collator))
+    # img0 and img2 give the same number of image tokens: swap them between the rows that show one of them
+    swap = {"img0.png": "img2.png", "img2.png": "img0.png"}
+    swapped = [dict(s, images=[s["images"][0].replace(Path(s["images"][0]).name, swap[Path(s["images"][0]).name])])
+               for s in samples if len(s["images"]) == 1 and Path(s["images"][0]).name in swap]
+    assert len(swapped) == 3 and not any(teacher_forced_exact(model, swapped, image_collator=collator))

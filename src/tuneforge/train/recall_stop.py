@@ -6,7 +6,8 @@ most likely next token is the answer's next token at every position (up to and i
 end token). So exact greedy recall is measured teacher-forced: forward passes over the sample, no
 token-by-token decoding -- ~9 s for 50 rows of the demo model on a 2-core CPU instead of minutes; a check stops
 as soon as it has missed more samples than the target allows (~3 s while recall is low). The sample is the
-training rows as written (before `augment_facts` adds questions), encoded exactly as for training.
+training rows as written (before `augment_facts` adds questions), encoded exactly as for training. A
+vision-language model's samples go through as padded rows with their images' pixels (the run's image settings).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from tuneforge.errors import NotSupportedError
 logger = logging.getLogger("tuneforge")
 
 
-def recall_check_samples(cfg, tokenizer, template) -> list[dict[str, list[int]]]:
-    """The seeded sample of training rows the check asks: encoded like training, without augmentation."""
+def recall_check_samples(cfg, tokenizer, template, vision=None) -> list[dict[str, Any]]:
+    """The seeded sample of training rows the check asks: encoded like training, without augmentation (with their
+    images' files when `vision`, a vision-language model's image settings, is given)."""
     from tuneforge.data.pipeline import build_split
     from tuneforge.data.registry import load_dataset_specs
     from tuneforge.data.report import DataReport
@@ -33,14 +35,16 @@ def recall_check_samples(cfg, tokenizer, template) -> list[dict[str, list[int]]]
     plain = replace(cfg, facts=replace(cfg.facts, augment_facts=False))
     specs = load_dataset_specs(cfg.data.dataset, cfg.data.dataset_dir or "data", cfg.config_dir)
     with_images = [spec for spec in specs if spec.columns.images]
-    if with_images:  # the check packs text rows; it would read the `<image>` tags as text, without the images
-        raise NotSupportedError(f"`recall_target` on {with_images[0].where} (it has images) is not supported yet by "
-                                "tuneforge; unset it and measure after training with `tuneforge eval recall`")
-    dataset = build_split(specs, "train", plain, tokenizer, template, "sft", cfg.training.seed, DataReport())
+    if with_images and vision is None:  # a text model: the data layer refuses image rows for it anyway
+        raise NotSupportedError(f"`recall_target` on {with_images[0].where} (it has images) needs a vision-language "
+                                "model, which takes the images")
+    dataset = build_split(specs, "train", plain, tokenizer, template, "sft", cfg.training.seed, DataReport(),
+                          vision=vision)
     indices = list(range(len(dataset)))
     random.Random(cfg.training.seed).shuffle(indices)
     picked = dataset.select(sorted(indices[: cfg.facts.recall_check_samples]), keep_in_memory=True)
-    return [{"input_ids": list(row["input_ids"]), "labels": list(row["labels"])} for row in picked]
+    keys = [key for key in ("input_ids", "labels", "images") if key in picked.column_names]
+    return [{key: list(row[key] or ()) for key in keys} for row in picked]
 
 
 # Samples per forward pass of the check: one padding-free row, the prompt prefix they share computed once.
@@ -48,10 +52,14 @@ CHECK_BATCH = 16
 
 
 @torch.no_grad()
-def teacher_forced_exact(model, samples: list[dict[str, list[int]]], max_misses: int | None = None) -> list[bool]:
+def teacher_forced_exact(model, samples: list[dict[str, Any]], max_misses: int | None = None,
+                         image_collator=None) -> list[bool]:
     """For each sample: would greedy decoding reproduce all of its label tokens? Samples go through the model
-    CHECK_BATCH at a time as one packed row, logits only where a label is (train/loss.py). With `max_misses`,
-    stops after the first chunk that brings the misses above it: the verdicts of the samples asked so far."""
+    CHECK_BATCH at a time as one packed row, logits only where a label is (train/loss.py); a vision-language
+    model's samples as padded rows with their pixels (`image_collator`: the run's). With `max_misses`, stops after
+    the first chunk that brings the misses above it: the verdicts of the samples asked so far."""
+    if image_collator is not None:
+        return _exact_with_images(model, samples, max_misses, image_collator)
     from tuneforge.data.collate import PackedCollator
     from tuneforge.model.attention import runs_packed_sdpa
     from tuneforge.model.lm_parts import resolve_lm_parts
@@ -82,6 +90,25 @@ def teacher_forced_exact(model, samples: list[dict[str, list[int]]], max_misses:
     return exact
 
 
+def _exact_with_images(model, samples, max_misses, collator) -> list[bool]:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    exact: list[bool] = []
+    try:
+        for start in range(0, len(samples), CHECK_BATCH // 4):  # padded rows, pixels: smaller chunks
+            batch = {key: value.to(device) for key, value in collator(samples[start:start + CHECK_BATCH // 4]).items()}
+            labels = batch.pop("labels")[:, 1:]
+            predicted = model(**batch, use_cache=False).logits[:, :-1].argmax(-1)
+            trained = labels != -100
+            exact.extend(bool(((predicted == labels) | ~trained)[row].all()) for row in range(labels.shape[0]))
+            if max_misses is not None and exact.count(False) > max_misses:
+                break
+    finally:
+        model.train(was_training)
+    return exact
+
+
 def _exact_one_by_one(model, samples: list[dict[str, list[int]]], device) -> list[bool]:
     exact = []
     for sample in samples:
@@ -96,8 +123,10 @@ def _exact_one_by_one(model, samples: list[dict[str, list[int]]], device) -> lis
 class RecallStopCallback(TrainerCallback):
     """Checks recall at every `every_epochs` boundary; stops (with a checkpoint) at `target`."""
 
-    def __init__(self, samples: list[dict[str, list[int]]], target: float, every_epochs: float, log_callback=None):
+    def __init__(self, samples: list[dict[str, Any]], target: float, every_epochs: float, log_callback=None,
+                 image_collator=None):
         self.samples = samples
+        self.image_collator = image_collator
         self.target = target
         self.every = every_epochs
         self.log_callback = log_callback
@@ -119,7 +148,7 @@ class RecallStopCallback(TrainerCallback):
             self.next_check += self.every
         # a check that cannot reach the target any more ends early (but the run's last check asks every sample)
         allowed = None if state.global_step >= state.max_steps else self.allowed_misses()
-        exact = teacher_forced_exact(model, self.samples, max_misses=allowed)
+        exact = teacher_forced_exact(model, self.samples, max_misses=allowed, image_collator=self.image_collator)
         rate = sum(exact) / max(len(exact), 1)
         record = {"current_steps": state.global_step, "epoch": round(state.epoch, 2), "recall": round(rate, 4)}
         message = (f"recall check (epoch {state.epoch:.2f}): {sum(exact)}/{len(exact)} training answers reproduced "
@@ -146,12 +175,19 @@ class RecallStopCallback(TrainerCallback):
         return {"recall": self.history[-1]["recall"], "recall_best": best["recall"], "recall_target_reached": self.reached}
 
 
-def add_recall_stop(cfg, trainer, log_callback, tokenizer, template) -> RecallStopCallback | None:
-    """With `recall_target`: the callback, added to the trainer (None without the key)."""
+def add_recall_stop(cfg, trainer, log_callback, tokenizer, template, vision=None) -> RecallStopCallback | None:
+    """With `recall_target`: the callback, added to the trainer (None without the key). `vision`: a vision-language
+    model's image settings; its check reads the samples' images."""
     if cfg.facts.recall_target is None or not cfg.training.do_train:
         return None
-    samples = recall_check_samples(cfg, tokenizer, template)
-    callback = RecallStopCallback(samples, cfg.facts.recall_target, cfg.facts.recall_check_epochs, log_callback)
+    samples = recall_check_samples(cfg, tokenizer, template, vision)
+    collator = None
+    if vision is not None:  # the samples as rows, whatever the run's packing
+        from tuneforge.data.collate_vision import VisionCollator
+
+        collator = VisionCollator(tokenizer.pad_token_id, vision)
+    callback = RecallStopCallback(samples, cfg.facts.recall_target, cfg.facts.recall_check_epochs, log_callback,
+                                  image_collator=collator)
     trainer.add_callback(callback)
     logger.info("train until learned: exact recall on %d training rows every %g epoch(s), target %.0f%%",
                 len(samples), cfg.facts.recall_check_epochs, 100 * cfg.facts.recall_target)

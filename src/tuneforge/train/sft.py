@@ -43,7 +43,7 @@ def run_sft(cfg) -> dict:
         objective, log_keys = ASFTObjective(cfg.finetuning.asft_alpha, reference), ASFT_LOG_KEYS
     trainer, log_callback = workflow.build_trainer(cfg, model, tokenizer, bundle, collator, objective=objective,
                                                    extra_log_keys=log_keys, trainer_class=sft_trainer_class(cfg))
-    recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template)  # `recall_target`
+    recall_stop = add_recall_stop(cfg, trainer, log_callback, tokenizer, template, bundle.vision)  # `recall_target`
 
     # train + save
     metrics = workflow.train_and_save(cfg, trainer, log_callback, resume)
