@@ -299,6 +299,23 @@ def test_qlora_rules_of_llamafactory(monkeypatch, extra, message):
     assert str(err.value).endswith(message)
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"ref_model_quantization_bit": 4}, "without `ref_model` the reference is the policy's starting point, loaded as "
+                                        "the policy is: set `ref_model` or remove the key"),
+    ({"reward_model_quantization_bit": 8}, "with `lora` there is no separate model to quantize: remove the key"),
+    ({"offload_folder": "spill"}, "without that device map nothing is offloaded: remove the key or set "
+                                  "`quantization_device_map: auto`"),
+])
+def test_keys_for_a_model_the_run_does_not_have_are_refused(monkeypatch, settings, message):
+    """LF ignores these where there is no such model or device map; here they would be accepted and do nothing."""
+    monkeypatch.setattr(validate, "bitsandbytes_version", lambda: (0, 50))
+    with pytest.raises(ConfigError) as err:
+        load_config_dict({**BASE, **settings}, source="q.yaml")
+    assert str(err.value).endswith(message)
+    load_config_dict({**BASE, "ref_model": "r", "reward_model_type": "full", "quantization_device_map": "auto",
+                      **settings})  # where the model / device map exists: accepted (and used: tests/test_qlora.py)
+
+
 def test_training_requires_dataset_and_output_dir():
     with pytest.raises(ConfigError) as err:
         load_config_dict({**BASE, "do_train": True, "output_dir": "o"}, source="t.yaml")

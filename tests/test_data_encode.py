@@ -236,3 +236,5 @@ def test_preserve_thinking_with_the_models_own_template_is_refused(tiny_tokenize
 
     with pytest.raises(NotSupportedError, match="with `template: auto` the model's own chat template decides"):
         template_for(args(template="auto", preserve_thinking=True), tiny_tokenizer)
+    with pytest.raises(NotSupportedError, match="template 'chatml' is not one, so the key would do nothing"):
+        template_for(args(template="chatml", preserve_thinking=True), tiny_tokenizer)

@@ -83,7 +83,9 @@ def test_moe_aux_loss_coef_adds_the_weighted_router_loss(tiny_moe_dir):
     assert not _load(tiny_moe_dir, is_trainable=False, moe_aux_loss_coef=0.5).config.output_router_logits
 
 
-def test_moe_aux_loss_coef_on_a_dense_model_says_it_does_nothing(tiny_llama_dir, caplog):
-    _load(tiny_llama_dir, moe_aux_loss_coef=0.01)
-    assert "moe_aux_loss_coef: llama is not a mixture-of-experts model with a router loss; the key has no effect" \
-        in caplog.text
+def test_moe_aux_loss_coef_on_a_dense_model_is_refused(tiny_llama_dir):
+    from tuneforge.errors import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match="moe_aux_loss_coef: llama is not a mixture-of-experts model with a "
+                                                "router loss, so the key would do nothing; remove it"):
+        _load(tiny_llama_dir, moe_aux_loss_coef=0.01)

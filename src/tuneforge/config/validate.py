@@ -244,11 +244,29 @@ def _check_quantization(v: _View) -> None:
         if v[key] is not None and len(adapters) > 1:  # merged into 4/8-bit weights they would be rounded away
             raise ConfigError(f"{v.where(key, adapters_key)}: a quantized model takes one adapter, got "
                               f"{len(adapters)}; merge them into the unquantized model first (`tuneforge export`)")
+    _check_quantized_others(v)
     if v["quantization_bit"] is not None:
         _check_qlora(v)
     quantized = [key for key in keys if v[key] is not None]
     if quantized:
         _check_bitsandbytes(v, quantized[0])
+
+
+def _check_quantized_others(v: _View) -> None:
+    """The keys that quantize or place another model than the policy: refused where there is no such model (LF
+    ignores them there)."""
+    if v["ref_model_quantization_bit"] is not None and not v["ref_model"]:
+        raise ConfigError(f"{v.where('ref_model_quantization_bit')}: `ref_model_quantization_bit` quantizes the model "
+                          "`ref_model` names; without `ref_model` the reference is the policy's starting point, "
+                          "loaded as the policy is: set `ref_model` or remove the key")
+    if v["reward_model_quantization_bit"] is not None and v["reward_model_type"] != "full":
+        raise ConfigError(f"{v.where('reward_model_quantization_bit', 'reward_model_type')}: "
+                          "`reward_model_quantization_bit` quantizes a full reward model (`reward_model_type: full`); "
+                          f"with `{v['reward_model_type']}` there is no separate model to quantize: remove the key")
+    if v["offload_folder"] != "offload" and v["quantization_device_map"] != "auto":
+        raise ConfigError(f"{v.where('offload_folder')}: `offload_folder` is where `quantization_device_map: auto` "
+                          "puts the weights that do not fit; without that device map nothing is offloaded: remove "
+                          "the key or set `quantization_device_map: auto`")
 
 
 def _check_qlora(v: _View) -> None:

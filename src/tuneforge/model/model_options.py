@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+from tuneforge.errors import NotSupportedError
+
 logger = logging.getLogger(__name__)
 
 # LF: a 1-D parameter whose name contains one of these is a normalisation weight
@@ -35,10 +37,9 @@ def configure_moe(config, coefficient: float | None, *, is_trainable: bool) -> N
         setattr(config, _AUX_COEF_ATTRIBUTE[model_type], coefficient)
     elif text_type == "qwen3_moe":
         text_config.router_aux_loss_coef = coefficient
-    else:
-        logger.warning("moe_aux_loss_coef: %s is not a mixture-of-experts model with a router loss; the key has no "
-                       "effect (as in LLaMA-Factory)", model_type)
-        return
+    else:  # LF ignores the key here; accepted and doing nothing would hide a mistaken model or key
+        raise NotSupportedError(f"moe_aux_loss_coef: {model_type} is not a mixture-of-experts model with a router "
+                                "loss, so the key would do nothing; remove it")
     logger.info("MoE router auxiliary loss on, weight %s", coefficient)
 
 

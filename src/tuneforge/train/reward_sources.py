@@ -158,9 +158,6 @@ def build_reward_source(cfg, policy, tokenizer, compute_dtype=None) -> RewardSou
     if not location:
         raise ConfigError("stage ppo needs `reward_model`: a reward model trained with `stage: rm` "
                           "(its output_dir), or a URL with `reward_model_type: api`")
-    if finetuning.reward_model_quantization_bit is not None and kind != "full":
-        logger.warning("reward_model_quantization_bit applies to a full reward model (`reward_model_type: full`); "
-                       "with `%s` there is no separate model to quantize (as in LLaMA-Factory)", kind)
     if kind == "api":
         if not str(location).startswith(("http://", "https://")):
             raise ConfigError(f"reward_model: `{location}` is not an http(s) URL, which `reward_model_type: api` expects")

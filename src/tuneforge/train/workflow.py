@@ -39,10 +39,7 @@ def ref_model_arguments(cfg):
     from tuneforge.config.args import split_names
 
     finetuning = cfg.finetuning
-    if not finetuning.ref_model:
-        if finetuning.ref_model_quantization_bit is not None:
-            logger.warning("ref_model_quantization_bit applies to the model `ref_model` names; without it the "
-                           "reference is the policy's starting point, loaded as the policy is (as in LLaMA-Factory)")
+    if not finetuning.ref_model:  # (ref_model_quantization_bit without it is refused: config/validate.py)
         return None
     adapters = split_names(finetuning.ref_model_adapters)
     return dataclasses.replace(cfg.model, model_name_or_path=finetuning.ref_model,

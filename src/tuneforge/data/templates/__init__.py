@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import logging
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -29,7 +28,6 @@ __all__ = [
 ]  # fmt: skip
 
 ChatTemplate = Union[Template, JinjaTemplate]
-logger = logging.getLogger(__name__)
 _BUILTIN_FILE = Path(__file__).with_name("builtin.json")
 
 
@@ -108,9 +106,9 @@ def get_template(
     if template.reasoning:
         changes["enable_thinking"] = enable_thinking
         changes["preserve_thinking"] = bool(preserve_thinking)
-    elif preserve_thinking:
-        logger.warning("preserve_thinking: template '%s' is not a reasoning template; the key has no effect (as in "
-                       "LLaMA-Factory)", name)
+    elif preserve_thinking:  # LF ignores it there; accepted and doing nothing would hide a mistaken template
+        raise NotSupportedError(f"`preserve_thinking` keeps the thoughts of earlier turns in reasoning templates; "
+                                f"template '{name}' is not one, so the key would do nothing: remove it")
     if tool_format is not None:  # LF: function slots fall back to the plain assistant defaults
         check_tool_format(tool_format)
         changes["tool_format"] = tool_format
