@@ -56,57 +56,51 @@ def teacher_forced_exact(model, samples: list[dict[str, Any]], max_misses: int |
                          image_collator=None) -> list[bool]:
     """For each sample: would greedy decoding reproduce all of its label tokens? Samples go through the model
     CHECK_BATCH at a time as one packed row, logits only where a label is (train/loss.py); a vision-language
-    model's samples as padded rows with their pixels (`image_collator`: the run's). With `max_misses`, stops after
-    the first chunk that brings the misses above it: the verdicts of the samples asked so far."""
-    if image_collator is not None:
-        return _exact_with_images(model, samples, max_misses, image_collator)
+    model's samples a quarter as many at a time, as padded rows with their pixels (`image_collator`). With
+    `max_misses`, stops after the first chunk that brings the misses above it: the verdicts of the samples asked
+    so far."""
     from tuneforge.data.collate import PackedCollator
     from tuneforge.model.attention import runs_packed_sdpa
+
+    if image_collator is None:
+        collator, size, judge = PackedCollator(share_prefix=runs_packed_sdpa(model)), CHECK_BATCH, _packed_exact
+    else:
+        collator, size, judge = image_collator, CHECK_BATCH // 4, _padded_exact
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    exact: list[bool] = []
+    try:
+        for start in range(0, len(samples), size):
+            chunk = samples[start:start + size]
+            batch = {key: value.to(device) for key, value in collator(chunk).items()}
+            exact.extend(judge(model, chunk, batch, device))
+            if max_misses is not None and exact.count(False) > max_misses:
+                break
+    finally:
+        model.train(was_training)
+    return exact
+
+
+def _packed_exact(model, chunk, batch, device) -> list[bool]:
     from tuneforge.model.lm_parts import resolve_lm_parts
     from tuneforge.train.loss import chunked_causal_lm_eval, sample_accuracies
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    collator = PackedCollator(share_prefix=runs_packed_sdpa(model))
-    exact: list[bool] = []
-    try:
-        for start in range(0, len(samples), CHECK_BATCH):
-            chunk = samples[start:start + CHECK_BATCH]
-            batch = {key: value.to(device) for key, value in collator(chunk).items()}
-            parts, _ = resolve_lm_parts(model, batch)
-            accuracy = None
-            if parts is not None:
-                _, hits, keep = chunked_causal_lm_eval(parts, batch)
-                accuracy = sample_accuracies(hits, keep, batch)
-            if accuracy is not None and accuracy.numel() == len(chunk):
-                exact.extend(bool(a == 1.0) for a in accuracy.tolist())
-            else:  # a model the packed path does not take (or a sample without labels): one at a time
-                exact.extend(_exact_one_by_one(model, chunk, device))
-            if max_misses is not None and exact.count(False) > max_misses:
-                break
-    finally:
-        model.train(was_training)
-    return exact
+    parts, _ = resolve_lm_parts(model, batch)
+    accuracy = None
+    if parts is not None:
+        _, hits, keep = chunked_causal_lm_eval(parts, batch)
+        accuracy = sample_accuracies(hits, keep, batch)
+    if accuracy is not None and accuracy.numel() == len(chunk):
+        return [bool(a == 1.0) for a in accuracy.tolist()]
+    return _exact_one_by_one(model, chunk, device)  # a model the packed path does not take (or a sample without labels)
 
 
-def _exact_with_images(model, samples, max_misses, collator) -> list[bool]:
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    exact: list[bool] = []
-    try:
-        for start in range(0, len(samples), CHECK_BATCH // 4):  # padded rows, pixels: smaller chunks
-            batch = {key: value.to(device) for key, value in collator(samples[start:start + CHECK_BATCH // 4]).items()}
-            labels = batch.pop("labels")[:, 1:]
-            predicted = model(**batch, use_cache=False).logits[:, :-1].argmax(-1)
-            trained = labels != -100
-            exact.extend(bool(((predicted == labels) | ~trained)[row].all()) for row in range(labels.shape[0]))
-            if max_misses is not None and exact.count(False) > max_misses:
-                break
-    finally:
-        model.train(was_training)
-    return exact
+def _padded_exact(model, chunk, batch, device) -> list[bool]:
+    labels = batch.pop("labels")[:, 1:]
+    predicted = model(**batch, use_cache=False).logits[:, :-1].argmax(-1)
+    hit = (predicted == labels) | (labels == -100)
+    return [bool(row.all()) for row in hit]
 
 
 def _exact_one_by_one(model, samples: list[dict[str, list[int]]], device) -> list[bool]:
