@@ -78,6 +78,9 @@ def greedy_knapsack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return knapsacks
 
 
+PACKED_COLUMNS = ("input_ids", "labels", "position_ids")  # a packed row's columns (+ `images` for images)
+
+
 def pack_batch(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], capacity: int,
                images: Sequence[Sequence[str]] | None = None):
     """One preprocessing batch -> packed rows `(input_ids, labels, position_ids)`, exactly LF's rows and order;
@@ -116,9 +119,6 @@ def packed_schema(images: bool):
 
     schema = {key: List(Value("int32")) for key in PACKED_COLUMNS}
     return Features({**schema, "images": List(Value("string"))} if images else schema)
-
-
-PACKED_COLUMNS = ("input_ids", "labels", "position_ids")
 
 
 def batch_ranges(count: int, batch_size: int, num_proc: int | None) -> list[tuple[int, int]]:
