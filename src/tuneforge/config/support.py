@@ -34,9 +34,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "adapter_folder": "load adapters with `adapter_name_or_path` instead",
         "split_special_tokens": "slow-tokenizer options are not implemented",
         "shift_attn": "LongLoRA shift attention is not implemented",
-        "mixture_of_depths": "LLaMA-Factory converts and loads MoD models with the `mixture-of-depth` package "
-                             "(MoD 1.2.0, its latest), which cannot be imported with transformers 5 (it imports "
-                             "`TRANSFORMERS_CACHE`, removed there) and writes models only that package can load",
         "use_unsloth": "unsloth is not integrated; tuneforge has its own padding-free, chunked-loss path",
         "use_unsloth_gc": "unsloth is not integrated",
         "enable_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",

@@ -141,6 +141,11 @@ def _check_model(v: _View) -> None:
         if high < low:
             raise ConfigError(f"{v.where(f'{kind}_max_pixels', f'{kind}_min_pixels')}: `{kind}_max_pixels` "
                               f"({high}) must be at least `{kind}_min_pixels` ({low})")
+    if v["mixture_of_depths"] == "load" and (v["train_from_scratch"] or
+                                             str(v["model_name_or_path"]).lower().endswith(".gguf")):
+        raise ConfigError(f"{v.where('mixture_of_depths', 'model_name_or_path')}: `mixture_of_depths: load` reads "
+                          "the routers from a saved mixture-of-depths folder; with `train_from_scratch` or a .gguf "
+                          "file there is none (use `mixture_of_depths: convert`)")
 
 
 def _check_method(v: _View) -> None:

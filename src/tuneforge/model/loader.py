@@ -259,9 +259,13 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
     `rope_scaling` and `moe_aux_loss_coef`; random weights with `train_from_scratch`)."""
     from transformers import AutoModelForCausalLM
 
+    from tuneforge.model import mixture_of_depths as mod
+
     path = resolve_model_source(model_args)
     dtype = resolve_dtype(model_args.infer_dtype, compute_dtype, is_trainable=is_trainable)
     attn = resolve_attn_implementation(model_args.flash_attn)
+    if model_args.mixture_of_depths and attn.startswith("tuneforge"):
+        attn = "sdpa"  # padded rows: a packed row would route its samples' tokens together
     kwargs = {**hub_kwargs(model_args), "dtype": dtype, "attn_implementation": attn}
     gguf = gguf_location(path)
     if gguf:
@@ -275,9 +279,14 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
         else:
             model = load_gguf_dense(path, **kwargs)
     else:
-        model_class = vision_model_class(check_model_folder(path) or read_model_config(path)) or AutoModelForCausalLM
+        folder_config = check_model_folder(path) or read_model_config(path)
+        mod.check_folder(folder_config, path, model_args.mixture_of_depths)
+        model_class = vision_model_class(folder_config) or AutoModelForCausalLM
         if model_class is not AutoModelForCausalLM:  # padded batches; positions jump over images (model/vision.py)
             kwargs["attn_implementation"] = attn = "sdpa" if attn.startswith("tuneforge") else attn
+        if model_args.mixture_of_depths == "load":
+            model_class = mod.mod_class(_concrete_class(model_class, model_args, path, kwargs))
+            kwargs["key_mapping"] = mod.BLOCK_KEY_MAPPING
         if _config_changes(model_args, is_trainable):
             kwargs["config"] = _model_config(model_args, path, is_trainable=is_trainable)
         if model_args.train_from_scratch:
@@ -287,6 +296,10 @@ def load_base_model(model_args: ModelArguments, *, is_trainable: bool, compute_d
             model = call_from_pretrained(model_class.from_pretrained, path, "model", **kwargs)
         if "quantization_config" in kwargs:
             model = prepare_quantized(model, model_args.quantization_bit, is_trainable=is_trainable)
+        if model_args.mixture_of_depths == "load":
+            mod.load_routers(model, path)
+    if model_args.mixture_of_depths == "convert":
+        mod.convert_to_mixture_of_depths(model)
     if is_trainable and model_args.upcast_layernorm:
         upcast_layernorms(model)
     if is_trainable and model_args.upcast_lmhead_output:
@@ -330,6 +343,15 @@ def count_parameters(model) -> tuple[int, int]:
         if param.requires_grad:
             trainable += size
     return trainable, total
+
+
+def _concrete_class(auto_class, model_args: ModelArguments, path: str, kwargs: dict):
+    """The model class an Auto class picks for the folder's config."""
+    from transformers import AutoConfig
+
+    config = kwargs.get("config") or call_from_pretrained(AutoConfig.from_pretrained, path, "model config",
+                                                          **hub_kwargs(model_args))
+    return auto_class._model_mapping[type(config)]
 
 
 def _config_changes(model_args: ModelArguments, is_trainable: bool) -> bool:
