@@ -97,7 +97,6 @@ EXPECTED_REFUSED = {
     "examples/ktransformers/train_lora/qwen3moe_lora_sft_kt.yaml": "`use_kt` is not supported yet by tuneforge",
     "examples/megatron/qwen2_vl_full.yaml": _MCA,
     "examples/megatron/qwen3_moe_full.yaml": _MCA,
-    "examples/merge_lora/qwen3_gptq.yaml": "`export_quantization_bit` is not supported yet by tuneforge",
     # LF's default `resources_per_worker: {"GPU": 1}` on this CPU-only machine; with {"CPU": 1} it is the download of
     # `dataset_dir: REMOTE:llamafactory/demo_data` that fails offline (test_ray_example_on_cpu_workers)
     "examples/train_lora/qwen3_lora_sft_ray.yaml": '`resources_per_worker: {"GPU": 1}` (LF\'s default) gives each Ray '
@@ -312,7 +311,7 @@ def tiny_llama_pro_model(tmp_path_factory, tiny_template_model) -> Path:
 
 
 def test_the_example_list_that_trains():
-    # of the 57 that load: 8 chat/export configs, 1 predict, 6 DeepSpeed; 5 of the 42 quantize (the qlora extra)
+    # of the 58 that load: 9 chat/export configs, 1 predict, 6 DeepSpeed; 5 of the 42 quantize (the qlora extra)
     assert len(TRAINING_THAT_LOADS) == (42 if importlib.util.find_spec("bitsandbytes") else 37)
 
 

@@ -99,3 +99,14 @@ def test_vision_lora_train_merge_and_chat_with_the_export(lf_folder, capsys):
                                            finetuning_type="lora"))
     assert _chat(capsys, lf_folder("inference/qwen3vl.yaml", model_name_or_path=str(merged))) == with_adapter
     assert _chat(capsys, lf_folder("inference/qwen3vl.yaml")) != with_adapter
+
+
+def test_gptq_merge_file(lf_folder):
+    """`merge_lora/qwen3_gptq.yaml`: 4-bit GPTQ with LF's default calibration (128 windows of 1,024 tokens) from
+    its `data/c4_demo.jsonl` (here: generated text of the same layout)."""
+    words = "the of and to in is that for it as was with be by on not he this are or his from at which".split()
+    rows = [{"text": " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(1500))} for i in range(8)]
+    Path("data/c4_demo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["export", lf_folder("merge_lora/qwen3_gptq.yaml")]) == 0
+    config = json.loads(Path("saves/qwen3_gptq/config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "gptq" and config["quantization_config"]["bits"] == 4

@@ -303,3 +303,12 @@ def test_export_and_predict_refuse_a_folder_outside_the_root(app):
                           tf_eval_output_dir=str(unrelated))
         assert notice.startswith(f"Error: The folder {unrelated} is outside the output root"), mode
     assert ctx.jobs.snapshot().status == "idle" and sorted(p.name for p in unrelated.iterdir()) == ["thesis.txt"]
+
+
+def test_export_passes_the_gptq_choice_on(app):
+    demo, ctx, base = app
+    folder = Path(ctx.save_root) / "gptq_export"
+    info = call(demo, "export", tf_export_dir=str(folder), tf_model_path="builtin:smollm2", tf_export_quant_bit="4",
+                tf_export_quant_data=str(base / "missing.jsonl"))
+    assert info.startswith("Error: export_quantization_dataset: ") and "missing.jsonl is not a file" in info
+    assert not folder.exists()

@@ -64,8 +64,8 @@ def run_export(cfg: RunConfig) -> Path:
         model = attach_adapters(model, adapters, margs, merge_last=False)
         model = merge_with_check(model, tokenizer, device)
     model.requires_grad_(False)
-    gguf = margs.export_format == "gguf"
-    if not gguf:  # GGUF is written from the float32 weights in its own `gguf_type`
+    gguf, gptq = margs.export_format == "gguf", margs.export_quantization_bit is not None
+    if not gguf and not gptq:  # GGUF and GPTQ are computed from the float32 weights, written in their own types
         model = model.to(out_dtype)
     _update_generation_config(model, tokenizer, template)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -82,6 +82,11 @@ def run_export(cfg: RunConfig) -> Path:
             write_gguf(model, tokenizer, tmp / name, margs.gguf_type, name=name.removesuffix(".gguf"),
                        chat_template=tokenizer.chat_template)
             (tmp / "Modelfile").write_text(ollama_modelfile(template, tokenizer, f"./{name}"), encoding="utf-8")
+        elif gptq:  # no Modelfile: Ollama does not read GPTQ weights
+            from tuneforge.export_gptq import export_gptq
+
+            export_gptq(model, tokenizer, margs, tmp)
+            tokenizer.save_pretrained(tmp)
         else:
             model.save_pretrained(tmp, max_shard_size=f"{margs.export_size}GB")
             tokenizer.save_pretrained(tmp)
@@ -92,7 +97,8 @@ def run_export(cfg: RunConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_folder(tmp, export_dir)
-    logger.info("exported %s model to %s", str(out_dtype).removeprefix("torch."), export_dir)
+    kind = f"{margs.export_quantization_bit}-bit GPTQ" if gptq else str(out_dtype).removeprefix("torch.")
+    logger.info("exported %s model to %s", kind, export_dir)
     return export_dir
 
 
@@ -102,7 +108,12 @@ def check_export_args(margs: ModelArguments) -> Path:
     if margs.export_legacy_format:
         raise NotSupportedError("export_legacy_format: true (.bin weights) is not supported: transformers 5 saves safetensors only")
     if margs.export_quantization_bit is not None:
-        raise NotSupportedError("export_quantization_bit is not supported yet: export unquantized and quantize afterwards")
+        from tuneforge.export_gptq import check_gptq_args
+
+        check_gptq_args(margs.export_quantization_bit, margs.export_quantization_dataset)
+        if margs.export_format == "gguf":
+            raise ConfigError("export_quantization_bit (GPTQ) and export_format: gguf exclude each other; GGUF "
+                              "quantizes with `gguf_type: q8_0`")
     if margs.quantization_bit is not None:  # LF: "Cannot merge adapters to a quantized model."
         raise NotSupportedError("quantization_bit: an export merges the adapters into the full-precision model; "
                                 "remove `quantization_bit` from the export config (the adapter trained on the "

@@ -43,7 +43,6 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "fp8_enable_fsdp_float8_all_gather": _FP8,
         "use_kt": "KTransformers is not integrated; it runs attention on a CUDA GPU and the experts on AMX / AVX-512 "
                   "CPU kernels, and this machine has neither",
-        "export_quantization_bit": "quantized export (GPTQ) is not implemented yet",
         "export_hub_model_id": "pushing to the hub is not implemented; upload export_dir yourself",
         # multimodal: images for the Qwen-VL family (data/media.py); the video keys act on a `videos` column only,
         # which the data layer refuses (ONLY_WITH); these are other families' or media's
@@ -86,7 +85,6 @@ ONLY_WITH = MappingProxyType(
     {
         "vllm_": "infer_backend: vllm", "sglang_": "infer_backend: sglang",
         "kt_": "use_kt", "cpu_infer": "use_kt", "mode": "use_kt",
-        "export_quantization_": "export_quantization_bit",
         "packing_similarity_threshold": "packing_strategy: semantic_aware",
         "packing_embedding_model": "packing_strategy: semantic_aware",
         "hyper_parallel_args": "use_hyper_parallel",

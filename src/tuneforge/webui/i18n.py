@@ -128,6 +128,8 @@ LABELS = MappingProxyType({
     "export_dir": ("Export folder", "导出目录"),
     "export_size": ("Shard size (GB)", "分块大小（GB）"),
     "export_format": ("Format", "格式"),
+    "export_quantization_bit": ("Export quantization bits (GPTQ)", "导出量化等级（GPTQ）"),
+    "export_quantization_dataset": ("Calibration data (text column)", "导出量化数据集"),
     "export_btn": ("Export", "开始导出"),
     "export_info": ("Export result", "导出结果"),
     "export_allow_outside": ("Allow an export folder outside {root}", "允许使用 {root} 之外的导出目录"),

@@ -21,6 +21,13 @@ def create_export_tab(ui: UI, ctx) -> None:
             export_size = ui.add("export_size", gr.Slider(1, 100, value=5, step=1, label=ui.label("export_size")))
             ui.add("export_format", gr.Dropdown(choices=["safetensors"], value="safetensors",
                                                 label=ui.label("export_format")))
+        with gr.Row():  # LF's export tab: GPTQ with calibration text (export_gptq.py)
+            quant_bit = ui.add("export_quantization_bit", gr.Dropdown(choices=["none", "8", "4", "2"], value="none",
+                                                                      label=ui.label("export_quantization_bit"),
+                                                                      elem_id="tf-export-quant-bit"))
+            quant_data = ui.add("export_quantization_dataset", gr.Textbox(value="data/c4_demo.jsonl",
+                                                                          label=ui.label("export_quantization_dataset"),
+                                                                          elem_id="tf-export-quant-data"))
         allow_outside = ui.add("export_allow_outside", gr.Checkbox(value=False, label=ui.label("export_allow_outside"),
                                                                    elem_id="tf-export-allow-outside"))
         run = ui.add("export_btn", gr.Button(ui.label("export_btn"), variant="primary", elem_id="tf-export"))
@@ -28,7 +35,7 @@ def create_export_tab(ui: UI, ctx) -> None:
                                                 elem_id="tf-export-info"))
 
     def export(*values):
-        *model_values, folder, size, allow, lang_code = values
+        *model_values, folder, size, bits, calibration, allow, lang_code = values
         try:
             from tuneforge.export import run_export
 
@@ -38,10 +45,13 @@ def create_export_tab(ui: UI, ctx) -> None:
             config = args.model_config(dict(zip(MODEL_KEYS, model_values)), ctx.save_root)
             config.update(finetuning_type=model_values[1], export_dir=folder or None,
                           export_size=int(size))
+            if bits and bits != "none":
+                config.update(export_quantization_bit=int(bits), export_quantization_dataset=calibration or None)
             path = run_export(args.validate(config, require_output_dir=False))
             return message("exported", lang_code, path=path)
         except Exception as err:
             return error_text(err, lang_code)
 
     run.click(lambda lang_code: message("exporting", lang_code), [lang], [info]).then(
-        export, [*(ui.fields[k] for k in MODEL_KEYS), export_dir, export_size, allow_outside, lang], [info])
+        export, [*(ui.fields[k] for k in MODEL_KEYS), export_dir, export_size, quant_bit, quant_data, allow_outside,
+                 lang], [info])
