@@ -3,7 +3,8 @@ round-to-nearest with the same grid (what GPTQ's error compensation buys).
 
     .venv/bin/python bench/bench_gptq_export.py [--bits 4] [--nsamples 64] [--maxlen 512]
 
-Calibration text: this repository's docs/*.md; held-out text: README.md (windows of --maxlen tokens). The
+Calibration text: this repository's docs/*.md, held-out text: its README.md, both as of commit TEXTS_COMMIT (read
+with `git show`, so later edits do not move the numbers; windows of --maxlen tokens). The
 export is written by `tuneforge export` (export_quantization_bit), then read back layer by layer
 (`read_gptq_layer`) into a float32 model; round-to-nearest quantizes each layer with an identity Hessian
 (GPTQ without error compensation).
@@ -22,6 +23,22 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+TEXTS_COMMIT = "71d8480"
+
+
+def _text_at_commit(path: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(REPO), "show", f"{TEXTS_COMMIT}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _docs_at_commit() -> list[str]:
+    import subprocess
+
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", TEXTS_COMMIT, "docs/"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    return [_text_at_commit(name) for name in sorted(names) if name.endswith(".md")]
 
 
 def _windows(tokenizer, text: str, length: int, count: int) -> list[torch.Tensor]:
@@ -64,8 +81,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gptq_bench_"))
     calibration = work / "calibration.jsonl"
     with calibration.open("w", encoding="utf-8") as out:
-        for doc in sorted((REPO / "docs").glob("*.md")):
-            text = doc.read_text(encoding="utf-8")
+        for text in _docs_at_commit():
             for start in range(0, len(text), 6000):
                 out.write(json.dumps({"text": text[start:start + 6000]}) + "\n")
     config = {"model_name_or_path": "builtin:smollm2", "export_dir": str(work / "export"),
@@ -81,7 +97,7 @@ def main() -> None:
     source_mb = sum(f.stat().st_size for f in Path(source).glob("*.safetensors")) / 1e6
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    windows = _windows(tokenizer, (REPO / "README.md").read_text(encoding="utf-8"), args.maxlen, args.heldout_windows)
+    windows = _windows(tokenizer, _text_at_commit("README.md"), args.maxlen, args.heldout_windows)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     ppl_float, top1, _ = _evaluate(model, windows)
 
@@ -104,7 +120,7 @@ def main() -> None:
     ppl_round, _, agree_round = _evaluate(rounded, windows, top1)
     tokens = sum(w.numel() for w in windows)
     print(f"demo model, {args.bits}-bit, calibration {args.nsamples} x {args.maxlen} tokens (docs/*.md), held-out "
-          f"{len(windows)} x {args.maxlen} = {tokens} tokens of README.md")
+          f"{len(windows)} x {args.maxlen} = {tokens} tokens of README.md (both as of {TEXTS_COMMIT})")
     print(f"export: {export_seconds:.1f} s, weights {size_mb:.1f} MB (float32 source {source_mb:.1f} MB)")
     print("| weights | held-out perplexity | next-token agreement with float32 |")
     print("|---|---:|---:|")

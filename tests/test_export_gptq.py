@@ -110,7 +110,8 @@ def test_export_refusals(tiny_llama_dir, tmp_path, capsys):
     cases = [({"export_quantization_bit": 3}, "export_quantization_bit: 3 is not supported"),
              ({"export_quantization_dataset": None}, "needs calibration text"),
              ({"export_quantization_maxlen": 4096}, "100 random rows were all at most 4096 tokens long"),
-             ({"export_quantization_dataset": "c4_demo"}, "c4_demo is not a file")]
+             ({"export_quantization_dataset": "c4_demo"}, "c4_demo is not a file"),
+             ({"mixture_of_depths": "convert"}, "a mixture-of-depths model exports as safetensors only")]
     for keys, message in cases:
         assert main(["export", str(_export_config(tmp_path, tiny_llama_dir, **keys))]) != 0
         assert message in capsys.readouterr().err

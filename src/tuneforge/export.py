@@ -114,6 +114,9 @@ def check_export_args(margs: ModelArguments) -> Path:
         if margs.export_format == "gguf":
             raise ConfigError("export_quantization_bit (GPTQ) and export_format: gguf exclude each other; GGUF "
                               "quantizes with `gguf_type: q8_0`")
+    if margs.mixture_of_depths and (margs.export_format == "gguf" or margs.export_quantization_bit is not None):
+        raise NotSupportedError("mixture_of_depths: a mixture-of-depths model exports as safetensors only (llama.cpp "
+                                "and GPTQ loaders know no routed layers)")
     if margs.quantization_bit is not None:  # LF: "Cannot merge adapters to a quantized model."
         raise NotSupportedError("quantization_bit: an export merges the adapters into the full-precision model; "
                                 "remove `quantization_bit` from the export config (the adapter trained on the "

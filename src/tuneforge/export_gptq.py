@@ -1,10 +1,11 @@
 """`export_quantization_bit: 2 | 4 | 8`: a GPTQ export (Frantar et al., 2022), computed here in PyTorch on any device.
 
 LLaMA-Factory hands this to transformers' GPTQConfig, i.e. to `gptqmodel` + `optimum`, which need a CUDA build of
-torch >= 2.14; tuneforge quantizes itself and writes the checkpoint those libraries (and vLLM, SGLang, TGI) read:
-every linear layer of the decoder layers as `qweight` / `qzeros` / `scales` / `g_idx` in the `gptq` (v1) format,
-symmetric, `group_size` 128, no activation reordering (GPTQConfig's defaults, as LF uses them), everything else in
-float16, and the config's `quantization_config`.
+torch >= 2.14; tuneforge quantizes itself and writes the checkpoint layout gptqmodel writes (and vLLM / SGLang
+load): every linear layer of the decoder layers as `qweight` / `qzeros` / `scales` / `g_idx` in the `gptq` (v1)
+format, symmetric, `group_size` 128, no activation reordering (GPTQConfig's defaults, as LF uses them), everything
+else in float16, and the config's `quantization_config`. The packing was checked against gptqmodel 7.7's own
+packing code (same bit order, v1 zero points minus one); loading the result needs gptqmodel, i.e. a GPU build.
 
 Calibration as in LF: `export_quantization_nsamples` windows of `export_quantization_maxlen` tokens, each from a
 random row of `export_quantization_dataset` (its `text` column) that is longer than that (drawn with a fixed

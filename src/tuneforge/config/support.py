@@ -20,6 +20,8 @@ from .stages import STAGES as _STAGE_RECORDS
 _MULTIMODAL = (f"only image inputs of {SUPPORTED_NAMES} models are supported yet; other vision/audio-language "
                "models, videos and audio are not")
 _ENGINE = "only the huggingface inference backend is implemented"
+_LIGER = ("Liger kernels are not integrated yet; they are Triton kernels for CUDA / ROCm GPUs (tuneforge computes "
+          "the loss in chunks itself)")
 _FP8 = ("FP8 training is not implemented yet; it needs an NVIDIA GPU with FP8 tensor cores (Ada, Hopper or newer) "
         "and torchao or Transformer Engine")
 
@@ -36,13 +38,13 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "shift_attn": "LongLoRA shift attention is not implemented",
         "use_unsloth": "unsloth is not integrated; tuneforge has its own padding-free, chunked-loss path",
         "use_unsloth_gc": "unsloth is not integrated",
-        "enable_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",
-        "use_liger_kernel": "liger kernels are not integrated yet (tuneforge computes the loss in chunks itself)",
+        "enable_liger_kernel": _LIGER,
+        "use_liger_kernel": _LIGER,
         "fp8": _FP8,
         "fp8_backend": _FP8,
         "fp8_enable_fsdp_float8_all_gather": _FP8,
-        "use_kt": "KTransformers is not integrated; it runs attention on a CUDA GPU and the experts on AMX / AVX-512 "
-                  "CPU kernels, and this machine has neither",
+        "use_kt": "KTransformers is not integrated; it needs a CUDA GPU for attention (the experts run on its AMX / "
+                  "AVX-512 CPU kernels)",
         "export_hub_model_id": "pushing to the hub is not implemented; upload export_dir yourself",
         # multimodal: images for the Qwen-VL family (data/media.py); the video keys act on a `videos` column only,
         # which the data layer refuses (ONLY_WITH); these are other families' or media's
@@ -56,7 +58,8 @@ UNSUPPORTED_KEYS = MappingProxyType(
         "ignore_pad_token_for_loss": "pad tokens are always excluded from the loss",
         "reasoning_effort": "reasoning-effort switches for reasoning templates are not implemented yet",
         # methods and optimisers
-        "use_mca": "Megatron Core training is not implemented",
+        "use_mca": "Megatron Core training is not implemented (it needs CUDA GPUs: Megatron-Core with Transformer "
+                   "Engine)",
         # distributed training
         "master_addr": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
         "master_port": "Ray Train (USE_RAY=1) picks the process-group address and port itself",
