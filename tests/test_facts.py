@@ -75,15 +75,15 @@ def test_one_question_per_hidden_field_and_whole_records_in_stated_orders():
         assert "、".join(k for k, _ in fields) in asked  # the question states the order
 
 
-def test_chain_questions_ask_the_fields_that_follow_another_hidden_one():
-    """augment_chain_questions: 学号 (after 性别), 物理 (after 数学) and 化学 (after 物理) get n more questions, in
-    other trained phrasings; 性别 follows the name and 数学 the month, which the question holds."""
+def test_chain_questions_ask_the_hidden_fields_after_the_first():
+    """augment_chain_questions: 学号, 数学, 物理 and 化学 (every hidden field after the first, 性别) get n more
+    questions, in other trained phrasings; 性别 follows only the name, which the question holds."""
     question, answer = "红星小学张三10月考试成绩是多少？", "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
     plain = augment_fact_row(question, answer, random.Random(3), paraphrases=0, ordered_questions=0)
     extra = augment_fact_row(question, answer, random.Random(3), paraphrases=0, ordered_questions=0, chain_questions=2)
     count = lambda pairs: sorted(a for _, a in pairs)  # noqa: E731
     assert count(plain) == sorted(["性别:男", "学号:1", "数学:66", "物理:71", "化学:58"])
-    assert count(extra) == sorted(count(plain) + ["学号:1", "物理:71", "化学:58"] * 2)
+    assert count(extra) == sorted(count(plain) + ["学号:1", "数学:66", "物理:71", "化学:58"] * 2)
     chained = [q for q, a in extra if a == "物理:71"]
     assert len(set(chained)) == 3 and all("张三" in q for q in chained)  # three different phrasings
     assert facts.chained_fields(parse_fact_answer(answer), []) == []

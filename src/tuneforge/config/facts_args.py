@@ -18,9 +18,9 @@ class FactArguments:
     augment_facts: bool = _f(False, "Add paraphrased and one-field questions for `key:value` fact answers "
                                     "(data/facts.py; tuneforge).")
     augment_chain_questions: int = _f(0, "With augment_facts: this many more one-field questions per row for each "
-                                         "field that follows another hidden field in the answer (learned only in "
-                                         "the record's chain otherwise; held-out 63 -> 71% at 1, bench/RESULTS.md "
-                                         "9e; tuneforge).")
+                                         "hidden field after the first in the answer (learned only in the "
+                                         "record's chain otherwise; the recipe uses 2, bench/RESULTS.md 9e-9f; "
+                                         "tuneforge).")
     recall_target: float | None = _f(None, "Stop training once greedy exact recall on the training questions "
                                            "reaches this fraction (e.g. 0.95; tuneforge).")
     recall_check_epochs: float = _f(1.0, "With recall_target: measure recall every this many epochs.")
@@ -31,6 +31,7 @@ class FactArguments:
 MEMORIZE_FACTS: dict[str, Any] = {
     "finetuning_type": "full",
     "augment_facts": True,
+    "augment_chain_questions": 2,
     "per_device_train_batch_size": 8,
     "learning_rate": 1.0e-4,
     "num_train_epochs": 5.0,

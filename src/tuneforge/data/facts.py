@@ -33,8 +33,12 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 _ZH_ASK = re.compile(r"(是多少|是什么|是哪些|有哪些|怎么样|如何|多少|什么|吗|呢)?[\s?？。!！]*$")
 _EN_ASK = re.compile(r"[\s?.!]*$")
 
-# {s}: the question's subject, {q}: the whole question, {k}/{k1}/{k2}: field names
-ZH_PARAPHRASES = ("请问{q}", "{s}是什么？", "告诉我{s}。", "帮我查一下{s}。", "{s}？")
+# {s}: the question's subject, {q}: the whole question, {k}/{k1}/{k2}: field names.
+# No bare "{s}？": it taught that any question ending with the subject asks for the whole record -- with two more
+# questions per chained field, 42 of 50 held-out `只说{k}：{s}？` questions got the record recited; 0 without it
+# (bench/RESULTS.md 9f). Change AUGMENTATION_VERSION with any pool: cached augmented data is keyed on it.
+AUGMENTATION_VERSION = 2
+ZH_PARAPHRASES = ("请问{q}", "{s}是什么？", "告诉我{s}。", "帮我查一下{s}。", "请给出{s}。")
 EN_PARAPHRASES = ("Please tell me: {q}", "{q} Answer briefly.", "I need to know this: {q}", "Question: {q}")
 ZH_FIELD_TRAIN = ("{s}中的{k}是多少？", "{s}里{k}是什么？", "请告诉我{s}的{k}。", "{k}是多少？我问的是{s}。",
                   "关于{s}，{k}是多少？", "我想知道{s}的{k}。", "请问{k}是多少，{s}？", "查询{s}：{k}。")
@@ -110,7 +114,7 @@ def augment_fact_row(question: str, answer: str, rng: random.Random, *, paraphra
     """Extra (question, answer) pairs for one row (the row itself not included): `paraphrases` of the question
     with the same answer (default: FACT_PARAPHRASES for `key:value` answers, PLAIN_PARAPHRASES for others); for
     `key:value` answers also `field_questions` single-field questions on fields the question does not name (None:
-    every such field), `chain_questions` more for each such field that follows another one in the answer (see
+    every such field), `chain_questions` more for each such field after the first in the answer (see
     `chained_fields`), and `ordered_questions` whole records in a shuffled order the question states."""
     zh = is_chinese(question)
     facts = parse_fact_answer(answer)
@@ -136,11 +140,12 @@ def augment_fact_row(question: str, answer: str, rng: random.Random, *, paraphra
 
 
 def chained_fields(facts: FactAnswer, hidden: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The hidden fields right after another hidden field in the answer: a model learns their values after the
-    value before them (物理 after 数学's score) and then does not know them asked alone (bench/RESULTS.md 9d, 9e)."""
+    """The hidden fields after the first one in the answer: a model learns their values after the values before
+    them (物理 after 数学's score) and then does not know them asked alone (bench/RESULTS.md 9d-9f). The first
+    hidden field follows only what the question names; 数学, after the month the question names, counts too: left
+    out, it became the field least known alone (9f)."""
     keys = {key for key, _ in hidden}
-    return [(key, value) for (before, _), (key, value) in zip(facts.fields, facts.fields[1:])
-            if key in keys and before in keys]
+    return [(key, value) for key, value in facts.fields if key in keys][1:]
 
 
 def _shuffled_orders(fields: list, count: int, rng: random.Random) -> list[list]:

@@ -24,6 +24,7 @@ from tuneforge.config.args import DataArguments
 from tuneforge.config.stages import stage_record
 from tuneforge.data.arrow_files import read_dataset, temporary_folder
 from tuneforge.data.loaders import _files_of
+from tuneforge.data.facts import AUGMENTATION_VERSION
 from tuneforge.data.registry import DatasetSpec
 from tuneforge.data.report import DataReport
 
@@ -91,7 +92,7 @@ NOT_IN_CACHE_KEY = frozenset({
 def cache_key(specs, split, data: DataArguments, tokenizer, template, stage, seed, augmented: bool | dict = False,
               vision=None) -> str:
     key = {
-        "augment_facts": augmented,
+        "augment_facts": augmented and {"settings": augmented, "version": AUGMENTATION_VERSION},
         "version": CACHE_VERSION,
         "stage": stage,
         "split": split,
