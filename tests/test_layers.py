@@ -12,7 +12,7 @@ LAYERS = {
     "errors": 0, "utils": 0,
     "config": 1,
     "data": 2, "model": 2,
-    "estimate": 3, "infer": 3, "export_gguf": 3,
+    "estimate": 3, "infer": 3, "export_gguf": 3, "export_gptq": 3,
     "train": 4, "evaluate": 4, "export": 4,
     "bench": 5, "webui": 5, "api": 5, "dry_run": 5,
     "cli": 6,
