@@ -310,8 +310,8 @@ def recipe(cfg: RunConfig, keys: dict) -> Suggestion:
     if model and model != RECIPE_MODEL:
         command += f" model_name_or_path={model}"
     return Suggestion("train with tuneforge's fact recipe: it adds paraphrased questions, one question per field and "
-                      "the whole answer in a shuffled field order (augment_facts), more questions for the fields recited only "
-                      "after another one (augment_chain_questions), and trains until the facts come back "
+                      "the whole answer in a shuffled field order (augment_facts), two more questions for each field after the "
+                      "first (augment_chain_questions), and trains until the facts come back "
                       "(recall_target). Run it as it is:", keys=dict(keys), command=command)
 
 
