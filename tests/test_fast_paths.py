@@ -112,6 +112,24 @@ def test_packed_sdpa_follows_the_layout_and_the_sliding_window(window, positions
     torch.testing.assert_close(out, _reference_attention(q, k, v, torch.tensor([positions]), window))
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("packed", [True, False])
+def test_packed_sdpa_runs_16_bit_attention_in_float32_on_cpu(autocast, packed):
+    """bf16 q/k/v (or CPU bf16 autocast, which would pick a bf16 SDPA kernel, ~3x slower): float32 attention, the
+    result in the values' dtype -- exactly the float32 computation rounded once; a padded (not packed) batch too."""
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.sliding_window, module.is_causal = None, True
+    positions = [0, 1, 2, 0, 1] if packed else [0, 1, 2, 3, 4]
+    q, k, v = (torch.randn(1, 2, 5, 8).bfloat16() for _ in range(3))
+    mask = torch.zeros(1, 1, 5, 5, dtype=torch.bool) if packed else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, _ = packed_sdpa_attention_forward(module, q, k, v, mask, position_ids=torch.tensor([positions]))
+    reference = _reference_attention(q.float(), k.float(), v.float(), torch.tensor([positions]), None)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference.bfloat16(), atol=0, rtol=0.008)  # one bf16 rounding: 2^-7 relative
+
+
 def _prefixed_samples(vocab_size: int, shared: int = 10) -> list[dict]:
     gen = torch.Generator().manual_seed(5)
     prefix = torch.randint(10, vocab_size, (shared,), generator=gen).tolist()

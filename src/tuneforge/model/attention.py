@@ -12,6 +12,10 @@ True)` writes the prompt prefix all samples of a batch share (a system prompt) o
 sample, and only the rest of every other sample: the prefix is computed once per batch instead of once
 per sample, with the same attention, positions and loss (exact up to float summation order).
 
+On a CPU, 16-bit (bf16 autocast) query/key/value go through SDPA in float32 and come back in their dtype:
+PyTorch's CPU flash attention is ~3x slower in bf16 than in float32 (its backward above all; measured in
+bench/RESULTS.md section 17), and float32 is the more exact of the two.
+
 Everything that is not a packed row (padded batches, KV-cache decoding, a single sample, a row given an
 all-ones attention_mask: one causal sequence whatever its position_ids) goes to transformers' own `sdpa`
 unchanged, with the mask transformers built for it.
@@ -28,6 +32,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 PACKED_SDPA = "tuneforge_packed_sdpa"
 # Every packed sample has its own length: cuDNN attention builds a graph per new shape (2.7 ms of CPU per
 # call on an H200, 15x the kernel; bench/RESULTS.md "GPU"), so the per-sample calls leave it out.
+_HALF = (torch.bfloat16, torch.float16)
 _PER_SAMPLE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -83,6 +88,17 @@ def _continuation_mask(length: int, first: int, window: int | None, device) -> t
 
 def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """`sdpa` per packed segment; query/key/value are [1, heads, T, head_dim]."""
+    if query.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or query.dtype in _HALF):
+        if attention_mask is not None and attention_mask.is_floating_point():  # an additive mask: same dtype
+            attention_mask = attention_mask.float()
+        with torch.autocast("cpu", enabled=False):  # CPU autocast would run SDPA in its 16-bit dtype
+            out, weights = _packed_sdpa(module, query.float(), key.float(), value.float(), attention_mask,
+                                        dropout=dropout, scaling=scaling, **kwargs)
+        return out.to(value.dtype), weights
+    return _packed_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     q_len = query.shape[2]
     segments = None
     # transformers builds a (block-causal) mask whenever it detects a packed row; None means it chose
