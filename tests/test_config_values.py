@@ -4,6 +4,8 @@ expected."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tuneforge.config import load_config, load_config_dict, parse_overrides
@@ -98,3 +100,32 @@ def test_json_config_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "run.json"
     path.write_text('\ufeff{"model_name_or_path": "m", "lora_rank": 4}', encoding="utf-8")
     assert load_config(path, require_output_dir=False).finetuning.lora_rank == 4
+
+
+@pytest.mark.parametrize("flags, bf16", [({"avx2", "fma"}, False), ({"avx512f", "amx_bf16"}, True),
+                                         ({"avx512f", "avx512_bf16"}, True)])
+def test_auto_bf16_is_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, flags, bf16):
+    from tuneforge.train.workflow import log_precision
+    from tuneforge.utils import hardware
+
+    from log_capture import LogRecords
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    caplog.set_level(logging.INFO, logger="tuneforge")
+    cfg = load_config_dict({**TRAIN, "auto_bf16": True})
+    assert (cfg.training.bf16, cfg.training.use_cpu) == (bf16, True)
+    with LogRecords("tuneforge") as logged:
+        log_precision(cfg)
+    assert logged.messages == ["auto_bf16: bf16 mixed precision (a CPU with amx_bf16 or avx512_bf16)" if bf16 else
+                               "auto_bf16: float32 (bf16 is native only on a CPU with amx_bf16 or avx512_bf16)"]
+    with LogRecords("tuneforge") as logged:  # bf16 asked for by hand: a warning where it is emulated
+        log_precision(load_config_dict({**TRAIN, "bf16": True}))
+    assert [m.split(":")[:2] for m in logged.messages] == ([] if bf16 else [["bf16", " true on a CPU without amx_bf16 / avx512_bf16"]])
+
+
+@pytest.mark.parametrize("key", ["bf16", "fp16", "pure_bf16"])
+def test_auto_bf16_with_a_precision_of_its_own_is_refused(key):
+    with pytest.raises(ConfigError) as err:
+        load_config_dict({**TRAIN, "auto_bf16": True, key: True}, source="run.yaml")
+    assert str(err.value) == ("run.yaml: `auto_bf16` chooses the precision itself (bf16 where the device computes it "
+                              f"natively, else float32); remove it or `{key}`")

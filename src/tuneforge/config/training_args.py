@@ -35,6 +35,9 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     )
     placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = _f("PACK", "Ray worker placement.")
     ray_init_kwargs: dict | str | None = _f(None, "Keyword arguments of ray.init (a mapping or JSON).")
+    auto_bf16: bool = _f(False, "tuneforge: bf16 mixed precision where the device computes bf16 natively (a CUDA "
+                                "GPU with bf16, a CPU with AMX or AVX512-BF16), float32 elsewhere: for configs "
+                                "meant to run on any machine; sets `bf16` for the run.")
 
     def __post_init__(self) -> None:
         super().__post_init__()

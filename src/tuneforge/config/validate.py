@@ -229,6 +229,9 @@ def optimizer_package_available(module: str) -> bool:
 
 
 def _check_hardware(v: _View) -> None:
+    if v["auto_bf16"] and (set_keys := [k for k in ("bf16", "fp16", "pure_bf16") if v[k]]):
+        raise ConfigError(f"{v.where('auto_bf16')}: `auto_bf16` chooses the precision itself (bf16 where the device "
+                          f"computes it natively, else float32); remove it or `{set_keys[0]}`")
     for key in ("fp16", "fp16_full_eval"):
         if v[key] and not cuda_available():
             raise ConfigError(f"{v.where(key)}: fp16 training needs a CUDA GPU; use bf16: true or fp32 on CPU")
@@ -376,6 +379,10 @@ def training_kwargs(section: dict[str, Any], disable_shuffling: bool, finetuning
     if "use_cpu" not in kwargs and probe_devices and runs_on_cpu():
         # HF refuses bf16 without a GPU unless use_cpu is set; on a CPU-only machine that is what runs anyway.
         kwargs["use_cpu"] = True
+    if kwargs.get("auto_bf16") and probe_devices:
+        from ..utils.hardware import native_bf16
+
+        kwargs["bf16"] = native_bf16(on_cpu=bool(kwargs.get("use_cpu")) or runs_on_cpu())
     if disable_shuffling:
         kwargs["train_sampling_strategy"] = "sequential"
     return kwargs

@@ -22,6 +22,7 @@ def training_config(cfg):
 def run_train(cfg) -> dict:
     workflow.require_do_train(cfg)
     cfg = training_config(cfg)
+    workflow.log_precision(cfg)
     prepare_processes(cfg)  # DeepSpeed ZeRO-3 partitions the model as it loads: the process group exists first
     stage = stage_record(cfg.finetuning.stage)  # validated: it exists and is supported
     module_name, function_name = stage.recipe.split(":")

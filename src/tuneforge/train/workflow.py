@@ -31,6 +31,22 @@ def compute_dtype(cfg) -> str | None:
     return None
 
 
+def log_precision(cfg) -> None:
+    """Say what `auto_bf16` chose, and warn about bf16 on a CPU that only emulates it (hundreds of times slower)."""
+    from tuneforge.utils.hardware import NATIVE_BF16_CPU_FLAGS, cpu_native_bf16
+
+    training = cfg.training
+    on_cpu = bool(getattr(training, "use_cpu", False))
+    native = f"a CPU with {' or '.join(NATIVE_BF16_CPU_FLAGS)}" if on_cpu else "a GPU with bf16"
+    if training.auto_bf16:
+        logger.info("auto_bf16: %s", "bf16 mixed precision (%s)" % native if training.bf16
+                    else "float32 (bf16 is native only on %s)" % native)
+    elif training.bf16 and on_cpu and not cpu_native_bf16() and is_main_process():
+        logger.warning("bf16: true on a CPU without %s: PyTorch emulates bf16 there, hundreds of times slower than "
+                       "float32; remove `bf16` (or use `auto_bf16: true`) to train in float32",
+                       " / ".join(NATIVE_BF16_CPU_FLAGS))
+
+
 def ref_model_arguments(cfg):
     """The model arguments of `ref_model` (dpo / kto / ppo): its path, `ref_model_adapters` and
     `ref_model_quantization_bit` in place of the policy's (LF's create_ref_model); None without `ref_model`."""
