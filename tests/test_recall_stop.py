@@ -92,8 +92,7 @@ def workspace(tmp_path, tiny_llama_dir, monkeypatch):
 def test_run_that_misses_its_target_says_so(workspace, capsys):
     assert main(["train", "train.yaml"]) == 0
     printed = capsys.readouterr().out
-    # 4 training rows and 4 of the questions augment_facts added
-    assert "recall check (epoch 1.00): 0/8 training answers reproduced exactly (0%; target 100%)" in printed
+    assert "recall check (epoch 1.00): 0/4 training answers reproduced exactly (0%; target 100%)" in printed
     assert "recall target 100% NOT reached within the training budget: best 0% at epoch" in printed
     records = [json.loads(line) for line in (workspace / "out" / "trainer_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "recall" in r] == [1.0, 2.0]
@@ -101,20 +100,3 @@ def test_run_that_misses_its_target_says_so(workspace, capsys):
     assert any("augment_facts added" in note for note in report["notes"])
     results = json.loads((workspace / "out" / "all_results.json").read_text())
     assert results["recall_target_reached"] is False
-
-
-def test_the_check_asks_rows_as_written_and_the_questions_augmentation_added(workspace):
-    from tuneforge.config import load_config
-    from tuneforge.train import workflow
-    from tuneforge.train.recall_stop import recall_check_samples
-
-    cfg = load_config("train.yaml")
-    tokenizer, template = workflow.load_tokenizer_and_template(cfg)
-    samples = recall_check_samples(cfg, tokenizer, template)
-    texts = [tokenizer.decode(s["input_ids"]) for s in samples]
-    rows, added = texts[:4], texts[4:]
-    assert len(added) == 4 and not set(rows) & set(added)
-    assert all(any(row["instruction"] in text and row["output"] in text for row in ROWS) for text in rows)
-    assert all(not any(row["instruction"] in text and row["output"] in text for row in ROWS) for text in added)
-    plain = load_config("train.yaml", ["augment_facts=false"])
-    assert [tokenizer.decode(s["input_ids"]) for s in recall_check_samples(plain, tokenizer, template)] == rows

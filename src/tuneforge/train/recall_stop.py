@@ -5,9 +5,8 @@ Greedy decoding reproduces a training answer exactly iff, fed the answer's own p
 most likely next token is the answer's next token at every position (up to and including the turn's
 end token). So exact greedy recall is measured teacher-forced: forward passes over the sample, no
 token-by-token decoding -- ~9 s for 50 rows of the demo model on a 2-core CPU instead of minutes; a check stops
-as soon as it has missed more samples than the target allows (~3 s while recall is low). The sample is
-training rows as written and, with `augment_facts`, as many of the questions it added, encoded exactly as for
-training. A
+as soon as it has missed more samples than the target allows (~3 s while recall is low). The sample is the
+training rows as written (before `augment_facts` adds questions), encoded exactly as for training. A
 vision-language model's samples go through as padded rows with their images' pixels (the run's image settings).
 """
 
@@ -27,38 +26,21 @@ logger = logging.getLogger("tuneforge")
 
 
 def recall_check_samples(cfg, tokenizer, template, vision=None) -> list[dict[str, Any]]:
-    """The seeded sample the check asks, encoded like training (with their images' files when `vision`, a
-    vision-language model's image settings, is given): `recall_check_samples` training rows as written, and with
-    `augment_facts` as many of the questions it added (one-field questions, paraphrases, reordered records) --
-    learned means the data as trained: a model that recites the rows but not yet a field alone stops too early
-    for questions in other words (bench/RESULTS.md section 17)."""
+    """The seeded sample of training rows the check asks: encoded like training, without augmentation (with their
+    images' files when `vision`, a vision-language model's image settings, is given)."""
+    from tuneforge.data.pipeline import build_split
     from tuneforge.data.registry import load_dataset_specs
+    from tuneforge.data.report import DataReport
 
+    plain = replace(cfg, facts=replace(cfg.facts, augment_facts=False))
     specs = load_dataset_specs(cfg.data.dataset, cfg.data.dataset_dir or "data", cfg.config_dir)
     with_images = [spec for spec in specs if spec.columns.images]
     if with_images and vision is None:  # a text model: the data layer refuses image rows for it anyway
         raise NotSupportedError(f"`recall_target` on {with_images[0].where} (it has images) needs a vision-language "
                                 "model, which takes the images")
-    plain = replace(cfg, facts=replace(cfg.facts, augment_facts=False))
-    rows = _train_split(specs, plain, tokenizer, template, vision)
-    samples = _seeded_sample(rows, range(len(rows)), cfg)
-    if cfg.facts.augment_facts:
-        written = {tuple(ids) for ids in rows["input_ids"]}
-        trained = _train_split(specs, cfg, tokenizer, template, vision)
-        added = [i for i, ids in enumerate(trained["input_ids"]) if tuple(ids) not in written]
-        samples += _seeded_sample(trained, added, cfg)
-    return samples
-
-
-def _train_split(specs, cfg, tokenizer, template, vision):
-    from tuneforge.data.pipeline import build_split
-    from tuneforge.data.report import DataReport
-
-    return build_split(specs, "train", cfg, tokenizer, template, "sft", cfg.training.seed, DataReport(), vision=vision)
-
-
-def _seeded_sample(dataset, indices, cfg) -> list[dict[str, Any]]:
-    indices = list(indices)
+    dataset = build_split(specs, "train", plain, tokenizer, template, "sft", cfg.training.seed, DataReport(),
+                          vision=vision)
+    indices = list(range(len(dataset)))
     random.Random(cfg.training.seed).shuffle(indices)
     picked = dataset.select(sorted(indices[: cfg.facts.recall_check_samples]), keep_in_memory=True)
     keys = [key for key in ("input_ids", "labels", "images") if key in picked.column_names]
@@ -201,9 +183,8 @@ def add_recall_stop(cfg, trainer, log_callback, tokenizer, template, vision=None
     callback = RecallStopCallback(samples, cfg.facts.recall_target, cfg.facts.recall_check_epochs, log_callback,
                                   image_collator=collator)
     trainer.add_callback(callback)
-    logger.info("train until learned: exact recall on %d training samples%s every %g epoch(s), target %.0f%%",
-                len(samples), " (rows and questions augment_facts added)" if cfg.facts.augment_facts else "",
-                cfg.facts.recall_check_epochs, 100 * cfg.facts.recall_target)
+    logger.info("train until learned: exact recall on %d training rows every %g epoch(s), target %.0f%%",
+                len(samples), cfg.facts.recall_check_epochs, 100 * cfg.facts.recall_target)
     return callback
 
 
