@@ -26,10 +26,9 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
+def cpu_native_bf16() -> bool:
     """Whether the CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
-    flags = cpu_flags() if flags is None else flags
-    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_CPU_FLAGS)
 
 
 def native_bf16(on_cpu: bool) -> bool:
