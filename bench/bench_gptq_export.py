@@ -26,18 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 TEXTS_COMMIT = "71d8480"
 
 
-def _text_at_commit(path: str) -> str:
+def _git(*args: str) -> str:
     import subprocess
 
-    return subprocess.run(["git", "-C", str(REPO), "show", f"{TEXTS_COMMIT}:{path}"], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True).stdout
+
+
+def _text_at_commit(path: str) -> str:
+    return _git("show", f"{TEXTS_COMMIT}:{path}")
 
 
 def _docs_at_commit() -> list[str]:
-    import subprocess
-
-    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", TEXTS_COMMIT, "docs/"], check=True,
-                           capture_output=True, text=True).stdout.split()
+    names = _git("ls-tree", "--name-only", TEXTS_COMMIT, "docs/").split()
     return [_text_at_commit(name) for name in sorted(names) if name.endswith(".md")]
 
 

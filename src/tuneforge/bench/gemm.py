@@ -22,14 +22,9 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from tuneforge.utils.hardware import cpuinfo_value
+
+    model = cpuinfo_value("model name")
     return model or platform.processor() or platform.machine()
 
 

@@ -13,17 +13,22 @@ from pathlib import Path
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where that file does not exist."""
+def cpuinfo_value(field: str) -> str:
+    """The value of the first `field` line of Linux /proc/cpuinfo (`model name`, `flags`, ...); "" where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags; empty where /proc/cpuinfo does not exist."""
+    return frozenset(cpuinfo_value("flags").split())
 
 
 def cpu_native_bf16() -> bool:
