@@ -9,7 +9,8 @@ import pytest
 
 from conftest import write_workspace
 from tuneforge.cli.main import main
-from tuneforge.data.facts import heldout_questions, parse_fact_answer, question_subject, trained_phrasing_question
+from tuneforge.data.facts import (EN_FIELD_TRAIN, ZH_FIELD_TRAIN, heldout_questions, parse_fact_answer, question_subject,
+                                  trained_phrasing_question)
 from tuneforge.evaluate import recall_metrics as m
 
 RECORD = "姓名:张三, 性别:男, 学号:1, 考试时间:10月, 数学:66, 物理:71, 化学:58"
@@ -241,7 +242,8 @@ def test_recall_of_a_model_that_knows_everything(recall_workspace, monkeypatch, 
     for index, row in enumerate(ROWS):  # the row's index picks its held-out phrasings
         answers.update({question: value for question, _, value in held(row["instruction"], row["output"], index)})
     controls = {trained_phrasing_question(row["instruction"], key, number): f"{key}:{value}"
-                for row in ROWS[:3] for key, value in parse_fact_answer(row["output"]).fields for number in range(8)}
+                for row in ROWS[:3] for key, value in parse_fact_answer(row["output"]).fields
+                for number in range(max(len(ZH_FIELD_TRAIN), len(EN_FIELD_TRAIN)))}
 
     def chat_batch(self, conversations, max_batch=8, on_done=None, **kw):
         texts = [answers.get(c["messages"][-1]["content"]) or controls[c["messages"][-1]["content"]]
