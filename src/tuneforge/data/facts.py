@@ -36,15 +36,12 @@ _EN_ASK = re.compile(r"[\s?.!]*$")
 # {s}: the question's subject, {q}: the whole question, {k}/{k1}/{k2}: field names.
 # No bare "{s}？": it taught that any question ending with the subject asks for the whole record -- with two more
 # questions per chained field, 42 of 50 held-out `只说{k}：{s}？` questions got the record recited; 0 without it
-# (bench/RESULTS.md 9f). The last two Chinese field phrasings ask for one field "only", as two English ones do: without
-# them `只说{k}：{s}？` got the whole record recited or a wrong field (RESULTS 9g).
-# Change AUGMENTATION_VERSION with any pool: cached augmented data is keyed on it.
-AUGMENTATION_VERSION = 3
+# (bench/RESULTS.md 9f). Change AUGMENTATION_VERSION with any pool: cached augmented data is keyed on it.
+AUGMENTATION_VERSION = 2
 ZH_PARAPHRASES = ("请问{q}", "{s}是什么？", "告诉我{s}。", "帮我查一下{s}。", "请给出{s}。")
 EN_PARAPHRASES = ("Please tell me: {q}", "{q} Answer briefly.", "I need to know this: {q}", "Question: {q}")
 ZH_FIELD_TRAIN = ("{s}中的{k}是多少？", "{s}里{k}是什么？", "请告诉我{s}的{k}。", "{k}是多少？我问的是{s}。",
-                  "关于{s}，{k}是多少？", "我想知道{s}的{k}。", "请问{k}是多少，{s}？", "查询{s}：{k}。",
-                  "{q}只要{k}，谢谢。", "{q}只告诉我{k}就行。")
+                  "关于{s}，{k}是多少？", "我想知道{s}的{k}。", "请问{k}是多少，{s}？", "查询{s}：{k}。")
 ZH_FIELD_HELDOUT = ("{s}，{k}呢？", "只说{k}：{s}？")
 EN_FIELD_TRAIN = ("{q} Only the {k}, please.", "For this question: {q} What is the {k}?",
                   "{q} Just give me the {k}.", "What is the {k}? I mean: {q}", "About \"{q}\": what is the {k}?",
