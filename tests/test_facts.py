@@ -145,3 +145,20 @@ def test_plain_answers_get_paraphrases_only():
     extra = augment_fact_row("Who are you?", "I am Forgey.", random.Random(0))
     assert extra and all(a == "I am Forgey." and "Who are you?" in q for q, a in extra)
     assert heldout_questions("Who are you?", "I am Forgey.") == []
+
+
+def test_fresh_wordings_of_the_blind_check_are_in_no_pool_and_ask_every_hidden_field_once():
+    spec = importlib.util.spec_from_file_location("bench_fresh_wordings", ROOT / "bench" / "bench_fresh_wordings.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pools = facts.ZH_PARAPHRASES + facts.ZH_FIELD_TRAIN + facts.ZH_FIELD_HELDOUT + (facts.ZH_ORDERED,)
+    assert not set(bench.FRESH_WORDINGS) & set(pools)
+    rows = _records("zh", rows=6)
+    asked = bench.fresh_questions(rows)
+    hidden = [(k, v) for row in rows for k, v in facts.hidden_fields(row["instruction"],
+                                                                     parse_fact_answer(row["output"]))]
+    assert [(item["field"], item["value"]) for item in asked] == hidden
+    assert {item["wording"] for item in asked} == set(bench.FRESH_WORDINGS)
+    answers = [f"{item['field']}:{item['value']}" if i % 2 else rows[0]["output"] for i, item in enumerate(asked)]
+    result = bench.score(asked, answers)
+    assert result["correct"] == len(asked) // 2 and result["recited_record"] == len(asked) - len(asked) // 2
