@@ -119,18 +119,49 @@ def test_accelerate_launch_with_lf_fsdp2_config(workspace, tiny_llama_dir):
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), workspace / "acc")
 
 
-def test_fsdp_on_cuda_runs_the_models_own_loss():
-    """On an H100 the chunked loss failed for LoRA under FSDP1 and FSDP2 (bench/RESULTS.md, GPU): there the model's
-    own forward runs; on CPU processes FSDP2 keeps the chunked loss (the parity tests above)."""
+def test_unsharded_fsdp1_with_a_frozen_shared_weight_is_refused():
+    """torch's FSDP1 in one process (NO_SHARD) fails at the second step when LoRA freezes tied embeddings (seen on an
+    H200; reproduced with torch and peft alone): one message instead. Full fine-tuning, 2+ sharded processes, FSDP2
+    and untied models pass."""
     from types import SimpleNamespace
 
-    import torch
+    from torch import nn
 
-    from tuneforge.train.sharding import chunked_loss_blocked
+    from tuneforge.train.sharding import check_fsdp1_shared_frozen_weights
 
-    def trainer(fsdp: bool, device: str):
-        return SimpleNamespace(is_fsdp_enabled=fsdp, args=SimpleNamespace(device=torch.device(device)))
+    class Tied(nn.Module):
+        def __init__(self, frozen: bool) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(4, 2), nn.Linear(2, 4, bias=False)
+            self.head.weight = self.embed.weight
+            self.embed.weight.requires_grad_(not frozen)
 
-    assert "FSDP on CUDA" in chunked_loss_blocked(trainer(True, "cuda"))
-    assert chunked_loss_blocked(trainer(True, "cpu")) is None
-    assert chunked_loss_blocked(trainer(False, "cuda")) is None
+    def trainer(model, processes=1, version=1, strategy="FULL_SHARD"):
+        plugin = SimpleNamespace(fsdp_version=version, sharding_strategy=SimpleNamespace(name=strategy))
+        state = SimpleNamespace(fsdp_plugin=plugin, num_processes=processes)
+        return SimpleNamespace(is_fsdp_enabled=True, model=model, accelerator=SimpleNamespace(state=state))
+
+    with pytest.raises(NotSupportedError, match=r"FSDP1 without sharding .* shared by embed.weight and head.weight "
+                                                r".* Use FSDP2"):
+        check_fsdp1_shared_frozen_weights(trainer(Tied(frozen=True)))
+    with pytest.raises(NotSupportedError, match="FSDP1 without sharding"):
+        check_fsdp1_shared_frozen_weights(trainer(Tied(frozen=True), processes=2, strategy="NO_SHARD"))
+    check_fsdp1_shared_frozen_weights(trainer(Tied(frozen=False)))
+    check_fsdp1_shared_frozen_weights(trainer(Tied(frozen=True), processes=2))
+    check_fsdp1_shared_frozen_weights(trainer(Tied(frozen=True), version=2))
+
+
+@pytest.mark.parametrize("version", ["fsdp2", "fsdp1"])
+def test_chunked_loss_with_a_sharded_tied_head_and_different_chunk_counts_per_rank(tmp_path, version):
+    """The chunked label-only loss with a tied head, rank 0 with 3 loss chunks and rank 1 with 1. FSDP2 (embedding
+    and head one group, as accelerate shards tied weights): the head called once per chunk made the ranks'
+    collectives disagree (a hang here; in torch 2.11 a chunk recomputed in backward also met the sharded weight -- the
+    H100 failure); now the loop runs as one head call. FSDP1 (torch's wrapper; accelerate runs it on GPUs only).
+    Losses and gathered gradients equal an unsharded model's, for the plain head and the checkpointed chunk loop."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "tests" / "fsdp_head_worker.py"), version]
+    output = run_command(tmp_path, command, {"PYTHONPATH": str(REPO / "src")}, timeout=180)
+    result = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+    for head in ("None", "30.0"):  # final_logit_softcapping: None takes LinearCrossEntropySum
+        assert result[head]["loss_diff"] < 1e-5, result
+        assert result[head]["grad_diff"] < 1e-5, result

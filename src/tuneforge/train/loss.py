@@ -21,7 +21,9 @@ normalises the same way (`TokenWeighting`): LLaMA-Factory's `use_dft_loss` (Dyna
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tuneforge.model.attention import sample_token_count, segment_starts
 from tuneforge.model.lm_parts import DECODER_INPUT_KEYS, LMParts
+from tuneforge.train.sharding import is_fsdp2, through_wrapper
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024
@@ -72,7 +75,7 @@ def token_losses_sum(logits: torch.Tensor, targets: torch.Tensor, weighting: Tok
 
 
 def _chunk_cross_entropy_sum(
-    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None,
+    hidden: torch.Tensor, targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], softcap: float | None,
     weighting: TokenWeighting | None = None,
 ) -> torch.Tensor:
     logits = head(hidden)
@@ -151,22 +154,50 @@ def chunked_cross_entropy_sum(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected so backward() still works
-    if type(head) is nn.Linear and final_logit_softcapping is None and torch.is_grad_enabled():
-        return LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_size, weighting)
+    if _is_plain_linear(head) and final_logit_softcapping is None and torch.is_grad_enabled():
+        return in_one_head_call(head, lambda _, rows: LinearCrossEntropySum.apply(
+            rows, head.weight, head.bias, targets, chunk_size, weighting), hidden)
     # One chunk: recomputing its logits in backward would save nothing (backward needs them all
     # at once anyway) and cost a second head GEMM.
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
-    total = None
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if use_checkpoint:
-            # Recompute this chunk's logits in backward instead of keeping them.
-            part = checkpoint(_chunk_cross_entropy_sum, h, t, head, final_logit_softcapping, weighting,
-                              use_reentrant=False)
-        else:
-            part = _chunk_cross_entropy_sum(h, t, head, final_logit_softcapping, weighting)
-        total = part if total is None else total + part
-    return total
+
+    def chunks(head_forward, rows: torch.Tensor) -> torch.Tensor:
+        total = None
+        for start in range(0, rows.shape[0], chunk_size):
+            h, t = rows[start : start + chunk_size], targets[start : start + chunk_size]
+            if use_checkpoint:
+                # Recompute this chunk's logits in backward instead of keeping them.
+                part = checkpoint(_chunk_cross_entropy_sum, h, t, head_forward, final_logit_softcapping, weighting,
+                                  use_reentrant=False)
+            else:
+                part = _chunk_cross_entropy_sum(h, t, head_forward, final_logit_softcapping, weighting)
+            total = part if total is None else total + part
+        return total
+
+    return in_one_head_call(head, chunks, hidden)
+
+
+def _is_plain_linear(head: nn.Module) -> bool:
+    """`nn.Linear` itself (not a LoRA or quantized layer), also as FSDP2 remade it: `FSDPLinear(FSDPModule, Linear)`."""
+    cls = type(head)
+    if is_fsdp2(head):
+        from torch.distributed.fsdp import FSDPModule
+
+        cls = next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
+    return cls is nn.Linear
+
+
+def in_one_head_call(head: nn.Module, compute: Callable[[Callable, torch.Tensor], Any], hidden: torch.Tensor) -> Any:
+    """`compute(head_forward, hidden)`: a loop over chunks of `hidden` calling `head_forward` on each. FSDP2
+    (`fully_shard`) gathers a sharded head's weight around every call of it and hooks its backward to each call's
+    outputs: a call per chunk gathers once per chunk, and ranks with different numbers of chunks then disagree on
+    the collectives (gloo: "collective mismatch"; in torch 2.11 a chunk recomputed in backward also met the weight
+    still sharded). There the whole loop runs as the head's one call, each chunk through the head's own forward
+    without the hooks."""
+    if not is_fsdp2(head):
+        return compute(head, hidden)
+    bare_forward = partial(type(head).forward, head)
+    return through_wrapper(head, head, lambda hidden: compute(bare_forward, hidden), {"hidden": hidden})
 
 
 def logits_loss(
@@ -228,15 +259,20 @@ def chunked_causal_lm_eval(
     equals the i-th label token (labels in `keep` order); `keep` [B, T-1] marks the shifted label positions.
     Logits exist one chunk at a time, as for the loss."""
     hidden, targets, keep = label_positions(parts, inputs)
-    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    hits = torch.zeros(targets.shape, dtype=torch.bool, device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = parts.head(hidden[start : start + chunk_size])
-        if parts.final_logit_softcapping is not None:
-            logits = torch.tanh(logits / parts.final_logit_softcapping) * parts.final_logit_softcapping
-        t = targets[start : start + chunk_size]
-        loss_sum += token_losses_sum(logits, t, weighting)
-        hits[start : start + chunk_size] = logits.argmax(dim=-1) == t
+
+    def chunks(head_forward, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum = torch.zeros((), dtype=torch.float32, device=rows.device)
+        hits = torch.zeros(targets.shape, dtype=torch.bool, device=rows.device)
+        for start in range(0, rows.shape[0], chunk_size):
+            logits = head_forward(rows[start : start + chunk_size])
+            if parts.final_logit_softcapping is not None:
+                logits = torch.tanh(logits / parts.final_logit_softcapping) * parts.final_logit_softcapping
+            t = targets[start : start + chunk_size]
+            loss_sum += token_losses_sum(logits, t, weighting)
+            hits[start : start + chunk_size] = logits.argmax(dim=-1) == t
+        return loss_sum, hits
+
+    loss_sum, hits = in_one_head_call(parts.head, chunks, hidden)
     return _normalise(loss_sum, keep, num_items_in_batch), hits, keep
 
 

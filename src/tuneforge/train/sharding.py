@@ -14,6 +14,7 @@ What tuneforge adds around the Trainer:
 - `enable_fsdp_on_cpu`: accelerate applies its FSDP plugin to GPU process groups only; on CPU processes the Trainer
   gets it here (else a silent DDP run). FSDP1 needs a GPU (accelerate's plugin refuses to start without one).
 - `is_fsdp2`: a model FSDP2 sharded in place is called through its own forward (the chunked loss included).
+- `check_fsdp1_shared_frozen_weights`: one message where torch's unsharded FSDP1 would fail at the second step.
 Saving: HF's `save_model` gathers the whole state dict (ZeRO-3 with `stage3_gather_16bit_weights_on_model_save`,
 FSDP with FULL_STATE_DICT) and tuneforge's atomic save writes it (train/trainer.py)."""
 
@@ -159,14 +160,34 @@ def is_fsdp2(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def chunked_loss_blocked(trainer) -> str | None:
-    """Why the chunked label-only loss must not run under this trainer's sharding, or None. FSDP on CUDA: on an
-    H100 (torch 2.11) it failed for LoRA under FSDP2 (the head's recomputed chunk met a sharded weight) and FSDP1
-    (an assertion in FSDP's resharding); there the model's own forward runs, as in LF. On CPU processes FSDP2
-    trains with it exactly as one process does (tests/test_fsdp.py)."""
-    if getattr(trainer, "is_fsdp_enabled", False) and trainer.args.device.type == "cuda":
-        return "FSDP on CUDA: the label-only loss is verified under FSDP on CPU processes only"
-    return None
+def check_fsdp1_shared_frozen_weights(trainer) -> None:
+    """torch's FSDP1 without sharding (NO_SHARD: what it runs in one process) fails at the second step when a frozen
+    weight is shared by two modules -- the tied embedding and LM head under LoRA or freeze (`AssertionError:
+    as_params=True type(prim_param)=Tensor` in FSDP's reshard; seen on an H200 with torch 2.11, and with torch 2.11 /
+    2.13 on CPU processes with torch and peft alone). One message before training instead. Sharded (2+ processes,
+    FULL_SHARD) it trains."""
+    state = trainer.accelerator.state
+    plugin = getattr(state, "fsdp_plugin", None)
+    if not getattr(trainer, "is_fsdp_enabled", False) or getattr(plugin, "fsdp_version", 1) != 1:
+        return
+    strategy = getattr(plugin, "sharding_strategy", None)
+    model = getattr(trainer, "model", None)
+    if model is None or (state.num_processes > 1 and getattr(strategy, "name", str(strategy)) != "NO_SHARD"):
+        return
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if not param.requires_grad:
+            owners.setdefault(id(param), []).append(name)
+    shared = next((names for names in owners.values() if len(names) > 1), None)
+    if shared:
+        from tuneforge.errors import NotSupportedError
+
+        raise NotSupportedError(
+            f"FSDP1 without sharding (one process, or NO_SHARD) is not supported with a frozen weight shared by "
+            f"{' and '.join(shared)} (tied embeddings, frozen by LoRA or freeze): torch's FSDP1 fails at the second "
+            "step there (AssertionError: as_params=True type(prim_param)=Tensor). Use FSDP2 "
+            "(`fsdp_config: {fsdp_version: 2}`, transformers' default), train on 2 or more GPUs, or leave out `fsdp` "
+            "on one GPU")
 
 
 def through_wrapper(wrapper, inner, forward, inputs: dict):

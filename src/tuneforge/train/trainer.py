@@ -44,7 +44,7 @@ from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighti
                                   chunked_causal_lm_loss, computed_token_count, logits_loss, real_token_count,
                                   sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
-from tuneforge.train.sharding import chunked_loss_blocked, is_fsdp2, through_wrapper
+from tuneforge.train.sharding import is_fsdp2, through_wrapper
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -111,10 +111,11 @@ class TuneforgeTrainer(Trainer):
                 self._signature_columns = list(dict.fromkeys([*self._signature_columns, *objective.input_columns]))
 
     def create_accelerator_and_postprocess(self) -> None:
-        from tuneforge.train.sharding import enable_fsdp_on_cpu
+        from tuneforge.train.sharding import check_fsdp1_shared_frozen_weights, enable_fsdp_on_cpu
 
         super().create_accelerator_and_postprocess()
         enable_fsdp_on_cpu(self)  # accelerate applies FSDP on GPUs only; torch's FSDP2 runs on CPU processes too
+        check_fsdp1_shared_frozen_weights(self)
 
     # ---- loss -------------------------------------------------------------------------------
     def compute_loss(
@@ -134,8 +135,6 @@ class TuneforgeTrainer(Trainer):
             raise ValueError(f"TuneforgeTrainer needs 'labels' in every batch; the batch has {sorted(inputs)}.")
         unwrapped = self.accelerator.unwrap_model(model)
         parts, reason = resolve_lm_parts(unwrapped, inputs)
-        if parts is not None and (blocked := chunked_loss_blocked(self)):
-            parts, reason = None, blocked
         outputs = None
         if return_outputs or parts is None:
             if parts is None:
