@@ -2,7 +2,7 @@
 # One-command GPU check (issue 14): LoRA, QLoRA and full SFT speed and memory on a random-weight
 # Qwen2-0.5B shape (bench/make_qwen2_model.py), bf16, cutoff 1024, the shipped bilingual demo data,
 # each through `tuneforge bench` (tokens/s, s/step, peak CUDA memory); then the LoRA case under
-# torchrun on all visible GPUs, under DeepSpeed ZeRO-2, full under ZeRO-3, LoRA under FSDP1 and FSDP2;
+# torchrun on all visible GPUs, under DeepSpeed ZeRO-2, full under ZeRO-3, LoRA under FSDP2 and FSDP1 (full in one process);
 # short ZeRO-3 (LoRA) and FSDP1 (full, LF's accelerate config) trainings whose saves are loaded back with plain
 # transformers/peft (bench/gpu_check_load.py); and whether the LLaMA-Factory side by side can run.
 #
@@ -198,7 +198,10 @@ else
     status save_fsdp1 skipped "tiny CPU mode (accelerate's FSDP1 needs a GPU)"
   else
     echo '{"fsdp_version": 1}' > "$WORK/fsdp1_config.json"  # transformers 5 makes FSDP2 the default
-    run fsdp1 120 "${DIST[@]}" bench bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" "${EXTRA[@]}" \
+    # unsharded FSDP1 (one process) refuses LoRA on this tied-embedding model (train/sharding.py): full there
+    FSDP1_CONFIG=bench/configs/gpu_lora.yaml; [ "$NPROC" = 1 ] && FSDP1_CONFIG=bench/configs/gpu_full.yaml
+    echo "$FSDP1_CONFIG" > "$WORK/status/fsdp1.config"
+    run fsdp1 120 "${DIST[@]}" bench "$FSDP1_CONFIG" "model_name_or_path=$MODEL" "${EXTRA[@]}" \
       "fsdp=full_shard auto_wrap" "fsdp_config=$WORK/fsdp1_config.json" --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/fsdp1.json"
     # LF's documented launch: accelerate with examples/accelerate/fsdp_config.yaml (FSDP1), a full fine-tune
     run save_fsdp1 150 bash -c "$PY -m accelerate.commands.launch --config_file examples/accelerate/fsdp_config.yaml \
@@ -241,6 +244,9 @@ for name, label in (("model", "build Qwen2-0.5B (random)"), ("lora", "LoRA SFT")
     seconds = work / "status" / f"{name}.seconds"
     if seconds.exists():
         row["wall_seconds"] = int(seconds.read_text())
+    if name == "fsdp1" and "full" in ((work / "status" / "fsdp1.config").read_text()
+                                      if (work / "status" / "fsdp1.config").exists() else ""):
+        row["label"] = "FSDP1: full, torchrun"
     if name == "ddp" and (work / "status" / "ddp.nproc").exists():
         row["nproc_per_node"] = int((work / "status" / "ddp.nproc").read_text())
         row["label"] += f" x{row['nproc_per_node']}"
