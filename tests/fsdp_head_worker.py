@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 
 import torch
@@ -98,9 +99,11 @@ def main(version: str) -> None:
             "grad_diff": max(float((grads[n] - p.grad).abs().max()) for n, p in plain.named_parameters()),
         }
     if rank == 0:
-        print(json.dumps(result))
-    dist.barrier()  # neither rank tears gloo down while the other still talks
-    dist.destroy_process_group()
+        print(json.dumps(result), flush=True)
+    dist.barrier()
+    # No teardown: destroying the gloo group (or the interpreter's own exit) sometimes aborted a rank under load
+    # ("terminate called without an active exception") after the results were out.
+    os._exit(0)
 
 
 if __name__ == "__main__":
