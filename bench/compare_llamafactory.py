@@ -14,6 +14,10 @@
    `throughput` field (tokens / seconds).
 3. Runs `tuneforge bench` on the same config and prints both, and the ratio.
 
+`--lf-python PY [--lf-path DIR]` uses an LLaMA-Factory that is already installed instead of step 1: `PY -m
+llamafactory.cli`, with DIR first on its PYTHONPATH (bench/gpu_check.sh: the GPU machine has no internet, so
+LF 0.9.5 and its pinned versions travel as wheels, installed into DIR; tuneforge's run keeps its own packages).
+
 `builtin:smollm2` is tuneforge's name: LF gets the converted folder. A config without `template`
 (tuneforge's `auto`) runs with `template: smollm2` on both sides: LF needs a name, and our built-in
 `smollm2` renders byte for byte as LF's.
@@ -105,12 +109,22 @@ def lf_config(config: dict, work: Path, steps: int) -> dict:
     return lf
 
 
-def run_lf(cli: Path, config: dict, work: Path, warmup: int, steps: int) -> dict:
+def lf_command(options) -> tuple[list[str], dict]:
+    """How to start LLaMA-Factory's CLI, and its environment: the benchmark venv (installed once), or `--lf-python`."""
+    if not options.lf_python:
+        return [str(ensure_lf_venv())], dict(os.environ)
+    env = dict(os.environ)
+    if options.lf_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (options.lf_path, env.get("PYTHONPATH")) if p)
+    return [options.lf_python, "-m", "llamafactory.cli"], env
+
+
+def run_lf(command: list[str], env: dict, config: dict, work: Path, warmup: int, steps: int) -> dict:
     path = work / "lf.yaml"
     path.write_text(yaml.safe_dump(lf_config(config, work, warmup + steps)))
     log = work / "lf.log"
     with log.open("w") as out:
-        done = subprocess.run([str(cli), "train", str(path)], stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run([*command, "train", str(path)], stdout=out, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
         raise SystemExit(f"llamafactory-cli failed (exit {done.returncode}); see the end of {log}:\n"
                          + "\n".join(log.read_text().splitlines()[-20:]))
@@ -141,6 +155,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(BENCH / "results" / "compare_llamafactory.json"))
+    parser.add_argument("--lf-python", help="a Python that imports llamafactory (skips installing bench/.venv-lf)")
+    parser.add_argument("--lf-path", help="a folder put first on --lf-python's PYTHONPATH (LF's pinned packages)")
     options = parser.parse_args()
 
     config = yaml.safe_load(Path(options.config).read_text())
@@ -150,11 +166,11 @@ def main() -> int:
     config.setdefault("template", "smollm2" if config.get("template") in (None, "auto") else config["template"])
     if config["template"] in (None, "auto"):
         config["template"] = "smollm2"
-    cli = ensure_lf_venv()
+    command, lf_env = lf_command(options)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tuneforge-vs-lf-") as tmp:
         work = Path(tmp)
-        lf = run_lf(cli, config, work, options.warmup, options.steps)
+        lf = run_lf(command, lf_env, config, work, options.warmup, options.steps)
         ours_path = work / "tuneforge.json"
         (work / "tf.yaml").write_text(yaml.safe_dump({**config, "dataset_dir": str((REPO / config.get("dataset_dir", "data")).resolve())}))
         subprocess.run([sys.executable, "-m", "tuneforge", "bench", str(work / "tf.yaml"), "--steps", str(options.steps),

@@ -6,7 +6,7 @@
 # short ZeRO-3 (LoRA) and FSDP1 (full, LF's accelerate config) trainings whose saves are loaded back with plain
 # transformers/peft (bench/gpu_check_load.py); and whether the LLaMA-Factory side by side can run.
 #
-#   bash bench/gpu_check.sh                 # on the GPU machine (device tool: carry .gpu/whl, .gpu/tok)
+#   bash bench/gpu_check.sh                 # on the GPU machine (device tool: carry .gpu)
 #   GPU_CHECK_TINY=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh   # logic check on a CPU (~2 min;
 #                                          move .gpu/whl aside first: its wheels are for the GPU box's Python 3.12)
 #
@@ -213,12 +213,29 @@ else
     "fsdp=full_shard auto_wrap" "fsdp_config=$WORK/fsdp2_config.json" --steps "$STEPS" --warmup "$WARMUP" --out "$WORK/fsdp2.json"
 fi
 
-# ---- 7. LLaMA-Factory side by side ----
+# ---- 7. LLaMA-Factory side by side: the LoRA config through LF 0.9.5 and through tuneforge ----
+# (LF and its pinned packages travel as wheels in .gpu/lfwhl, installed into a folder of their own that only LF's
+# process puts first on its path; bench/compare_llamafactory.py runs both and writes tokens/s of each)
 LF=$(envget llamafactory)
-case "$LF" in
-  missing*|"") status llamafactory skipped "LLaMA-Factory is not installed here and cannot be (no internet; not carried): run bench/compare_llamafactory.py where PyPI is reachable" ;;
-  *) status llamafactory skipped "llamafactory $LF imports, but the side by side is not scripted for this machine (bench/compare_llamafactory.py installs its own venv)" ;;
-esac
+if [ $MODEL_OK != 0 ]; then
+  status llamafactory skipped "no model"
+elif ls .gpu/lfwhl/llamafactory-*.whl > /dev/null 2>&1; then
+  LF_SITE=$WORK/lfsite; mkdir -p "$LF_SITE"
+  if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$LF_SITE" \
+       .gpu/lfwhl/*.whl > "$WORK/lf_install.log" 2>&1; then
+    run llamafactory 240 "$PY" bench/compare_llamafactory.py bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" \
+      "${EXTRA[@]}" --steps "$STEPS" --warmup "$WARMUP" --lf-python "$PY" --lf-path "$LF_SITE" \
+      --out "$WORK/llamafactory.json"
+  else
+    status llamafactory skipped "the LF wheels did not install: $(tail -1 "$WORK/lf_install.log" | cut -c1-160)"
+  fi
+else
+  case "$LF" in
+    missing*|"") status llamafactory skipped "LLaMA-Factory is not installed here and cannot be (no internet): carry .gpu/lfwhl (bench/gpu_check_prepare.sh)" ;;
+    *) run llamafactory 240 "$PY" bench/compare_llamafactory.py bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" \
+         "${EXTRA[@]}" --steps "$STEPS" --warmup "$WARMUP" --lf-python "$PY" --out "$WORK/llamafactory.json" ;;
+  esac
+fi
 
 # ---- the table and the JSON ----
 WORK="$WORK" OUTFILE="$RESULTS/$JSON_NAME" ELAPSED=$(elapsed) STEPS=$STEPS WARMUP=$WARMUP TINY=$TINY "$PY" - <<'PY'
@@ -253,6 +270,11 @@ for name, label in (("model", "build Qwen2-0.5B (random)"), ("lora", "LoRA SFT")
     result_file = work / f"{name}.json"
     if result_file.exists():
         row["result"] = json.loads(result_file.read_text())
+    if name == "llamafactory" and "llamafactory" in row.get("result", {}):  # compare_llamafactory.py's JSON
+        both = row.pop("result")
+        row["result"], row["tuneforge"], row["ratio"] = both["llamafactory"], both["tuneforge"], both["ratio"]
+        row["reason"] = (f"tuneforge {both['tuneforge']['real_tokens_per_s']:.0f} tokens/s on the same config: "
+                         f"{both['ratio']:.2f}x LLaMA-Factory's")
     cases.append(row)
 report = {"tiny": os.environ["TINY"] == "1", "steps": int(os.environ["STEPS"]), "warmup": int(os.environ["WARMUP"]),
           "elapsed_seconds": int(os.environ["ELAPSED"]), "env": env, "cases": cases}
