@@ -219,6 +219,8 @@ fi
 LF=$(envget llamafactory)
 if [ $MODEL_OK != 0 ]; then
   status llamafactory skipped "no model"
+elif [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" llamafactory "* ]]; then
+  status llamafactory skipped "not in GPU_CHECK_ONLY"
 elif ls .gpu/lfwhl/llamafactory-*.whl > /dev/null 2>&1; then
   LF_SITE=$WORK/lfsite; mkdir -p "$LF_SITE"
   if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$LF_SITE" \
