@@ -216,6 +216,11 @@ fi
 # ---- 7. LLaMA-Factory side by side: the LoRA config through LF 0.9.5 and through tuneforge ----
 # (LF and its pinned packages travel as wheels in .gpu/lfwhl, installed into a folder of their own that only LF's
 # process puts first on its path; bench/compare_llamafactory.py runs both and writes tokens/s of each)
+# compare LF_ARGS...: the side by side with LF started as `$PY -m llamafactory.cli` (LF_ARGS: --lf-path DIR or none)
+compare() {
+  run llamafactory 240 "$PY" bench/compare_llamafactory.py bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" \
+    "${EXTRA[@]}" --steps "$STEPS" --warmup "$WARMUP" --lf-python "$PY" "$@" --out "$WORK/llamafactory.json"
+}
 LF=$(envget llamafactory)
 if [ $MODEL_OK != 0 ]; then
   status llamafactory skipped "no model"
@@ -225,17 +230,14 @@ elif ls .gpu/lfwhl/llamafactory-*.whl > /dev/null 2>&1; then
   LF_SITE=$WORK/lfsite; mkdir -p "$LF_SITE"
   if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$LF_SITE" \
        .gpu/lfwhl/*.whl > "$WORK/lf_install.log" 2>&1; then
-    run llamafactory 240 "$PY" bench/compare_llamafactory.py bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" \
-      "${EXTRA[@]}" --steps "$STEPS" --warmup "$WARMUP" --lf-python "$PY" --lf-path "$LF_SITE" \
-      --out "$WORK/llamafactory.json"
+    compare --lf-path "$LF_SITE"
   else
     status llamafactory skipped "the LF wheels did not install: $(tail -1 "$WORK/lf_install.log" | cut -c1-160)"
   fi
 else
   case "$LF" in
     missing*|"") status llamafactory skipped "LLaMA-Factory is not installed here and cannot be (no internet): carry .gpu/lfwhl (bench/gpu_check_prepare.sh)" ;;
-    *) run llamafactory 240 "$PY" bench/compare_llamafactory.py bench/configs/gpu_lora.yaml "model_name_or_path=$MODEL" \
-         "${EXTRA[@]}" --steps "$STEPS" --warmup "$WARMUP" --lf-python "$PY" --out "$WORK/llamafactory.json" ;;
+    *) compare ;;
   esac
 fi
 
@@ -301,7 +303,7 @@ for row in cases:
     print(f"{row['label']:<36} {num(r.get('real_tokens_per_s'), '10.0f')} {num(r.get('seconds_per_step'), '8.3f')} "
           f"{num(r.get('peak_cuda_gib'), '13.2f')} {num(r.get('peak_rss_gib'), '12.2f')} "
           f"{num(100 * mfu if mfu is not None else None, '6.1f')} {num(r.get('batch_size'), '5d')} "
-          f"{('on' if r.get('gradient_checkpointing') else 'off') if r else '-':>4}  {status}")
+          f"{('on' if r['gradient_checkpointing'] else 'off') if 'gradient_checkpointing' in r else '-':>4}  {status}")
     if row["reason"]:
         print(f"{'':<38}{row['reason'][:200]}")
 print(f"saved {os.environ['OUTFILE']}")
