@@ -11,6 +11,7 @@ the same Hugging Face folder (no compiler needed: the converter is Python, with 
 every tensor's name, type, shape and bytes compared; the metadata keys only one side writes listed; and the
 next-token agreement of tuneforge's file (read back by transformers, float32) with the float32 source on four
 probe texts of different kinds, with the source model's perplexity on each (how hard the text is for it).
+`--model DIR` runs the tensor comparison on another folder (e.g. a small Qwen2 or Qwen3 built from a config).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OWN_ANSWER_PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how photosynthesis works.",
                       "What are the benefits of regular exercise?", "Describe the history of the bicycle."]
+
+PATCHED_CONVERTER = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "{pre}"
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def compare_files(ours: Path, theirs: Path) -> dict:
@@ -100,12 +110,15 @@ def main() -> None:
     parser.add_argument("--llama-cpp", required=True, type=Path, help="a llama.cpp tree (convert_hf_to_gguf.py, gguf-py)")
     parser.add_argument("--pythonpath", default="", help="extra import path for the converter (sentencepiece)")
     parser.add_argument("--gguf-type", nargs="+", default=["f16", "q8_0"])
+    parser.add_argument("--model", help="another Hugging Face folder (Qwen2, Qwen3): tensors compared, no probes")
+    parser.add_argument("--pre-tokenizer", help="tell the converter the tokenizer's pre-tokenizer (its hash check "
+                        "fails for a config-built Qwen2 carrying the demo's tokenizer; tensors do not depend on it)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "gguf_reference_check.json"))
     args = parser.parse_args()
 
     from tuneforge.model import ensure_demo_model
 
-    source = str(ensure_demo_model())
+    source = args.model or str(ensure_demo_model())
     report: dict = {"source": source, "llama_cpp": str(args.llama_cpp), "files": {}}
     ours: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as work:
@@ -117,15 +130,18 @@ def main() -> None:
             theirs = Path(work) / f"llama_cpp_{gguf_type}.gguf"
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(args.llama_cpp / "gguf-py"),
                                                                           args.pythonpath) if p))
-            subprocess.run([sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"), source, "--outtype",
-                            gguf_type, "--outfile", str(theirs)], check=True, env=env, stdout=subprocess.DEVNULL)
+            convert = [str(args.llama_cpp / "convert_hf_to_gguf.py"), source, "--outtype", gguf_type, "--outfile",
+                       str(theirs)]
+            launcher = ["-c", PATCHED_CONVERTER.format(pre=args.pre_tokenizer)] if args.pre_tokenizer else []
+            subprocess.run([sys.executable, *launcher, *convert], check=True, env=env, stdout=subprocess.DEVNULL)
             cmp = compare_files(ours[gguf_type], theirs)
             report["files"][gguf_type] = cmp
             print(f"{gguf_type}: {cmp['identical']} of {cmp['tensors'][0]} tensors byte-identical to llama.cpp's; "
                   f"differing {cmp['differing'] or 'none'}; metadata only in tuneforge's "
                   f"{cmp['metadata_only_tuneforge']}, only in llama.cpp's {cmp['metadata_only_llama_cpp']}", flush=True)
-        print("next-token agreement of tuneforge's files with the float32 source:")
-        report["agreement"] = agreement(source, ours)
+        if not args.model:
+            print("next-token agreement of tuneforge's files with the float32 source:")
+            report["agreement"] = agreement(source, ours)
     Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
