@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from multiproc import log_rows, losses, max_diff, tiny_run_workspace, train
+from conftest import write_workspace
+from multiproc import TINY_RUN, log_rows, losses, max_diff, tiny_run_workspace, train
 from tuneforge.cli.launch import torchrun_command
 from tuneforge.errors import ConfigError
 
@@ -68,6 +69,31 @@ def test_two_processes_equal_one_with_twice_the_batch(workspace):
     assert max_diff(a, b) < 1e-5
     results = json.loads((workspace / "two" / "train_results.json").read_text())
     assert results["total_tokens"] == json.loads((workspace / "one" / "train_results.json").read_text())["total_tokens"]
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_two_processes_preference_stages_equal_one_with_twice_the_batch(tmp_path, tiny_llama_dir, monkeypatch,
+                                                                         stage):
+    """dpo and kto (LoRA; the reference is the policy with its adapter disabled) in 2 processes x 4 samples = 1
+    process x 8: the same losses, logged rewards and adapter. kto's KL reference point is averaged over the
+    processes (as TRL gathers it), its rewards are means over the chosen / rejected samples of both processes; the
+    log-probs stay label-only under DDP (tests/test_stage_dpo.py)."""
+    from pref_helpers import DATASET_INFO, kto_rows, pair_rows
+
+    name, rows = ("pairs", pair_rows(16)) if stage == "dpo" else ("feedback", kto_rows(16))
+    config = {"model_name_or_path": str(tiny_llama_dir), **TINY_RUN, "stage": stage, "dataset": name,
+              "max_steps": 2, "learning_rate": 1.0e-2}
+    root = write_workspace(tmp_path, monkeypatch, rows, name, config, "train.yaml")
+    (root / "data" / "dataset_info.json").write_text(json.dumps({name: DATASET_INFO[name]}))
+    train(root, "output_dir=one")
+    train(root, "output_dir=two", "per_device_train_batch_size=4", processes=2)
+    one, two = log_rows(root / "one"), log_rows(root / "two")
+    assert losses(root / "two") == pytest.approx(losses(root / "one"), abs=1e-5) and len(losses(root / "one")) == 2
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert [r[key] for r in two if "loss" in r] == pytest.approx([r[key] for r in one if "loss" in r], abs=1e-5)
+    # Adam's first steps move every weight by ~lr (1e-2): float rounding of the two half-batch gradients shows
+    # in weights whose gradient is near zero, still far below a step
+    assert max_diff(_weights(root / "one"), _weights(root / "two")) < 1e-4
 
 
 def test_two_processes_resume_from_a_checkpoint_as_one_uninterrupted_run(workspace):

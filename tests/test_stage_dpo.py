@@ -293,3 +293,57 @@ def test_a_shared_system_prompt_runs_once_with_the_same_logps_and_rewards(tiny_l
                   for batch in (shared, plain)]
     assert values[0].shape == (4,)
     torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-5)
+
+
+def test_objective_stages_run_under_the_mixed_precision_autocast(workdir, tiny_llama_dir, monkeypatch):
+    """`bf16: true` keeps trainable weights in float32 (full fine-tuning: all of them) and relies on accelerate's
+    autocast, which accelerate puts around `model.forward()` only; the objective stages (rm, dpo, kto, asft) call the
+    decoder themselves, so the trainer runs them under the accelerator's autocast (before: float32 throughout)."""
+    from tuneforge.train.tuner import run_train
+
+    seen = []
+    original = DPOObjective.compute
+
+    def compute(self, model, inputs, num_items_in_batch=None):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(DPOObjective, "compute", compute)
+    run_train(make_cfg(tiny_llama_dir, "dpo", "pairs", workdir / "bf16", finetuning_type="full", max_steps=1,
+                       bf16=True, use_cpu=True))
+    assert seen and all(seen), seen
+
+
+def test_log_probs_through_a_ddp_wrapper_stay_label_only(tmp_path, tiny_llama_dir, monkeypatch):
+    """Under DDP (here one gloo process) the decoder runs as the wrapper's forward -- its gradient bookkeeping
+    happens -- with log-probs at the label positions only: the model's own full-logits forward is never called.
+    Same log-probs and gradients as the bare model."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import AutoModelForCausalLM
+
+    batch = PairwisePackedCollator()(PAIRS)
+
+    def logps_and_grads(model, call):
+        model.zero_grad()
+        sums, _ = sequence_logps(call, batch, chunk_size=3)
+        sums.sum().backward()
+        return sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    bare = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    want, want_grads = logps_and_grads(bare, bare)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(bare)
+
+        def full_logits(*args, **kwargs):
+            raise AssertionError("the model's own forward (full logits) was called")
+
+        monkeypatch.setattr(type(bare), "forward", full_logits)
+        got, got_grads = logps_and_grads(bare, wrapped)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_grads.keys() == want_grads.keys() and got_grads
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-6)

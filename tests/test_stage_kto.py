@@ -86,3 +86,17 @@ def test_kto_needs_a_kto_tag_column(workdir, tiny_llama_dir):
 
     with pytest.raises(DataError, match=r"dataset 'plain' in .* has no `kto_tag` column, which stage 'kto' needs"):
         run_train(make_cfg(tiny_llama_dir, "kto", "plain", workdir / "o"))
+
+
+def test_stage_metrics_weigh_each_sample_and_derive_the_margin():
+    """kto's rewards are means over a varying number of chosen / rejected samples per micro-batch: the logged mean
+    weighs each sample alike (TRL's sum / count), and the margin is chosen - rejected of those means."""
+    from tuneforge.train.stage_metrics import StageMetrics
+
+    metrics = StageMetrics()
+    metrics.add("train", {"rewards/chosen": (1.0, 1), "rewards/rejected": (0.5, 3), "kl": 0.2})
+    metrics.add("train", {"rewards/chosen": (4.0, 3), "kl": 0.4})  # no rejected sample in this micro-batch
+    means = metrics.pop_means("train")
+    assert means == pytest.approx({"rewards/chosen": 13 / 4, "rewards/rejected": 0.5, "kl": 0.3,
+                                   "rewards/margins": 13 / 4 - 0.5})
+    assert metrics.pop_means("train") == {} and metrics.pop_means("eval") == {}

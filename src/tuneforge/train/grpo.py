@@ -115,9 +115,7 @@ class GRPOTrainer(TuneforgeTrainer):
             return batches, None
         rollouts: StepRollouts = self.rollouts.for_step(self.model, batches)
         if rollouts.uses == 1:  # fresh rollouts: their statistics go into this step's log
-            store = self._objective_metrics["train"]
-            for key, value in rollouts.stats.items():
-                store.setdefault(key, []).append(value)
+            self.stage_metrics.add("train", rollouts.stats)
         self._step_started = time.perf_counter()
         return rollouts.micro_batches, torch.tensor(rollouts.completion_tokens)
 
@@ -131,7 +129,7 @@ class GRPOTrainer(TuneforgeTrainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         seconds = time.perf_counter() - self._step_started
         tokens = self.micro_batch_tokens(inputs)[0]
-        self._objective_metrics["train"].setdefault("train_tokens_per_s", []).append(tokens / max(seconds, 1e-9))
+        self.stage_metrics.add("train", {"train_tokens_per_s": tokens / max(seconds, 1e-9)})
         self._step_started = time.perf_counter()
         return loss
 

@@ -49,15 +49,16 @@ class KTOObjective:
             sft = -(sums[tags] / counts[tags].clamp(min=1))
             loss = loss + self.ftx * sft.mean() * tags.numel() / int(tags.sum())
 
-        metrics = {"kl": float(kl), "count/chosen": int(tags.sum()), "count/rejected": int((~tags).sum())}
-        if bool(tags.any()):
-            metrics["rewards/chosen"] = float(chosen_rewards.mean())
-            metrics["logps/chosen"] = float(sums[tags].detach().mean())
-        if bool((~tags).any()):
-            metrics["rewards/rejected"] = float(rejected_rewards.mean())
-            metrics["logps/rejected"] = float(sums[~tags].detach().mean())
-        if bool(tags.any()) and bool((~tags).any()):
-            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        # means over the samples of each kind (as TRL logs them: summed, then divided by the count); the trainer
+        # adds rewards/margins = rewards/chosen - rewards/rejected
+        chosen, rejected = int(tags.sum()), int((~tags).sum())
+        metrics = {"kl": float(kl), "count/chosen": chosen, "count/rejected": rejected}
+        if chosen:
+            metrics["rewards/chosen"] = (float(chosen_rewards.mean()), chosen)
+            metrics["logps/chosen"] = (float(sums[tags].detach().mean()), chosen)
+        if rejected:
+            metrics["rewards/rejected"] = (float(rejected_rewards.mean()), rejected)
+            metrics["logps/rejected"] = (float(sums[~tags].detach().mean()), rejected)
         return loss, metrics
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tuneforge.utils.distributed import average_over_processes
+
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair")
 REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 AVERAGED_LOGP_LOSSES = ("ipo", "orpo", "simpo")  # use log-probs averaged over answer tokens
@@ -158,11 +160,12 @@ def kto_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """KTO (Ethayarajh et al. 2024): `(losses, chosen_rewards, rejected_rewards, kl)`.
 
-    kl = mean(policy_kl - reference_kl) over the batch's mismatched pairs, clamped at 0, detached.
+    kl = mean(policy_kl - reference_kl) over the batch's mismatched pairs (of every process), clamped at 0, detached.
     desirable:   w_d * (1 - s(beta * (log-ratio - kl)));  undesirable: w_u * (1 - s(beta * (kl - log-ratio))).
     `losses` holds the desirable losses first, then the undesirable ones.
     """
-    kl = (policy_kl - reference_kl).mean().clamp(min=0).detach()
+    # the batch's KL estimate, averaged over the processes of a multi-process run before the clamp (as TRL gathers it)
+    kl = average_over_processes((policy_kl - reference_kl).mean().detach()).clamp(min=0)
     chosen_logratios = policy_chosen - reference_chosen
     rejected_logratios = policy_rejected - reference_rejected
     chosen_losses = 1 - torch.sigmoid(beta * (chosen_logratios - kl))

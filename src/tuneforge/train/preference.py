@@ -25,8 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from tuneforge.data.collate import PackedCollator
 from tuneforge.model.attention import segment_starts
 from tuneforge.model.lm_parts import resolve_lm_parts
-from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX
-from tuneforge.train.sharding import is_fsdp2
+from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, in_one_head_call
+from tuneforge.train.sharding import is_fsdp2, through_wrapper
 from tuneforge.utils.vision_models import IMAGE_INPUTS
 
 _FORWARD_KEYS = ("input_ids", "position_ids")
@@ -80,14 +80,19 @@ def chunked_token_logps(
     if hidden.shape[0] == 0:
         return hidden.sum(-1) * 0.0
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if use_checkpoint:  # recompute this chunk's logits in backward instead of keeping them
-            parts.append(checkpoint(_chunk_token_logps, h, t, head, final_logit_softcapping, use_reentrant=False))
-        else:
-            parts.append(_chunk_token_logps(h, t, head, final_logit_softcapping))
-    return torch.cat(parts)
+
+    def chunks(head_forward, rows: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for start in range(0, rows.shape[0], chunk_size):
+            h, t = rows[start : start + chunk_size], targets[start : start + chunk_size]
+            if use_checkpoint:  # recompute this chunk's logits in backward instead of keeping them
+                parts.append(checkpoint(_chunk_token_logps, h, t, head_forward, final_logit_softcapping,
+                                        use_reentrant=False))
+            else:
+                parts.append(_chunk_token_logps(h, t, head_forward, final_logit_softcapping))
+        return torch.cat(parts)
+
+    return in_one_head_call(head, chunks, hidden)  # an FSDP2-sharded head: the loop as its one call
 
 
 def label_token_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor, *,
@@ -98,13 +103,19 @@ def label_token_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.T
     shift_labels = labels[0, 1:]
     keep = shift_labels != IGNORE_INDEX
     targets, owner = shift_labels[keep], segments[1:][keep]
-    parts, _ = resolve_lm_parts(model)
-    # DDP-style wrappers and FSDP2 (which shards the model in place) need the model's own forward
-    if parts is not None and not hasattr(model, "module") and not is_fsdp2(model):
-        out = parts.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        token_logps = chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
-                                          final_logit_softcapping=parts.final_logit_softcapping)
+    inner = _unwrap(model)  # DDP, FSDP1 and DeepSpeed wrap the model; FSDP2 shards it in place
+    parts, _ = resolve_lm_parts(inner)
+    if parts is not None:
+        def label_logps(input_ids, position_ids):
+            out = parts.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            return chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
+                                       final_logit_softcapping=parts.final_logit_softcapping)
+
+        batch = {"input_ids": input_ids, "position_ids": position_ids}
+        # a wrapper's (or FSDP2's) own work around the forward must run: the label-only computation as its forward
+        direct = inner is model and not is_fsdp2(model)
+        token_logps = label_logps(**batch) if direct else through_wrapper(model, inner, label_logps, batch)
     else:  # the model's own forward: full logits (models outside the chunked-path list)
         logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         token_logps = -F.cross_entropy(logits[0, :-1][keep].float(), targets, reduction="none")

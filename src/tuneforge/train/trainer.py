@@ -45,6 +45,7 @@ from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighti
                                   sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
 from tuneforge.train.sharding import is_fsdp2, through_wrapper
+from tuneforge.train.stage_metrics import StageMetrics
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class TuneforgeTrainer(Trainer):
         self.compute_accuracy = compute_accuracy and objective is None
         self.token_weighting = token_weighting
         self._accuracy_sum = [0.0, 0]  # sum of per-sample accuracies, samples (this evaluation)
-        self._objective_metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
+        self.stage_metrics = StageMetrics()
         # Whether the model's own forward takes num_items_in_batch (HF decides from its signature).
         self._forward_takes_num_items = self.model_accepts_loss_kwargs
         self.loss_chunk_size = loss_chunk_size
@@ -126,10 +127,11 @@ class TuneforgeTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         if self.objective is not None:
-            loss, metrics = self.objective.compute(model, inputs, num_items_in_batch)
-            store = self._objective_metrics["train" if model.training else "eval"]
-            for key, value in metrics.items():
-                store.setdefault(key, []).append(float(value))
+            # the objectives call the decoder themselves, past the `bf16`/`fp16` autocast accelerate puts around
+            # model.forward() (with float32 trainable weights they would run in float32 throughout)
+            with self.accelerator.autocast():
+                loss, metrics = self.objective.compute(model, inputs, num_items_in_batch)
+            self.stage_metrics.add("train" if model.training else "eval", metrics)
             return (loss, None) if return_outputs else loss
         if "labels" not in inputs:
             raise ValueError(f"TuneforgeTrainer needs 'labels' in every batch; the batch has {sorted(inputs)}.")
@@ -313,9 +315,9 @@ class TuneforgeTrainer(Trainer):
             logs["label_tokens"] = labels
         split = "train" if "loss" in logs else "eval"
         prefix = "" if split == "train" else _eval_prefix(logs)
-        for key, values in self._objective_metrics[split].items():
-            logs[prefix + key] = round(sum(values) / len(values), 6)
-        self._objective_metrics[split] = {}
+        if self.objective is not None:  # every rank logs at the same point (HF's own loss gather is a collective)
+            for key, value in self.stage_metrics.pop_means(split).items():
+                logs[prefix + key] = round(value, 6)
         super().log(logs, start_time)
 
     # ---- LoRA+, LF's own optimizers ----------------------------------------------------------

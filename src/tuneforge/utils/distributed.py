@@ -32,11 +32,47 @@ def any_rank(flag: bool) -> bool:
         return flag
     import torch
 
-    backend = dist.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    value = torch.tensor([1 if flag else 0], device=device)
+    value = torch.tensor([1 if flag else 0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def means_over_processes(totals: dict[str, list[float]]) -> dict[str, float]:
+    """`{key: sum / count}` of `{key: [sum, count]}` added over the processes of a multi-process run (a stage's
+    metrics: the run's mean, not rank 0's alone). A collective when several processes run: every rank calls it at
+    the same point. A key some ranks lack (nothing to average there this time) averages the ranks that have it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch
+
+        key_lists: list = [None] * dist.get_world_size()
+        dist.all_gather_object(key_lists, sorted(totals))
+        keys = sorted(set().union(*key_lists))
+        both = torch.tensor([[totals.get(k, (0.0, 0.0))[i] for k in keys] for i in (0, 1)], dtype=torch.float64,
+                            device=_collective_device())
+        dist.all_reduce(both)
+        totals = {key: [float(both[0, i]), float(both[1, i])] for i, key in enumerate(keys)}
+    return {key: total / count for key, (total, count) in totals.items() if count}
+
+
+def average_over_processes(value):
+    """A detached tensor averaged over the processes of a multi-process run (every rank calls it at the same point);
+    itself in one process. KTO's KL reference point, as TRL (and so LF) gathers it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+def _collective_device():
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def free_port() -> int:
