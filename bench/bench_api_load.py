@@ -4,7 +4,9 @@
     .venv/bin/python bench/bench_api_load.py --clients 8 --seconds 30 --max-tokens 64
 
 The server runs in this process (uvicorn in a thread, the demo model, `--max-batch` sequences decoded together,
-`--max-waiting` queued); each client thread sends chat requests back to back (a different question each time,
+`--max-waiting` queued), or with `--server-process` as its own process, the way it is deployed: `tuneforge api
+--model_name_or_path builtin:smollm2` on a free port (the client threads then do not share the server's
+interpreter lock); each client thread sends chat requests back to back (a different question each time,
 `max_tokens` new tokens, temperature 0) until the time is up, then finishes its request. Prints requests/s,
 generated tokens/s, p50/p95 latency and errors (any non-200 answer or exception) per run.
 """
@@ -39,6 +41,31 @@ def serve(max_batch: int, max_waiting: int):
     while not server.started:
         time.sleep(0.05)
     return server, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+
+
+def serve_process(max_batch: int, max_waiting: int):
+    """`tuneforge api` as its own process on a free port; (the process, the base URL) once it answers."""
+    import subprocess
+
+    import httpx
+
+    from tuneforge.utils.distributed import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tuneforge", "api", "model_name_or_path=builtin:smollm2",
+                               "--port", str(port), "--max-batch", str(max_batch), "--max-waiting", str(max_waiting)])
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):
+        if server.poll() is not None:
+            raise SystemExit(f"tuneforge api exited with {server.returncode}")
+        try:
+            if httpx.get(url + "/models", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit("tuneforge api did not answer within 120 s")
 
 
 def run_load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
@@ -92,9 +119,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-waiting", type=int, default=64)
+    parser.add_argument("--server-process", action="store_true", help="run `tuneforge api` as its own process")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    server, url = serve(args.max_batch, args.max_waiting)
+    server, url = (serve_process if args.server_process else serve)(args.max_batch, args.max_waiting)
     results = []
     for clients in args.clients:
         result = run_load(url, clients, args.seconds, args.max_tokens)
@@ -102,10 +130,14 @@ def main() -> None:
         print(f"{clients:>3} clients, {result['seconds']}s: {result['requests']} requests "
               f"({result['requests_per_s']}/s), {result['tokens_per_s']} tokens/s, p50 {result['p50_s']}s, "
               f"p95 {result['p95_s']}s, errors {result['errors']} {result['error_samples'] or ''}", flush=True)
-    server.should_exit = True
+    if args.server_process:
+        server.terminate()
+        server.wait(timeout=30)
+    else:
+        server.should_exit = True
     if args.out:
         Path(args.out).write_text(json.dumps({"max_batch": args.max_batch, "max_tokens": args.max_tokens,
-                                              "runs": results}, indent=2))
+                                              "server_process": args.server_process, "runs": results}, indent=2))
 
 
 if __name__ == "__main__":
