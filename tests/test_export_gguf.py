@@ -118,7 +118,8 @@ def test_demo_model_gguf_matches(tmp_path):
     want = logits(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval())
     for gguf_type in ("f16", "q8_0"):
         out, name = _export(tmp_path, source, gguf_type, gguf_type)
-        assert AutoTokenizer.from_pretrained(out, gguf_file=name)(PROBE).input_ids == tokenizer(PROBE).input_ids
+        if gguf_type == "f16":  # the tokenizer's metadata does not depend on gguf_type (read back: ~9 s a file)
+            assert AutoTokenizer.from_pretrained(out, gguf_file=name)(PROBE).input_ids == tokenizer(PROBE).input_ids
         got = logits(AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval())
         agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
         if gguf_type == "f16":  # float16 rounding of the weights: a few thousandths of the logits' range
