@@ -26,7 +26,7 @@ from tuneforge.data.collate import PackedCollator
 from tuneforge.model.attention import segment_starts
 from tuneforge.model.lm_parts import resolve_lm_parts
 from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, in_one_head_call
-from tuneforge.train.sharding import is_fsdp2, through_wrapper
+from tuneforge.train.sharding import through_wrapper
 from tuneforge.utils.vision_models import IMAGE_INPUTS
 
 _FORWARD_KEYS = ("input_ids", "position_ids")
@@ -112,10 +112,8 @@ def label_token_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.T
             return chunked_token_logps(hidden[0, :-1][keep], targets, parts.head, chunk_size=chunk_size,
                                        final_logit_softcapping=parts.final_logit_softcapping)
 
-        batch = {"input_ids": input_ids, "position_ids": position_ids}
         # a wrapper's (or FSDP2's) own work around the forward must run: the label-only computation as its forward
-        direct = inner is model and not is_fsdp2(model)
-        token_logps = label_logps(**batch) if direct else through_wrapper(model, inner, label_logps, batch)
+        token_logps = through_wrapper(model, inner, label_logps, {"input_ids": input_ids, "position_ids": position_ids})
     else:  # the model's own forward: full logits (models outside the chunked-path list)
         logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         token_logps = -F.cross_entropy(logits[0, :-1][keep].float(), targets, reduction="none")

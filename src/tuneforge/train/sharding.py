@@ -193,7 +193,10 @@ def check_fsdp1_shared_frozen_weights(trainer) -> None:
 def through_wrapper(wrapper, inner, forward, inputs: dict):
     """`forward(**inputs)` run as `inner`'s forward, called through `wrapper` (DDP, FSDP, DeepSpeed): the
     wrapper's own pre/post-forward work (gradient-sync bookkeeping, parameter gathering) happens as for a
-    normal forward, while the loss is the chunked label-only one instead of full logits."""
+    normal forward, while the loss is the chunked label-only one instead of full logits. Nothing wrapping `inner`
+    (`wrapper is inner`, not FSDP2-sharded, whose hooks must run): `forward(**inputs)` directly."""
+    if wrapper is inner and not is_fsdp2(inner):
+        return forward(**inputs)
     saved = inner.__dict__.get("forward")  # accelerate's autocast wrapper, when mixed precision is on
     inner.forward = forward
     try:

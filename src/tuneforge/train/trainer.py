@@ -149,8 +149,7 @@ class TuneforgeTrainer(Trainer):
                     return chunked_causal_lm_loss(parts, batch, chunk_size=self.loss_chunk_size,
                                                   num_items_in_batch=num_items_in_batch, weighting=self.token_weighting)
 
-            direct = unwrapped is model and not is_fsdp2(model)  # FSDP2 shards the model itself: its hooks must run
-            loss = chunked_loss(**inputs) if direct else through_wrapper(model, unwrapped, chunked_loss, inputs)
+            loss = through_wrapper(model, unwrapped, chunked_loss, inputs)
         loss = self._scale_for_devices(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 

@@ -26,11 +26,10 @@ def is_main_process() -> bool:
 def any_rank(flag: bool) -> bool:
     """True on every process when it is True on at least one (e.g. a stop request seen by one rank),
     so that all processes take the same branch and no collective call is left waiting."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_processes():
         return flag
     import torch
+    import torch.distributed as dist
 
     value = torch.tensor([1 if flag else 0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -41,10 +40,9 @@ def means_over_processes(totals: dict[str, list[float]]) -> dict[str, float]:
     """`{key: sum / count}` of `{key: [sum, count]}` added over the processes of a multi-process run (a stage's
     metrics: the run's mean, not rank 0's alone). A collective when several processes run: every rank calls it at
     the same point. A key some ranks lack (nothing to average there this time) averages the ranks that have it."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_processes():
         import torch
+        import torch.distributed as dist
 
         key_lists: list = [None] * dist.get_world_size()
         dist.all_gather_object(key_lists, sorted(totals))
@@ -59,13 +57,20 @@ def means_over_processes(totals: dict[str, list[float]]) -> dict[str, float]:
 def average_over_processes(value):
     """A detached tensor averaged over the processes of a multi-process run (every rank calls it at the same point);
     itself in one process. KTO's KL reference point, as TRL (and so LF) gathers it."""
+    if not _several_processes():
+        return value
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
     total = value.detach().clone()
     dist.all_reduce(total)
     return total / dist.get_world_size()
+
+
+def _several_processes() -> bool:
+    """A process group of 2 or more processes exists (the collectives here are needed only then)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _collective_device():
