@@ -123,6 +123,29 @@ def tiny_qwen2_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path
 
 
 @pytest.fixture
+def one_process_ddp(tmp_path, monkeypatch):
+    """`wrap(model, full_logits_model=model)` -> the model in torch's DistributedDataParallel (a one-process gloo
+    group, destroyed afterwards), the forward of `full_logits_model`'s class -- full logits -- made to fail: a
+    label-only loss must run as the wrapper's forward without ever calling it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    def full_logits(*args, **kwargs):
+        raise AssertionError("the model's own forward (full logits) was called")
+
+    def wrap(model, full_logits_model=None):
+        wrapped = DistributedDataParallel(model)
+        monkeypatch.setattr(type(model if full_logits_model is None else full_logits_model), "forward", full_logits)
+        return wrapped
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'ddp_store'}", rank=0, world_size=1)
+    try:
+        yield wrap
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 

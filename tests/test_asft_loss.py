@@ -76,6 +76,42 @@ def test_lora_policy_is_its_own_reference_with_the_adapter_disabled(tiny_llama_d
     assert metrics["kl"] > 0  # the random LoRA weights moved the policy
 
 
+@pytest.mark.parametrize("reference_kind", ["frozen copy", "lora adapter disabled"])
+def test_asft_through_a_ddp_wrapper_stays_label_only(tiny_llama_dir, one_process_ddp, reference_kind):
+    """Under DDP (one gloo process) policy and reference run as the wrapper's forward, logits at label rows only
+    (the model's own forward is never called): the same loss and gradients as the bare model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    if reference_kind == "frozen copy":
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    else:
+        reference = None
+        policy = get_peft_model(policy, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    batch = _batch(policy.config.vocab_size)
+    objective = ASFTObjective(0.3, reference, chunk_size=4)
+
+    def loss_and_grads(call):
+        policy.zero_grad()
+        loss, metrics = objective.compute(call, batch)
+        loss.backward()
+        return loss.detach(), metrics, {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    want, want_metrics, want_grads = loss_and_grads(policy)
+    full_logits_model = policy.get_base_model() if reference is None else policy  # peft's forward calls it
+    got, got_metrics, got_grads = loss_and_grads(one_process_ddp(policy, full_logits_model))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_metrics == pytest.approx(want_metrics, rel=1e-5) and want_metrics["kl"] > 0
+    assert got_grads.keys() == want_grads.keys() and got_grads
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-6)
+
+
 def test_use_asft_loss_config(monkeypatch):
     from tuneforge.config import load_config_dict, validate
     from tuneforge.errors import ConfigError

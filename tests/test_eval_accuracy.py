@@ -97,3 +97,19 @@ def test_sft_recipe_reports_eval_accuracy(tiny_llama_dir, tmp_path, monkeypatch)
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert any("eval_accuracy" in r for r in records)
+
+
+def test_eval_through_a_ddp_wrapper_stays_label_only(model_and_rows, tmp_path, one_process_ddp):
+    """A wrapped model (DDP here; DeepSpeed and FSDP in evaluation) is evaluated with the chunked label-only pass run
+    as the wrapper's forward: the same loss and accuracy, the model's own full-logits forward never called."""
+    model, rows, expected = model_and_rows
+    trainer = _trainer(model, tmp_path, PackedCollator(), compute_accuracy=True, loss_chunk_size=5)
+    inputs = PackedCollator()([rows[i] for i in range(len(rows))])
+    results = []
+    for call in (model, one_process_ddp(model)):
+        trainer._accuracy_sum = [0.0, 0]
+        with torch.no_grad():
+            loss = trainer._loss_and_accuracy(call, inputs, None)
+        results.append((float(loss), trainer._accuracy_sum[0] / trainer._accuracy_sum[1]))
+    assert results[1] == pytest.approx(results[0], rel=1e-6)
+    assert results[0][1] == pytest.approx(expected, abs=1e-6)

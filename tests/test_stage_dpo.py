@@ -314,12 +314,10 @@ def test_objective_stages_run_under_the_mixed_precision_autocast(workdir, tiny_l
     assert seen and all(seen), seen
 
 
-def test_log_probs_through_a_ddp_wrapper_stay_label_only(tmp_path, tiny_llama_dir, monkeypatch):
+def test_log_probs_through_a_ddp_wrapper_stay_label_only(tiny_llama_dir, one_process_ddp):
     """Under DDP (here one gloo process) the decoder runs as the wrapper's forward -- its gradient bookkeeping
     happens -- with log-probs at the label positions only: the model's own full-logits forward is never called.
     Same log-probs and gradients as the bare model."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
     from transformers import AutoModelForCausalLM
 
     batch = PairwisePackedCollator()(PAIRS)
@@ -332,17 +330,7 @@ def test_log_probs_through_a_ddp_wrapper_stay_label_only(tmp_path, tiny_llama_di
 
     bare = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     want, want_grads = logps_and_grads(bare, bare)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        wrapped = DistributedDataParallel(bare)
-
-        def full_logits(*args, **kwargs):
-            raise AssertionError("the model's own forward (full logits) was called")
-
-        monkeypatch.setattr(type(bare), "forward", full_logits)
-        got, got_grads = logps_and_grads(bare, wrapped)
-    finally:
-        dist.destroy_process_group()
+    got, got_grads = logps_and_grads(bare, one_process_ddp(bare))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert got_grads.keys() == want_grads.keys() and got_grads
     for name in want_grads:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tuneforge.model.lm_parts import resolve_lm_parts
-from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, label_positions
-from tuneforge.train.sharding import is_fsdp2
+from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, head_logits, in_one_head_call, label_positions
+from tuneforge.train.sharding import through_wrapper
 
 ASFT_LOG_KEYS = ("dft", "kl")
 
@@ -41,19 +41,22 @@ class ASFTObjective:
         self.alpha, self.ref_model, self.chunk_size = alpha, ref_model, chunk_size
 
     def compute(self, model, inputs, num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, float]]:
-        parts, _ = resolve_lm_parts(model, inputs)
-        reference = self.ref_model if self.ref_model is not None else model
-        ref_parts = resolve_lm_parts(reference, inputs)[0] if self.ref_model is not None else parts
-        chunked = parts is not None and ref_parts is not None and not hasattr(model, "module") and not is_fsdp2(model)
-        if chunked:
-            hidden, targets, keep = label_positions(parts, inputs)
-            with torch.no_grad(), self._reference_mode(model):
-                ref_hidden = label_positions(ref_parts, inputs)[0]
-            sums = self._chunked_sums(model, parts, ref_parts, hidden, ref_hidden, targets)
-        else:  # the model's own forward: full logits (wrappers, models outside the chunked-path list)
+        inner = getattr(model, "module", model)  # DDP, FSDP1 and DeepSpeed wrap the model; FSDP2 shards it in place
+        parts, _ = resolve_lm_parts(inner, inputs)
+        ref_parts = resolve_lm_parts(self.ref_model, inputs)[0] if self.ref_model is not None else parts
+        if parts is not None and ref_parts is not None:
+            def label_sums(**batch):  # label rows only, also as a wrapper's forward (its own work around it runs)
+                hidden, targets, keep = label_positions(parts, batch)
+                with torch.no_grad(), self._reference_mode(inner):
+                    ref_hidden = label_positions(ref_parts, batch)[0]
+                return self._chunked_sums(inner, parts, ref_parts, hidden, ref_hidden, targets), keep
+
+            sums, keep = through_wrapper(model, inner, label_sums, inputs)
+        else:  # the model's own forward: full logits (models outside the chunked-path list)
             model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             logits = model(**model_inputs, use_cache=False).logits
-            with torch.no_grad(), self._reference_mode(model):
+            with torch.no_grad(), self._reference_mode(inner):
+                reference = model if self.ref_model is None else self.ref_model
                 ref_logits = reference(**model_inputs, use_cache=False).logits
             shift_labels = inputs["labels"][:, 1:]
             keep = shift_labels != IGNORE_INDEX
@@ -64,29 +67,30 @@ class ASFTObjective:
         dft, kl = sums[0] / count, sums[1] / count
         return dft + self.alpha * kl, {"dft": float(dft.detach()), "kl": float(kl.detach())}
 
-    def _reference_mode(self, model):
+    def _reference_mode(self, inner):
         """The LoRA policy with its adapter disabled when it is its own reference; else nothing to switch."""
         import contextlib
 
-        if self.ref_model is not None:
-            return contextlib.nullcontext()
-        return getattr(model, "module", model).disable_adapter()
+        return contextlib.nullcontext() if self.ref_model is not None else inner.disable_adapter()
 
-    def _chunked_sums(self, model, parts, ref_parts, hidden, ref_hidden, targets) -> torch.Tensor:
-        def head(lm_parts, h):
-            logits = lm_parts.head(h)
-            cap = lm_parts.final_logit_softcapping
-            return torch.tanh(logits / cap) * cap if cap is not None else logits
-
-        def chunk(h, rh, t):
-            with torch.no_grad(), self._reference_mode(model):  # a LoRA head: the reference's is without it
-                ref_logits = head(ref_parts, rh)
-            return asft_sums(head(parts, h), ref_logits, t)
-
-        total = hidden.new_zeros(2, dtype=torch.float32)
+    def _chunked_sums(self, inner, parts, ref_parts, hidden, ref_hidden, targets) -> torch.Tensor:
+        """[sum DFT_i, sum KL_i] over the label rows, `chunk_size` rows of policy and reference logits at a time;
+        the loop runs as one call of the policy's head (an FSDP2-sharded head gathers once: loss.in_one_head_call)."""
         use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > self.chunk_size
-        for start in range(0, hidden.shape[0], self.chunk_size):
-            piece = slice(start, start + self.chunk_size)
-            args = (hidden[piece], ref_hidden[piece], targets[piece])
-            total = total + (checkpoint(chunk, *args, use_reentrant=False) if use_checkpoint else chunk(*args))
-        return total
+
+        def chunks(head_forward, rows):
+            ref_head = head_forward if ref_parts is parts else ref_parts.head
+
+            def chunk(h, rh, t):
+                with torch.no_grad(), self._reference_mode(inner):  # a LoRA head: the reference's is without it
+                    ref_logits = head_logits(ref_head, rh, ref_parts.final_logit_softcapping)
+                return asft_sums(head_logits(head_forward, h, parts.final_logit_softcapping), ref_logits, t)
+
+            total = rows.new_zeros(2, dtype=torch.float32)
+            for start in range(0, rows.shape[0], self.chunk_size):
+                piece = slice(start, start + self.chunk_size)
+                args = (rows[piece], ref_hidden[piece], targets[piece])
+                total = total + (checkpoint(chunk, *args, use_reentrant=False) if use_checkpoint else chunk(*args))
+            return total
+
+        return in_one_head_call(parts.head, chunks, hidden)

@@ -74,14 +74,18 @@ def token_losses_sum(logits: torch.Tensor, targets: torch.Tensor, weighting: Tok
     return (losses * weighting.weights(logits, losses)).sum()
 
 
+def head_logits(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """`head(hidden)`, soft-capped as the model's forward does it (Gemma 2's `final_logit_softcapping`): the one
+    place every chunk loop over label rows (sft loss and eval, preference log-probs, ASFT) makes its logits."""
+    logits = head(hidden)
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+
 def _chunk_cross_entropy_sum(
     hidden: torch.Tensor, targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], softcap: float | None,
     weighting: TokenWeighting | None = None,
 ) -> torch.Tensor:
-    logits = head(hidden)
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return token_losses_sum(logits, targets, weighting)
+    return token_losses_sum(head_logits(head, hidden, softcap), targets, weighting)
 
 
 class LinearCrossEntropySum(torch.autograd.Function):
@@ -264,9 +268,7 @@ def chunked_causal_lm_eval(
         loss_sum = torch.zeros((), dtype=torch.float32, device=rows.device)
         hits = torch.zeros(targets.shape, dtype=torch.bool, device=rows.device)
         for start in range(0, rows.shape[0], chunk_size):
-            logits = head_forward(rows[start : start + chunk_size])
-            if parts.final_logit_softcapping is not None:
-                logits = torch.tanh(logits / parts.final_logit_softcapping) * parts.final_logit_softcapping
+            logits = head_logits(head_forward, rows[start : start + chunk_size], parts.final_logit_softcapping)
             t = targets[start : start + chunk_size]
             loss_sum += token_losses_sum(logits, t, weighting)
             hits[start : start + chunk_size] = logits.argmax(dim=-1) == t

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from tuneforge.data.collate import PackedCollator
 from tuneforge.model.attention import segment_starts
 from tuneforge.model.lm_parts import resolve_lm_parts
-from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, in_one_head_call
+from tuneforge.train.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, head_logits, in_one_head_call
 from tuneforge.train.sharding import through_wrapper
 from tuneforge.utils.vision_models import IMAGE_INPUTS
 
@@ -66,10 +66,7 @@ def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None):
-    logits = head(hidden)
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return -F.cross_entropy(logits.float(), targets, reduction="none")
+    return -F.cross_entropy(head_logits(head, hidden, softcap).float(), targets, reduction="none")
 
 
 def chunked_token_logps(

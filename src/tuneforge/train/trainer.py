@@ -44,7 +44,7 @@ from tuneforge.train.loss import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, TokenWeighti
                                   chunked_causal_lm_loss, computed_token_count, logits_loss, real_token_count,
                                   sample_accuracies, shifted_label_count)
 from tuneforge.train.optim import loraplus_param_groups
-from tuneforge.train.sharding import is_fsdp2, through_wrapper
+from tuneforge.train.sharding import through_wrapper
 from tuneforge.train.stage_metrics import StageMetrics
 from tuneforge.utils.folders import SAVING_DIRNAME, commit_files, finish_interrupted_save
 
@@ -208,12 +208,15 @@ class TuneforgeTrainer(Trainer):
         """The evaluation loss, and the batch's per-sample token accuracies added to this evaluation's sum."""
         unwrapped = self.accelerator.unwrap_model(model)
         parts, reason = resolve_lm_parts(unwrapped, inputs)
-        if parts is not None and unwrapped is model and not is_fsdp2(model):
-            with self.accelerator.autocast():
-                loss, hits, keep = chunked_causal_lm_eval(parts, inputs, chunk_size=self.loss_chunk_size,
-                                                          num_items_in_batch=num_items, weighting=self.token_weighting)
+        if parts is not None:
+            def chunked_eval(**batch):  # label rows only, also as a wrapper's (DeepSpeed, FSDP) forward
+                with self.accelerator.autocast():
+                    return chunked_causal_lm_eval(parts, batch, chunk_size=self.loss_chunk_size,
+                                                  num_items_in_batch=num_items, weighting=self.token_weighting)
+
+            loss, hits, keep = through_wrapper(model, unwrapped, chunked_eval, inputs)
         else:  # the model's own forward: its logits exist anyway
-            self._log_fallback_once(reason or f"the model is wrapped by {type(model).__name__}")
+            self._log_fallback_once(reason)
             loss, outputs = self._plain_forward_loss(model, inputs, num_items)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
             labels = inputs["labels"][:, 1:]
