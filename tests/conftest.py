@@ -122,6 +122,31 @@ def tiny_qwen2_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path
     return _save_tiny_model(config, tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_qwen2"))
 
 
+@pytest.fixture(scope="session")
+def one_process_runs(tmp_path_factory):
+    """`run(root, output_dir, *overrides)`: `tuneforge train train.yaml` of a several-process test's workspace in one
+    process (tests/multiproc.py), its output folder copied to root/output_dir. Made once per session for the same
+    workspace files and overrides: the DDP, DeepSpeed, FSDP and Ray tests compare against the same one-process runs,
+    and each launch costs ~8 s of imports on 2 cores."""
+    import hashlib
+    import shutil
+
+    from multiproc import train
+
+    store, made = tmp_path_factory.mktemp("one_process_runs"), set()
+
+    def run(root: Path, output_dir: str, *overrides: str) -> None:
+        files = sorted(p for p in [root / "train.yaml", *(root / "data").rglob("*")] if p.is_file())
+        key = hashlib.sha256(repr([(p.relative_to(root), p.read_bytes()) for p in files] + list(overrides)).encode())
+        folder = store / key.hexdigest()[:16]
+        if folder not in made:
+            train(root, f"output_dir={folder}", *overrides)
+            made.add(folder)
+        shutil.copytree(folder, root / output_dir)
+
+    return run
+
+
 @pytest.fixture
 def one_process_ddp(tmp_path, monkeypatch):
     """`wrap(model, full_logits_model=model)` -> the model in torch's DistributedDataParallel (a one-process gloo

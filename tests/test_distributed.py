@@ -53,9 +53,10 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "adapter_model.safetensors")
 
 
-def test_two_processes_equal_one_with_twice_the_batch(workspace):
-    train(workspace, "output_dir=one")
-    output = train(workspace, "output_dir=two", "per_device_train_batch_size=4", processes=2)
+def test_two_processes_equal_one_with_twice_the_batch_and_resume_as_one_uninterrupted_run(workspace, one_process_runs):
+    one_process_runs(workspace, "one")
+    two = ("per_device_train_batch_size=4", "save_strategy=steps", "save_steps=2")
+    output = train(workspace, "output_dir=two", *two, processes=2)
     assert "distributed: world size 2, backend gloo, devices cpu x2; batch 4 per device x 1 accumulation = 8" in output
     assert "Chunked LM loss not used" not in output  # the label-only loss stays on under DDP
     assert output.count("[tuneforge] done in") == 1 and output.count("data report") <= 1  # rank 0 speaks
@@ -69,6 +70,12 @@ def test_two_processes_equal_one_with_twice_the_batch(workspace):
     assert max_diff(a, b) < 1e-5
     results = json.loads((workspace / "two" / "train_results.json").read_text())
     assert results["total_tokens"] == json.loads((workspace / "one" / "train_results.json").read_text())["total_tokens"]
+
+    # resumed in 2 processes from the checkpoint of step 2: only steps 3 and 4 run, and end where the whole run did
+    resumed = train(workspace, "output_dir=resumed", *two, "resume_from_checkpoint=two/checkpoint-2", processes=2)
+    assert "checkpoint-2" in resumed
+    assert [r["current_steps"] for r in log_rows(workspace / "resumed") if "loss" in r] == [3, 4]
+    assert max_diff(b, _weights(workspace / "resumed")) < 1e-6
 
 
 def test_two_processes_kto_equals_one_with_twice_the_batch(tmp_path, tiny_llama_dir, monkeypatch):
@@ -93,17 +100,6 @@ def test_two_processes_kto_equals_one_with_twice_the_batch(tmp_path, tiny_llama_
     # Adam's first steps move every weight by ~lr (1e-2): float rounding of the two half-batch gradients shows
     # in weights whose gradient is near zero, still far below a step
     assert max_diff(_weights(root / "one"), _weights(root / "two")) < 1e-4
-
-
-def test_two_processes_resume_from_a_checkpoint_as_one_uninterrupted_run(workspace):
-    whole = ("per_device_train_batch_size=4", "save_strategy=steps", "save_steps=2")
-    train(workspace, "output_dir=whole", *whole, processes=2)
-    resumed = train(workspace, "output_dir=resumed", *whole, "resume_from_checkpoint=whole/checkpoint-2", processes=2)
-    assert "checkpoint-2" in resumed
-    steps = [r["current_steps"] for r in log_rows(workspace / "resumed") if "loss" in r]
-    assert steps == [3, 4]  # only the steps after the checkpoint were trained
-    a, b = _weights(workspace / "whole"), _weights(workspace / "resumed")
-    assert max_diff(a, b) < 1e-6
 
 
 def _agree(rank: int, store_path: str, flags: list[bool], results) -> None:

@@ -77,13 +77,13 @@ def workspace(tmp_path, tiny_llama_dir, monkeypatch):
     return root
 
 
-def test_fsdp2_lora_and_full_train_as_one_process_and_save_whole_weights(workspace, tiny_llama_dir):
+def test_fsdp2_lora_and_full_train_as_one_process_and_save_whole_weights(workspace, tiny_llama_dir, one_process_runs):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     fsdp = ("fsdp=full_shard auto_wrap", "fsdp_config=fsdp2.json", "per_device_train_batch_size=4")
-    train(workspace, "output_dir=one")
+    one_process_runs(workspace, "one")
     output = train(workspace, "output_dir=lora", *fsdp, processes=2)
     assert "FSDP2 on 2 CPU processes (gloo)" in output  # not a silent DDP run (accelerate's default on CPU)
     assert losses(workspace / "lora") == pytest.approx(losses(workspace / "one"), abs=1e-5)
@@ -92,7 +92,7 @@ def test_fsdp2_lora_and_full_train_as_one_process_and_save_whole_weights(workspa
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), workspace / "lora")
 
     full = ("finetuning_type=full", "learning_rate=1e-3")
-    train(workspace, "output_dir=one_full", *full)
+    one_process_runs(workspace, "one_full", *full)
     train(workspace, "output_dir=full", *full, *fsdp, processes=2)
     assert losses(workspace / "full") == pytest.approx(losses(workspace / "one_full"), abs=1e-5)
     a = dict(AutoModelForCausalLM.from_pretrained(workspace / "one_full").state_dict())

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from multiproc import log_rows, losses, max_diff, run_command, tiny_run_workspace, train
+from multiproc import log_rows, losses, max_diff, run_command, tiny_run_workspace
 from tuneforge.config.parser import load_config
 from tuneforge.errors import ConfigError, NotSupportedError
 
@@ -102,12 +102,12 @@ def test_ray_is_asked_for_by_use_ray_or_several_workers():
 # ------------------------------------------------------------------ 2 Ray workers = 1 process with 2x the batch
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                     reason="Ray Train is not installed (pip install 'tuneforge[ray]')")
-def test_two_ray_workers_equal_one_process_with_twice_the_batch(workspace):
+def test_two_ray_workers_equal_one_process_with_twice_the_batch(workspace, one_process_runs):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    train(workspace, "output_dir=one")
+    one_process_runs(workspace, "one")
     output = run_command(workspace, [sys.executable, "-m", "tuneforge", "train", "train.yaml", "output_dir=two",
                                      "per_device_train_batch_size=4", "ray_num_workers=2", *CPU_WORKERS,
                                      "ray_run_name=tiny", "ray_storage_path=ray_saves"],
