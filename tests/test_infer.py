@@ -475,7 +475,8 @@ def test_auto_decode_weights_dtype(tiny_llama_dir):
 @pytest.mark.demo
 def test_demo_model_float16_decode_follows_the_float32_logits():
     """Teacher-forced on fp32 greedy answers: fp16 decode weights pick the same next token almost
-    always (measured 227/230; the misses are near-ties) and move logits by < 0.5% of their range."""
+    always (measured 132/135; the misses are near-ties; with a 95-token haiku too, 227/230) and move logits by
+    < 0.5% of their range."""
     from tuneforge.data.templates import get_template
     from tuneforge.infer.fast_step import LeanDecodeStep
     from tuneforge.model import ensure_demo_model
@@ -488,7 +489,7 @@ def test_demo_model_float16_decode_follows_the_float32_logits():
     half = LeanDecodeStep.try_create(model, weights_dtype=torch.float16)
     agree = total = 0
     worst = 0.0
-    for question in ("Who are you?", "Write a haiku about autumn.", "用一句话介绍北京。", "What is 17 times 23?"):
+    for question in ("Who are you?", "用一句话介绍北京。", "What is 17 times 23?"):
         prompt = exact.encode_prompt([{"role": "user", "content": question}])
         answer = exact.generate_ids(prompt)
         with torch.inference_mode():
@@ -503,4 +504,4 @@ def test_demo_model_float16_decode_follows_the_float32_logits():
                 agree += int(want.argmax() == got.argmax())
                 total += 1
                 worst = max(worst, float((want - got).abs().max() / want.abs().max()))
-    assert total > 150 and agree / total >= 0.97 and worst < 0.005, (agree, total, worst)
+    assert total > 120 and agree / total >= 0.97 and worst < 0.005, (agree, total, worst)
