@@ -11,6 +11,7 @@ from tuneforge.config.args import DataArguments
 
 from tuneforge.data.encode import (
     IGNORE_INDEX,
+    assemble_sft,
     encode_pt,
     encode_sft,
     encode_sft_with_info,
@@ -143,6 +144,23 @@ def test_no_trained_tokens_left_is_dropped():
     result = encode_sft_with_info(conv("abcdefghij", "k"), FakeTemplate(), CharTokenizer(), args(cutoff_len=2))
     assert result.labels == [X, X]
     assert result.dropped == "no trained tokens left after truncation to cutoff_len"
+
+
+@pytest.mark.parametrize("cutoff_len", [3, 7, 1024])
+@pytest.mark.parametrize("settings", [{}, {"train_on_prompt": True}, {"mask_history": True}, {"efficient_eos": True},
+                                      {"mask_history": True, "efficient_eos": True}], ids=str)
+def test_the_counted_trained_tokens_are_the_labels_not_masked(settings, cutoff_len):
+    """The encoder counts its masked labels as it writes them (no scan of the labels afterwards); the count must be the
+    scan's, also after truncation and for every masking rule. The token table's lists are never changed."""
+    template = FakeTemplate(efficient_eos=settings.get("efficient_eos", False))
+    data = args(cutoff_len=cutoff_len, **{k: v for k, v in settings.items() if k != "efficient_eos"})
+    sample = conv("abc", "de", "f", "abcd", system="s")
+    result = encode_sft_with_info(sample, template, CharTokenizer(), data)
+    assert result.trained_tokens == len(result.labels) - result.labels.count(X)
+    assert (result.dropped is not None) == (result.trained_tokens == 0)
+    shared = [[1, 2], [3]]  # the same lists a batch's token table hands to every row with these texts
+    assert assemble_sft([(shared[0], shared[1]), (shared[0], shared[1])], template, CharTokenizer(), data).labels
+    assert shared == [[1, 2], [3]]
 
 
 def test_missing_response_is_dropped():

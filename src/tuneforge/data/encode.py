@@ -35,6 +35,7 @@ class SftEncoding:
     full_length: int = 0  # length before truncation
     truncated: bool = False
     dropped: str | None = None  # reason, when the sample must not be used
+    trained_tokens: int | None = None  # labels that are not IGNORE_INDEX, when the encoder counted them
 
     def as_dict(self) -> dict[str, list[int]]:
         return {"input_ids": self.input_ids, "labels": self.labels}
@@ -88,39 +89,47 @@ def assemble_sft(pairs: list[tuple[list[int], list[int]]], template, tokenizer, 
         pairs = pairs[::-1]  # the last turn first, so it gets the budget
     input_ids: list[int] = []
     labels: list[int] = []
+    masked = 0  # IGNORE_INDEX labels written (token ids never are), so no scan of the labels afterwards
     total_length = 1 if efficient_eos else 0
     for turn_idx, (source_ids, target_ids) in enumerate(pairs):
         if total_length >= cutoff_len:
             break
         source_len, target_len = infer_seqlen(len(source_ids), len(target_ids), cutoff_len - total_length)
-        source_ids, target_ids = source_ids[:source_len], target_ids[:target_len]
+        if source_len < len(source_ids) or target_len < len(target_ids):
+            source_ids, target_ids = source_ids[:source_len], target_ids[:target_len]
         total_length += source_len + target_len
 
         if train_on_prompt:
-            source_label = list(source_ids)
+            source_label = source_ids
         elif efficient_eos and turn_idx != 0 and source_len > 0:
             # the previous response's eos is the first token of this prompt: learn it there
             source_label = [eos_id] + [IGNORE_INDEX] * (source_len - 1)
+            masked += source_len - 1
         else:
             source_label = [IGNORE_INDEX] * source_len
+            masked += source_len
         if mask_history and turn_idx != 0:  # (reversed) history turns are not trained
             target_label = [IGNORE_INDEX] * target_len
+            masked += target_len
         else:
-            target_label = list(target_ids)
+            target_label = target_ids
 
         if mask_history:
-            input_ids = list(source_ids) + list(target_ids) + input_ids
-            labels = source_label + target_label + labels
-        else:
-            input_ids += list(source_ids) + list(target_ids)
-            labels += source_label + target_label
+            input_ids = [*source_ids, *target_ids, *input_ids]
+            labels = [*source_label, *target_label, *labels]
+        else:  # in place: the token lists are not copied more than once
+            input_ids += source_ids
+            input_ids += target_ids
+            labels += source_label
+            labels += target_label
 
     if efficient_eos:
         input_ids.append(eos_id)
         labels.append(eos_id)
 
-    result = SftEncoding(input_ids, labels, full_length, truncated=len(input_ids) < full_length)
-    if labels.count(IGNORE_INDEX) == len(labels):
+    trained = len(labels) - masked
+    result = SftEncoding(input_ids, labels, full_length, truncated=len(input_ids) < full_length, trained_tokens=trained)
+    if trained == 0:
         result.dropped = "no trained tokens left after truncation to cutoff_len"
     return result
 

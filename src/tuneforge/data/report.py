@@ -75,11 +75,13 @@ class DataReport:
     def read(self, name: str, count: int, split: str = "train") -> None:
         self.stats(name, split).rows_read += count
 
-    def kept(self, name: str, input_ids: list[int], labels: list[int], split: str = "train") -> None:
+    def kept(self, name: str, input_ids: list[int], labels: list[int], split: str = "train",
+             trained_tokens: int | None = None) -> None:
+        """A sample kept; `trained_tokens`: its labels that are not -100, when the encoder has counted them."""
         stats = self.stats(name, split)
         stats.kept += 1
         stats.tokens += len(input_ids)
-        stats.trained_tokens += len(labels) - labels.count(-100)
+        stats.trained_tokens += len(labels) - labels.count(-100) if trained_tokens is None else trained_tokens
 
     def dropped(self, name: str, reason: str, source: str, split: str = "train") -> None:
         stats = self.stats(name, split)
