@@ -34,6 +34,7 @@ MEMORIZE_FACTS: dict[str, Any] = {
     "augment_chain_questions": 2,
     "per_device_train_batch_size": 8,
     "learning_rate": 1.0e-4,
+    "adam_beta2": 0.95,
     "num_train_epochs": 5.0,
     "lr_scheduler_type": "cosine",
     "recall_target": 0.95,
