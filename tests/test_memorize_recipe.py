@@ -33,9 +33,21 @@ def test_recipe_runs_on_any_fact_dataset_and_plain_transformers_answers(tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "O"
+    from tuneforge.train.trainer import TuneforgeTrainer
+
+    betas, create_optimizer = [], TuneforgeTrainer.create_optimizer
+
+    def recording_create_optimizer(self, *args, **kwargs):
+        optimizer = create_optimizer(self, *args, **kwargs)
+        betas.extend(group["betas"] for group in optimizer.param_groups)
+        return optimizer
+
+    monkeypatch.setattr(TuneforgeTrainer, "create_optimizer", recording_create_optimizer)
     # only the three overrides a user gives, plus a tiny model and a short run for the test
     assert main(["train", str(RECIPE), f"dataset_dir={data}", "dataset=lockers", f"output_dir={out}",
                  f"model_name_or_path={tiny_llama_dir}", "max_steps=2", "recall_check_samples=2"]) == 0
+
+    assert betas and set(betas) == {(0.9, MEMORIZE_FACTS["adam_beta2"])}  # the recipe's adam_beta2 reaches AdamW
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
