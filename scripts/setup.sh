@@ -41,4 +41,15 @@ if .venv/bin/python -c "import torchvision" 2>/dev/null; then :; else
     "${PIP[@]}" uninstall -y torchvision
   fi
 fi
+# tcmalloc: CPU training steps spend far less time in page faults than under glibc's malloc (bench/RESULTS.md,
+# "The allocator"); `tuneforge train` preloads it by itself when it is installed (`cpu_allocator: auto`).
+# Best effort: only where apt-get runs as root; elsewhere `tuneforge train` prints how to install it.
+if ! ldconfig -p 2>/dev/null | grep -q "libtcmalloc"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing tcmalloc (libtcmalloc-minimal4) for faster CPU training"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; } ||
+      echo "[setup] could not install libtcmalloc-minimal4: CPU training runs on glibc's malloc"
+  fi
+fi
 .venv/bin/tuneforge env

@@ -23,6 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuneforge.errors import ConfigError, NotSupportedError
+from tuneforge.utils.allocator import preloaded_allocator
 
 logger = logging.getLogger("tuneforge")
 
@@ -203,6 +204,7 @@ def run_bench(
         "losses": {str(k): round(v, 4) for k, v in sorted(timer.losses.items())},
         "device": device_name(),
         "threads": torch.get_num_threads(),
+        "allocator": Path(preloaded_allocator(os.environ) or "system malloc").name,
         "gradient_checkpointing": bool(trainer.args.activation_checkpointing),
         "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "loadavg_start": [round(x, 2) for x in load_start],
@@ -241,6 +243,7 @@ def format_result(result: dict[str, Any]) -> str:
         f"{result['gemm_peak_gflops']} GFLOP/s measured {result['weights_dtype']} GEMM peak)",
         f"  attention {result.get('attention')}, gradient checkpointing "
         f"{'on' if result.get('gradient_checkpointing') else 'off'}",
-        f"  {result['device']}, {result['threads']} threads, load average {result['loadavg_start'][0]} at start",
+        f"  {result['device']}, {result['threads']} threads, allocator {result.get('allocator')}, "
+        f"load average {result['loadavg_start'][0]} at start",
     ]
     return "\n".join(lines)

@@ -234,6 +234,11 @@ def cmd_env(_: list[str]) -> int:
         print(f"device       cuda ({torch.cuda.device_count()}x {names})")
     else:
         print(f"device       cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
+    from tuneforge.utils.allocator import INSTALL_HINT, find_tcmalloc, library_dirs
+
+    tcmalloc = find_tcmalloc(library_dirs(os.environ))
+    found = f"{tcmalloc} (CPU training runs under it: cpu_allocator)" if tcmalloc else f"not found: {INSTALL_HINT}"
+    print(f"tcmalloc     {found}")
     return 0
 
 
@@ -325,6 +330,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv_from_process = argv is None  # not a call from Python (tests, the web UI's own process)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -345,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "--dry-run" in rest and command in DRY_RUN_COMMANDS:
             return cmd_dry_run(command, rest)
+        if argv_from_process:  # this process is the command: it may start again under another allocator
+            from tuneforge.cli.cpu_allocator import restart_for_training_command
+
+            restart_for_training_command(command, rest)
         return COMMANDS[command](rest)
     except TuneforgeError as err:
         if debug:
