@@ -217,6 +217,7 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None,
     from tuneforge.train.callbacks import RunFileCallback
     from tuneforge.utils.runlog import plot_loss
     from tuneforge.train.resume import check_resume_matches, run_fingerprint
+    from tuneforge.train.save_errors import disk_full_error
 
     args = cfg.training
     fingerprint = run_fingerprint(cfg, trainer.train_dataset)
@@ -232,10 +233,20 @@ def train_and_save(cfg, trainer, log_callback, resume: str | None,
         logger.warning("training interrupted; the last saved checkpoint in %s is intact", args.output_dir)
         raise
     except Exception as err:  # keep the status file honest for the web UI, then re-raise
-        log_callback.mark_failed(str(err))
+        full = disk_full_error(err, args.output_dir, trainer.state.global_step, "a checkpoint")
+        log_callback.mark_failed(str(full or err))
+        if full is not None:
+            raise full from err
         raise
-    trainer.save_model()
-    trainer.save_state()
+    try:
+        trainer.save_model()
+        trainer.save_state()
+    except Exception as err:
+        full = disk_full_error(err, args.output_dir, trainer.state.global_step, "the trained model")
+        if full is None:
+            raise
+        log_callback.mark_failed(str(full))
+        raise full from err
     metrics = dict(result.metrics)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics.update(_resource_metrics(trainer))
