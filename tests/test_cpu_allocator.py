@@ -53,6 +53,13 @@ def test_an_allocator_the_user_preloaded_is_kept(fake_tcmalloc):
     assert preloaded_allocator({"LD_PRELOAD": "/opt/x/libfoo.so"}) is None
 
 
+def test_a_process_a_launcher_started_is_not_replaced(fake_tcmalloc):
+    dirs, _ = fake_tcmalloc
+    assert allocator_to_preload("auto", {"LOCAL_RANK": "0"}, on_cpu=True, dirs=dirs) == (None, None)
+    library, note = allocator_to_preload("tcmalloc", {"TORCHELASTIC_RUN_ID": "x"}, on_cpu=True, dirs=dirs)
+    assert library is None and "start the launcher with LD_PRELOAD" in note
+
+
 def _cli_args(tmp_path):
     return ["model_name_or_path=m", "dataset=d", "template=chatml", f"output_dir={tmp_path / 'out'}"]
 

@@ -6,7 +6,8 @@ and takes them again the next step, so every step pays page faults and the kerne
 ~130,000 faults per step of the fact recipe (bench/RESULTS.md, "The allocator"). tcmalloc keeps freed
 memory for reuse. It can only replace malloc before the process starts (LD_PRELOAD), so the CLI starts
 itself again with it preloaded (`os.execve`: same process id, arguments and file descriptors) right after
-the config is read -- torchrun's and DeepSpeed's processes inherit the variable. PyTorch's
+the config is read -- the processes of the torchrun it then starts inherit the variable (a process some launcher
+started is not replaced: under torch's elastic agent that hangs). PyTorch's
 `torch.backends.xeon.run_cpu` launcher does the same with `--enable-tcmalloc`.
 
 Knows nothing of the config: the caller passes the key's value.
@@ -23,6 +24,8 @@ TCMALLOC_FILES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_m
 # Any of these in LD_PRELOAD: the user chose an allocator; it is left alone.
 PRELOADED_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 INSTALL_HINT = "Debian / Ubuntu: apt install libtcmalloc-minimal4; conda: conda install gperftools"
+# Set in the processes torchrun / accelerate launch / deepspeed start (tuneforge's own torchrun launch included).
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID")
 # Device files of a GPU driver: their presence means training may run on a GPU (checked without torch).
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
@@ -68,13 +71,18 @@ def allocator_to_preload(choice: str, env: Mapping[str, str], *, on_cpu: bool,
 
     `auto`: tcmalloc when the run trains on the CPU and the library is installed, a hint when it is not;
     `tcmalloc`: tcmalloc on any device, an error (ValueError) when it is not installed; `system`: nothing.
-    An allocator already in LD_PRELOAD is kept whatever the choice.
+    An allocator already in LD_PRELOAD is kept whatever the choice; a process a launcher started is never replaced.
     """
     if choice == "system":
         return None, None
     already = preloaded_allocator(env)
     if already:
         return None, f"CPU memory allocator: {Path(already).name} (LD_PRELOAD)"
+    if any(name in env for name in LAUNCHER_VARIABLES):
+        # a process torchrun / accelerate / deepspeed started: replacing it hangs it under torch's elastic agent
+        # (seen with accelerate launch + FSDP2); they inherit LD_PRELOAD from a launcher started under tcmalloc
+        return None, ("CPU memory allocator: glibc's malloc in this launched process; for tcmalloc start the "
+                      "launcher with LD_PRELOAD=<libtcmalloc_minimal.so.4>" if choice == "tcmalloc" else None)
     if choice == "auto" and not on_cpu:
         return None, None
     library = find_tcmalloc(library_dirs(env) if dirs is None else dirs)
