@@ -3,8 +3,9 @@
 torch.save and safetensors write through C++ streams, so a full disk reaches Python as a RuntimeError such as
 `[enforce fail at inline_container.cc:672] . unexpected pos 672507072 vs 672506964` (the errno is lost). Such a
 text counts as a full disk only when the disk holding output_dir is nearly full; an OSError with ENOSPC or EDQUOT
-always does. The checkpoint folder of the step that failed, when incomplete (no trainer_state.json yet), would be
-what a resume picks up, so it is removed; complete checkpoints are never touched.
+always does. The checkpoint folder of the step that failed, when incomplete (resume.py's rule: no readable
+trainer_state.json, which a resume skips anyway), is removed to give its space back; complete checkpoints are never
+touched.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from tuneforge.errors import TuneforgeError
 WRITER_FAILURE_TEXTS = ("unexpected pos", "iostream error", "file write failed", "No space left on device",
                         "Disk quota exceeded")
 NEARLY_FULL_BYTES = 512 * 2**20
-CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
-TRAINER_STATE_FILE = "trainer_state.json"  # the last file transformers writes into a checkpoint
 
 
 class DiskFullError(TuneforgeError):
@@ -50,9 +49,11 @@ def disk_full_error(err: BaseException, output_dir: str | Path, step: int, what:
     free = free_bytes(output_dir)
     if not is_disk_full(err, free):
         return None
-    partial = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+    from tuneforge.train.resume import read_checkpoint_state
+
+    partial = Path(output_dir) / f"checkpoint-{step}"
     removed = ""
-    if partial.is_dir() and not (partial / TRAINER_STATE_FILE).exists():  # written last: complete ones are kept
+    if partial.is_dir() and read_checkpoint_state(partial) is None:  # complete checkpoints are kept
         shutil.rmtree(partial, ignore_errors=True)
         removed = f" The incomplete {partial.name} was removed; the checkpoints saved before it are intact."
     space = f"{free / 2**20:.0f} MiB free" if free is not None else "free space unknown"
