@@ -168,3 +168,40 @@ def test_worker_count_is_not_part_of_the_cache_key(rows_dir, two_cores, tiny_tok
     build_datasets(_cfg("plain", preprocessing_num_workers=2), tiny_tokenizer, template)
     again = build_datasets(_cfg("plain"), tiny_tokenizer, template)
     assert any("loaded from cache" in note for note in again.report.notes)
+
+
+# ---- one process: the rows are read as they are encoded (rows.stream_conversations) -------------------------
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo", "pt"])
+def test_streamed_rows_give_the_samples_and_report_of_the_listed_rows(stage, rows_dir, tiny_tokenizer, monkeypatch):
+    from tuneforge.data import pipeline, rows
+    from tuneforge.data.templates import get_template
+
+    rows_file = rows_dir / "data" / "rows.json"
+    rows_file.write_text(json.dumps([*ROWS[:30], "not a row", {"instruction": 5, "output": "x"}, *ROWS[30:]]))
+    template = None if stage == "pt" else get_template("chatml", tiny_tokenizer)
+    bundles = []
+    for streamed in (True, False):
+        monkeypatch.setenv("TUNEFORGE_CACHE", str(rows_dir / f"cache-{streamed}"))
+        with monkeypatch.context() as patch:
+            if streamed:
+                patch.setattr(rows, "load_rows", lambda spec: pytest.fail("the streamed build read the file whole"))
+            else:
+                patch.setattr(pipeline, "can_stream", lambda specs, data: False)
+            bundles.append(build_datasets(_cfg(DATASET[stage]), tiny_tokenizer, template, stage))
+    streamed, listed = bundles
+    assert streamed.train.data.table.equals(listed.train.data.table)
+    assert streamed.report.to_json() == listed.report.to_json()
+    stats = streamed.report.stats(DATASET[stage])
+    assert (stats.rows_read, stats.rows_used) == (62, 62) and sum(stats.dropped.values()) >= 2
+
+
+def test_a_streamed_column_mapping_no_row_has_is_refused(rows_dir, tiny_tokenizer, monkeypatch):
+    from tuneforge.data.templates import get_template
+    from tuneforge.errors import DataError
+
+    info = {"plain": {"file_name": "rows.json", "columns": {"prompt": "question", "response": "output"}}}
+    (rows_dir / "data" / "dataset_info.json").write_text(json.dumps(info))
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(rows_dir / "cache"))
+    with pytest.raises(DataError, match=r"`columns` maps prompt -> 'question', but no row of .*rows.json has"):
+        build_datasets(_cfg("plain"), tiny_tokenizer, get_template("chatml", tiny_tokenizer))
+    assert not any((rows_dir / "cache").rglob("*.arrow"))  # nothing half-built left in the cache

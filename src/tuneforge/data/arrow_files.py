@@ -11,10 +11,20 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from itertools import islice
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 WRITE_CHUNK = 2000  # rows encoded per Arrow record batch
+
+
+def row_chunks(rows: Iterable, size: int = WRITE_CHUNK, first: int | None = None) -> Iterator[list]:
+    """`rows` (a list or any iterable, consumed as it goes) in lists of `size`, the first one `first` long."""
+    rows = iter(rows)
+    chunk = list(islice(rows, size if first is None else first))
+    while chunk:
+        yield chunk
+        chunk = list(islice(rows, size))
 
 
 def write_chunks(path: Path, schema, chunks: Iterable[dict[str, list]]) -> int:

@@ -335,11 +335,14 @@ def origin_of(spec: DatasetSpec) -> str:
                or spec.script_url)
 
 
+def iter_rows(spec: DatasetSpec) -> Iterator[RawRow]:
+    """The rows of one dataset, in file order, read as they are asked for."""
+    return iter_local_rows(spec.local_path) if spec.load_from == "file" else iter_hub_rows(spec)
+
+
 def load_rows(spec: DatasetSpec) -> list[RawRow]:
     """All rows of one dataset, in file order."""
-    if spec.load_from == "file":
-        return list(iter_local_rows(spec.local_path))
-    return list(iter_hub_rows(spec))
+    return list(iter_rows(spec))
 
 
 def sample_rows(rows: list[RawRow], num_samples: int | None, max_samples: int | None, seed: int) -> list[RawRow]:

@@ -41,7 +41,7 @@ from tuneforge.config.args import split_names
 from tuneforge.config.parser import RunConfig
 from tuneforge.config.stages import stage_record
 from tuneforge.data.report import DataReport
-from tuneforge.data.rows import read_conversations
+from tuneforge.data.rows import can_stream, read_conversations, stream_conversations
 from tuneforge.data.split_cache import cache_key, cache_root, load_cached, publish, staging_folder
 from tuneforge.data.stage_encode import (ROW_ENCODERS, encoded_features, feedback_items, feedback_note, features,
                                          pt_block_chunks)
@@ -326,13 +326,18 @@ def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, s
     """Read, convert and encode a split into Arrow files in `folder`: (their names in row order, the report)."""
     data = cfg.data
     part = DataReport()
-    mixed = read_conversations(specs, split, data, seed, part, vision)
-    if _augments(cfg, split, stage):  # fact data: more phrasings per fact (data/facts.py)
+    kind = stage_record(stage).data
+    augments = _augments(cfg, split, stage)
+    # rows converted while the file is read, encoded as they come: where nothing needs the whole split at once
+    one_process = not data.preprocessing_num_workers or int(data.preprocessing_num_workers) <= 1
+    streamed = can_stream(specs, data) and not augments and kind != "feedback" and one_process
+    mixed = (stream_conversations(specs, split, data, part, vision) if streamed
+             else read_conversations(specs, split, data, seed, part, vision))
+    if augments:  # fact data: more phrasings per fact (data/facts.py)
         mixed, added = augment_conversations(mixed, seed, cfg.facts.augment_chain_questions)
         part.notes.append(f"{split}: augment_facts added {added} question(s) to {len(mixed) - added} row(s)")
 
     encode_data = encoding_args(data)  # LF: `packing: true` encodes with cutoff_len - 1
-    kind = stage_record(stage).data
     items = feedback_items(mixed, data) if kind == "feedback" else mixed
     del mixed
     paths = encode_rows(ROW_ENCODERS[kind], items, (template, tokenizer, encode_data), part, split, folder,

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from tuneforge.config.args import DataArguments
 from tuneforge.data import encode as encoding
-from tuneforge.data.arrow_files import WRITE_CHUNK
+from tuneforge.data.arrow_files import WRITE_CHUNK, row_chunks
 from tuneforge.data.formats import Message
 from tuneforge.data.report import DataReport
 from tuneforge.errors import DataError
@@ -102,17 +102,15 @@ def encode_sft_rows(items, template, tokenizer, data, report: DataReport, split)
 
 
 def encode_sft_chunks(items, template, tokenizer, data, report: DataReport, split) -> Iterator[dict[str, list]]:
-    """The rows' columns, `WRITE_CHUNK` rows at a time. A chunk's rows are rendered one by one and their texts
+    """The rows' columns, `WRITE_CHUNK` rows at a time (`items`: a list, or an iterable read as it goes). A chunk's rows are rendered one by one and their texts
     tokenized in one batch call to the fast tokenizer (the same ids as one call per text, tests/test_encode_batched.py).
     That call runs in a helper thread -- the Rust tokenizer releases the GIL -- so while it works on one chunk, this
     thread renders the next one and assembles (and its caller writes) the one before."""
     tokenize = texts_tokenizer(tokenizer)
-    # a small first chunk: the tokenizer starts after ~10 ms of rendering instead of ~100 ms
-    bounds = [0, *range(min(FIRST_CHUNK, len(items)), len(items), WRITE_CHUNK), len(items)] if items else [0]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-tokenize") as helper:
         pending = None  # (rows, their pieces, the future token table of their texts)
-        for start, end in zip(bounds, bounds[1:]):
-            rows = items[start:end]
+        # a small first chunk: the tokenizer starts after ~10 ms of rendering instead of ~100 ms
+        for rows in row_chunks(items, WRITE_CHUNK, first=FIRST_CHUNK):
             pieces = [encode_row(report, name, conv, split, encoding.sft_pieces, conv, template, tokenizer, data)
                       for name, conv in rows]
             texts = [piece for row in pieces if isinstance(row, list) for message in row for piece in message

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tuneforge.data.arrow_files import WRITE_CHUNK, write_chunks
+from tuneforge.data.arrow_files import WRITE_CHUNK, row_chunks, write_chunks
 from tuneforge.data.report import DataReport
 from tuneforge.errors import DataError
 
@@ -68,7 +68,7 @@ def encode_shard(encoder, items: list, args: tuple, report: DataReport, split: s
     encoder's own `in_chunks` generator when it has one: sft overlaps tokenizing and assembling chunks)."""
     in_chunks = getattr(encoder, "in_chunks", None)
     chunks = in_chunks(items, *args, report, split) if in_chunks is not None else (
-        encoder(items[start:start + WRITE_CHUNK], *args, report, split) for start in range(0, len(items), WRITE_CHUNK))
+        encoder(rows, *args, report, split) for rows in row_chunks(items, WRITE_CHUNK))
     write_chunks(path, schema, chunks)
 
 
@@ -109,8 +109,9 @@ def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: st
                 requested=None) -> list[Path]:
     """`encoder(items, *args, report, split)` (a `stage_encode` row encoder) in up to `requested` processes, the
     columns (`schema`, datasets Features) written to Arrow files in `folder`: the files, in row order. This
-    process encodes the first shard, one worker process each of the others."""
-    workers = worker_count(requested, len(items))
+    process encodes the first shard, one worker process each of the others. `items` that are not a list (rows
+    read as they are encoded, `rows.stream_conversations`) are encoded here, in one process."""
+    workers = worker_count(requested, len(items)) if isinstance(items, list) else 1
     paths = [folder / f"shard-{index:05d}.arrow" for index in range(workers)]
     if workers == 1:
         encode_shard(encoder, items, args, report, split, paths[0], schema)
