@@ -111,8 +111,8 @@ def test_only_the_command_line_process_restarts_not_a_call_from_python(tmp_path,
     from tuneforge.cli import main as cli_main
 
     calls = []
-    monkeypatch.setattr(cli_allocator, "run_under_cpu_allocator", lambda config, overrides: calls.append(
-        (config, list(overrides))))
+    monkeypatch.setattr(cli_allocator, "run_under_cpu_allocator", lambda config, overrides, data_only=False:
+                        calls.append((config, list(overrides), data_only)))
     missing = str(tmp_path / "missing.yaml")
     assert cli_main.main(["train", missing]) == 2  # in-process (tests, the web UI): never replaced
     assert calls == []
@@ -120,6 +120,28 @@ def test_only_the_command_line_process_restarts_not_a_call_from_python(tmp_path,
     assert cli_main.main() == 2
     monkeypatch.setattr(sys, "argv", ["tuneforge", "bench", missing, "--steps", "3"])
     assert cli_main.main() == 2
-    monkeypatch.setattr(sys, "argv", ["tuneforge", "train", "-h"])
-    assert cli_main.main() == 0
-    assert calls == [(missing, ["cpu_allocator=system"]), (missing, [])]
+    monkeypatch.setattr(sys, "argv", ["tuneforge", "data", "preview", missing, "-n", "2", "cutoff_len=64"])
+    assert cli_main.main() == 2
+    monkeypatch.setattr(sys, "argv", ["tuneforge", "data", "check", "--json", missing])
+    assert cli_main.main() == 2
+    for command in (["train", "-h"], ["data", "check", "-h"], ["data", "bogus", missing], ["chat", missing]):
+        monkeypatch.setattr(sys, "argv", ["tuneforge", *command])
+        cli_main.main()
+    assert calls == [(missing, ["cpu_allocator=system"], False), (missing, [], False),
+                     (missing, ["cutoff_len=64"], True), (missing, [], True)]
+
+
+def test_the_data_commands_run_under_tcmalloc_even_for_a_gpu_run(fake_tcmalloc, tmp_path, monkeypatch, caplog):
+    dirs, library = fake_tcmalloc
+    restarts = []
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(cli_allocator, "gpu_device_present", lambda: True)
+    monkeypatch.setattr(cli_allocator, "restart_with_preload", lambda lib, env: restarts.append(lib))
+    monkeypatch.setattr(allocator, "library_dirs", lambda env: dirs)
+    cli_allocator.run_under_cpu_allocator(None, _cli_args(tmp_path), data_only=True)
+    cli_allocator.run_under_cpu_allocator(None, [*_cli_args(tmp_path), "cpu_allocator=system"], data_only=True)
+    assert restarts == [library]
+    monkeypatch.setattr(allocator, "library_dirs", lambda env: [tmp_path / "none"])
+    with caplog.at_level("INFO", logger="tuneforge"):
+        cli_allocator.run_under_cpu_allocator(None, _cli_args(tmp_path), data_only=True)
+    assert restarts == [library] and "malloc" not in caplog.text  # no training hint for a data command

@@ -352,9 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--dry-run" in rest and command in DRY_RUN_COMMANDS:
             return cmd_dry_run(command, rest)
         if argv_from_process:  # this process is the command: it may start again under another allocator
-            from tuneforge.cli.cpu_allocator import restart_for_training_command
+            from tuneforge.cli.cpu_allocator import restart_for_command
 
-            restart_for_training_command(command, rest)
+            restart_for_command(command, rest)
         return COMMANDS[command](rest)
     except TuneforgeError as err:
         if debug:

@@ -39,9 +39,10 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                                 "GPU with bf16, a CPU with AMX or AVX512-BF16), float32 elsewhere: for configs "
                                 "meant to run on any machine; sets `bf16` for the run.")
     cpu_allocator: Literal["auto", "tcmalloc", "system"] = _f(
-        "auto", "tuneforge: the memory allocator `tuneforge train` / `bench` run under: auto = tcmalloc when the run "
-                "trains on a CPU and tcmalloc is installed (far fewer page faults per step), tcmalloc = always (an "
-                "error when it is not installed), system = the C library's malloc (utils/allocator.py).")
+        "auto", "tuneforge: the memory allocator `tuneforge train` / `bench` / `data preview|check` run under: auto = "
+                "tcmalloc when it is installed and the run trains on a CPU (far fewer page faults per step) or the "
+                "command only reads data (a faster tokenizer), tcmalloc = always (an error when it is not "
+                "installed), system = the C library's malloc (utils/allocator.py).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
