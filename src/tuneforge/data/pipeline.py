@@ -5,6 +5,9 @@
     processes: data/workers.py) -> Arrow files, a chunk of rows at a time, read back memory-mapped (data/arrow_files.py;
     the cache entry, data/split_cache.py) -> val_size split -> sft `packing: true`: LF's bins (data/packing.py)
 
+One dataset read whole in one process goes through these steps a row at a time (`rows.stream_conversations`): the
+encoder starts on the first rows while the file is still being read, and the rows are never all in memory.
+
 `eval_on_each_dataset: true` (LF): every eval dataset is encoded on its own (`DatasetBundle.eval_sets`) and
 evaluated on its own (metrics `eval_<name>_loss`, ...; the Trainer's dict of eval datasets).
 

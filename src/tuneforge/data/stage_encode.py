@@ -102,8 +102,9 @@ def encode_sft_rows(items, template, tokenizer, data, report: DataReport, split)
 
 
 def encode_sft_chunks(items, template, tokenizer, data, report: DataReport, split) -> Iterator[dict[str, list]]:
-    """The rows' columns, `WRITE_CHUNK` rows at a time (`items`: a list, or an iterable read as it goes). A chunk's rows are rendered one by one and their texts
-    tokenized in one batch call to the fast tokenizer (the same ids as one call per text, tests/test_encode_batched.py).
+    """The rows' columns, `WRITE_CHUNK` rows at a time (`items`: a list, or an iterable read as it goes). A chunk's
+    rows are rendered one by one and their texts tokenized in one batch call to the fast tokenizer (the same ids as
+    one call per text, tests/test_encode_batched.py).
     That call runs in a helper thread -- the Rust tokenizer releases the GIL -- so while it works on one chunk, this
     thread renders the next one and assembles (and its caller writes) the one before."""
     tokenize = texts_tokenizer(tokenizer)

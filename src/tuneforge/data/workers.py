@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def worker_count(requested, rows: int) -> int:
 
 
 # ----------------------------------------------------------------------------- in every encoding process
-def encode_shard(encoder, items: list, args: tuple, report: DataReport, split: str, path: Path, schema) -> None:
+def encode_shard(encoder, items: Iterable, args: tuple, report: DataReport, split: str, path: Path, schema) -> None:
     """`items` encoded `WRITE_CHUNK` rows at a time, each chunk's columns appended to the Arrow file `path` (by the
     encoder's own `in_chunks` generator when it has one: sft overlaps tokenizing and assembling chunks)."""
     in_chunks = getattr(encoder, "in_chunks", None)
@@ -105,7 +106,7 @@ def _context():
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def encode_rows(encoder, items: list, args: tuple, report: DataReport, split: str, folder: Path, schema,
+def encode_rows(encoder, items: Iterable, args: tuple, report: DataReport, split: str, folder: Path, schema,
                 requested=None) -> list[Path]:
     """`encoder(items, *args, report, split)` (a `stage_encode` row encoder) in up to `requested` processes, the
     columns (`schema`, datasets Features) written to Arrow files in `folder`: the files, in row order. This
