@@ -12,6 +12,9 @@ cutoff_len 512. LLaMA-Factory runs in its own venv (`bench/.venv-lf`, installed 
    tokenizer `map`) and tuneforge's `build_datasets` (read, convert, encode, Arrow, cache). Timed inside the
    process from after the tokenizer is loaded until the dataset is ready; peak RSS of the process and its workers.
    tuneforge also with `template: auto` (the model's own chat template, tuneforge's default).
+   Each side runs under the malloc its commands use: LF under glibc's, tuneforge under the one its `cpu_allocator`
+   (default auto) picks for a data command -- tcmalloc where it is installed (`--tuneforge-allocators auto system`
+   measures both, `--lf-tcmalloc` adds LF under tcmalloc).
 2. **The whole command** until the data is ready, as a user types it: `llamafactory-cli train x.yaml`, stopped when
    it prints its first training example (the model would be loaded next), and `tuneforge data preview x.yaml`
    (which exits after printing the samples); wall time from start, data cache empty, one worker.
@@ -88,7 +91,7 @@ def peak_rss_while(process: subprocess.Popen) -> int:
     return peak
 
 
-def write_config(work: Path, side: str, workers: int, template: str) -> Path:
+def write_config(work: Path, side: str, workers: int, template: str, allocator: str = "auto") -> Path:
     from tuneforge.model.loader import resolve_model_path
 
     config = {"model_name_or_path": resolve_model_path("builtin:smollm2"), "stage": "sft", "do_train": True,
@@ -97,24 +100,38 @@ def write_config(work: Path, side: str, workers: int, template: str) -> Path:
               "report_to": "none", "max_steps": 1}
     if workers > 1:
         config["preprocessing_num_workers"] = workers
-    path = work / f"{side}-{template}-{workers}.yaml"
+    if side == "tuneforge" and allocator != "auto":
+        config["cpu_allocator"] = allocator  # the whole-command runs (`tuneforge data preview` restarts itself)
+    path = work / f"{side}-{template}-{workers}-{allocator}.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
 
 
-def fresh_env(work: Path, run: str) -> dict:
-    """Empty data caches for this run (tuneforge's and the `datasets` one LF uses), one thread pool as usual."""
-    return {**os.environ, "TUNEFORGE_CACHE": str(work / f"cache-{run}"), "HF_DATASETS_CACHE": str(work / f"hf-{run}"),
-            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def fresh_env(work: Path, run: str, preload: str | None = None) -> dict:
+    """Empty data caches for this run (tuneforge's and the `datasets` one LF uses), one thread pool as usual;
+    `preload`: a malloc library for LD_PRELOAD (else none)."""
+    env = {**os.environ, "TUNEFORGE_CACHE": str(work / f"cache-{run}"), "HF_DATASETS_CACHE": str(work / f"hf-{run}"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("LD_PRELOAD", None)
+    return {**env, "LD_PRELOAD": preload} if preload else env
 
 
-def measure_encoding(side: str, config: Path, work: Path, run: str) -> dict:
+def allocator_library(choice: str) -> str | None:
+    """The malloc a tuneforge data command runs under for `cpu_allocator: choice` on this machine (the CLI's
+    own decision, cli/cpu_allocator.py): tcmalloc's path, or None for the C library's."""
+    from tuneforge.utils.allocator import allocator_to_preload
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return allocator_to_preload(choice, env, on_cpu=True)[0]
+
+
+def measure_encoding(side: str, config: Path, work: Path, run: str, preload: str | None = None) -> dict:
     python = str(LF_PYTHON) if side == "llamafactory" else sys.executable
     out = work / f"{run}.json"
     code = (f"import json, sys; sys.path.insert(0, {str(BENCH)!r}); import bench_encode_vs_lf as b; "
             f"json.dump(b.drive_{side}({str(config)!r}), open({str(out)!r}, 'w'))")
     started = time.perf_counter()
-    process = subprocess.Popen([python, "-c", code], env=fresh_env(work, run), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([python, "-c", code], env=fresh_env(work, run, preload), stdout=subprocess.DEVNULL,
                                stderr=open(work / f"{run}.log", "w"))
     peak = peak_rss_while(process)
     wall = time.perf_counter() - started
@@ -155,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per encoding case, sides alternating; the median")
     parser.add_argument("--skip-commands", action="store_true", help="only the encoding measurements")
     parser.add_argument("--tuneforge-only", action="store_true", help="no LLaMA-Factory runs (e.g. for 1M rows)")
+    parser.add_argument("--tuneforge-allocators", nargs="+", choices=("auto", "system"), default=["auto"],
+                        help="cpu_allocator values for tuneforge's runs (auto: tcmalloc where installed, as its data "
+                             "commands run; system: glibc's malloc)")
+    parser.add_argument("--lf-tcmalloc", action="store_true", help="also LLaMA-Factory with tcmalloc in LD_PRELOAD")
     parser.add_argument("--out", default=str(BENCH / "results" / "encode_vs_lf.json"))
     args = parser.parse_args(argv)
     if not LF_PYTHON.exists():
@@ -172,29 +193,35 @@ def main(argv: list[str] | None = None) -> int:
             rows = make_rows(count)
             (work / "data" / "bench.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
             for workers in args.workers:
-                cases = ([] if args.tuneforge_only else [("llamafactory", "smollm2")]) + [("tuneforge", "smollm2")] + \
-                        ([("tuneforge", "auto")] if workers == 1 else [])
+                # (side, template, cpu_allocator): LF as it runs (glibc's malloc), tuneforge as its commands run
+                cases = ([] if args.tuneforge_only else [("llamafactory", "smollm2", "system")]) + \
+                        ([("llamafactory", "smollm2", "tcmalloc")] if args.lf_tcmalloc else []) + \
+                        [("tuneforge", "smollm2", choice) for choice in args.tuneforge_allocators] + \
+                        ([("tuneforge", "auto", args.tuneforge_allocators[0])] if workers == 1 else [])
                 runs: dict[tuple, list[dict]] = {case: [] for case in cases}
                 for attempt in range(args.repeat):  # the sides alternate, so a slow minute hits both
-                    for side, template in cases:
-                        run = f"{side}-{template}-{count}-{workers}-{attempt}"
-                        runs[(side, template)].append(
-                            measure_encoding(side, write_config(work, side, workers, template), work, run))
-                for (side, template), attempts in runs.items():
+                    for side, template, choice in cases:
+                        run = f"{side}-{template}-{choice}-{count}-{workers}-{attempt}"
+                        preload = allocator_library(choice) if side == "tuneforge" or choice == "tcmalloc" else None
+                        runs[(side, template, choice)].append(measure_encoding(
+                            side, write_config(work, side, workers, template, choice), work, run, preload))
+                        runs[(side, template, choice)][-1]["malloc"] = Path(preload).name if preload else "glibc"
+                for (side, template, choice), attempts in runs.items():
                     result = median_run(attempts)
                     result.update(side=side, template=template, rows=count, workers=workers,
                                   rows_per_s=count / result["encode_s"])
                     results.append(result)
                     spread = (f" (median of {len(attempts)}: {min(r['encode_s'] for r in attempts):.1f}-"
                               f"{max(r['encode_s'] for r in attempts):.1f} s)" if len(attempts) > 1 else "")
-                    print(f"{side:<13} {template:<8} {count:>7,} rows  {workers} worker(s): encode {result['encode_s']:6.1f} s{spread} "
-                          f"= {result['rows_per_s']:6,.0f} rows/s, process {result['process_s']:6.1f} s, peak RSS "
-                          f"{result['peak_rss_gib']:.2f} GiB, {result['samples']:,} samples, {result['tokens']:,} tokens",
-                          flush=True)
+                    print(f"{side:<13} {template:<8} {result['malloc']:<24} {count:>7,} rows  {workers} worker(s): "
+                          f"encode {result['encode_s']:6.1f} s{spread} = {result['rows_per_s']:6,.0f} rows/s, process "
+                          f"{result['process_s']:6.1f} s, peak RSS {result['peak_rss_gib']:.2f} GiB, "
+                          f"{result['samples']:,} samples, {result['tokens']:,} tokens", flush=True)
             for workers in [] if args.tuneforge_only else args.workers:
-                lf = next(r for r in results if r["side"] == "llamafactory" and r["rows"] == count and r["workers"] == workers)
+                lf = next(r for r in results if r["side"] == "llamafactory" and r["rows"] == count and
+                          r["workers"] == workers and r["malloc"] == "glibc")
                 for ours in (r for r in results if r["side"] == "tuneforge" and r["rows"] == count and r["workers"] == workers):
-                    print(f"  {count:,} rows, {workers} worker(s), tuneforge {ours['template']}: "
+                    print(f"  {count:,} rows, {workers} worker(s), tuneforge {ours['template']} ({ours['malloc']}): "
                           f"{ours['rows_per_s'] / lf['rows_per_s']:.2f}x LLaMA-Factory's rows/s", flush=True)
         commands, walls = {}, {}
         if not args.skip_commands and not args.tuneforge_only:
@@ -206,14 +233,18 @@ def main(argv: list[str] | None = None) -> int:
                     [lf_cli, "train", str(write_config(work, "llamafactory", 1, "smollm2"))], "training example:", work,
                     f"cmd-lf-{attempt}"))
                 for template in ("smollm2", "auto"):
-                    walls.setdefault(f"tuneforge data preview ({template})", []).append(measure_command(
-                        [tuneforge_cli, "data", "preview", str(write_config(work, "tuneforge", 1, template))], None, work,
-                        f"cmd-tf-{template}-{attempt}"))
+                    for choice in args.tuneforge_allocators:
+                        name = f"tuneforge data preview ({template}, cpu_allocator {choice})"
+                        config = write_config(work, "tuneforge", 1, template, choice)
+                        walls.setdefault(name, []).append(measure_command(
+                            [tuneforge_cli, "data", "preview", str(config)], None, work,
+                            f"cmd-tf-{template}-{choice}-{attempt}"))
             commands = {name: sorted(times)[len(times) // 2] for name, times in walls.items()}
             lf_wall = commands["llamafactory-cli train"]
             for name, wall in commands.items():
                 spread = f"  (runs: {', '.join(f'{t:.1f}' for t in walls[name])} s)" if args.repeat > 1 else ""
-                print(f"whole command, {count:,} rows: {name:<34} {wall:6.1f} s  ({lf_wall / wall:.2f}x faster than LF){spread}")
+                print(f"whole command, {count:,} rows: {name:<50} {wall:6.1f} s  "
+                      f"({lf_wall / wall:.2f}x faster than LF){spread}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"encoding": results, "commands": commands,
