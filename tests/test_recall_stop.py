@@ -57,6 +57,19 @@ def test_stop_rule_stops_at_the_target_and_records_every_check(tiny_llama_dir, t
     assert callback.summary() == {"recall": 1.0, "recall_best": 1.0, "recall_target_reached": True}
 
 
+def test_a_resumed_run_checks_at_the_next_boundary_not_at_its_first_step(tiny_llama_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    good = [_greedy_sample(model, [5, 17, 42, 9])]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback = RecallStopCallback(good, target=2.0, every_epochs=0.5)  # a target never reached: every check recorded
+    state, control = TrainerState(), TrainerControl()
+    state.epoch, state.max_steps = 3.0, 100  # resumed from a checkpoint at epoch 3.0
+    callback.on_train_begin(args, state, control)
+    for state.global_step, state.epoch in ((340, 3.01), (380, 3.4), (396, 3.5), (400, 3.55), (453, 4.0)):
+        callback.on_step_end(args, state, control, model=model)
+    assert [record["epoch"] for record in callback.history] == [3.5, 4.0]
+
+
 def test_a_check_that_cannot_reach_the_target_ends_early(tiny_llama_dir, tmp_path, monkeypatch):
     from tuneforge.train import recall_stop
 

@@ -135,6 +135,12 @@ class RecallStopCallback(TrainerCallback):
     def reached(self) -> bool:
         return bool(self.history) and self.history[-1]["recall"] >= self.target
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed run starts at its checkpoint's epoch: the first check is the next boundary after it (the one at
+        # the checkpoint, if any, ran before it was saved), not one at the first step
+        done = int((state.epoch or 0) / self.every + 1e-6)
+        self.next_check = (done + 1) * self.every
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.epoch is None or state.epoch + 1e-6 < self.next_check or model is None:
             return
