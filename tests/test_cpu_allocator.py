@@ -124,11 +124,13 @@ def test_only_the_command_line_process_restarts_not_a_call_from_python(tmp_path,
     assert cli_main.main() == 2
     monkeypatch.setattr(sys, "argv", ["tuneforge", "data", "check", "--json", missing])
     assert cli_main.main() == 2
+    monkeypatch.setattr(sys, "argv", ["tuneforge", "data", "preview", missing, "--num=4"])  # the preview's own option
+    assert cli_main.main() == 2
     for command in (["train", "-h"], ["data", "check", "-h"], ["data", "bogus", missing], ["chat", missing]):
         monkeypatch.setattr(sys, "argv", ["tuneforge", *command])
         cli_main.main()
     assert calls == [(missing, ["cpu_allocator=system"], False), (missing, [], False),
-                     (missing, ["cutoff_len=64"], True), (missing, [], True)]
+                     (missing, ["cutoff_len=64"], True), (missing, [], True), (missing, [], True)]
 
 
 def test_the_data_commands_run_under_tcmalloc_even_for_a_gpu_run(fake_tcmalloc, tmp_path, monkeypatch, caplog):

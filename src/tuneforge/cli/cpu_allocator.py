@@ -13,15 +13,12 @@ import logging
 import os
 from collections.abc import Sequence
 
+from tuneforge.cli.options import DATA_SUBCOMMANDS, split_data_options
 from tuneforge.errors import ConfigError
 from tuneforge.utils.allocator import (allocator_to_preload, gpu_device_present, preloaded_allocator,
                                       restart_with_preload)
 
 logger = logging.getLogger("tuneforge")
-
-DATA_COMMANDS = ("preview", "check")
-_DATA_FLAGS = ("--json",)
-_DATA_VALUE_OPTIONS = ("-n", "--num")
 
 
 def restart_for_command(command: str, args: Sequence[str]) -> None:
@@ -31,31 +28,18 @@ def restart_for_command(command: str, args: Sequence[str]) -> None:
         return
     from tuneforge.config.parser import split_config_and_overrides
 
+    data_only = command == "data"
     if command == "bench":
         from tuneforge.bench.cli import parse_bench_args
 
         _, config, overrides = parse_bench_args(list(args))
     elif command == "train":
         config, overrides = split_config_and_overrides(list(args))
-    elif command == "data" and args and args[0] in DATA_COMMANDS:
-        config, overrides = split_config_and_overrides(_without_data_options(list(args[1:])))
-        run_under_cpu_allocator(config, overrides, data_only=True)
-        return
+    elif data_only and args and args[0] in DATA_SUBCOMMANDS:
+        config, overrides = split_config_and_overrides(split_data_options(args[1:])[0])
     else:
         return
-    run_under_cpu_allocator(config, overrides)
-
-
-def _without_data_options(args: list[str]) -> list[str]:
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in _DATA_VALUE_OPTIONS:
-            skip = True
-        elif arg not in _DATA_FLAGS:
-            kept.append(arg)
-    return kept
+    run_under_cpu_allocator(config, overrides, data_only=data_only)
 
 
 def run_under_cpu_allocator(config_path: str | None, overrides: Sequence[str], data_only: bool = False) -> None:

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tuneforge import __version__
-from tuneforge.cli.options import parse_webui_args, pop_option as _pop_option
+from tuneforge.cli.options import (DATA_SUBCOMMANDS, parse_webui_args, pop_option as _pop_option,
+                                   split_data_options)
 from tuneforge.cli.serve_cmd import cmd_api, cmd_webchat
 from tuneforge.cli.train_cmd import cmd_train, load_run_config as _load
 from tuneforge.errors import ConfigError, TuneforgeError
@@ -87,19 +88,16 @@ usage: tuneforge data preview [config.yaml] [key=value ...] [-n N]
 
 
 def cmd_data(args: list[str]) -> int:
-    if not args or args[0] not in ("preview", "check") or any(a in ("-h", "--help") for a in args):
+    if not args or args[0] not in DATA_SUBCOMMANDS or any(a in ("-h", "--help") for a in args):
         print(DATA_USAGE)
         return 0 if any(a in ("-h", "--help") for a in args) else 2
-    rest = list(args[1:])
+    rest, count, as_json = split_data_options(args[1:])
     if args[0] == "check":
-        as_json = "--json" in rest
-        rest = [a for a in rest if a != "--json"]
         from tuneforge.train.check_data import check_data
 
         report = check_data(_load(rest, require_output_dir=False, data_only=True))
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if as_json else report.format())
         return 1 if report.count("error") else 0
-    count = int(_pop_option(rest, "-n") or _pop_option(rest, "--num") or 3)
     from tuneforge.train.tuner import preview_data
 
     print(preview_data(_load(rest, require_output_dir=False, data_only=True), count))
@@ -237,7 +235,8 @@ def cmd_env(_: list[str]) -> int:
     from tuneforge.utils.allocator import INSTALL_HINT, find_tcmalloc, library_dirs
 
     tcmalloc = find_tcmalloc(library_dirs(os.environ))
-    found = f"{tcmalloc} (CPU training runs under it: cpu_allocator)" if tcmalloc else f"not found: {INSTALL_HINT}"
+    found = (f"{tcmalloc} (CPU training and the data commands run under it: cpu_allocator)" if tcmalloc
+             else f"not found: {INSTALL_HINT}")
     print(f"tcmalloc     {found}")
     return 0
 

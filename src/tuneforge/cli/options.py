@@ -20,6 +20,19 @@ def pop_option(args: list[str], name: str) -> str | None:
     return None
 
 
+DATA_SUBCOMMANDS = ("preview", "check")  # tuneforge data ...
+
+
+def split_data_options(args: Sequence[str]) -> tuple[list[str], int, bool]:
+    """`tuneforge data preview|check` arguments after the subcommand -> (config and key=value overrides, the
+    preview's sample count `-n` / `--num`, default 3, check's `--json`)."""
+    rest = [a for a in args if a != "--json"]
+    count = pop_option(rest, "-n") or pop_option(rest, "--num") or "3"
+    if not count.isdigit():
+        raise ConfigError(f"tuneforge data preview: -n / --num expects a number of samples, got {count!r}")
+    return rest, int(count), "--json" in args
+
+
 def parse_webui_args(args: Sequence[str], environ: Mapping[str, str], *, command: str = "webui",
                      rest: list[str] | None = None) -> dict:
     """`tuneforge webui` options -> launch()'s arguments (host, port, share, lang, auth). With `rest`, the other

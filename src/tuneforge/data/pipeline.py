@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from tuneforge.data.rows import can_stream, read_conversations, stream_conversat
 from tuneforge.data.split_cache import cache_key, cache_root, load_cached, publish, staging_folder
 from tuneforge.data.stage_encode import (ROW_ENCODERS, encoded_features, feedback_items, feedback_note, features,
                                          pt_block_chunks)
-from tuneforge.data.workers import encode_rows
+from tuneforge.data.workers import encode_rows, worker_count
 from tuneforge.errors import ConfigError, DataError
 
 TOKENIZED_FORMAT = "tuneforge-tokenized-1"
@@ -332,7 +333,8 @@ def _read_and_encode(specs, split, cfg: RunConfig, tokenizer, template, stage, s
     kind = stage_record(stage).data
     augments = _augments(cfg, split, stage)
     # rows converted while the file is read, encoded as they come: where nothing needs the whole split at once
-    one_process = not data.preprocessing_num_workers or int(data.preprocessing_num_workers) <= 1
+    # (workers' own rule, for a split of any size: a small one may be encoded in one process anyway)
+    one_process = worker_count(data.preprocessing_num_workers, rows=sys.maxsize) == 1
     streamed = can_stream(specs, data) and not augments and kind != "feedback" and one_process
     mixed = (stream_conversations(specs, split, data, part, vision) if streamed
              else read_conversations(specs, split, data, seed, part, vision))
