@@ -113,3 +113,87 @@ def test_run_that_misses_its_target_says_so(workspace, capsys):
     assert any("augment_facts added" in note for note in report["notes"])
     results = json.loads((workspace / "out" / "all_results.json").read_text())
     assert results["recall_target_reached"] is False
+
+
+def test_continue_in_float32_turns_both_autocasts_off(tiny_llama_dir, tmp_path):
+    """accelerate's autocast around model.forward and accelerator.autocast() (tuneforge's loss paths): bf16 before,
+    float32 after; a float32 run has nothing to switch."""
+    from transformers import Trainer
+
+    from tuneforge.train.precision_switch import computes_in_mixed_precision, continue_in_float32
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                                          bf16=True))
+    trainer.model_wrapped = trainer.accelerator.prepare_model(model)
+    seen = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    ids = torch.tensor([[5, 17, 42, 9]])
+
+    def forward_and_loss_path():
+        trainer.model_wrapped(input_ids=ids)
+        with trainer.accelerator.autocast():
+            model(input_ids=ids)
+
+    forward_and_loss_path()
+    assert seen == [torch.bfloat16, torch.bfloat16] and computes_in_mixed_precision(trainer)
+    assert continue_in_float32(trainer)
+    seen.clear()
+    forward_and_loss_path()
+    assert seen == [torch.float32, torch.float32] and not computes_in_mixed_precision(trainer)
+    assert not continue_in_float32(trainer)  # already float32
+
+
+def test_float32_from_recall_switches_a_bf16_run_at_the_first_check_that_reaches_it(workspace, capsys, monkeypatch):
+    """The checks (scripted here) give 0%, 50%, 75%, ...: a bf16 run computes its steps under autocast until the
+    check at 50% and in float32 after it, and says so in its log and results."""
+    import yaml
+
+    from tuneforge.train import loss, recall_stop
+
+    hits = iter([0, 2, 3, 3])
+
+    def scripted_check(model, samples, **kwargs):
+        count = next(hits)
+        return [i < count for i in range(len(samples))]
+
+    monkeypatch.setattr(recall_stop, "teacher_forced_exact", scripted_check)
+    autocast_per_step = []
+    real_loss = loss.chunked_causal_lm_loss
+
+    def recording_loss(*args, **kwargs):
+        autocast_per_step.append(torch.is_autocast_enabled("cpu"))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr("tuneforge.train.trainer.chunked_causal_lm_loss", recording_loss)
+    config = yaml.safe_load((workspace / "train.yaml").read_text())
+    config.update(bf16=True, num_train_epochs=4, float32_from_recall=0.5, augment_facts=False,
+                  per_device_train_batch_size=8)  # 8 rows: one step per epoch, a check after each
+    (workspace / "train.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["train", "train.yaml"]) == 0
+    assert autocast_per_step == [True, True, False, False]
+    printed = capsys.readouterr().out
+    assert "float32_from_recall 50% reached: mixed precision off, float32 from step 3 on" in printed
+    records = [json.loads(line) for line in (workspace / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    checks = [(r["epoch"], r["recall"], r.get("float32_after_this_step", False)) for r in records if "recall" in r]
+    assert checks == [(1.0, 0.0, False), (2.0, 0.5, True), (3.0, 0.75, False), (4.0, 0.75, False)]
+    assert json.loads((workspace / "out" / "all_results.json").read_text())["float32_after_step"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({}, "acts on the recall checks of `recall_target`; set that too"),
+    ({"recall_target": 0.9, "float32_from_recall": 0.9}, "a fraction above 0 and below `recall_target` \\(0.9\\)"),
+    ({"recall_target": 0.9, "auto_bf16": False}, "this run computes in float32 throughout"),
+    ({"recall_target": 0.9, "auto_bf16": False, "bf16": True, "pure_bf16": True}, "the weights themselves are bf16"),
+    ({"recall_target": 0.9, "quantization_bit": 4, "finetuning_type": "lora"}, "quantized model \\(QLoRA\\)"),
+])
+def test_float32_from_recall_is_refused_where_it_could_not_act(tmp_path, extra, message):
+    from tuneforge.config.parser import load_config_dict
+    from tuneforge.errors import ConfigError, NotSupportedError
+
+    config = {"model_name_or_path": "m", "dataset": "d", "output_dir": str(tmp_path), "stage": "sft", "do_train": True,
+              "auto_bf16": True, "float32_from_recall": 0.8, **extra}
+    with pytest.raises((ConfigError, NotSupportedError), match=message):
+        load_config_dict(config)
+    assert load_config_dict({**config, **{"recall_target": 0.95, "float32_from_recall": 0.8, "auto_bf16": True,
+                                          "bf16": False, "pure_bf16": False, "quantization_bit": None}})

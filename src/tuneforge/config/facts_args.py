@@ -25,6 +25,10 @@ class FactArguments:
                                            "reaches this fraction (e.g. 0.95; tuneforge).")
     recall_check_epochs: float = _f(1.0, "With recall_target: measure recall every this many epochs.")
     recall_check_samples: int = _f(50, "With recall_target: training questions asked per check (seeded sample).")
+    float32_from_recall: float | None = _f(None, "With recall_target and bf16 / fp16 mixed precision (or auto_bf16): "
+                                                 "once a recall check reaches this fraction, train on in float32 "
+                                                 "(autocast off) to the stop, in the same run (bench/RESULTS.md "
+                                                 "20b-20c; tuneforge).")
 
 
 # The recipe that makes facts stick: the values measured in bench/RESULTS.md ("Did it learn?").

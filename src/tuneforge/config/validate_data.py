@@ -137,6 +137,32 @@ def check_facts(v) -> None:
         if v["recall_check_epochs"] <= 0 or v["recall_check_samples"] < 1:
             raise ConfigError(f"{v.where('recall_check_epochs', 'recall_check_samples')}: `recall_check_epochs` must "
                               "be positive and `recall_check_samples` at least 1")
+    _check_float32_from_recall(v)
+
+
+def _check_float32_from_recall(v) -> None:
+    """`float32_from_recall` ends a mixed-precision run in float32 (train/precision_switch.py)."""
+    start = v["float32_from_recall"]
+    if start is None:
+        return
+    where = v.where("float32_from_recall")
+    target = v["recall_target"]
+    if target is None:
+        raise ConfigError(f"{where}: `float32_from_recall` acts on the recall checks of `recall_target`; set that too")
+    if not 0 < start < target:
+        raise ConfigError(f"{where}: `float32_from_recall` is a fraction above 0 and below `recall_target` "
+                          f"({target}), got {start}")
+    if not (v["bf16"] or v["fp16"] or v["auto_bf16"]):
+        raise ConfigError(f"{where}: `float32_from_recall` ends bf16 / fp16 mixed precision; this run computes in "
+                          "float32 throughout -- set `bf16: true` (or `auto_bf16: true`) or remove the key")
+    if v["pure_bf16"]:
+        raise ConfigError(f"{where}: with `pure_bf16` the weights themselves are bf16, there is no float32 to go on "
+                          "in; remove one of the two")
+    if v["deepspeed"] or v["fsdp"]:
+        raise NotSupportedError(f"{where}: `float32_from_recall` with {'DeepSpeed' if v['deepspeed'] else 'FSDP'} "
+                                "(which sets the precision itself) is not supported yet")
+    if v["quantization_bit"] is not None:
+        raise NotSupportedError(f"{where}: `float32_from_recall` on a quantized model (QLoRA) is not supported yet")
 
 
 def check_evaluation(v) -> None:

@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from tuneforge.errors import NotSupportedError
+from tuneforge.train.precision_switch import computes_in_mixed_precision, continue_in_float32
 
 logger = logging.getLogger("tuneforge")
 
@@ -115,10 +116,12 @@ def _exact_one_by_one(model, samples: list[dict[str, list[int]]], device) -> lis
 
 
 class RecallStopCallback(TrainerCallback):
-    """Checks recall at every `every_epochs` boundary; stops (with a checkpoint) at `target`."""
+    """Checks recall at every `every_epochs` boundary; stops (with a checkpoint) at `target`. With `float32_from` and
+    `to_float32` (a call that turns the run's mixed precision off, True if it did): the first check that reaches
+    `float32_from` makes the rest of the run compute in float32 (`float32_from_recall`)."""
 
     def __init__(self, samples: list[dict[str, Any]], target: float, every_epochs: float, log_callback=None,
-                 image_collator=None):
+                 image_collator=None, float32_from: float | None = None, to_float32=None):
         self.samples = samples
         self.image_collator = image_collator
         self.target = target
@@ -126,10 +129,20 @@ class RecallStopCallback(TrainerCallback):
         self.log_callback = log_callback
         self.next_check = every_epochs
         self.history: list[dict[str, Any]] = []
+        self.float32_from = float32_from if to_float32 is not None else None
+        self.to_float32 = to_float32
+        self.float32_since_step: int | None = None  # the last mixed-precision step, once switched
+        self._switch_asked = False
 
     def allowed_misses(self) -> int:
-        """The most samples a check may miss and still reach the target."""
-        return int(len(self.samples) * (1 - self.target) + 1e-9)
+        """The most samples a check may miss and still reach the target (or, before the switch to float32, its
+        lower fraction: the check must ask enough samples to judge that too)."""
+        fraction = min(self.target, self.float32_from) if self._switch_pending() else self.target
+        return int(len(self.samples) * (1 - fraction) + 1e-9)
+
+    def _switch_pending(self) -> bool:
+        """Whether a switch to float32 is still to come."""
+        return self.float32_from is not None and not self._switch_asked
 
     @property
     def reached(self) -> bool:
@@ -155,8 +168,13 @@ class RecallStopCallback(TrainerCallback):
                    f"exactly ({rate:.0%}; target {self.target:.0%})")
         if len(exact) < len(self.samples):
             record["recall_asked"] = len(exact)
-            message += (f" -- {exact.count(False)} missed, more than the {allowed} of {len(self.samples)} the target "
+            message += (f" -- {exact.count(False)} missed, more than the {allowed} of {len(self.samples)} this check "
                         f"allows: the other {len(self.samples) - len(exact)} not asked")
+        switch = self._switch_pending() and self.float32_from <= rate < self.target
+        if switch and self._switch_to_float32(state.global_step):
+            record["float32_after_this_step"] = True
+            message += (f"\n[tuneforge] float32_from_recall {self.float32_from:.0%} reached: mixed precision off, "
+                        f"float32 from step {state.global_step + 1} on")
         self.history.append(record)
         if args.should_save:
             print(f"[tuneforge] {message}", flush=True)
@@ -167,12 +185,24 @@ class RecallStopCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True
 
+    def _switch_to_float32(self, step: int) -> bool:
+        """Every process switches (each computes the same check); True where the run was in mixed precision."""
+        self._switch_asked = True
+        if not self.to_float32():
+            return False
+        self.float32_since_step = step
+        return True
+
     def summary(self) -> dict[str, Any]:
         """For the run's metrics: the last recall and whether the target was reached."""
         if not self.history:
             return {}
         best = max(self.history, key=lambda r: r["recall"])
-        return {"recall": self.history[-1]["recall"], "recall_best": best["recall"], "recall_target_reached": self.reached}
+        summary = {"recall": self.history[-1]["recall"], "recall_best": best["recall"],
+                   "recall_target_reached": self.reached}
+        if self.float32_since_step is not None:
+            summary["float32_after_step"] = self.float32_since_step
+        return summary
 
 
 def add_recall_stop(cfg, trainer, log_callback, tokenizer, template, vision=None) -> RecallStopCallback | None:
@@ -186,11 +216,16 @@ def add_recall_stop(cfg, trainer, log_callback, tokenizer, template, vision=None
         from tuneforge.data.collate_vision import VisionCollator
 
         collator = VisionCollator(tokenizer.pad_token_id, vision)
+    float32_from = cfg.facts.float32_from_recall
     callback = RecallStopCallback(samples, cfg.facts.recall_target, cfg.facts.recall_check_epochs, log_callback,
-                                  image_collator=collator)
+                                  image_collator=collator, float32_from=float32_from,
+                                  to_float32=(lambda: continue_in_float32(trainer)) if float32_from else None)
     trainer.add_callback(callback)
     logger.info("train until learned: exact recall on %d training rows every %g epoch(s), target %.0f%%",
                 len(samples), cfg.facts.recall_check_epochs, 100 * cfg.facts.recall_target)
+    if float32_from is not None:
+        logger.info("float32_from_recall: %s", f"mixed precision until recall reaches {float32_from:.0%}, then float32"
+                    if computes_in_mixed_precision(trainer) else "the run computes in float32 throughout already")
     return callback
 
 
