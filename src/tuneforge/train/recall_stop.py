@@ -131,7 +131,7 @@ class RecallStopCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.float32_from = float32_from if to_float32 is not None else None
         self.to_float32 = to_float32
-        self.float32_since_step: int | None = None  # the last mixed-precision step, once switched
+        self.float32_after_step: int | None = None  # the last mixed-precision step, once switched
         self._switch_asked = False
 
     def allowed_misses(self) -> int:
@@ -190,7 +190,7 @@ class RecallStopCallback(TrainerCallback):
         self._switch_asked = True
         if not self.to_float32():
             return False
-        self.float32_since_step = step
+        self.float32_after_step = step
         return True
 
     def summary(self) -> dict[str, Any]:
@@ -200,8 +200,8 @@ class RecallStopCallback(TrainerCallback):
         best = max(self.history, key=lambda r: r["recall"])
         summary = {"recall": self.history[-1]["recall"], "recall_best": best["recall"],
                    "recall_target_reached": self.reached}
-        if self.float32_since_step is not None:
-            summary["float32_after_step"] = self.float32_since_step
+        if self.float32_after_step is not None:
+            summary["float32_after_step"] = self.float32_after_step
         return summary
 
 
