@@ -149,6 +149,14 @@ def test_recipe_keys_set_make_fact_data_a_note(tmp_path, monkeypatch, tiny_llama
     assert code == 0 and _kinds(report)["fact_data"]["severity"] == "info"
 
 
+def test_recipe_suggestion_keeps_a_config_that_chose_bf16(tmp_path, monkeypatch, tiny_llama_dir, capsys):
+    """`auto_bf16` next to `bf16: true` is refused: the recipe's keys suggested to such a config leave it out."""
+    _, report = _check(tmp_path, monkeypatch, tiny_llama_dir, make_school_records(20, "en"), capsys,
+                       cutoff_len=256, bf16=True)
+    keys = _kinds(report)["fact_data"]["suggestion"]["keys"]
+    assert "auto_bf16" not in keys and keys["float32_from_recall"] == MEMORIZE_FACTS["float32_from_recall"]
+
+
 def test_template_that_disagrees_with_the_model(tmp_path, monkeypatch, tiny_llama_dir, capsys):
     _, report = _check(tmp_path, monkeypatch, tiny_llama_dir, MIXED[:1], capsys, template="alpaca")
     finding = _kinds(report)["template_mismatch"]

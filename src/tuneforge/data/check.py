@@ -296,6 +296,8 @@ def _recipe_value(cfg: RunConfig, key: str):
     file or the command line wrote them (unset: None)."""
     if key in FACT_KEYS:
         return getattr(cfg.facts, key)
+    if key == "auto_bf16" and (cfg.raw.get("bf16") or cfg.raw.get("fp16")):
+        return True  # the config chose its mixed precision itself (`auto_bf16` with it would be refused)
     return cfg.raw.get(key)
 
 
