@@ -70,6 +70,20 @@ def test_a_resumed_run_checks_at_the_next_boundary_not_at_its_first_step(tiny_ll
     assert [record["epoch"] for record in callback.history] == [3.5, 4.0]
 
 
+def test_a_run_resumed_after_the_switch_goes_on_in_float32(tmp_path):
+    """The switch is kept in the Trainer state's log history (saved with each checkpoint); a run resumed from a
+    checkpoint after it switches at its start, one from before it does not."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    for checkpoint_step, expected in ((339, [339]), (300, [])):
+        switches = []
+        callback = RecallStopCallback([], target=0.95, every_epochs=0.5, float32_from=0.8,
+                                      to_float32=lambda: switches.append(True) or True)
+        state = TrainerState(global_step=checkpoint_step, epoch=checkpoint_step / 113, max_steps=565)
+        state.log_history = [{"loss": 0.04, "step": 330}, {"float32_after_this_step": True, "step": 339}]
+        callback.on_train_begin(args, state, TrainerControl())
+        assert (callback.float32_after_step, len(switches)) == ((expected or [None])[0], len(expected))
+
+
 def test_a_check_that_cannot_reach_the_target_ends_early(tiny_llama_dir, tmp_path, monkeypatch):
     from tuneforge.train import recall_stop
 
@@ -167,8 +181,8 @@ def test_float32_from_recall_switches_a_bf16_run_at_the_first_check_that_reaches
 
     monkeypatch.setattr("tuneforge.train.trainer.chunked_causal_lm_loss", recording_loss)
     config = yaml.safe_load((workspace / "train.yaml").read_text())
-    config.update(bf16=True, num_train_epochs=4, float32_from_recall=0.5, augment_facts=False,
-                  per_device_train_batch_size=8)  # 8 rows: one step per epoch, a check after each
+    config.update(bf16=True, num_train_epochs=4, float32_from_recall=0.5, augment_facts=False, save_strategy="steps",
+                  save_steps=3, per_device_train_batch_size=8)  # 8 rows: one step per epoch, a check after each
     (workspace / "train.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     assert main(["train", "train.yaml"]) == 0
     assert autocast_per_step == [True, True, False, False]
@@ -178,6 +192,15 @@ def test_float32_from_recall_switches_a_bf16_run_at_the_first_check_that_reaches
     checks = [(r["epoch"], r["recall"], r.get("float32_after_this_step", False)) for r in records if "recall" in r]
     assert checks == [(1.0, 0.0, False), (2.0, 0.5, True), (3.0, 0.75, False), (4.0, 0.75, False)]
     assert json.loads((workspace / "out" / "all_results.json").read_text())["float32_after_step"] == 2
+    state = json.loads((workspace / "out" / "trainer_state.json").read_text())
+    assert {"float32_after_this_step": True, "step": 2} in state["log_history"]
+
+    # resumed from its step-3 checkpoint with two more epochs: float32 from the start (no check passes 50% now)
+    hits, autocast_per_step[:] = iter([0, 0, 0]), []
+    assert main(["train", "train.yaml", "num_train_epochs=6", "overwrite_output_dir=false",
+                 f"resume_from_checkpoint={workspace / 'out' / 'checkpoint-3'}"]) == 0
+    assert autocast_per_step == [False, False, False]
+    assert "the checkpoint's run went on in float32 after step 2; so does this one" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -27,9 +27,9 @@ class FactArguments:
     recall_check_samples: int = _f(50, "With recall_target: training questions asked per check (seeded sample).")
     float32_from_recall: float | None = _f(None, "With recall_target and bf16 / fp16 mixed precision (or auto_bf16): "
                                                  "once a recall check reaches this fraction, train on in float32 "
-                                                 "(autocast off) to the stop, in the same run; a resumed run "
-                                                 "switches again at its first check that reaches it "
-                                                 "(bench/RESULTS.md 20b-20c; tuneforge).")
+                                                 "(autocast off) to the stop, in the same run (a run resumed from "
+                                                 "a checkpoint after the switch: float32 from its start; "
+                                                 "bench/RESULTS.md 20b-20c; tuneforge).")
 
 
 # The recipe that makes facts stick: the values measured in bench/RESULTS.md ("Did it learn?").

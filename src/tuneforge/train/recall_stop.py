@@ -115,6 +115,11 @@ def _exact_one_by_one(model, samples: list[dict[str, list[int]]], device) -> lis
     return exact
 
 
+# The record key of the check after which a `float32_from_recall` run computes in float32 (trainer_log.jsonl, and the
+# Trainer state's log history that checkpoints keep)
+SWITCH_KEY = "float32_after_this_step"
+
+
 class RecallStopCallback(TrainerCallback):
     """Checks recall at every `every_epochs` boundary; stops (with a checkpoint) at `target`. With `float32_from` and
     `to_float32` (a call that turns the run's mixed precision off, True if it did): the first check that reaches
@@ -153,6 +158,12 @@ class RecallStopCallback(TrainerCallback):
         # the checkpoint, if any, ran before it was saved), not one at the first step
         done = int((state.epoch or 0) / self.every + 1e-6)
         self.next_check = (done + 1) * self.every
+        # a checkpoint saved after the switch to float32 (its state's log history says so) goes on in float32
+        switched = [row["step"] for row in state.log_history
+                    if row.get(SWITCH_KEY) and row.get("step", 0) <= state.global_step]
+        if self._switch_pending() and switched and self._switch_to_float32(switched[-1]) and args.should_save:
+            print(f"[tuneforge] float32_from_recall: the checkpoint's run went on in float32 after step {switched[-1]}; "
+                  "so does this one", flush=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.epoch is None or state.epoch + 1e-6 < self.next_check or model is None:
@@ -172,7 +183,8 @@ class RecallStopCallback(TrainerCallback):
                         f"allows: the other {len(self.samples) - len(exact)} not asked")
         switch = self._switch_pending() and self.float32_from <= rate < self.target
         if switch and self._switch_to_float32(state.global_step):
-            record["float32_after_this_step"] = True
+            record[SWITCH_KEY] = True
+            state.log_history.append({SWITCH_KEY: True, "step": state.global_step})  # saved with every checkpoint
             message += (f"\n[tuneforge] float32_from_recall {self.float32_from:.0%} reached: mixed precision off, "
                         f"float32 from step {state.global_step + 1} on")
         self.history.append(record)
