@@ -138,6 +138,14 @@ def test_data_preview_marks_trained_tokens(workspace, capsys):
     assert "<|im_start|>user\nWho are you?<|im_end|>" in out
 
 
+def test_data_options_belong_to_their_subcommand(workspace, capsys):
+    """`-n` is the preview's, `--json` the check's: given to the other subcommand, each is refused, not ignored."""
+    assert main(["data", "preview", "train.yaml", "--json"]) == 2
+    assert "unknown key `json`" in capsys.readouterr().err
+    assert main(["data", "check", "train.yaml", "-n", "5"]) == 2
+    assert "override `-n`: expected `key=value`" in capsys.readouterr().err
+
+
 def test_train_help_lists_keys(capsys):
     assert main(["train", "-h"]) == 0
     out = capsys.readouterr().out

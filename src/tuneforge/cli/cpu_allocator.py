@@ -36,7 +36,7 @@ def restart_for_command(command: str, args: Sequence[str]) -> None:
     elif command == "train":
         config, overrides = split_config_and_overrides(list(args))
     elif data_only and args and args[0] in DATA_SUBCOMMANDS:
-        config, overrides = split_config_and_overrides(split_data_options(args[1:])[0])
+        config, overrides = split_config_and_overrides(split_data_options(args[0], args[1:])[0])
     else:
         return
     run_under_cpu_allocator(config, overrides, data_only=data_only)

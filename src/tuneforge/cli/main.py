@@ -91,7 +91,7 @@ def cmd_data(args: list[str]) -> int:
     if not args or args[0] not in DATA_SUBCOMMANDS or any(a in ("-h", "--help") for a in args):
         print(DATA_USAGE)
         return 0 if any(a in ("-h", "--help") for a in args) else 2
-    rest, count, as_json = split_data_options(args[1:])
+    rest, count, as_json = split_data_options(args[0], args[1:])
     if args[0] == "check":
         from tuneforge.train.check_data import check_data
 

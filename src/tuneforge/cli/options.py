@@ -23,14 +23,19 @@ def pop_option(args: list[str], name: str) -> str | None:
 DATA_SUBCOMMANDS = ("preview", "check")  # tuneforge data ...
 
 
-def split_data_options(args: Sequence[str]) -> tuple[list[str], int, bool]:
+def split_data_options(subcommand: str, args: Sequence[str]) -> tuple[list[str], int, bool]:
     """`tuneforge data preview|check` arguments after the subcommand -> (config and key=value overrides, the
-    preview's sample count `-n` / `--num`, default 3, check's `--json`)."""
-    rest = [a for a in args if a != "--json"]
-    count = pop_option(rest, "-n") or pop_option(rest, "--num") or "3"
-    if not count.isdigit():
-        raise ConfigError(f"tuneforge data preview: -n / --num expects a number of samples, got {count!r}")
-    return rest, int(count), "--json" in args
+    preview's sample count `-n` / `--num`, default 3, check's `--json`). Each subcommand takes only its own option;
+    the other one stays among the overrides, which refuse it."""
+    rest, count, as_json = list(args), "3", False
+    if subcommand == "check":
+        as_json = "--json" in rest
+        rest = [a for a in rest if a != "--json"]
+    else:
+        count = pop_option(rest, "-n") or pop_option(rest, "--num") or count
+        if not count.isdigit():
+            raise ConfigError(f"tuneforge data preview: -n / --num expects a number of samples, got {count!r}")
+    return rest, int(count), as_json
 
 
 def parse_webui_args(args: Sequence[str], environ: Mapping[str, str], *, command: str = "webui",
