@@ -220,3 +220,25 @@ def test_float32_from_recall_is_refused_where_it_could_not_act(tmp_path, extra, 
         load_config_dict(config)
     assert load_config_dict({**config, **{"recall_target": 0.95, "float32_from_recall": 0.8, "auto_bf16": True,
                                           "bf16": False, "pure_bf16": False, "quantization_bit": None}})
+
+
+def test_the_check_of_a_bf16_freeze_run_computes_as_its_training_does(workspace, capsys, monkeypatch):
+    """A freeze run in bf16 keeps its frozen layers (and head) in bf16 and the trained ones in float32: its check
+    runs under the run's autocast, as its training steps do (without it the head met float32 inputs and failed)."""
+    import yaml
+
+    from tuneforge.train import recall_stop
+
+    real_check, autocast_in_check = recall_stop.teacher_forced_exact, []
+
+    def recording_check(*args, **kwargs):
+        autocast_in_check.append(torch.is_autocast_enabled("cpu"))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(recall_stop, "teacher_forced_exact", recording_check)
+    config = yaml.safe_load((workspace / "train.yaml").read_text())
+    config.update(finetuning_type="freeze", freeze_trainable_layers=1, bf16=True, augment_facts=False)
+    (workspace / "train.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["train", "train.yaml"]) == 0
+    assert autocast_in_check == [True, True]
+    assert "recall check (epoch 2.00): 0/4 training answers reproduced exactly" in capsys.readouterr().out

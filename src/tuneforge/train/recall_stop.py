@@ -12,6 +12,7 @@ vision-language model's samples go through as padded rows with their images' pix
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import replace
@@ -123,11 +124,15 @@ SWITCH_KEY = "float32_after_this_step"
 class RecallStopCallback(TrainerCallback):
     """Checks recall at every `every_epochs` boundary; stops (with a checkpoint) at `target`. With `float32_from` and
     `to_float32` (a call that turns the run's mixed precision off, True if it did): the first check that reaches
-    `float32_from` makes the rest of the run compute in float32 (`float32_from_recall`)."""
+    `float32_from` makes the rest of the run compute in float32 (`float32_from_recall`). `compute_precision`: the
+    context (made anew per check) the check's forward passes run in -- the run's autocast, so the model is judged as it
+    computes in training, and a freeze / LoRA run's 16-bit frozen layers meet inputs of their own type."""
 
     def __init__(self, samples: list[dict[str, Any]], target: float, every_epochs: float, log_callback=None,
-                 image_collator=None, float32_from: float | None = None, to_float32=None):
+                 image_collator=None, float32_from: float | None = None, to_float32=None,
+                 compute_precision=contextlib.nullcontext):
         self.samples = samples
+        self.compute_precision = compute_precision
         self.image_collator = image_collator
         self.target = target
         self.every = every_epochs
@@ -172,7 +177,8 @@ class RecallStopCallback(TrainerCallback):
             self.next_check += self.every
         # a check that cannot reach the target any more ends early (but the run's last check asks every sample)
         allowed = None if state.global_step >= state.max_steps else self.allowed_misses()
-        exact = teacher_forced_exact(model, self.samples, max_misses=allowed, image_collator=self.image_collator)
+        with self.compute_precision():
+            exact = teacher_forced_exact(model, self.samples, max_misses=allowed, image_collator=self.image_collator)
         rate = sum(exact) / max(len(exact), 1)
         record = {"current_steps": state.global_step, "epoch": round(state.epoch, 2), "recall": round(rate, 4)}
         message = (f"recall check (epoch {state.epoch:.2f}): {sum(exact)}/{len(exact)} training answers reproduced "
@@ -231,7 +237,8 @@ def add_recall_stop(cfg, trainer, log_callback, tokenizer, template, vision=None
     float32_from = cfg.facts.float32_from_recall
     callback = RecallStopCallback(samples, cfg.facts.recall_target, cfg.facts.recall_check_epochs, log_callback,
                                   image_collator=collator, float32_from=float32_from,
-                                  to_float32=(lambda: continue_in_float32(trainer)) if float32_from else None)
+                                  to_float32=(lambda: continue_in_float32(trainer)) if float32_from else None,
+                                  compute_precision=trainer.accelerator.autocast)
     trainer.add_callback(callback)
     logger.info("train until learned: exact recall on %d training rows every %g epoch(s), target %.0f%%",
                 len(samples), cfg.facts.recall_check_epochs, 100 * cfg.facts.recall_target)
