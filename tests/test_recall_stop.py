@@ -165,9 +165,10 @@ def test_float32_from_recall_switches_a_bf16_run_at_the_first_check_that_reaches
 
     from tuneforge.train import loss, recall_stop
 
-    hits = iter([0, 2, 3, 3])
+    hits, autocast_in_check = iter([0, 2, 3, 3]), []
 
     def scripted_check(model, samples, **kwargs):
+        autocast_in_check.append(torch.is_autocast_enabled("cpu"))
         count = next(hits)
         return [i < count for i in range(len(samples))]
 
@@ -186,6 +187,7 @@ def test_float32_from_recall_switches_a_bf16_run_at_the_first_check_that_reaches
     (workspace / "train.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     assert main(["train", "train.yaml"]) == 0
     assert autocast_per_step == [True, True, False, False]
+    assert autocast_in_check == [True, True, False, False]  # the checks compute as the steps before them
     printed = capsys.readouterr().out
     assert "float32_from_recall 50% reached: mixed precision off, float32 from step 3 on" in printed
     records = [json.loads(line) for line in (workspace / "out" / "trainer_log.jsonl").read_text().splitlines()]
