@@ -55,6 +55,12 @@ def test_stop_rule_stops_at_the_target_and_records_every_check(tiny_llama_dir, t
     callback.on_step_end(args, state, control, model=model)
     assert control.should_training_stop and control.should_save
     assert callback.summary() == {"recall": 1.0, "recall_best": 1.0, "recall_target_reached": True}
+    # a run that saves no checkpoints stops without one (its model is saved as the run ends)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no")
+    control = TrainerControl()
+    state.epoch, state.global_step = 3.0, 24
+    callback.on_step_end(args, state, control, model=model)
+    assert control.should_training_stop and not control.should_save
 
 
 def test_a_resumed_run_checks_at_the_next_boundary_not_at_its_first_step(tiny_llama_dir, tmp_path):

@@ -122,11 +122,12 @@ SWITCH_KEY = "float32_after_this_step"
 
 
 class RecallStopCallback(TrainerCallback):
-    """Checks recall at every `every_epochs` boundary; stops (with a checkpoint) at `target`. With `float32_from` and
-    `to_float32` (a call that turns the run's mixed precision off, True if it did): the first check that reaches
-    `float32_from` makes the rest of the run compute in float32 (`float32_from_recall`). `compute_precision`: the
-    context (made anew per check) the check's forward passes run in -- the run's autocast, so the model is judged as it
-    computes in training, and a freeze / LoRA run's 16-bit frozen layers meet inputs of their own type."""
+    """Checks recall at every `every_epochs` boundary; stops at `target` (with a checkpoint unless `save_strategy: no`).
+    With `float32_from` and `to_float32` (a call that turns the run's mixed precision off, True if it did): the first
+    check that reaches `float32_from` makes the rest of the run compute in float32 (`float32_from_recall`).
+    `compute_precision`: the context (made anew per check) the check's forward passes run in -- the run's autocast,
+    so the model is judged as it computes in training, and a freeze / LoRA run's 16-bit frozen layers meet inputs of
+    their own type."""
 
     def __init__(self, samples: list[dict[str, Any]], target: float, every_epochs: float, log_callback=None,
                  image_collator=None, float32_from: float | None = None, to_float32=None,
@@ -199,9 +200,13 @@ class RecallStopCallback(TrainerCallback):
             if self.log_callback is not None:
                 self.log_callback.write_record(record)
         if rate >= self.target:
-            logger.info("recall target reached: stopping after this step (checkpoint saved)")
+            # the run is done and its model is saved next; a checkpoint (1.6 GB for the demo model's full fine-tuning,
+            # optimizer included) only where the run saves checkpoints at all
+            keep_checkpoint = args.save_strategy != "no"
+            logger.info("recall target reached: stopping after this step%s",
+                        " (checkpoint saved)" if keep_checkpoint else "")
             control.should_training_stop = True
-            control.should_save = True
+            control.should_save = keep_checkpoint
 
     def _switch_to_float32(self, step: int) -> bool:
         """Every process switches (each computes the same check); True where the run was in mixed precision."""
