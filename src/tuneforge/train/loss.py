@@ -105,6 +105,13 @@ class LinearCrossEntropySum(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # Under autocast the head's three products (logits, d hidden, d W) run in its 16-bit dtype, as autograd
+        # would run a plain head's backward; the explicit casts are made once (the in-place / out= products
+        # below are outside autocast's reach). The softmax and the sums stay float32.
+        device_type = hidden.device.type
+        compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        if compute_dtype is not None:  # (no-ops for tensors in that dtype already)
+            hidden, weight = hidden.to(compute_dtype), weight.to(compute_dtype)
         for start in range(0, rows, chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = F.linear(h, weight, bias).float()
@@ -118,9 +125,16 @@ class LinearCrossEntropySum(torch.autograd.Function):
                 grad_logits.mul_(weights[:, None])
             grad_logits = grad_logits.to(h.dtype)
             if grad_hidden is not None:
-                torch.mm(grad_logits, weight, out=grad_hidden[start : start + chunk_size])
+                part = grad_hidden[start : start + chunk_size]
+                if part.dtype == h.dtype:
+                    torch.mm(grad_logits, weight, out=part)
+                else:
+                    part.copy_(torch.mm(grad_logits, weight))
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t(), h)
+                if grad_weight.dtype == h.dtype:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                else:
+                    grad_weight += torch.mm(grad_logits.t(), h)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
