@@ -93,9 +93,10 @@ def test_chunked_loss_tied_embeddings():
 
 @pytest.mark.parametrize("chunk_size", [3, 64])  # several chunks, one chunk
 def test_linear_cross_entropy_under_bf16_autocast_runs_the_head_in_bf16_as_autograd_would(chunk_size):
-    """Under autocast a plain head's logits and both its gradient products are bf16 products (before: the two
+    """Under bf16 autocast a plain head's logits and both its gradient products are bf16 products (before: the two
     backward products ran in float32, ~2x the time on a CPU with AVX512-BF16 / AMX); the results match autograd
-    through the autocast head to bf16 precision, and outside autocast nothing changes (float32 products)."""
+    through the autocast head to bf16 precision; outside autocast nothing changes (float32 products), and under
+    fp16 autocast only the logits are fp16 (unscaled gradient sums stay in float32's range)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from tuneforge.train.loss import LinearCrossEntropySum
@@ -114,12 +115,18 @@ def test_linear_cross_entropy_under_bf16_autocast_runs_the_head_in_bf16_as_autog
     hidden0 = torch.randn(10, 16, generator=gen)
     weight0 = torch.randn(300, 16, generator=gen) * 0.3
     targets = torch.randint(0, 300, (10,), generator=gen)
+    chunks = -(-10 // chunk_size)
+    with torch.autocast("cpu", dtype=torch.float16), ProductDtypes() as products:
+        LinearCrossEntropySum.apply(hidden0.clone().requires_grad_(), weight0.clone().requires_grad_(), None,
+                                    targets, chunk_size, None)
+    assert [{dtype for dtype in dtypes} for dtypes in products.seen] == [{torch.float16}, {torch.float32},
+                                                                        {torch.float32}] * chunks
     for autocast, product_dtype in ((True, torch.bfloat16), (False, torch.float32)):
         hidden, weight = hidden0.clone().requires_grad_(), weight0.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), ProductDtypes() as products:
             loss = LinearCrossEntropySum.apply(hidden, weight, None, targets, chunk_size, None)
         loss.backward()
-        assert len(products.seen) == 3 * -(-10 // chunk_size)  # logits, d hidden, d W per chunk
+        assert len(products.seen) == 3 * chunks  # logits, d hidden, d W per chunk
         assert {dtype for dtypes in products.seen for dtype in dtypes} == {product_dtype}
         assert hidden.grad.dtype == weight.grad.dtype == torch.float32
         ref_hidden, ref_weight = hidden0.clone().requires_grad_(), weight0.clone().requires_grad_()

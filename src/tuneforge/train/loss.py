@@ -105,13 +105,14 @@ class LinearCrossEntropySum(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # Under autocast the head's three products (logits, d hidden, d W) run in its 16-bit dtype, as autograd
-        # would run a plain head's backward; the explicit casts are made once (the in-place / out= products
-        # below are outside autocast's reach). The softmax and the sums stay float32.
+        # Under bf16 autocast the head's three products (logits, d hidden, d W) run in bf16, as autograd would run
+        # a plain head's backward; the explicit casts are made once (the in-place / out= products below are
+        # outside autocast's reach). The softmax and the sums stay float32. fp16 autocast keeps the gradient
+        # products in float32: they are not scaled by the loss scaler here, and d W, a sum over up to
+        # `chunk_size` rows, could pass fp16's range where the scaler would never see why.
         device_type = hidden.device.type
-        compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        if compute_dtype is not None:  # (no-ops for tensors in that dtype already)
-            hidden, weight = hidden.to(compute_dtype), weight.to(compute_dtype)
+        if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+            hidden, weight = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)  # no-ops where they are bf16
         for start in range(0, rows, chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = F.linear(h, weight, bias).float()
