@@ -154,7 +154,7 @@ def test_recipe_suggestion_keeps_a_config_that_chose_bf16(tmp_path, monkeypatch,
     _, report = _check(tmp_path, monkeypatch, tiny_llama_dir, make_school_records(20, "en"), capsys,
                        cutoff_len=256, bf16=True)
     keys = _kinds(report)["fact_data"]["suggestion"]["keys"]
-    assert "auto_bf16" not in keys and keys["float32_from_recall"] == MEMORIZE_FACTS["float32_from_recall"]
+    assert "auto_bf16" not in keys and keys["recall_target"] == MEMORIZE_FACTS["recall_target"]
 
 
 def test_template_that_disagrees_with_the_model(tmp_path, monkeypatch, tiny_llama_dir, capsys):
